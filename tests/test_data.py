@@ -1,0 +1,108 @@
+"""data.py: list files, decoding, crops, repeated sampling, determinism, resumable sampling."""
+import numpy as np
+import pytest
+import torch
+
+import data
+from conftest import write_video
+
+
+def test_read_list_conventions(tmp_path):
+    (tmp_path / "l.csv").write_text("# comment\n\na b c.mp4 3\n/abs/x.mp4 0\n")
+    items = data.read_list(tmp_path / "l.csv", data_root="/root")
+    assert items == [("/root/a b c.mp4", 3), ("/abs/x.mp4", 0)]
+    items = data.read_list(tmp_path / "l.csv")      # default root: the list's own folder
+    assert items[0][0] == str(tmp_path / "a b c.mp4")
+
+
+@pytest.mark.parametrize("text,where", [("a.mp4 1\nb.mp4\n", ":2:"), ("a.mp4 x\n", ":1:"), ("a.mp4 1\nb.mp4 7\n", ":2:")])
+def test_read_list_errors_name_file_and_line(tmp_path, text, where):
+    (tmp_path / "l.csv").write_text(text)
+    with pytest.raises(ValueError, match=f"l.csv{where}"):
+        data.read_list(tmp_path / "l.csv", num_classes=5)
+
+
+def test_read_list_empty_and_multilabel(tmp_path):
+    (tmp_path / "e.csv").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="no entries"):
+        data.read_list(tmp_path / "e.csv")
+    (tmp_path / "m.csv").write_text("a.mp4 1,4\nb.mp4 -\n")
+    assert [lab for _, lab in data.read_list(tmp_path / "m.csv", multi_label=True)] == [[1, 4], []]
+
+
+def test_decode_frames_reads_the_right_frames(tmp_path):
+    path = write_video(tmp_path / "v.mp4", num_frames=60)
+    n, fps = data.video_info(path)
+    assert n == 60 and fps == 25
+    idx = [50, 3, 3, 20, 59]
+    frames = data.decode_frames(path, idx)
+    assert frames.shape == (5, 48, 64, 3) and frames.dtype == np.uint8
+    levels = frames.reshape(5, -1).mean(1)
+    np.testing.assert_allclose(levels, [(5 * i) % 250 for i in idx], atol=3)
+
+
+def test_clip_indices_stride_and_short_videos():
+    rng = np.random.default_rng(0)
+    idx = data.clip_indices(100, 16, 4, rng)
+    assert len(idx) == 16 and (np.diff(idx) == 4).all() and idx[0] >= 0 and idx[-1] < 100
+    short = data.clip_indices(30, 16, 4, rng)    # span 61 > 30: spread evenly over the video
+    assert short[0] == 0 and short[-1] == 29 and (np.diff(short) >= 1).all()
+    with pytest.raises(ValueError, match="fewer than"):
+        data.clip_indices(10, 16, 4, rng)
+
+
+def test_multiscale_crop_boxes():
+    rng = np.random.default_rng(0)
+    boxes = [data.multiscale_crop_box(240, 320, rng) for _ in range(300)]
+    sides = {int(240 * s) for s in (1, 0.875, 0.75, 0.66)}
+    for y, x, h, w in boxes:
+        assert h in sides and w in sides and 0 <= y <= 240 - h and 0 <= x <= 320 - w
+    assert len({(y, x) for y, x, _, _ in boxes}) > 5     # several fixed offsets used
+
+
+def test_dataset_repeated_sampling_and_determinism(video_list):
+    items = data.read_list(video_list)
+    objs = [np.full((20, 20, 4), 255, np.uint8)] * 3
+    ds = data.PretrainDataset("video", items=items, num_frames=8, stride=2, img_size=32, num_sample=2,
+                              objects=objs, mask_ratio=0.75, seed=1)
+    s = ds[0]
+    assert s["video"].shape == (2, 3, 8, 32, 32) and s["mask"].shape == (2, 4 * 2 * 2) and s["bad"] == []
+    assert (s["mask"].sum(1) == int(0.75 * 4) * 4).all()
+    assert not torch.equal(s["video"][0], s["video"][1])            # own crop / overlay per clip
+    torch.testing.assert_close(ds[0]["video"], s["video"])          # pure function of (seed, pass, index)
+    ds.set_state(1)
+    assert not torch.equal(ds[0]["video"], s["video"])              # a new pass draws anew
+
+
+def test_dataset_mixed_motion(video_list):
+    items = data.read_list(video_list)
+    obj = np.zeros((24, 24, 4), np.uint8)
+    obj[..., 0], obj[..., 3] = 255, 255                              # opaque pure red square
+    ds = data.PretrainDataset("video", items=items, num_frames=4, stride=1, img_size=32, num_sample=4,
+                              objects=[obj], motion="mixed", seed=0)
+    v = ds[2]["video"]                                               # grey video: red only where objects are
+    red = (v[:, 0] - v[:, 1]).amax(dim=(1, 2, 3))
+    assert (red[::2] > 1).all() and (red[1::2] < 0.5).all()
+
+
+def test_synthetic_sources():
+    objs = [np.full((16, 16, 4), 255, np.uint8)]
+    for src in ("noise", "black"):
+        ds = data.PretrainDataset(src, length=5, num_frames=4, img_size=32, num_sample=1, objects=objs, motion="off")
+        v = ds[0]["video"][0]                                        # (C, T, H, W)
+        torch.testing.assert_close(v[:, 0], v[:, 3])                 # a still background without motion
+    assert len(ds) == 5
+
+
+def test_resumable_sampler_matches_distributed_sampler():
+    ds = list(range(20))
+    full = data.ResumableSampler(ds, 1, 0, seed=3)
+    full.set_epoch(2)
+    order = list(full)
+    part = data.ResumableSampler(ds, 1, 0, seed=3)
+    part.set_epoch(2, start=8)
+    assert list(part) == order[8:]
+    shards = [data.ResumableSampler(ds, 2, r, seed=3) for r in range(2)]
+    for s in shards:
+        s.set_epoch(2)
+    assert sorted(list(shards[0]) + list(shards[1])) == sorted(order)

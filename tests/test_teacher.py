@@ -1,0 +1,250 @@
+"""teacher.py: CLIP targets pinned to open_clip's own output, frame choice, token order, freezing,
+weight loading (the user's path: a config JSON + a weights file), and VideoMAE pixel targets.
+
+A tiny random-weight open_clip model (32x32 images, patch 16 -> 2x2 grid, width 64) stands in for
+ViT-B/16; nothing is downloaded.
+"""
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never touch the network
+
+import open_clip
+import pytest
+import torch
+import torch.nn as nn
+
+from teacher import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Teacher, pixel_targets,
+                     target_dim)
+
+CFG = {"embed_dim": 32,
+       "vision_cfg": {"image_size": 32, "patch_size": 16, "width": 64, "head_width": 32, "layers": 2},
+       "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}}
+WIDTH, G = 64, 2  # token width and grid side (32 / 16)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A model config JSON and a random-weight checkpoint, as a user would pass them."""
+    d = tmp_path_factory.mktemp("tinyclip")
+    cfg_path = d / "tinyclip_teacher_test.json"
+    cfg_path.write_text(json.dumps(CFG))
+    open_clip.add_model_config(str(cfg_path))
+    torch.manual_seed(0)
+    model = open_clip.create_model("tinyclip_teacher_test").eval()
+    ckpt = d / "tiny.pt"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    return str(cfg_path), str(ckpt), model
+
+
+@pytest.fixture(scope="module")
+def teacher(files):
+    cfg_path, ckpt, _ = files
+    return Teacher(model_name=cfg_path, pretrained=ckpt)
+
+
+def clip_tokens(model, frames, proj=False, ln_post=True):
+    """Independent path: open_clip's own forward_intermediates on (n, 3, H, W) CLIP-normalised frames."""
+    v = model.visual
+    with torch.no_grad():
+        out = v.forward_intermediates(frames, indices=1, normalize_intermediates=ln_post, output_fmt="NLC")
+        tok = out["image_intermediates"][-1]  # (n, h*w, D), CLS dropped, row-major (h, w)
+        return tok @ v.proj if proj else tok
+
+
+def to_clip_norm(video):
+    im_m, im_s = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
+    cl_m, cl_s = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1, 1)
+    return (video * im_s + im_m - cl_m) / cl_s
+
+
+def rand_video(B=2, T=4, seed=0):
+    return torch.randn(B, 3, T, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def test_shapes_and_attributes(teacher):
+    assert (teacher.out_dim, teacher.patch_size, teacher.image_size) == (WIDTH, 16, 32)
+    for T in (4, 16):
+        out = teacher(rand_video(T=T))
+        assert out.shape == (2, T // 2 * G * G, WIDTH) and out.dtype == torch.float32
+    assert target_dim("clip", teacher) == WIDTH and target_dim("clip") == 768
+    assert target_dim("pixel") == 1536 and target_dim("pixel", tubelet=1, patch=8) == 192
+    with pytest.raises(ValueError):
+        target_dim("dino")
+
+
+def test_weights_loaded_from_file(files, teacher):
+    _, _, model = files
+    for k, v in model.visual.state_dict().items():
+        torch.testing.assert_close(teacher.visual.state_dict()[k], v, atol=0, rtol=0)
+    assert not hasattr(teacher, "transformer") and not hasattr(teacher, "token_embedding")  # no text tower
+
+
+def test_pinned_to_open_clip_and_token_order(files, teacher):
+    _, _, model = files
+    B, T = 2, 6
+    video = rand_video(B, T)
+    raw = teacher.features(video, normalize=False)  # (B, t*h*w, D)
+    frames = to_clip_norm(video)[:, :, ::2]  # frames 0, 2, 4
+    for i in range(T // 2):  # time slice i is CLIP on frame 2i alone
+        ref = clip_tokens(model, frames[:, :, i])  # (B, h*w, D)
+        torch.testing.assert_close(raw[:, i * G * G:(i + 1) * G * G], ref, atol=1e-5, rtol=1e-5)
+        # patches row-major: token (i, r, c) is open_clip's spatial map at row r, column c
+        with torch.no_grad():
+            fmap = model.visual.forward_intermediates(frames[:, :, i], indices=1, normalize_intermediates=True,
+                                                      output_fmt="NCHW")["image_intermediates"][-1]
+        assert fmap.shape == (B, WIDTH, G, G)
+        for r in range(G):
+            for c in range(G):
+                torch.testing.assert_close(raw[:, i * G * G + r * G + c], fmap[:, :, r, c], atol=1e-5, rtol=1e-5)
+
+
+def test_wrong_layer_would_be_detected(files, teacher):
+    _, _, model = files
+    video = rand_video(1, 2)
+    raw = teacher.features(video)  # (1, 4, D)
+    frame = to_clip_norm(video)[:, :, 0]
+    proj = clip_tokens(model, frame, proj=True)  # after proj: other width
+    assert proj.shape[-1] == CFG["embed_dim"] != raw.shape[-1]
+    pre_ln = clip_tokens(model, frame, ln_post=False)  # before ln_post: same shape, other values
+    assert pre_ln.shape == raw.shape and not torch.allclose(pre_ln, raw, atol=1e-3)
+    # the LayerNorm output has zero mean over channels (no learned bias at init); pre-LN does not
+    assert raw.mean(-1).abs().max() < 1e-4 < pre_ln.mean(-1).abs().max()
+
+
+def test_reads_first_frame_of_each_tubelet(teacher):
+    video = rand_video(2, 8)
+    base = teacher.features(video)
+    odd = video.clone()
+    odd[:, :, 1::2] = torch.randn_like(odd[:, :, 1::2])  # frames 1, 3, 5, 7 are never read
+    torch.testing.assert_close(teacher.features(odd), base, atol=0, rtol=0)
+    torch.testing.assert_close(teacher(odd), teacher(video), atol=0, rtol=0)
+    f2 = video.clone()
+    f2[:, :, 2] += 1.0  # frame 2 = first frame of tubelet 1 -> only time slice 1 changes
+    out = teacher.features(f2)
+    changed = (out - base).abs().amax(dim=(0, 2)).view(4, G * G).amax(dim=1) > 1e-4
+    assert changed.tolist() == [False, True, False, False]
+
+
+def test_target_normalisation(teacher):
+    out = teacher(rand_video(3, 8) * 2 + 0.5)
+    torch.testing.assert_close(out.mean(dim=1), torch.zeros(3, WIDTH), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.std(dim=1, unbiased=True), torch.ones(3, WIDTH), atol=1e-4, rtol=0)
+    raw = teacher.features(rand_video(3, 8) * 2 + 0.5)
+    assert (raw.std(dim=1) - 1).abs().max() > 1e-2  # raw features are not normalised already
+
+
+def test_input_normalisation(files, teacher):
+    cfg_path, ckpt, _ = files
+    im = Teacher(model_name=cfg_path, pretrained=ckpt, input_norm="imagenet")
+    video = rand_video(2, 4)
+    assert not torch.allclose(teacher.features(video), im.features(video), atol=1e-3)
+    # "clip" == feeding the re-normalised frames to the ImageNet-as-is teacher
+    torch.testing.assert_close(teacher.features(video), im.features(to_clip_norm(video)), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError):
+        Teacher(model_name=cfg_path, pretrained=ckpt, input_norm="none")
+
+
+def test_frozen(teacher):
+    assert all(not p.requires_grad for p in teacher.parameters())
+    parent = nn.ModuleDict({"teacher": teacher, "student": nn.Linear(2, 2)})
+    parent.train()
+    assert not teacher.training and not teacher.visual.training
+    assert all(not m.training for m in teacher.modules())
+    assert parent["student"].training
+    video = rand_video(1, 2).requires_grad_(True)
+    out = teacher(video)
+    assert not out.requires_grad and out.grad_fn is None
+    # targets are ordinary tensors: the loss may save them for backward
+    pred = torch.randn(out.shape, requires_grad=True)
+    nn.functional.mse_loss(pred, out).backward()
+    assert pred.grad is not None
+
+
+def test_errors(files, teacher, tmp_path):
+    cfg_path, _, _ = files
+    missing = str(tmp_path / "no_such_ViT-B-16.pt")
+    with pytest.raises(FileNotFoundError, match="no_such_ViT-B-16.pt"):
+        Teacher(model_name=cfg_path, pretrained=missing)
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        Teacher(model_name=str(tmp_path / "nope.json"), pretrained=None)
+    with pytest.raises(ValueError, match="cannot match student grid"):
+        teacher(torch.randn(1, 3, 4, 48, 48))  # 3x3 grid vs the teacher's 2x2
+    with pytest.raises(ValueError, match="cannot match student grid"):
+        teacher(torch.randn(1, 3, 4, 32, 40))
+    with pytest.raises(ValueError, match="tubelet"):
+        teacher(torch.randn(1, 3, 5, 32, 32))
+    teacher.check_grid(32, 16)
+    with pytest.raises(ValueError, match="teacher grid 2x2 .* cannot match student grid"):
+        teacher.check_grid(224, 16)
+    with pytest.raises(ValueError, match="cannot match student grid"):
+        teacher.check_grid(32, 8)
+
+
+def _openai_style_archive(model, path):
+    """A TorchScript archive holding only the model's tensors (fp16) plus OpenAI's three extra entries,
+    like OpenAI's released ViT-B-16.pt."""
+    root = nn.Module()
+    for key, value in model.state_dict().items():
+        *parents, leaf = key.split(".")
+        m = root
+        for p in parents:
+            if not hasattr(m, p):
+                setattr(m, p, nn.Module())
+            m = getattr(m, p)
+        m.register_buffer(leaf, value.half() if value.is_floating_point() else value)
+    for k in ("input_resolution", "context_length", "vocab_size"):
+        root.register_buffer(k, torch.tensor(1))
+    torch.jit.script(root).save(str(path))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")  # torch.jit deprecation notes
+def test_openai_torchscript_archive(files, tmp_path):
+    cfg_path, _, model = files
+    path = tmp_path / "ViT-B-16.pt"
+    _openai_style_archive(model, path)
+    t = Teacher(model_name=cfg_path, pretrained=str(path))
+    # OpenAI's weights were trained with QuickGELU: an archive switches it on
+    assert isinstance(t.visual.transformer.resblocks[0].mlp.gelu, open_clip.model.QuickGELU)
+    torch.testing.assert_close(t.visual.conv1.weight, model.visual.conv1.weight.half().float(), atol=0, rtol=0)
+    assert t(rand_video(1, 2)).shape == (1, G * G, WIDTH)
+
+
+def test_pretrained_tag(files, monkeypatch):
+    """A tag goes through open_clip's download (faked here) and takes QuickGELU from the tag's config;
+    a failed download names the way out."""
+    cfg_path, ckpt, model = files
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda name, tag: {"hf_hub": "x/", "quick_gelu": True})
+    monkeypatch.setattr(open_clip, "download_pretrained", lambda cfg, **kw: ckpt)
+    t = Teacher(model_name=cfg_path, pretrained="openai")
+    assert isinstance(t.visual.transformer.resblocks[0].mlp.gelu, open_clip.model.QuickGELU)
+    torch.testing.assert_close(t.visual.proj, model.visual.proj, atol=0, rtol=0)
+
+    def offline(cfg, **kw):
+        raise FileNotFoundError("cannot reach the hub")
+    monkeypatch.setattr(open_clip, "download_pretrained", offline)
+    with pytest.raises(RuntimeError, match="could not download the 'openai' weights.*local file"):
+        Teacher(model_name=cfg_path, pretrained="openai")
+
+
+def test_pixel_targets():
+    torch.manual_seed(0)
+    video = torch.randn(2, 3, 4, 32, 48)  # t=2, h=2, w=3 -> N=12
+    assert pixel_targets(video).shape == (2, 12, 1536)
+    # a hand-made clip: pixel value encodes (channel, frame, row, col); read back token (1, 1, 2)
+    C, T, H, W = 3, 4, 32, 48
+    c, f, y, x = torch.meshgrid(torch.arange(C), torch.arange(T), torch.arange(H), torch.arange(W), indexing="ij")
+    pix = (c * 1e6 + f * 1e4 + y * 1e2 + x).double()[None]
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    out = pixel_targets(pix, mean=mean, std=std, normalize=False)
+    n = 1 * 6 + 1 * 3 + 2  # (t=1, h=1, w=2) in (t, h, w) order
+    want = [cc * 1e6 + (2 + dt) * 1e4 + (16 + dy) * 1e2 + (32 + dx)
+            for dt in range(2) for dy in range(16) for dx in range(16) for cc in range(3)]
+    torch.testing.assert_close(out[0, n].double(), torch.tensor(want, dtype=torch.float64), atol=0.5, rtol=0)
+    # un-normalisation: ImageNet-normalised zeros are the ImageNet mean in [0, 1]
+    zero = pixel_targets(torch.zeros(1, 3, 2, 16, 16), normalize=False).view(-1, 3)
+    torch.testing.assert_close(zero, torch.tensor(IMAGENET_MEAN).expand(512, 3))
+    # normalize=True: per token and channel, mean 0 / unbiased std 1 over its 2*16*16 pixels
+    norm = pixel_targets(video).view(2, 12, 512, 3)
+    torch.testing.assert_close(norm.mean(2), torch.zeros(2, 12, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(norm.std(2, unbiased=True), torch.ones(2, 12, 3), atol=1e-4, rtol=0)
