@@ -52,6 +52,17 @@ class PatchEmbed(nn.Module):
         x = self.proj(x)               # (B, D, t, h, w)
         return x.flatten(2).transpose(1, 2)  # (B, N, D), tokens in (t, h, w) order
 
+    def forward_visible(self, x, keep):  # x (B, C, T, H, W), keep (B, N) bool -> (B, Nv, D)
+        """The same numbers as forward(x)[keep], computed for the kept tubelets only: kernel = stride makes
+        the conv one linear map per tubelet, so at mask ratio 0.8 this is 5x less work (and memory)."""
+        B, C, T, H, W = x.shape
+        kt, kh, kw = self.proj.kernel_size
+        t, h, w = T // kt, H // kh, W // kw
+        x = x[:, :, :t * kt, :h * kh, :w * kw].reshape(B, C, t, kt, h, kh, w, kw)
+        x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)[keep.view(B, t, h, w)]        # (B*Nv, C, kt, kh, kw), a gather
+        x = F.linear(x.flatten(1), self.proj.weight.flatten(1), self.proj.bias)  # (B*Nv, D)
+        return x.view(B, -1, x.shape[-1])
+
 
 class Attention(nn.Module):
     """Multi-head self-attention. VideoMAE keeps q and v biases apart from the bias-free qkv Linear
@@ -140,11 +151,14 @@ class Encoder(nn.Module):
         self.grad_checkpointing = False
 
     def forward(self, video, mask=None):           # video (B, C, T, H, W), mask (B, N) bool or None
-        x = self.patch_embed(video)                # (B, N, D)
-        x = x + position_table(self.pos_embed, x.shape[1]).to(x.dtype)
-        if mask is not None:
-            B, _, D = x.shape
-            x = x[~mask].reshape(B, -1, D)         # (B, Nv, D): visible tokens, in token order
+        if mask is None:
+            x = self.patch_embed(video)            # (B, N, D)
+            x = x + position_table(self.pos_embed, x.shape[1]).to(x.dtype)
+        else:                                      # embed the visible tubelets only (same numbers, 5x less work)
+            x = self.patch_embed.forward_visible(video, ~mask)                   # (B, Nv, D), in token order
+            B, N = mask.shape
+            pos = position_table(self.pos_embed, N).to(x.dtype).expand(B, -1, -1)
+            x = x + pos[~mask].view(B, -1, x.shape[-1])
         x = run_blocks(self.blocks, x, self.grad_checkpointing)
         return self.norm(x)
 

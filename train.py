@@ -59,7 +59,7 @@ def cosine_schedule(base, final, total_steps, warmup_steps=0):
 
 def set_lr(optimizer, lr):
     for g in optimizer.param_groups:   # lr_scale: layer-wise decay in finetune.py, 1 elsewhere
-        g["lr"] = lr * g.get("lr_scale", 1.0)
+        g["lr"] = float(lr) * g.get("lr_scale", 1.0)
 
 
 def param_groups(model, weight_decay, no_decay_names=("mask_token",)):
@@ -253,6 +253,8 @@ def get_args(argv=None):
         p.error(f"--batch-size {args.batch_size} is not divisible by --num-sample {args.num_sample}")
     if args.strategy == "mixed" and args.num_sample % 2:
         p.error("--strategy mixed needs an even --num-sample (half the clips with motion, half without)")
+    if args.strategy == "progressive" and not 0 < args.stage1_epochs < args.epochs:
+        p.error(f"--strategy progressive needs 0 < --stage1-epochs ({args.stage1_epochs}) < --epochs ({args.epochs})")
     if args.source in ("video", "frames") and args.train_list is None:
         args.train_list = os.path.join(args.data_root, "train.csv")
     if args.source == "images" and not (args.image_dir and os.path.isdir(args.image_dir)):
