@@ -137,14 +137,20 @@ def fmt_time(seconds):
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def check_out_dir(parser, out_dir):
+def fail(msg):
+    """Bad input: one line on stderr and exit code 2 before any work, no traceback."""
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def check_out_dir(out_dir):
     try:
         os.makedirs(out_dir, exist_ok=True)
         probe = os.path.join(out_dir, f".write_test{os.getpid()}")
         open(probe, "w").close()
         os.remove(probe)
     except OSError as e:
-        parser.error(f"--out-dir {out_dir} is not writable ({e.strerror})")
+        fail(f"--out-dir {out_dir} is not writable ({e.strerror})")
 
 
 def apply_presets(parser, presets, argv=None):
@@ -215,7 +221,7 @@ def get_args(argv=None):
     a("--tubelet", type=int, default=2)
     a("--target", default="clip", choices=["clip", "pixel"], help="Table 4b: CLIP features (default) or pixels")
     a("--teacher", default="ViT-B-16", help="open_clip model name (or a model-config JSON)")
-    a("--teacher-weights", default="openai", help="open_clip pretrained tag or a local weights file (ViT-B-16.pt)")
+    a("--teacher-weights", default="openai", help="open_clip pretrained tag or a local weights file (ViT-B-16.pt); none = random weights, for smoke tests")
     a("--teacher-norm", default="clip", choices=["clip", "imagenet"], help="input normalisation for CLIP; "
       "the reference code feeds ImageNet-normalised frames")
     a("--norm-pix", action=argparse.BooleanOptionalAction, default=True, help="pixel target: per-tubelet normalisation (VideoMAE)")
@@ -244,23 +250,23 @@ def get_args(argv=None):
     args = apply_presets(p, [("preset", PRESETS), ("dataset", DATASETS), ("preset", PRESETS)], argv)
     args.source = DATASETS[args.dataset]["source"]
     if not 0 < args.mask_ratio < 1:
-        p.error(f"--mask-ratio must lie in (0, 1), got {args.mask_ratio}")
+        fail(f"--mask-ratio must lie in (0, 1), got {args.mask_ratio}")
     if args.num_frames % args.tubelet:
-        p.error(f"--num-frames {args.num_frames} is not divisible by --tubelet {args.tubelet}")
+        fail(f"--num-frames {args.num_frames} is not divisible by --tubelet {args.tubelet}")
     if args.img_size % args.patch_size:
-        p.error(f"--img-size {args.img_size} is not divisible by --patch-size {args.patch_size}")
+        fail(f"--img-size {args.img_size} is not divisible by --patch-size {args.patch_size}")
     if args.batch_size % args.num_sample:
-        p.error(f"--batch-size {args.batch_size} is not divisible by --num-sample {args.num_sample}")
+        fail(f"--batch-size {args.batch_size} is not divisible by --num-sample {args.num_sample}")
     if args.strategy == "mixed" and args.num_sample % 2:
-        p.error("--strategy mixed needs an even --num-sample (half the clips with motion, half without)")
+        fail("--strategy mixed needs an even --num-sample (half the clips with motion, half without)")
     if args.strategy == "progressive" and not 0 < args.stage1_epochs < args.epochs:
-        p.error(f"--strategy progressive needs 0 < --stage1-epochs ({args.stage1_epochs}) < --epochs ({args.epochs})")
+        fail(f"--strategy progressive needs 0 < --stage1-epochs ({args.stage1_epochs}) < --epochs ({args.epochs})")
     if args.source in ("video", "frames") and args.train_list is None:
         args.train_list = os.path.join(args.data_root, "train.csv")
     if args.source == "images" and not (args.image_dir and os.path.isdir(args.image_dir)):
-        p.error(f"--dataset images needs --image-dir pointing at a folder of images, got {args.image_dir}")
-    check_out_dir(p, args.out_dir)
-    return p, args
+        fail(f"--dataset images needs --image-dir pointing at a folder of images, got {args.image_dir}")
+    check_out_dir(args.out_dir)
+    return args
 
 
 def build_objects(args):
@@ -301,14 +307,15 @@ def build_target(args, device):
     if args.target == "pixel":
         fn = lambda v: teacher_lib.pixel_targets(v, args.tubelet, args.patch_size, normalize=args.norm_pix)  # noqa: E731
         return fn, args.tubelet * args.patch_size ** 2 * 3
-    t = teacher_lib.Teacher(args.teacher, args.teacher_weights, input_norm=args.teacher_norm, tubelet=args.tubelet)
+    weights = None if args.teacher_weights.lower() == "none" else args.teacher_weights   # none: random (smoke runs)
+    t = teacher_lib.Teacher(args.teacher, weights, input_norm=args.teacher_norm, tubelet=args.tubelet)
     t.check_grid(args.img_size, args.patch_size)
     return t.to(device), t.out_dim
 
 
 def main(argv=None):
     # ------------------------------------------------------------------ args
-    parser, args = get_args(argv)
+    args = get_args(argv)
 
     # ------------------------------------------------------------------ dist
     rank, world, device = setup_dist()
@@ -316,7 +323,7 @@ def main(argv=None):
         device = torch.device(args.device)
     master = rank == 0
     if args.batch_size % (world * args.num_sample):
-        parser.error(f"--batch-size {args.batch_size} does not split over {world} ranks x {args.num_sample} clips per video")
+        fail(f"--batch-size {args.batch_size} does not split over {world} ranks x {args.num_sample} clips per video")
     clips_per_rank = args.batch_size // world
     videos_per_rank = clips_per_rank // args.num_sample
     torch.manual_seed(args.seed)   # same initial weights on every rank
@@ -330,7 +337,7 @@ def main(argv=None):
     try:
         dataset = build_dataset(args)
     except (OSError, ValueError) as e:   # empty list, missing folder, malformed line: before any work
-        parser.error(str(e))
+        fail(str(e))
     sampler = data.ResumableSampler(dataset, world, rank, seed=args.seed, shuffle=True, drop_last=True)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=videos_per_rank, sampler=sampler, num_workers=args.workers, collate_fn=data.collate,
@@ -338,7 +345,7 @@ def main(argv=None):
         persistent_workers=False, prefetch_factor=4 if args.workers else None)
     steps_per_pass = len(dataset) // world // videos_per_rank
     if steps_per_pass == 0:
-        parser.error(f"{len(dataset)} items cannot fill one batch of {videos_per_rank} videos on each of {world} ranks")
+        fail(f"{len(dataset)} items cannot fill one batch of {videos_per_rank} videos on each of {world} ranks")
     # one pass over the videos = num_sample effective epochs (SPEC 5 counts epochs x clips per video)
     steps_per_epoch = steps_per_pass / args.num_sample
     total_steps = int(round(args.epochs * steps_per_epoch))
@@ -349,7 +356,7 @@ def main(argv=None):
     try:
         target_fn, target_dim = build_target(args, device)
     except (OSError, ValueError, RuntimeError) as e:
-        parser.error(f"teacher: {e}")
+        fail(f"teacher: {e}")
     model = PretrainModel(img_size=args.img_size, patch_size=args.patch_size, num_frames=args.num_frames,
                           tubelet_size=args.tubelet, out_dim=target_dim, **MODEL_SIZES[args.model]).to(device)
     model.set_grad_checkpointing(args.grad_checkpointing)
@@ -375,10 +382,13 @@ def main(argv=None):
     # ------------------------------------------------------------------ resume
     step = 0
     latest = os.path.join(args.out_dir, "checkpoint-latest.pth")
-    if args.resume:
+    if args.resume == "auto" and not os.path.isfile(latest):
+        if master:   # so that `torchrun --max-restarts N ... --resume` also makes the first start
+            print(f"--resume: no checkpoint at {latest} yet, starting from scratch")
+    elif args.resume:
         path = latest if args.resume == "auto" else args.resume
         if not os.path.isfile(path):
-            parser.error(f"--resume: no checkpoint at {path}")
+            fail(f"--resume: no checkpoint at {path}")
         ckpt = load_checkpoint(path)
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
