@@ -244,11 +244,13 @@ class VideoClassifier(nn.Module):
             self.head.weight.mul_(head_init_scale)
             self.head.bias.mul_(head_init_scale)
 
-    def forward_features(self, video):             # video (B, C, T, H, W) -> (B, D)
+    def forward_tokens(self, video):               # video (B, C, T, H, W) -> (B, N, D), before pooling
         x = self.patch_embed(video)
         x = x + position_table(self.pos_embed, x.shape[1]).to(x.dtype)
-        x = run_blocks(self.blocks, x, self.grad_checkpointing)
-        return self.fc_norm(x.mean(dim=1))
+        return run_blocks(self.blocks, x, self.grad_checkpointing)
+
+    def forward_features(self, video):             # -> (B, D)
+        return self.fc_norm(self.forward_tokens(video).mean(dim=1))
 
     def forward(self, video):                      # -> (B, num_classes)
         return self.head(self.forward_features(video))

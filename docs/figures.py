@@ -1,0 +1,129 @@
+"""Pictures for the README, drawn from a run's own outputs (PIL only, no plotting library).
+
+    python docs/figures.py loss out/tiny/log.jsonl --out docs/demo_loss.png
+        the demo's loss against its two trivial floors (predict zero; predict the visible tokens' mean)
+    python docs/figures.py figure4 out/tiny/checkpoint-latest.pth --out docs/figure4.png
+        the paper's Figure 4: cosine similarity between the per-frame features of a clip (mean over each
+        time slice's tokens), for the checkpoint against a randomly initialised encoder of the same shape
+
+Figures 3 and the mask picture are drawn by `python motion.py` and `python masking.py`.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+COLOURS = {"loss": (31, 119, 180), "floor_zero": (214, 39, 40), "floor_mean": (255, 127, 14)}
+
+
+def line_plot(series, title, xlabel, size=(640, 360), margin=(60, 30, 20, 45)):
+    """series: {name: (xs, ys)} -> PIL image with axes, ticks and a legend."""
+    W, H = size
+    left, top, right, bottom = margin
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    xs_all = np.concatenate([np.asarray(x, float) for x, _ in series.values()])
+    ys_all = np.concatenate([np.asarray(y, float) for _, y in series.values()])
+    x0, x1 = xs_all.min(), xs_all.max()
+    y0, y1 = 0.0, ys_all.max() * 1.05
+
+    def px(x, y):
+        return (left + (x - x0) / max(x1 - x0, 1e-9) * (W - left - right),
+                H - bottom - (y - y0) / max(y1 - y0, 1e-9) * (H - top - bottom))
+
+    d.rectangle([left, top, W - right, H - bottom], outline="black")
+    for y in np.linspace(y0, y1, 5):
+        _, py = px(x0, y)
+        d.line([left - 4, py, left, py], fill="black")
+        d.text((4, py - 6), f"{y:.3f}", fill="black")
+    for x in np.linspace(x0, x1, 5):
+        qx, _ = px(x, y0)
+        d.line([qx, H - bottom, qx, H - bottom + 4], fill="black")
+        d.text((qx - 10, H - bottom + 6), f"{x:.0f}", fill="black")
+    d.text((W // 2 - 20, H - 16), xlabel, fill="black")
+    d.text((left, 8), title, fill="black")
+    for i, (name, (xs, ys)) in enumerate(series.items()):
+        colour = COLOURS.get(name, (0, 0, 0))
+        d.line([px(x, y) for x, y in zip(xs, ys)], fill=colour, width=2)
+        d.line([W - right - 150, top + 12 + 14 * i, W - right - 130, top + 12 + 14 * i], fill=colour, width=2)
+        d.text((W - right - 125, top + 6 + 14 * i), name, fill="black")
+    return img
+
+
+def loss_figure(log_path, out):
+    with open(log_path) as f:
+        rows = [r for r in map(json.loads, f) if "loss" in r and "floor_zero" in r]
+    steps = [r["step"] for r in rows]
+    series = {k: (steps, [r[k] for r in rows]) for k in ("loss", "floor_zero", "floor_mean")}
+    line_plot(series, f"pretraining loss vs trivial floors ({os.path.basename(os.path.dirname(log_path))})",
+              "step").save(out)
+
+
+def frame_similarity(model, video, tubelet):
+    """Cosine similarity (t, t) of per-time-slice features, averaged over the clips of `video`."""
+    with torch.no_grad():
+        tokens = model.forward_tokens(video)                                   # (B, N, D)
+    B, N, D = tokens.shape
+    t = video.shape[2] // tubelet
+    f = torch.nn.functional.normalize(tokens.view(B, t, N // t, D).mean(2), dim=-1)   # (B, t, D)
+    return (f @ f.transpose(1, 2)).mean(0).numpy()
+
+
+def heatmap(sim, title, lo, cell=36):
+    """t x t cells coloured from blue (lo) to red (1), each with its value."""
+    t = sim.shape[0]
+    img = Image.new("RGB", (t * cell + 20, t * cell + 40), "white")
+    d = ImageDraw.Draw(img)
+    d.text((10, 6), title, fill="black")
+    for i in range(t):
+        for j in range(t):
+            v = float(np.clip((sim[i, j] - lo) / max(1 - lo, 1e-6), 0, 1))
+            colour = (int(255 * v), int(80 + 100 * (1 - abs(v - 0.5) * 2)), int(255 * (1 - v)))
+            box = [10 + j * cell, 30 + i * cell, 10 + (j + 1) * cell - 1, 30 + (i + 1) * cell - 1]
+            d.rectangle(box, fill=colour)
+            d.text((box[0] + 4, box[1] + cell // 2 - 6), f"{sim[i, j]:.2f}", fill="white")
+    return img
+
+
+def figure4(checkpoint, out, num_clips=16, seed=0):
+    from data import MotionClassDataset, eval_collate
+    from model import MODEL_SIZES, VideoClassifier, load_encoder
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    a = ckpt.get("args", {})
+    kw = dict(img_size=a.get("img_size", 64), patch_size=a.get("patch_size", 16), num_frames=a.get("num_frames", 16),
+              tubelet_size=a.get("tubelet", 2), num_classes=1, **MODEL_SIZES[a.get("model", "tiny")])
+    ds = MotionClassDataset("val", num_clips, mode="train", num_frames=kw["num_frames"], img_size=kw["img_size"], seed=seed)
+    video = eval_collate([ds[i] for i in range(num_clips)])["video"]
+    torch.manual_seed(seed)
+    random_model = VideoClassifier(**kw).eval()
+    trained = VideoClassifier(**kw).eval()
+    load_encoder(trained, ckpt)
+    sims = {"pretrained: " + os.path.basename(checkpoint): frame_similarity(trained, video, kw["tubelet_size"]),
+            "random init": frame_similarity(random_model, video, kw["tubelet_size"])}
+    lo = min(s.min() for s in sims.values())   # one colour scale for both panels
+    panels = [heatmap(s, title, lo) for title, s in sims.items()]
+    W = sum(p.width for p in panels) + 10
+    img = Image.new("RGB", (W, max(p.height for p in panels) + 20), "white")
+    x = 0
+    for p in panels:
+        img.paste(p, (x, 0))
+        x += p.width + 10
+    ImageDraw.Draw(img).text((10, img.height - 16), "cosine similarity of per-frame features (time slice x time slice), "
+                             f"mean over {num_clips} motion clips", fill="black")
+    img.save(out)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["loss", "figure4"])
+    p.add_argument("path", help="log.jsonl (loss) or a checkpoint (figure4)")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    (loss_figure if args.what == "loss" else figure4)(args.path, args.out)
+    print(f"wrote {args.out}")
