@@ -37,7 +37,14 @@ def setup_dist():
     else:
         device, backend = torch.device("cpu"), "gloo"
     # a bounded timeout: a rank stuck in a collective fails instead of hanging forever
-    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=int(os.environ.get("SMILE_DIST_TIMEOUT_MIN", 30))))
+    timeout = datetime.timedelta(minutes=int(os.environ.get("SMILE_DIST_TIMEOUT_MIN", 30)))
+    rank, world, store = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), None
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # torchrun's agent hosts the store and keeps it across --max-restarts, so a restarted attempt can
+        # read the dead attempt's addresses and fail to connect (pytorch#135712): one key prefix per attempt.
+        agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False, timeout=timeout)
+        store = dist.PrefixStore(f"smile-attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
     return dist.get_rank(), dist.get_world_size(), device
 
 

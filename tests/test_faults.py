@@ -196,7 +196,9 @@ def find_rank_process(tag, rank):
             continue
         if f"SMILE_TEST_TAG={tag}".encode() in env and f"RANK={rank}".encode() in env and b"train.py" in cmd \
                 and b"torch.distributed.run" not in cmd:
-            return int(pid)
+            ppid = open(f"/proc/{pid}/status").read().split("PPid:")[1].split()[0]
+            if b"torch.distributed.run" in open(f"/proc/{ppid}/cmdline", "rb").read():   # the rank, not a worker
+                return int(pid)
     return None
 
 
