@@ -289,6 +289,7 @@ def worker_init(worker_id):
 # label: a long (single-label), a multi-hot float (num_classes,) (multi-label) or a float count (counting).
 
 def make_target(label, task, num_classes):
+    """A list label as a tensor: class id (single), multi-hot (multi) or the count as a float (count)."""
     if task == "multi":
         t = torch.zeros(num_classes)
         t[list(label)] = 1.0
@@ -437,25 +438,30 @@ class MotionClassDataset(torch.utils.data.Dataset):
 
     task "single": 8 classes (MOTION_CLASSES): travel left/right/up/down, rotate clockwise/counter-clockwise,
     grow/shrink. Clips come in groups of 8: clip i has class i % 8, and all clips of group i // 8 share the
-    object (motion.synthetic_objects), background (noise, black or a still image), size, start position,
-    angle, scale and speed. The first frame is therefore identical across the 8 classes: no single frame
+    object (motion.synthetic_objects), background (black or a still image; "noise" can be added but makes
+    the task far harder for a small model trained from scratch), size, start position, angle, scale and
+    speed. The first frame is therefore identical across the 8 classes: no single frame
     tells them apart, only the change over time does.
     task "multi": two objects, each with its own class; label = the set (multi-hot). Stand-in for Charades.
-    task "count": one object oscillates k = 1..max_count times along a random direction; label = k, the same
+    task "count": one object moves out and back k = 1..max_count times along a random direction (at least 4
+    frames per repetition); label = k, the same
     group trick keeps frame 0 independent of k. Stand-in for UCFRep repetition counting.
     Each clip is a pure function of (seed, split, index); train-mode augment(frames, rng) draws from
     (seed, epoch, index). Sizes and speeds are fractions of the frame, so any img_size works.
     """
 
     def __init__(self, split, length, mode="train", task="single", num_frames=16, img_size=64, seed=0,
-                 max_count=4, augment=None, num_objects_bank=64):
+                 max_count=4, augment=None, num_objects_bank=64, backgrounds=("black", "image")):
         assert task in ("single", "multi", "count"), task
+        if task == "count" and num_frames < 4 * max_count:
+            raise ValueError(f"counting up to {max_count} repetitions needs >= {4 * max_count} frames (4 per repetition)")
         self.split_id = {"train": 0, "val": 1}[split]
         self.length, self.mode, self.task, self.T, self.S = length, mode, task, num_frames, img_size
         self.seed, self.max_count, self.augment, self.epoch = seed, max_count, augment, 0
         self.num_classes = 1 if task == "count" else len(MOTION_CLASSES)
         self.objects = motion.synthetic_objects(num_objects_bank, np.random.default_rng([seed, 7]), size=48)
         self.group = max_count if task == "count" else len(MOTION_CLASSES)
+        self.backgrounds = backgrounds
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -476,7 +482,7 @@ class MotionClassDataset(torch.utils.data.Dataset):
         """-> uint8 (T, S, S, 3) frames and the label."""
         T, S = self.T, self.S
         g = np.random.default_rng([self.seed, self.split_id, index // self.group])   # shared by the group
-        kind = ["noise", "black", "image"][g.integers(3)]
+        kind = self.backgrounds[g.integers(len(self.backgrounds))]
         still = motion.still_image(S, S, g) if kind == "image" else None
         frames = motion.background(kind, T, S, S, g, image=still)
         label = self.label(index)
@@ -491,9 +497,9 @@ class MotionClassDataset(torch.utils.data.Dataset):
             a0, s0 = g.uniform(0, 360), g.uniform(0.6, 1.0)
             dist, turn, grow = g.uniform(0.4, 0.5) * S, g.uniform(180, 300), g.uniform(2.0, 2.6)
             cx, cy, angle, scale = np.full(T, x0), np.full(T, y0), np.full(T, a0), np.full(T, s0)
-            if self.task == "count":   # cls = k oscillations: back and forth k times, starting at (x0, y0)
+            if self.task == "count":   # cls = k repetitions: out and back k times, starting at (x0, y0)
                 d = g.uniform(0, 2 * np.pi)
-                amp = 0.5 * dist * np.sin(2 * np.pi * cls * np.arange(T) / T)
+                amp = 0.5 * dist * (1 - np.cos(2 * np.pi * cls * np.arange(T) / T))
                 cx, cy = x0 + amp * np.cos(d), y0 + amp * np.sin(d)
             elif cls < 4:              # travel: left, right, up, down
                 dx, dy = [(-1, 0), (1, 0), (0, -1), (0, 1)][cls]

@@ -1,0 +1,335 @@
+"""finetune.py (Table 17): checkpoint loading, layer-wise lr decay, clip RandAugment and mixup/cutmix,
+multi-view averaging and metrics on hand-made examples, end-to-end runs on `motion` and an mp4 list,
+bit-identical resume."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import finetune
+from model import MODEL_SIZES, PretrainModel, VideoClassifier, sinusoid_table
+from train import set_lr
+
+ROOT = Path(__file__).resolve().parent.parent
+REF = Path(__file__).parent / "data" / "videomae_tiny_reference.pt"
+# 32 px, 8 frames: 16 tokens per clip; 64 training clips, batch 16 -> 4 steps per epoch.
+SMALL = ["--preset", "tiny", "--img-size", "32", "--num-frames", "8", "--motion-train", "64", "--motion-val", "32",
+         "--batch-size", "16", "--epochs", "2", "--warmup-epochs", "1", "--workers", "0", "--log-every", "1"]
+
+
+def run(script, args, **kw):
+    r = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, **kw)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def data_args(**kw):
+    a = dict(img_size=32, num_frames=16, patch_size=None, tubelet=None, model=None, checkpoint=None,
+             num_classes=5, dataset="list", task="single", train_list="x", val_list="x", data_root="",
+             splits=["train.csv", "val.csv"])
+    a.update(kw)
+    return argparse.Namespace(**a)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def test_train_py_checkpoint_gives_encoder_features(tmp_path):
+    """A train.py checkpoint names its model: --model/--patch/--tubelet come from it; the classifier's
+    pooled tokens equal the pretraining encoder's, also on another grid (position table rebuilt)."""
+    torch.manual_seed(0)
+    pre = PretrainModel(img_size=64, num_frames=16, **MODEL_SIZES["tiny"], out_dim=1536).eval()
+    path = tmp_path / "checkpoint-latest.pth"
+    torch.save({"model": pre.state_dict(), "step": 3, "args": {"model": "tiny", "patch_size": 16, "tubelet": 2,
+                                                              "img_size": 64, "num_frames": 16}}, path)
+    args = data_args(checkpoint=str(path), img_size=32, num_frames=8)   # another grid than pretraining
+    state = finetune.finish_data_args(args)
+    assert (args.model, args.patch_size, args.tubelet) == ("tiny", 16, 2)
+    clf = finetune.build_classifier(args, 5, state).eval()
+    video = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        enc = pre.encoder
+        x = enc.patch_embed(video) + sinusoid_table(16, 192)          # 4 x 2 x 2 tokens
+        for blk in enc.blocks:
+            x = blk(x)
+        clf.fc_norm = torch.nn.Identity()
+        torch.testing.assert_close(clf.forward_features(video), x.mean(1), atol=1e-5, rtol=1e-5)
+    args = data_args(checkpoint=str(path), model="small")                 # a flag still wins
+    finetune.finish_data_args(args)
+    assert args.model == "small"
+
+
+def test_reference_checkpoint_loads_and_matches(monkeypatch, capsys):
+    """tests/data/videomae_tiny_reference.pt: the pretraining state dict loads as an encoder (fc_norm/head
+    missing, norm unexpected) and a finetuned classifier gives the reference features and logits."""
+    ref = torch.load(REF, weights_only=True)
+    c = ref["config"]
+    monkeypatch.setitem(MODEL_SIZES, "tiny", dict(embed_dim=c["encoder_embed_dim"], depth=c["encoder_depth"],
+                                                  num_heads=c["encoder_num_heads"], mlp_ratio=c["mlp_ratio"]))
+    args = data_args(model="tiny", img_size=c["img_size"], num_frames=c["num_frames"], patch_size=c["patch_size"],
+                     tubelet=c["tubelet_size"])
+    finetune.build_classifier(args, 5, {"model": ref["pretrain_state_dict"]})
+    printed = capsys.readouterr().out
+    for k in ref["finetune_missing"] + ref["finetune_unexpected"]:
+        assert k in printed
+    clf = finetune.build_classifier(args, 5, {"module": ref["finetune_state_dict"]}).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(clf.forward_features(ref["video"]), ref["finetune_features"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(clf(ref["video"]), ref["finetune_logits"], atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- optimisation pieces
+
+
+def test_layer_decay_groups():
+    model = VideoClassifier(img_size=32, num_frames=4, num_classes=3, **MODEL_SIZES["tiny"])   # depth L = 4
+    groups = finetune.layer_decay_groups(model, 0.05, 0.75)
+    seen = [id(p) for g in groups for p in g["params"]]
+    assert sorted(seen) == sorted(id(p) for p in model.parameters())           # each parameter exactly once
+    where = {id(p): g for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    L = 4
+    for name, expect in [("patch_embed.proj.weight", 0.75 ** (L + 1)), ("blocks.0.attn.qkv.weight", 0.75 ** L),
+                         ("blocks.3.mlp.fc1.weight", 0.75 ** 1), ("head.weight", 1.0), ("fc_norm.weight", 1.0)]:
+        assert where[id(named[name])]["lr_scale"] == pytest.approx(expect), name
+    assert where[id(named["blocks.2.attn.qkv.weight"])]["weight_decay"] == 0.05
+    for name in ("blocks.2.attn.q_bias", "blocks.2.norm1.weight", "head.bias", "patch_embed.proj.bias"):
+        assert where[id(named[name])]["weight_decay"] == 0.0, name
+    opt = torch.optim.AdamW(groups, lr=0.0)
+    set_lr(opt, 1e-3)
+    assert {round(g["lr"] / 1e-3, 6) for g in opt.param_groups} == {round(0.75 ** k, 6) for k in range(L + 2)}
+
+
+def test_randaugment_applies_one_op_to_all_frames():
+    from torchvision.transforms import v2
+    ra = v2.RandAugment(2, 9)
+    rng0 = np.random.default_rng(0)
+    clip = rng0.integers(0, 256, (6, 24, 24, 3), dtype=np.uint8)
+    changed = 0
+    for seed in range(12):
+        before = torch.get_rng_state()
+        out = finetune.randaugment_clip(ra, clip, np.random.default_rng(seed))
+        assert torch.equal(torch.get_rng_state(), before)                    # global RNG untouched
+        assert np.array_equal(out, finetune.randaugment_clip(ra, clip, np.random.default_rng(seed)))
+        for t in (0, 5):   # frame t of the clip == frame t alone under the same draw: the same op everywhere
+            alone = finetune.randaugment_clip(ra, np.repeat(clip[t:t + 1], 2, 0), np.random.default_rng(seed))
+            assert np.array_equal(out[t], alone[0]), (seed, t)
+        changed += not np.array_equal(out, clip)
+    assert changed >= 6
+
+
+def test_mix_batch_cutmix_box_shared_by_frames():
+    video = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1, 1).expand(4, 3, 5, 16, 16).clone()
+    target = torch.eye(4)
+    for seed in range(10):
+        v, t = finetune.mix_batch(video, target, np.random.default_rng(seed), mixup=0.0, cutmix=1.0)
+        pasted = (v[0] != 0).float()                                     # sample 0 got sample 3's pixels
+        assert torch.equal(pasted, pasted[:, :1].expand_as(pasted))       # same box in every frame and channel
+        torch.testing.assert_close(t[0, 3], pasted.mean())                # soft target = pasted area
+        torch.testing.assert_close(t.sum(1), torch.ones(4))
+        v, t = finetune.mix_batch(video, target, np.random.default_rng(seed), mixup=0.8, cutmix=0.0)
+        lam = t[0, 0]
+        torch.testing.assert_close(v[0], lam * video[0] + (1 - lam) * video[3])
+
+
+# ----------------------------------------------------------------------------- views and metrics
+
+
+class HandViews(torch.utils.data.Dataset):
+    """5 items (temporal views) of 3 videos, 2 crops each; a view's score is its first two pixels."""
+    scores = torch.tensor([[[0.9, 0.1], [0.7, 0.3]], [[0.3, 0.7], [0.1, 0.9]],   # video 0: clips 0 and 1
+                           [[0.2, 0.8], [0.4, 0.6]],                             # video 1: one clip
+                           [[0.6, 0.4], [0.8, 0.2]], [[0.2, 0.8], [0.4, 0.6]]])  # video 2: clips 0 and 1
+    ids = [0, 0, 1, 2, 2]
+
+    def __len__(self):
+        return 5
+
+    def __getitem__(self, i):
+        video = torch.zeros(2, 1, 1, 1, 2)
+        video[:, 0, 0, 0] = self.scores[i]
+        return {"video": video, "label": torch.tensor(0), "video_id": self.ids[i]}
+
+    def targets(self):
+        return torch.zeros(3, dtype=torch.long)
+
+
+def test_multiview_averaging_by_hand():
+    out = finetune.per_video(lambda v: v.flatten(1), HandViews(), 2, batch_size=2, workers=0, rank=0, world=1,
+                             device=torch.device("cpu"))
+    torch.testing.assert_close(out, torch.tensor([[0.5, 0.5], [0.3, 0.7], [0.5, 0.5]]))
+    # rank 1 of 2 sees items 1 and 3 only: video 0 from clip 1, video 2 from clip 0, video 1 not at all
+    part = finetune.per_video(lambda v: v.flatten(1), HandViews(), 2, 2, 0, rank=1, world=2, device=torch.device("cpu"))
+    torch.testing.assert_close(part, torch.tensor([[0.2, 0.8], [0.0, 0.0], [0.7, 0.3]]))
+
+
+def test_metrics_by_hand():
+    scores = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.7, 0.2], [0.6, 0.3, 0.1], [0.3, 0.3, 0.4]])
+    labels = torch.tensor([0, 1, 1, 1])
+    m = finetune.compute_metrics("single", scores, labels)
+    assert m["top1"] == pytest.approx(50.0)
+    assert m["mean_class_acc"] == pytest.approx(100 * (1 + 1 / 3) / 2)    # class 0: 1/1, class 1: 1/3
+    assert m["top5"] == pytest.approx(100.0)
+    # AP of one class, positives ranked 1st and 3rd: (1/1 + 2/3) / 2; a class without positives is skipped
+    s = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.1, 0.4]])
+    t = torch.tensor([[1, 0], [0, 0], [1, 0], [0, 0]])
+    assert finetune.mean_average_precision(s, t) == pytest.approx(100 * (1 + 2 / 3) / 2)
+    t[3, 1] = 1                                                          # class 1: its positive ranked 1st
+    assert finetune.mean_average_precision(s, t) == pytest.approx(100 * ((1 + 2 / 3) / 2 + 1) / 2)
+    c = finetune.counting_error(torch.tensor([2.0, 5.0, 9.0]), torch.tensor([4.0, 5.0, 6.0]))
+    assert c["count_error"] == pytest.approx((0.5 + 0 + 0.5) / 3)
+    assert c["obo"] == pytest.approx(100 / 3)
+
+
+def test_severe_table_order_and_mean(tmp_path, capsys):
+    rows = [("severe-ucfrc", 0.25), ("severe-ssv2", 60.0), ("severe-charades", 20.0), ("severe-ssv2", 70.0)]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps({"setting": s, "value": v}) + "\n" for s, v in rows))
+    shown = finetune.severe_table(str(path))
+    assert list(shown) == ["SSv2", "Gym99", "UCF (10^3)", "GYM (10^3)", "FX-S1", "UB-S1", "UCF-RC", "Charades", "Mean"]
+    assert shown["SSv2"] == "70.0"                                       # the last row of a setting counts
+    assert shown["Mean"].startswith(f"{(70 + 75 + 20) / 3:.1f}")         # UCF-RC enters as 100 * (1 - error)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+# 32 px, 8 frames, 8 px patches (4 x 4 x 4 tokens), black backgrounds: the quickest motion to learn from scratch
+LEARN = ["--preset", "tiny", "--img-size", "32", "--num-frames", "8", "--patch-size", "8", "--motion-backgrounds",
+         "black", "--motion-train", "512", "--motion-val", "256", "--epochs", "4", "--layer-decay", "1.0", "--lr", "8e-3",
+         "--workers", "0"]
+
+
+def test_finetune_motion_learns(tmp_path):
+    """A subprocess run as a user types it: 64 steps from scratch beat chance (12.5%) on motion."""
+    out = tmp_path / "ft"
+    r = run("finetune.py", LEARN + ["--out-dir", str(out)])
+    assert "clips/s" in r.stdout and "eta" in r.stdout and "top1" in r.stdout
+    res = json.loads((out / "results.json").read_text())
+    assert res["metric"] == "top1" and {"top1", "top5", "mean_class_acc"} <= set(res)
+    assert res["top1"] > 20.0, res                   # chance 12.5 (+-2.1 std over 256 clips); measured 30.9
+    ckpt = torch.load(out / "checkpoint-latest.pth", weights_only=True)
+    assert ckpt["step"] == 64 and set(ckpt) >= {"model", "optimizer", "scaler", "rng", "args"}
+    # the finetuned classifier tests again with --eval-only: the same numbers
+    again = finetune.main(LEARN + ["--out-dir", str(tmp_path / "ev"), "--eval-only",
+                                   "--checkpoint", str(out / "checkpoint-latest.pth")])
+    assert again["top1"] == pytest.approx(res["top1"]) and again["top5"] == pytest.approx(res["top5"])
+
+
+def test_finetune_video_list_multiview(tmp_path, video_list):
+    (video_list.parent / "val.csv").write_text(video_list.read_text())
+    out = tmp_path / "ft"
+    run("finetune.py", ["--dataset", "list", "--data-root", str(video_list.parent), "--num-classes", "3",
+                        "--model", "tiny", "--img-size", "32", "--num-frames", "8", "--stride", "2",
+                        "--test-clips", "2", "--test-crops", "3", "--batch-size", "3", "--epochs", "1",
+                        "--workers", "0", "--out-dir", str(out), "--results-file", str(tmp_path / "all.jsonl")])
+    res = json.loads((out / "results.json").read_text())
+    assert res["setting"] == "list" and 0 <= res["top1"] <= 100
+    assert json.loads((tmp_path / "all.jsonl").read_text().splitlines()[-1])["top1"] == res["top1"]
+
+
+def test_resume_is_bit_identical(tmp_path):
+    """6 steps in one go == 3 steps, stop, --resume, 3 more steps (mixup, cutmix, RandAug, drop path on)."""
+    args = SMALL + ["--mixup", "0.8", "--cutmix", "1.0", "--randaug-n", "2", "--drop-path", "0.1"]
+    finetune.main(args + ["--out-dir", str(tmp_path / "a"), "--steps", "6"])
+    finetune.main(args + ["--out-dir", str(tmp_path / "b"), "--steps", "3"])
+    half = torch.load(tmp_path / "b" / "checkpoint-latest.pth", weights_only=True)
+    finetune.main(args + ["--out-dir", str(tmp_path / "b"), "--steps", "6", "--resume"])
+    a = torch.load(tmp_path / "a" / "checkpoint-latest.pth", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint-latest.pth", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert half["step"] == 3 and not torch.equal(half["model"]["head.weight"], b["model"]["head.weight"])
+
+
+# ----------------------------------------------------------------------------- evaluation datasets (data.py)
+
+
+def test_view_sampling_and_crops():
+    assert data.dense_indices(100, 4, 5, view=0, num_views=3).tolist() == [0, 5, 10, 15]
+    assert data.dense_indices(100, 4, 5, view=2, num_views=3).tolist() == [84, 89, 94, 99]     # evenly spaced
+    assert data.dense_indices(10, 4, 5).tolist() == [0, 3, 6, 9]                             # too short: cover it
+    seg = data.segment_indices(80, 4, view=0, num_views=2).tolist(), data.segment_indices(80, 4, view=1, num_views=2).tolist()
+    assert seg == ([5, 25, 45, 65], [15, 35, 55, 75])                                         # one frame per segment
+    r = data.segment_indices(80, 4, np.random.default_rng(0))
+    assert all(20 * i <= f < 20 * (i + 1) for i, f in enumerate(r))
+    frames = np.zeros((2, 20, 40, 3), np.uint8)
+    frames[:, :, :, 0] = np.arange(40)[None, None, :] * 6                                     # red ramp along x
+    crops = data.three_crops(frames, 10, 3)                                                   # -> 10 x 20, 3 crops
+    assert [c.shape for c in crops] == [(2, 10, 10, 3)] * 3
+    assert crops[0][0, 5, 0, 0] < crops[1][0, 5, 0, 0] < crops[2][0, 5, 0, 0]                 # left, centre, right
+
+
+def test_stratified_subset():
+    items = [(f"v{i}", i % 3 if i < 60 else 0) for i in range(90)]   # class 0: 50 clips, 1: 20, 2: 20
+    sub = data.stratified_subset(items, 9, seed=0)
+    labels = [label for _, label in sub]
+    assert len(sub) == 9 and labels.count(0) == 5 and labels.count(1) == 2 and labels.count(2) == 2
+    assert sub == data.stratified_subset(items, 9, seed=0) != data.stratified_subset(items, 9, seed=1)
+
+
+def test_video_list_dataset_views(video_list):
+    items = data.read_list(video_list)
+    test = data.VideoClipDataset(items, mode="test", num_classes=3, num_frames=8, stride=2, img_size=32,
+                                 num_clips=2, num_crops=3)
+    assert len(test) == 12
+    s = test[3]
+    assert s["video"].shape == (3, 3, 8, 32, 32) and s["video_id"] == 1 and s["label"] == 1
+    train = data.VideoClipDataset(items, mode="train", num_classes=3, num_frames=8, sampling="segment", img_size=32)
+    a = train[2]
+    assert a["video"].shape == (3, 8, 32, 32) and torch.equal(train[2]["video"], a["video"])
+    train.set_epoch(1)
+    assert not torch.equal(train[2]["video"], a["video"])
+
+
+# ----------------------------------------------------------------------------- SEVERE stand-ins (issue 7)
+
+
+@pytest.mark.parametrize("task,metric", [("multi", "map"), ("count", "count_error")])
+def test_multi_label_and_counting_run(tmp_path, task, metric):
+    out = tmp_path / task
+    res = finetune.main(SMALL + ["--task", task, "--out-dir", str(out), "--results-file", str(tmp_path / "r.jsonl")])
+    row = json.loads((tmp_path / "r.jsonl").read_text())
+    assert row["setting"] == "tiny" and row["metric"] == metric and row["value"] == res[metric]
+    if task == "count":
+        assert res["count_error"] >= 0 and 0 <= res["obo"] <= 100
+
+
+def test_severe_presets(tmp_path):
+    """Each of the 8 settings carries its class count, task, metric, list files and Table 17's schedule."""
+    expect = {"severe-ssv2": (174, "single", "top1", "train.csv"), "severe-gym99": (99, "single", "top1", "gym99_train.csv"),
+              "severe-ucf1k": (101, "single", "top1", "train.csv"), "severe-gym1k": (99, "single", "top1", "gym99_train.csv"),
+              "severe-fx": (11, "single", "mean_class_acc", "fx_s1_train.csv"),
+              "severe-ub": (15, "single", "mean_class_acc", "ub_s1_train.csv"),
+              "severe-ucfrc": (101, "count", "count_error", "ucfrep_train.csv"),
+              "severe-charades": (157, "multi", "map", "charades_train.csv")}
+    assert set(expect) == set(finetune.SEVERE)
+    for name, (classes, task, metric, train_file) in expect.items():
+        args, _ = finetune.get_args(["--preset", name, "--data-root", "/data/x", "--out-dir", str(tmp_path)])
+        assert (args.num_classes, args.task, args.metric) == (classes, task, metric), name
+        assert args.train_list == os.path.join("/data/x", train_file)
+        assert (args.epochs, args.batch_size, args.lr, args.layer_decay, args.drop_path) == (100, 16, 1e-3, 0.75, 0.1)
+        assert args.label_smoothing == (0.1 if task == "single" else 0.0)
+        assert args.train_samples == (1000 if name in ("severe-ucf1k", "severe-gym1k") else 0)
+        assert args.results_file.endswith("results.jsonl")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["multi", "count"])
+def test_severe_standins_learn(tmp_path, task):
+    """Multi-label motion (two objects, each its own motion) beats the mAP of random scores; counting motion
+    (out and back k = 1 or 2 times in 8 frames) beats the best constant count (1: error 0.25)."""
+    res = finetune.main(LEARN + ["--task", task, "--motion-train", "1024", "--epochs", "8", "--out-dir", str(tmp_path)])
+    if task == "multi":
+        chance = 100 * data.MotionClassDataset("val", 256, task="multi", img_size=32, num_frames=8).targets().mean().item()
+        assert res["map"] > chance + 8, (res, chance)              # measured 36.1 vs 23.8
+    else:
+        assert res["count_error"] < 0.15, res                      # measured 0.02

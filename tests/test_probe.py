@@ -1,0 +1,115 @@
+"""probe.py (Table 16) and the `motion` evaluation set: determinism, no class information in a single frame,
+cached features, end-to-end runs that beat chance with a random encoder."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import data
+from model import MODEL_SIZES, PretrainModel
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(args):
+    r = subprocess.run([sys.executable, "probe.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def read_log(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------- the motion set
+
+
+def test_motion_set_is_deterministic():
+    a = data.MotionClassDataset("train", 16, img_size=32, num_frames=8, seed=3)
+    b = data.MotionClassDataset("train", 16, img_size=32, num_frames=8, seed=3)
+    clip5, label5 = a.clip(5)
+    for i in (9, 2, 5):                               # any order, any instance (workers, resumed runs)
+        frames, label = b.clip(i)
+        assert np.array_equal(frames, a.clip(i)[0]) and label == a.clip(i)[1]
+    assert np.array_equal(b.clip(5)[0], clip5)
+    assert not np.array_equal(data.MotionClassDataset("val", 16, img_size=32, num_frames=8, seed=3).clip(5)[0], clip5)
+    assert not np.array_equal(data.MotionClassDataset("train", 16, img_size=32, num_frames=8, seed=4).clip(5)[0], clip5)
+    assert a.targets().tolist() == [i % 8 for i in range(16)]          # balanced classes
+
+
+def test_single_frame_does_not_tell_the_class():
+    """Each group of 8 clips (one per class) shares its first frame exactly: frame 0 carries no label
+    information (so every class-conditional statistic of it is equal); the motion differs."""
+    for task, group in (("single", 8), ("count", 2)):
+        ds = data.MotionClassDataset("train", 3 * group, task=task, img_size=32, num_frames=8, seed=1, max_count=2)
+        for g in range(3):
+            clips = [ds.clip(g * group + k) for k in range(group)]
+            assert sorted(label for _, label in clips) == sorted(set(label for _, label in clips))   # distinct labels
+            for frames, _ in clips[1:]:
+                assert np.array_equal(frames[0], clips[0][0][0])
+            lasts = [frames[-1].astype(int) for frames, _ in clips]
+            assert all(np.abs(x - lasts[0]).sum() > 0 for x in lasts[1:])
+        frames0 = torch.stack([ds[i]["video"][:, 0] for i in range(len(ds))])      # (N, C, H, W)
+        labels = ds.targets()
+        means = [frames0[labels == c].mean(0) for c in labels.unique()]
+        assert all(torch.allclose(m, means[0]) for m in means)
+
+
+def test_multi_label_and_count_variants():
+    multi = data.MotionClassDataset("train", 32, task="multi", img_size=32, num_frames=8)
+    t = multi.targets()
+    assert t.shape == (32, 8) and set(t.sum(1).tolist()) <= {1.0, 2.0} and (t.sum(1) == 2).any()
+    assert torch.equal(multi[3]["label"], t[3])
+    count = data.MotionClassDataset("train", 8, task="count", img_size=32, num_frames=16, max_count=4)
+    assert count.targets().tolist() == [1.0, 2.0, 3.0, 4.0] * 2 and count.num_classes == 1
+
+
+# ----------------------------------------------------------------------------- probe.py end to end
+
+
+def test_probe_motion_random_encoder_beats_chance(tmp_path):
+    """A random encoder's pooled tokens already carry some motion: above the 12.5% of 8 classes."""
+    out = tmp_path / "probe"
+    r = run(["--preset", "tiny", "--img-size", "32", "--num-frames", "8", "--motion-train", "1536", "--motion-val", "256",
+             "--epochs", "60", "--feature-batch", "64", "--out-dir", str(out)])
+    assert "features cached" in r.stdout and "top1" in r.stdout
+    res = json.loads((out / "results.json").read_text())
+    assert {"top1", "top5", "mean_class_acc"} <= set(res)
+    assert res["top1"] > 18.0, res                    # chance 12.5 (+-2.1 std over 256 clips)
+    cache = next(rec for rec in read_log(out) if "encoder_forwards" in rec)
+    assert cache["encoder_forwards"] == 1536 and cache["forwards_without_cache"] == 60 * 1536   # no flips on motion
+    assert (out / "probe-head.pth").exists()
+
+
+def test_probe_video_list_with_checkpoint_and_flips(tmp_path, video_list):
+    """An mp4 list, a train.py checkpoint (its args name the model), flipped features cached once."""
+    (video_list.parent / "val.csv").write_text(video_list.read_text())
+    ckpt = tmp_path / "checkpoint-latest.pth"
+    pre = PretrainModel(img_size=32, num_frames=8, **MODEL_SIZES["tiny"], out_dim=1536)
+    torch.save({"model": pre.state_dict(), "args": {"model": "tiny", "patch_size": 16, "tubelet": 2}}, ckpt)
+    out = tmp_path / "probe"
+    r = run(["--dataset", "list", "--data-root", str(video_list.parent), "--num-classes", "3", "--checkpoint", str(ckpt),
+             "--img-size", "32", "--num-frames", "8", "--stride", "2", "--test-clips", "2", "--test-crops", "3",
+             "--epochs", "5", "--workers", "0", "--out-dir", str(out)])
+    assert "missing ['fc_norm.weight', 'fc_norm.bias', 'head.weight', 'head.bias']" in r.stdout
+    assert "unexpected ['norm.weight', 'norm.bias']" in r.stdout
+    assert json.loads((out / "args.json").read_text())["model"] == "tiny"
+    cache = next(rec for rec in read_log(out) if "encoder_forwards" in rec)
+    assert cache["encoder_forwards"] == 2 * 6                               # each video and its mirror image
+    res = json.loads((out / "results.json").read_text())
+    assert 0 <= res["top1"] <= 100 and res["script"] == "probe"
+
+
+def test_probe_torchrun_two_ranks_matches_one(tmp_path):
+    """DDP: features are computed on two ranks (gloo on CPU) and all-reduced; the result is the same."""
+    args = ["--preset", "tiny", "--img-size", "32", "--num-frames", "8", "--motion-train", "128", "--motion-val", "64",
+            "--epochs", "10", "--workers", "0"]
+    run(args + ["--out-dir", str(tmp_path / "one")])
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "probe.py", *args,
+                        "--out-dir", str(tmp_path / "two")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert abs(one["top1"] - two["top1"]) < 1e-6 and abs(one["top5"] - two["top5"]) < 1e-6
