@@ -77,11 +77,11 @@ SEVERE_COLUMNS = [("severe-ssv2", "SSv2"), ("severe-gym99", "Gym99"), ("severe-u
                   ("severe-gym1k", "GYM (10^3)"), ("severe-fx", "FX-S1"), ("severe-ub", "UB-S1"),
                   ("severe-ucfrc", "UCF-RC"), ("severe-charades", "Charades")]
 # --preset tiny: the 2-core CPU demo on `motion`, on the grid of train.py's tiny pretraining (64 px, 16 frames,
-# 2x16x16). Measured: ~19% top-1 (chance 12.5%) from a random encoder after 10 epochs, 70-100 s. A higher lr
+# 2x16x16). 20 epochs of 512 clips, ~2.5 min on 2 cores (docs/table7.py runs it for its table). A higher lr
 # and no mixup / cutmix / RandAug / drop path: from scratch at this size the paper's recipe needs far more steps.
 PRESETS = {
     "tiny": dict(dataset="motion", model="tiny", patch_size=16, tubelet=2, img_size=64, num_frames=16,
-                 motion_train=512, motion_val=256, epochs=10, warmup_epochs=1, batch_size=32, lr=2e-2,
+                 motion_train=512, motion_val=256, epochs=20, warmup_epochs=1, batch_size=32, lr=4e-3,
                  layer_decay=0.75, mixup=0.0, cutmix=0.0, randaug_n=0, drop_path=0.0, workers=1,
                  log_every=8, out_dir="out/finetune-tiny"),
     **{name: {**SEVERE_COMMON, **p, "out_dir": f"out/severe/{name[7:]}", "results_file": "out/severe/results.jsonl"}

@@ -502,7 +502,7 @@ def main(argv=None):
                 epoch_done = int(step / steps_per_epoch) > int((step - 1) / steps_per_epoch)
                 if step % args.ckpt_every == 0 or step == end_step or epoch_done:
                     save_checkpoint(checkpoint_state(), latest)
-                if epoch_done and int(step / steps_per_epoch) % args.save_every == 0:
+                if epoch_done and args.save_every > 0 and int(step / steps_per_epoch) % args.save_every == 0:
                     save_checkpoint(checkpoint_state(), os.path.join(args.out_dir, f"checkpoint-{int(step / steps_per_epoch):04d}.pth"))
                     prune_checkpoints(args.out_dir, args.keep)
                 if args.strategy == "progressive" and step == stage1_steps:
