@@ -134,3 +134,10 @@ def test_param_groups_exclude_norms_biases_and_mask_token():
     assert "mask_token" in {names[id(p)] for p in no_decay["params"]}
     assert all(p.ndim > 1 for p in decay["params"]) and decay["weight_decay"] == 0.05
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(m.parameters()))
+
+
+def test_save_every_zero_keeps_only_latest(tmp_path):
+    """--save-every 0 turns periodic checkpoints off (it used to divide by zero at the first epoch end)."""
+    out = tmp_path / "run"
+    train.main([*TINY, "--out-dir", str(out), "--steps", "4", "--save-every", "0"])
+    assert (out / "checkpoint-latest.pth").exists() and not list(out.glob("checkpoint-[0-9]*.pth"))
