@@ -333,3 +333,26 @@ def test_severe_standins_learn(tmp_path, task):
         assert res["map"] > chance + 8, (res, chance)              # measured 36.1 vs 23.8
     else:
         assert res["count_error"] < 0.15, res                      # measured 0.02
+
+
+def test_kill_9_then_resume_is_bit_identical(tmp_path):
+    """Issue 5 for finetune.py: SIGKILL after step 5 (latest checkpoint at step 4), then --resume to step 8:
+    the same weights as an uninterrupted run (mixup, cutmix, RandAug and drop path on)."""
+    import signal
+    args = SMALL + ["--mixup", "0.8", "--cutmix", "1.0", "--randaug-n", "2", "--drop-path", "0.1", "--steps", "8",
+                    "--epochs", "4", "--eval-every", "100"]
+    run("finetune.py", args + ["--out-dir", str(tmp_path / "ref")])
+    p = subprocess.Popen([sys.executable, "finetune.py", *args, "--out-dir", str(tmp_path / "k"), "--ckpt-every", "2"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in p.stdout:
+        if line.startswith("step 5/"):
+            p.send_signal(signal.SIGKILL)
+            break
+    p.wait()
+    assert p.returncode == -signal.SIGKILL
+    assert torch.load(tmp_path / "k" / "checkpoint-latest.pth", weights_only=True)["step"] == 4
+    r = run("finetune.py", args + ["--out-dir", str(tmp_path / "k"), "--resume"])
+    assert "resumed" in r.stdout
+    a = torch.load(tmp_path / "ref" / "checkpoint-latest.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "k" / "checkpoint-latest.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
