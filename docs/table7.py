@@ -2,6 +2,7 @@
 
     python docs/table7.py                      # 2 seeds, ~30 minutes on 2 cores; writes out/table7/table7.md
     python docs/table7.py --seeds 0 --quick    # one seed, shorter budgets: a smoke run of the protocol
+    python docs/table7.py --grid 64 16 16 --pretrain-epochs 12 --out-dir out/table7-64   # the demo's grid
 
 Rows: the tiny model pretrained (pixel targets, Table 7's "no natural video" setting) on synthetic still
 images WITH synthetic motion (objects pasted along trajectories, trajectory masking), on the same stills
@@ -52,22 +53,41 @@ def last_loss(log_path):
     return {k: float(np.mean([r[k] for r in tail])) for k in ("loss", "floor_zero", "floor_mean")}
 
 
+def token_rms(checkpoint, size, frames, patch):
+    """RMS of the encoder's output tokens on 64 `motion` validation clips: how far pretraining grew the
+    residual stream (a random init gives ~2)."""
+    import torch
+    import data
+    from model import MODEL_SIZES, VideoClassifier, load_encoder
+    ds = data.MotionClassDataset("val", 64, mode="test", img_size=size, num_frames=frames)
+    video = torch.stack([ds[i]["video"][0] for i in range(64)])
+    model = VideoClassifier(img_size=size, patch_size=patch, num_frames=frames, num_classes=8, **MODEL_SIZES["tiny"])
+    if checkpoint:
+        load_encoder(model, checkpoint, verbose=False)
+    with torch.no_grad():
+        return model.eval().forward_tokens(video).pow(2).mean().sqrt().item()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--out-dir", default="out/table7")
-    p.add_argument("--pretrain-epochs", type=int, default=12, help="effective epochs of 1024 stills x 2 clips")
+    p.add_argument("--pretrain-epochs", type=int, default=48, help="effective epochs of 1024 stills x 2 clips")
     p.add_argument("--finetune-epochs", type=int, default=20)
+    p.add_argument("--grid", nargs=3, type=int, default=[32, 8, 8], metavar=("SIZE", "FRAMES", "PATCH"),
+                   help="clip size, frames and patch of every run (tubelet 2); see the README for why 32/8/8")
     p.add_argument("--quick", action="store_true", help="2 pretraining epochs, 1 finetuning epoch")
     args = p.parse_args()
     if args.quick:
         args.pretrain_epochs, args.finetune_epochs = 2, 1
     out = args.out_dir
     stills = os.path.join(out, "stills")
-    write_stills(stills, 1024, 64, 0)                            # 1024 stills x 2 clips: the demo's steps per epoch
+    write_stills(stills, 1024, 2 * args.grid[0], 0)                            # 1024 stills x 2 clips: the demo's steps per epoch
 
-    # the demo's grid (64 px, 16 frames, 2x16x16 tubelets, 128 tokens) and its optimizer settings
-    common = ["--preset", "tiny", "--dataset", "images", "--image-dir", stills,
+    # the demo's optimizer settings (train.py --preset tiny) on --grid: 32 px, 8 frames, 2x8x8 tubelets = 64
+    # tokens by default, where the `motion` task is learnable from scratch in minutes (README, Table 7)
+    grid = ["--img-size", str(args.grid[0]), "--num-frames", str(args.grid[1]), "--patch-size", str(args.grid[2])]
+    common = ["--preset", "tiny", *grid, "--dataset", "images", "--image-dir", stills, "--log-every", "50",
               "--epochs", str(args.pretrain_epochs), "--save-every", "0"]
     rows = {}
     for seed in args.seeds:
@@ -83,23 +103,24 @@ def main():
             tag = name.replace(" ", "_").replace(",", "").replace("+", "plus")
             ck = ["--checkpoint", ckpt] if ckpt else ["--model", "tiny"]
             ft, pr = os.path.join(out, f"ft-{tag}-s{seed}"), os.path.join(out, f"probe-{tag}-s{seed}")
-            run(["finetune.py", "--preset", "tiny", *ck, "--seed", str(seed), "--epochs", str(args.finetune_epochs),
+            run(["finetune.py", "--preset", "tiny", *grid, *ck, "--seed", str(seed), "--epochs", str(args.finetune_epochs),
                  "--out-dir", ft], ft + ".log")
-            run(["probe.py", "--preset", "tiny", *ck, "--seed", str(seed), "--out-dir", pr], pr + ".log")
+            run(["probe.py", "--preset", "tiny", *grid, *ck, "--seed", str(seed), "--out-dir", pr], pr + ".log")
             r = rows.setdefault(name, {})
+            r.setdefault("token_rms", []).append(token_rms(ckpt, *args.grid))
             r.setdefault("finetune", []).append(json.load(open(os.path.join(ft, "results.json")))["top1"])
             r.setdefault("probe", []).append(json.load(open(os.path.join(pr, "results.json")))["top1"])
 
     def cell(v):
         return f"{np.mean(v):.1f} ± {np.std(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
 
-    lines = ["| pretraining (tiny, pixel targets) | loss / mean floor | finetune top-1 | linear probe top-1 |",
-             "|---|---|---|---|"]
+    lines = ["| pretraining (tiny, pixel targets) | loss / mean floor | finetune top-1 | linear probe top-1 | token RMS |",
+             "|---|---|---|---|---|"]
     for name, r in rows.items():
         ratio = cell([x["loss"] / x["floor_mean"] for x in r["pretrain"]]) if "pretrain" in r else "—"
-        lines.append(f"| {name} | {ratio} | {cell(r['finetune'])} | {cell(r['probe'])} |")
+        lines.append(f"| {name} | {ratio} | {cell(r['finetune'])} | {cell(r['probe'])} | {cell(r['token_rms'])} |")
     lines.append(f"\n`motion` dataset, 8 classes (chance 12.5%); mean ± std over seeds {args.seeds}; pretraining "
-                 f"{args.pretrain_epochs} epochs, finetuning {args.finetune_epochs} epochs.")
+                 f"{args.pretrain_epochs} epochs, finetuning {args.finetune_epochs} epochs; grid {args.grid}.")
     text = "\n".join(lines)
     with open(os.path.join(out, "table7.md"), "w") as f:
         f.write(text + "\n")
