@@ -134,12 +134,15 @@ def multiscale_crop_box(height, width, rng, scales=(1, 0.875, 0.75, 0.66), max_d
 
 
 def resize(frames, size):
-    """uint8 (T, H, W, 3) -> uint8 (T, size, size, 3), bilinear with antialiasing."""
+    """uint8 (T, H, W, 3) -> uint8 (T, size, size, 3), bilinear with antialiasing.
+
+    torch's uint8 kernel on the channels-last view: no float round trip, ~8x faster on one core than
+    resizing in float (bench.py, "crop resize"), within 1 grey level of it."""
     if frames.shape[1] == frames.shape[2] == size:
         return frames
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)        # (T, 3, H, W), channels last
     x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x.round_().clamp_(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
 
 
 def crop_and_flip(frames, size, rng, flip, scales=(1, 0.875, 0.75, 0.66)):

@@ -76,11 +76,14 @@ def main():
     p.add_argument("--finetune-epochs", type=int, default=20)
     p.add_argument("--grid", nargs=3, type=int, default=[32, 8, 8], metavar=("SIZE", "FRAMES", "PATCH"),
                    help="clip size, frames and patch of every run (tubelet 2); see the README for why 32/8/8")
+    p.add_argument("--table-only", action="store_true", help="print the table of a finished run in --out-dir")
     p.add_argument("--quick", action="store_true", help="2 pretraining epochs, 1 finetuning epoch")
     args = p.parse_args()
     if args.quick:
         args.pretrain_epochs, args.finetune_epochs = 2, 1
     out = args.out_dir
+    if args.table_only:                                          # redraw the table from a finished run
+        return write_table(json.load(open(os.path.join(out, "table7.json"))), args)
     stills = os.path.join(out, "stills")
     write_stills(stills, 1024, 2 * args.grid[0], 0)                            # 1024 stills x 2 clips: the demo's steps per epoch
 
@@ -111,20 +114,24 @@ def main():
             r.setdefault("finetune", []).append(json.load(open(os.path.join(ft, "results.json")))["top1"])
             r.setdefault("probe", []).append(json.load(open(os.path.join(pr, "results.json")))["top1"])
 
-    def cell(v):
-        return f"{np.mean(v):.1f} ± {np.std(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
+    write_table(rows, args)
+
+
+def write_table(rows, args):
+    def cell(v, digits=1):
+        return f"{np.mean(v):.{digits}f} ± {np.std(v):.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f}"
 
     lines = ["| pretraining (tiny, pixel targets) | loss / mean floor | finetune top-1 | linear probe top-1 | token RMS |",
              "|---|---|---|---|---|"]
     for name, r in rows.items():
-        ratio = cell([x["loss"] / x["floor_mean"] for x in r["pretrain"]]) if "pretrain" in r else "—"
+        ratio = cell([x["loss"] / x["floor_mean"] for x in r["pretrain"]], 2) if "pretrain" in r else "—"
         lines.append(f"| {name} | {ratio} | {cell(r['finetune'])} | {cell(r['probe'])} | {cell(r['token_rms'])} |")
     lines.append(f"\n`motion` dataset, 8 classes (chance 12.5%); mean ± std over seeds {args.seeds}; pretraining "
                  f"{args.pretrain_epochs} epochs, finetuning {args.finetune_epochs} epochs; grid {args.grid}.")
     text = "\n".join(lines)
-    with open(os.path.join(out, "table7.md"), "w") as f:
+    with open(os.path.join(args.out_dir, "table7.md"), "w") as f:
         f.write(text + "\n")
-    with open(os.path.join(out, "table7.json"), "w") as f:
+    with open(os.path.join(args.out_dir, "table7.json"), "w") as f:
         json.dump(rows, f, indent=1)
     print(text)
 
