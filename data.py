@@ -248,7 +248,7 @@ class PretrainDataset(torch.utils.data.Dataset):
                 obj = masking.object_tokens(footprints, self.tubelet, self.patch)
                 mask = masking.trajectory_mask(obj, self.mask_ratio, rng)
             else:
-                mask = masking.tube_mask(t, h, h, self.mask_ratio, rng)
+                mask = masking.tube_mask(t, h, h, self.mask_ratio, rng)     # square crops: w = h
             videos.append(normalize(clip))
             masks.append(torch.from_numpy(mask.reshape(-1)))
         return torch.stack(videos), torch.stack(masks)
@@ -445,7 +445,8 @@ class MotionClassDataset(torch.utils.data.Dataset):
     the task far harder for a small model trained from scratch), size, start position, angle, scale and
     speed. The first frame is therefore identical across the 8 classes: no single frame
     tells them apart, only the change over time does.
-    task "multi": two objects, each with its own class; label = the set (multi-hot). Stand-in for Charades.
+    task "multi": two class draws, one object per distinct class (1 in 8 clips draws the same class twice and
+    shows one object); label = the set (multi-hot). Stand-in for Charades.
     task "count": one object moves out and back k = 1..max_count times along a random direction (at least 4
     frames per repetition); label = k, the same
     group trick keeps frame 0 independent of k. Stand-in for UCFRep repetition counting.

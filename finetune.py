@@ -28,6 +28,7 @@ from functools import partial
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from train import (Log, all_reduce, amp_setup, apply_presets, check_out_dir, cosine_schedule, fail, fmt_time,
@@ -383,7 +384,7 @@ def get_args(argv=None):
     a("--warmup-epochs", type=float, default=5, help="Table 17: 5")
     a("--batch-size", type=int, default=16, help="total over all ranks (Table 17: 16 K400, 32 SSv2)")
     a("--lr", type=float, default=1e-3, help="base lr for a batch of 256 (actual = lr * batch / 256)")
-    a("--min-lr", type=float, default=1e-6, help="cosine floor (VideoMAE: 1e-6)")
+    a("--min-lr", type=float, default=1e-6, help="cosine floor for a batch of 256, scaled like --lr (VideoMAE: 1e-6)")
     a("--weight-decay", type=float, default=0.05)
     a("--betas", type=float, nargs=2, default=[0.9, 0.999])
     a("--layer-decay", type=float, default=0.75, help="layer-wise lr decay (Table 17: 0.75)")
@@ -479,7 +480,8 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(layer_decay_groups(raw_model, args.weight_decay, args.layer_decay), lr=0.0,
                                   betas=tuple(args.betas), eps=1e-8)
     lr = args.lr * args.batch_size / 256   # linear scaling rule (Table 17)
-    lrs = cosine_schedule(lr, args.min_lr, total_steps, int(args.warmup_epochs * steps_per_epoch))
+    min_lr = args.min_lr * args.batch_size / 256                       # scaled alike, as VideoMAE does
+    lrs = cosine_schedule(lr, min_lr, total_steps, int(args.warmup_epochs * steps_per_epoch))
 
     # ------------------------------------------------------------------ resume
     step = 0
@@ -535,8 +537,10 @@ def main(argv=None):
             with autocast():
                 out = model(video).float()                                       # (B, num_outputs)
             loss = loss_fn(args.task, out, target)
-            if not torch.isfinite(loss):
-                fail(f"non-finite loss {loss.item()} at step {step}; the last good checkpoint is {latest}")
+            finite = all_reduce(torch.isfinite(loss.detach()).float().cpu(), dist.ReduceOp.MIN if world > 1 else None)
+            if finite.item() < 1:   # all ranks stop together, before the weights see it
+                raise SystemExit(f"error: non-finite loss at step {step} (on some rank); the last good checkpoint "
+                                 f"is {latest} (untouched)")
             (scaler.scale(loss) if scaler else loss).backward()
             if scaler:
                 scaler.step(optimizer)

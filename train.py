@@ -33,7 +33,8 @@ def setup_dist():
     local_rank = int(os.environ["LOCAL_RANK"])
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
-        device, backend = torch.device("cuda", local_rank), "nccl"
+        # NCCL reduces CUDA tensors only; the few CPU tensors reduced (counts, flags, eval sums) go over gloo
+        device, backend = torch.device("cuda", local_rank), "cpu:gloo,cuda:nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
     # a bounded timeout: a rank stuck in a collective fails instead of hanging forever
@@ -260,6 +261,9 @@ def get_args(argv=None):
         fail(f"--mask-ratio must lie in (0, 1), got {args.mask_ratio}")
     if args.num_frames % args.tubelet:
         fail(f"--num-frames {args.num_frames} is not divisible by --tubelet {args.tubelet}")
+    if int(args.mask_ratio * (args.img_size // args.patch_size) ** 2) < 1:
+        fail(f"--mask-ratio {args.mask_ratio} masks no token of a {args.img_size // args.patch_size}x"
+             f"{args.img_size // args.patch_size} patch grid")
     if args.img_size % args.patch_size:
         fail(f"--img-size {args.img_size} is not divisible by --patch-size {args.patch_size}")
     if args.batch_size % args.num_sample:
@@ -424,7 +428,7 @@ def main(argv=None):
     window = {"t0": time.time(), "wait": 0.0, "clips": 0, "loss": 0.0, "zero": 0.0, "mean": 0.0, "n": 0}
     while step < end_step:
         stage = stage_of(step)
-        if args.strategy == "progressive" and args.stage2_schedule == "restart" and step == stage1_steps > 0:
+        if args.strategy == "progressive" and args.stage2_schedule == "restart" and stage1_steps > 0 and step == stage1_steps:
             optimizer = make_optimizer()   # stage 2 starts from stage 1's weights with a fresh optimizer
         pass_index, offset = divmod(step, steps_per_pass)
         dataset.set_state(pass_index, motion=motion_for_stage(args.strategy, stage))
@@ -437,10 +441,11 @@ def main(argv=None):
                 if b not in bad_seen:
                     bad_seen.add(b)
                     print(f"[rank {rank}] skipped bad item: {b}", flush=True)
-            counts = all_reduce(torch.tensor([len(batch["bad"]), len(batch["mask"])], dtype=torch.float64))
+            too_many = len(bad_seen) > args.max_bad_fraction * len(dataset)
+            counts = all_reduce(torch.tensor([len(batch["bad"]), len(batch["mask"]), too_many], dtype=torch.float64))
             bad_total, seen_total = bad_total + int(counts[0]), seen_total + int(counts[1])
-            if len(bad_seen) > args.max_bad_fraction * len(dataset):
-                raise SystemExit(f"error: {len(bad_seen)} of {len(dataset)} items are unreadable (more than "
+            if counts[2] > 0:   # decided together: one rank stopping alone would leave the others hanging
+                raise SystemExit(f"error: {len(bad_seen)} of {len(dataset)} items unreadable on rank {rank} (past "
                                  f"--max-bad-fraction {args.max_bad_fraction}):\n  " + "\n  ".join(sorted(bad_seen)))
 
             # ---- one optimisation step (Eq. 2)

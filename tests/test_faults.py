@@ -112,6 +112,7 @@ def tiny_clip_config(tmp_path):
 
 @pytest.mark.parametrize("args,match", [
     (["--mask-ratio", "1.2"], "--mask-ratio"),
+    (["--mask-ratio", "0.1"], "masks no token"),
     (["--num-frames", "5"], "--num-frames 5 is not divisible"),
     (["--img-size", "40"], "--img-size 40 is not divisible"),
     (["--batch-size", "7"], "--batch-size 7"),
@@ -223,3 +224,21 @@ def test_ddp_rank_death_restarts_and_resumes(tmp_path):
     assert killed and p.returncode == 0, text
     assert "resumed from" in text and time.time() - t0 < 180
     assert torch.load(out / "checkpoint-latest.pth", weights_only=True)["step"] == 8
+
+
+def test_gpu_process_group_reduces_cpu_tensors_over_gloo(monkeypatch):
+    """The CPU twin of the GPU path: under torchrun with CUDA, setup_dist asks for NCCL for CUDA tensors AND
+    gloo for the CPU tensors the loops all-reduce (bad-item counts, finite flags, evaluation sums); plain
+    "nccl" would fail at the first step with 'No backend type associated with device type cpu'."""
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: None)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend, **kw: seen.update(backend=backend, **kw))
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    for k, v in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+    rank, world, device = train.setup_dist()
+    assert (rank, world, str(device)) == (1, 2, "cuda:1")
+    assert seen["backend"] == "cpu:gloo,cuda:nccl" and seen["rank"] == 1 and seen["world_size"] == 2

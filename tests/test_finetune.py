@@ -356,3 +356,10 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
     a = torch.load(tmp_path / "ref" / "checkpoint-latest.pth", weights_only=True)["model"]
     b = torch.load(tmp_path / "k" / "checkpoint-latest.pth", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nonfinite_loss_stops_with_checkpoint_named(tmp_path, monkeypatch):
+    """A NaN loss stops the run before the weights see it, naming the step; the message names the checkpoint."""
+    monkeypatch.setattr(finetune, "loss_fn", lambda task, out, target: out.sum() * float("nan"))
+    with pytest.raises(SystemExit, match="non-finite loss at step 0"):
+        finetune.main(SMALL + ["--out-dir", str(tmp_path / "ft")])
