@@ -141,7 +141,7 @@ def finish_data_args(args):
         if not os.path.isfile(args.checkpoint):
             fail(f"--checkpoint {args.checkpoint} does not exist")
         state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        ckpt_args = state.get("args") or {} if isinstance(state, dict) else {}
+        ckpt_args = (state.get("args") or {}) if isinstance(state, dict) else {}
     # a train.py (or finetune.py) checkpoint says what it is; flags still win
     for key, fallback in (("model", "base"), ("patch_size", 16), ("tubelet", 2)):
         if getattr(args, key) is None:

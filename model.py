@@ -164,6 +164,8 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
+    """VideoMAE's light decoder: [visible, masked] tokens in, predictions for the masked ones out (Eq. 2)."""
+
     def __init__(self, embed_dim=384, depth=4, num_heads=6, out_dim=768, mlp_ratio=4.0):
         super().__init__()
         self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth)])
@@ -259,7 +261,7 @@ class VideoClassifier(nn.Module):
 def classifier_state_dict(state):
     """Map a pretraining (or finetuning) checkpoint onto VideoClassifier keys (SPEC 1).
 
-    Accepts {"model": sd}, {"module": sd} or a bare state_dict; strips `encoder.` / `backbone.` / DDP's
+    Accepts {"model": sd}, {"module": sd}, {"state_dict": sd} or a bare state_dict; strips `encoder.` / `backbone.` / DDP's
     `module.` prefixes; drops decoder keys, the mask token and any saved position table (it is rebuilt for
     the evaluation grid). The encoder's final `norm.*` is kept so that loading reports it as unexpected.
     """

@@ -90,7 +90,7 @@ def main(argv=None):
     # ------------------------------------------------------------------ frozen encoder
     # fc_norm is a finetuning layer (absent from pretraining checkpoints): the probe reads the raw mean of
     # the last block's tokens, normalised below without parameters.
-    encoder = build_classifier(args, 1, state, verbose=master).to(device)
+    encoder = build_classifier(args, 1, state, verbose=master).to(device)   # its 1-output head is never used
     encoder.fc_norm = nn.Identity()
     encoder.eval().requires_grad_(False)
     autocast, _ = amp_setup(device, args.amp)

@@ -163,7 +163,7 @@ class Teacher(nn.Module):
                 f"teacher grid {g}x{g} ({self.image_size}x{self.image_size} frames, patch {p}) cannot match "
                 f"student grid {H / p:g}x{W / p:g} ({H}x{W} frames); frames must be "
                 f"{self.image_size}x{self.image_size}")
-        # Sec. 4.3 / (ref): one teacher frame per tubelet, its first frame -> t = T/2 frames per clip
+        # Sec. 3.2 (Eq. 2) / (ref): one teacher frame per tubelet, its first frame -> t = T/2 frames per clip
         x = rearrange(video[:, :, :: self.tubelet], "b c t h w -> (b t) c h w")
         if self.input_norm == "clip":  # default: CLIP sees its own pixel statistics
             x = x * self.scale + self.shift

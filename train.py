@@ -241,7 +241,7 @@ def get_args(argv=None):
     a("--min-lr", type=float, default=1e-5, help="cosine floor, scaled like --lr")
     a("--weight-decay", type=float, default=0.05)
     a("--betas", type=float, nargs=2, default=[0.9, 0.95])
-    a("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"], help="auto: bf16 on GPUs that have it, fp32 on CPU")
+    a("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"], help="auto: bf16 on GPUs that have it, fp16 + loss scaler on older GPUs, fp32 on CPU")
     a("--compile", action="store_true", help="torch.compile the student")
     a("--grad-checkpointing", action="store_true", help="recompute activations in backward: less memory, slower")
     # run
