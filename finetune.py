@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from train import (Log, all_reduce, amp_setup, apply_presets, check_out_dir, cosine_schedule, fail, fmt_time,
-                   load_checkpoint, rng_state, save_checkpoint, set_lr, set_rng_state, setup_dist)
+                   resume_from, rng_state, save_checkpoint, set_lr, setup_dist, teardown)
 
 # ============================================================================= presets
 
@@ -484,24 +484,10 @@ def main(argv=None):
     lrs = cosine_schedule(lr, min_lr, total_steps, int(args.warmup_epochs * steps_per_epoch))
 
     # ------------------------------------------------------------------ resume
-    step = 0
-    latest = os.path.join(args.out_dir, "checkpoint-latest.pth")
-    if args.resume == "auto" and not os.path.isfile(latest):
-        if master:   # so that `torchrun --max-restarts N ... --resume` also makes the first start
-            print(f"--resume: no checkpoint at {latest} yet, starting from scratch")
-    elif args.resume:
-        path = latest if args.resume == "auto" else args.resume
-        if not os.path.isfile(path):
-            fail(f"--resume: no checkpoint at {path}")
-        ckpt = load_checkpoint(path)
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
-        step = ckpt["step"]
-        if master:
-            print(f"resumed from {path} at step {step} (epoch {step / steps_per_epoch:.2f})")
+    ckpt, latest = resume_from(args.resume, args.out_dir, master, raw_model, optimizer, scaler)
+    step = ckpt["step"] if ckpt else 0
+    if ckpt and master:
+        print(f"resumed from {ckpt['path']} at step {step} (epoch {step / steps_per_epoch:.2f})")
 
     def checkpoint_state():
         return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -578,9 +564,7 @@ def main(argv=None):
         write_results(args, metrics, args.metric, "finetune")
 
     # ------------------------------------------------------------------ teardown
-    if world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    teardown(world)
     return metrics
 
 

@@ -29,7 +29,7 @@ import torch.nn as nn
 from finetune import (DATASETS, add_data_args, build_classifier, build_datasets, compute_metrics, finish_data_args,
                       loss_fn, per_video, soft_targets, write_results)
 from train import (Log, amp_setup, apply_presets, check_out_dir, cosine_schedule, fail, fmt_time, save_checkpoint,
-                   set_lr, setup_dist)
+                   set_lr, setup_dist, teardown)
 
 # Table 16: probe epochs per dataset (flips come with the dataset preset: all but SSv2 and motion).
 PROBE_EPOCHS = {"k400": dict(epochs=30), "ucf101": dict(epochs=100), "hmdb51": dict(epochs=100),
@@ -166,9 +166,7 @@ def main(argv=None):
         save_checkpoint({"head": head.state_dict(), "feature_mean": mean, "feature_std": std, "args": vars(args)},
                         os.path.join(args.out_dir, "probe-head.pth"))
         write_results(args, metrics, args.metric, "probe")
-    if world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    teardown(world)
     return metrics
 
 

@@ -12,7 +12,6 @@ import argparse
 import datetime
 import glob
 import json
-import math
 import os
 import re
 import sys
@@ -123,6 +122,37 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def resume_from(resume, out_dir, master, model, optimizer, scaler):
+    """--resume: "auto" takes <out_dir>/checkpoint-latest.pth when there is one (so that `torchrun --max-restarts
+    N ... --resume` also makes the first start), a path takes that checkpoint. Restores model, optimizer,
+    scaler and RNG states. -> (the checkpoint dict or None, the path of checkpoint-latest.pth)."""
+    latest = os.path.join(out_dir, "checkpoint-latest.pth")
+    if not resume:
+        return None, latest
+    if resume == "auto" and not os.path.isfile(latest):
+        if master:
+            print(f"--resume: no checkpoint at {latest} yet, starting from scratch")
+        return None, latest
+    path = latest if resume == "auto" else resume
+    if not os.path.isfile(path):
+        fail(f"--resume: no checkpoint at {path}")
+    ckpt = load_checkpoint(path)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    ckpt["path"] = path
+    return ckpt, latest
+
+
+def teardown(world):
+    """All ranks finish together, then the process group goes (nanoGPT's destroy_process_group)."""
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 class Log:
@@ -391,24 +421,10 @@ def main(argv=None):
         lrs = cosine_schedule(lr, min_lr, total_steps, warmup)
 
     # ------------------------------------------------------------------ resume
-    step = 0
-    latest = os.path.join(args.out_dir, "checkpoint-latest.pth")
-    if args.resume == "auto" and not os.path.isfile(latest):
-        if master:   # so that `torchrun --max-restarts N ... --resume` also makes the first start
-            print(f"--resume: no checkpoint at {latest} yet, starting from scratch")
-    elif args.resume:
-        path = latest if args.resume == "auto" else args.resume
-        if not os.path.isfile(path):
-            fail(f"--resume: no checkpoint at {path}")
-        ckpt = load_checkpoint(path)
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
-        step = ckpt["step"]
-        if master:
-            print(f"resumed from {path} at step {step} (epoch {step / steps_per_epoch:.2f}, stage {ckpt['stage']})")
+    ckpt, latest = resume_from(args.resume, args.out_dir, master, raw_model, optimizer, scaler)
+    step = ckpt["step"] if ckpt else 0
+    if ckpt and master:
+        print(f"resumed from {ckpt['path']} at step {step} (epoch {step / steps_per_epoch:.2f}, stage {ckpt['stage']})")
 
     def stage_of(s):
         return 1 if s < stage1_steps else 2
@@ -519,9 +535,7 @@ def main(argv=None):
     # ------------------------------------------------------------------ teardown
     if master:
         print(f"done: {step} steps, checkpoint {latest}", flush=True)
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    teardown(world)
 
 
 if __name__ == "__main__":
