@@ -291,9 +291,10 @@ def get_args(argv=None):
         fail(f"--mask-ratio must lie in (0, 1), got {args.mask_ratio}")
     if args.num_frames % args.tubelet:
         fail(f"--num-frames {args.num_frames} is not divisible by --tubelet {args.tubelet}")
-    if int(args.mask_ratio * (args.img_size // args.patch_size) ** 2) < 1:
-        fail(f"--mask-ratio {args.mask_ratio} masks no token of a {args.img_size // args.patch_size}x"
-             f"{args.img_size // args.patch_size} patch grid")
+    import masking
+    side = args.img_size // args.patch_size
+    if masking.num_masked(1, side, side, args.mask_ratio) < 1:
+        fail(f"--mask-ratio {args.mask_ratio} masks no token of a {side}x{side} patch grid")
     if args.img_size % args.patch_size:
         fail(f"--img-size {args.img_size} is not divisible by --patch-size {args.patch_size}")
     if args.batch_size % args.num_sample:
