@@ -1,16 +1,18 @@
-"""Clips for SMILE pretraining: list files, PyAV decoding, MultiScaleCrop, motion infusion and masks.
+"""Clips for SMILE pretraining: list files, PyAV decoding, crops, motion infusion and masks.
 
 Paper: Sec. 3.3-3.4, 4.1, Table 7 (backgrounds), Table 18 and Appendix F.3 (sampling); SPEC 2, 3, 5, 6.
 Each pretraining sample is one decoded video (or generated background) turned into `num_sample` clips
 (repeated sampling, F.3), each with its own crop, flip, object overlay and mask:
 
     decode T frames at a stride -> MultiScaleCrop + flip -> paste objects (motion.py) -> mask (masking.py)
-    -> ImageNet normalisation -> video (num_sample, C, T, H, W) float, mask (num_sample, N) bool
+    -> video (num_sample, C, T, H, W) uint8, mask (num_sample, N) bool
+    -> on the device: normalize(video), ImageNet statistics, float
 
+Clips cross the worker -> main process -> device boundary as uint8: 4x less shared and pinned memory
+than float32, and the normalisation runs on the GPU, not on the loader's CPU cores.
 Every sample is a pure function of (seed, pass, index): workers, ranks and resumed runs all see the same
 stream. A bad item (unreadable video, bad object PNG) is replaced by another one and reported, never fatal.
-
-    python data.py prepare LIST OUT_DIR --short-side 320   # re-encode a dataset once for fast decoding
+The evaluation datasets are evaluation.py's; `python prepare.py` re-encodes and checks list files.
 """
 import os
 import shlex
@@ -22,9 +24,9 @@ import torch.nn.functional as F
 
 import masking
 import motion
+from model import mask_indices
+from teacher import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -69,25 +71,34 @@ def video_info(path):
     import av
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
+        return _frame_count(container, stream), float(stream.average_rate or 25)
+
+
+def _frame_count(container, stream):
+    n = stream.frames
+    if not n:   # some containers do not store the count: estimate it from the duration
         fps = float(stream.average_rate or 25)
-        n = stream.frames
-        if not n:   # some containers do not store the count: estimate it from the duration
-            secs = float(stream.duration * stream.time_base) if stream.duration else container.duration / 1e6
-            n = int(round(secs * fps))
-    return n, fps
+        secs = float(stream.duration * stream.time_base) if stream.duration else container.duration / 1e6
+        n = int(round(secs * fps))
+    return n
 
 
 def decode_frames(path, indices):
     """Decode the frames at `indices` (sorted or not; repeats allowed) -> uint8 (len, H, W, 3).
+    indices may be a function of the video's frame count, so the file is opened once.
 
     Seeks to the key frame before the first index and decodes only up to the last one. A frame index
-    is read off its timestamp; an index the stream does not reach takes the nearest decoded frame."""
+    is read off its timestamp; an index the stream does not reach takes the nearest decoded frame.
+    One decoder thread: the loader's worker processes are the parallelism (FFmpeg would otherwise
+    start a thread per core for every open file, in every worker)."""
     import av
-    want = sorted(set(int(i) for i in indices))
     got = {}
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = 1
+        if callable(indices):
+            indices = indices(_frame_count(container, stream))
+        want = sorted(set(int(i) for i in indices))
         fps, tb = float(stream.average_rate or 25), stream.time_base
         start = stream.start_time or 0
         if want[0] > 0:
@@ -134,14 +145,16 @@ def multiscale_crop_box(height, width, rng, scales=(1, 0.875, 0.75, 0.66), max_d
 
 
 def resize(frames, size):
-    """uint8 (T, H, W, 3) -> uint8 (T, size, size, 3), bilinear with antialiasing.
+    """uint8 (T, H, W, 3) -> uint8 (T, size, size, 3) (or (T, h, w, 3) for size = (h, w)), bilinear
+    with antialiasing.
 
     torch's uint8 kernel on the channels-last view: no float round trip, ~8x faster on one core than
     resizing in float (bench.py, "crop resize"), within 1 grey level of it."""
-    if frames.shape[1] == frames.shape[2] == size:
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if frames.shape[1:3] == size:
         return frames
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)        # (T, 3, H, W), channels last
-    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)   # (T, 3, H, W), channels last
+    x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
 
 
@@ -154,10 +167,16 @@ def crop_and_flip(frames, size, rng, flip, scales=(1, 0.875, 0.75, 0.66)):
     return np.ascontiguousarray(out)
 
 
-def normalize(frames, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """uint8 (T, H, W, 3) -> float (C, T, H, W), ImageNet-normalised."""
-    x = torch.from_numpy(frames).permute(3, 0, 1, 2).float().div_(255)
-    return (x - torch.tensor(mean).view(3, 1, 1, 1)) / torch.tensor(std).view(3, 1, 1, 1)
+def to_tensor(frames):
+    """uint8 (T, H, W, 3) numpy -> uint8 (C, T, H, W) tensor, the layout the model reads."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).contiguous()
+
+
+def normalize(video, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """uint8 (..., C, T, H, W) on any device -> float32, ImageNet-normalised (done on the GPU in training)."""
+    m = torch.tensor(mean, device=video.device).view(3, 1, 1, 1)
+    s = torch.tensor(std, device=video.device).view(3, 1, 1, 1)
+    return (video.float() / 255 - m) / s
 
 
 def load_image(path):
@@ -166,11 +185,50 @@ def load_image(path):
         return np.asarray(im.convert("RGB"))
 
 
-# ----------------------------------------------------------------------------- the pretraining dataset
+def image_items(folder):
+    """[(path, 0)] for the still images under a folder (--dataset images), sorted."""
+    paths = sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    if not paths:
+        raise ValueError(f"--image-dir {folder} holds no images ({', '.join(IMAGE_EXTS)})")
+    return [(p, 0) for p in paths]
+
+
+def stratified_subset(items, n, seed):
+    """A deterministic, class-stratified subset of n list items (SEVERE's low-shot sets, e.g. UCF 10^3):
+    each class keeps its share of n (largest remainders get the spare clips), drawn with a seeded rng."""
+    if n >= len(items):
+        return list(items)
+    by_class = {}
+    for i, (_, label) in enumerate(items):
+        by_class.setdefault(label if isinstance(label, int) else tuple(label)[:1], []).append(i)
+    classes = sorted(by_class)
+    share = np.array([n * len(by_class[c]) / len(items) for c in classes])
+    take = np.floor(share).astype(int)
+    for j in np.argsort(-(share - take), kind="stable")[:n - take.sum()]:
+        take[j] += 1
+    rng = np.random.default_rng([seed, n])
+    keep = [i for c, k in zip(classes, take) for i in rng.choice(by_class[c], size=k, replace=False)]
+    return [items[i] for i in sorted(keep)]
+
+
+def with_retries(make, index, length, rng, describe=str):
+    """make(index) -> sample; a bad item (any exception) is replaced by another index drawn from rng, up
+    to 20 times. -> (sample, [error messages of the bad items])."""
+    bad = []
+    for _ in range(20):
+        try:
+            return make(index), bad
+        except Exception as e:   # noqa: BLE001 -- any decode / read error makes the item bad
+            bad.append(str(e) if isinstance(e, BadItem) else f"{describe(index)}: {type(e).__name__}: {e}")
+            index = int(rng.integers(length))
+    raise RuntimeError("20 bad items in a row:\n  " + "\n  ".join(bad))
+
 
 class BadItem(Exception):
     """An unreadable video or image; the message names the file."""
 
+
+# ----------------------------------------------------------------------------- the pretraining dataset
 
 class PretrainDataset(torch.utils.data.Dataset):
     """Motion-infused, masked clips for pretraining (Sec. 3.3-3.4).
@@ -180,19 +238,26 @@ class PretrainDataset(torch.utils.data.Dataset):
     items: list of video/image paths for the first three; length: clips per pass for the synthetic ones.
     motion: "on" (every clip), "off" (none) or "mixed" (clip k of a sample gets objects iff k is even).
     masking: "trajectory" (object tokens first, SPEC 3) or "tube"; clips without objects use tube masks.
+    angle_range, scale_range: the keyframe transforms of the objects (Table 4c; (0, 0) / (1, 1) = off).
+    frame_pick ("frames" source): "fixed" = one frame per video drawn once from the seed (Table 7's
+    K400m-1frm is a fixed set of frames), "per-pass" = a new frame every pass.
     """
 
     def __init__(self, source, items=None, length=1000, num_frames=16, stride=4, img_size=224, flip=True,
                  num_sample=2, objects=None, num_objects=2, motion="on", masking="trajectory",
-                 mask_ratio=0.8, tubelet=2, patch=16, seed=0, object_size=(32, 128)):
+                 mask_ratio=0.8, tubelet=2, patch=16, seed=0, object_size=(32, 128),
+                 angle_range=(-90, 90), scale_range=(0.5, 1.5), frame_pick="fixed"):
         assert source in ("video", "frames", "images", "noise", "black"), source
+        assert frame_pick in ("fixed", "per-pass"), frame_pick
         self.source, self.items = source, items
         self.length = len(items) if items is not None else length
         self.num_frames, self.stride, self.img_size, self.flip = num_frames, stride, img_size, flip
         self.num_sample, self.objects, self.num_objects = num_sample, objects, num_objects
         self.motion, self.masking, self.mask_ratio = motion, masking, mask_ratio
-        self.tubelet, self.patch, self.seed, self.object_size = tubelet, patch, seed, object_size
-        self.pass_index = 0
+        self.tubelet, self.patch, self.seed = tubelet, patch, seed
+        self.overlay_kw = dict(num_objects=num_objects, size_range=tuple(object_size),
+                               angle_range=tuple(angle_range), scale_range=tuple(scale_range))
+        self.frame_pick, self.pass_index = frame_pick, 0
 
     def set_state(self, pass_index, motion=None):
         """Called before each pass (and at a stage switch): the pass seeds every sample of it."""
@@ -205,15 +270,10 @@ class PretrainDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         rng = np.random.default_rng([self.seed, self.pass_index, index])
-        bad = []
-        for _ in range(20):   # a bad item is replaced by another one, drawn from the same stream
-            try:
-                video, mask = self.make_sample(index, rng)
-                return {"video": video, "mask": mask, "bad": bad}
-            except Exception as e:   # noqa: BLE001 -- any decode / read error makes the item bad
-                bad.append(str(e) if isinstance(e, BadItem) else f"{type(e).__name__}: {e}")
-                index = int(rng.integers(self.length))
-        raise RuntimeError("20 bad items in a row:\n  " + "\n  ".join(bad))
+        # a bad item is replaced by another one, drawn from the same stream
+        (video, mask), bad = with_retries(lambda i: self.make_sample(i, rng), index, self.length, rng,
+                                          self.describe)
+        return {"video": video, "mask": mask, "bad": bad}
 
     def describe(self, index):
         return self.items[index][0] if self.items is not None else f"{self.source}#{index}"
@@ -226,10 +286,11 @@ class PretrainDataset(torch.utils.data.Dataset):
         path = self.items[index][0]
         if self.source == "images":
             return np.repeat(load_image(path)[None], T, axis=0)
-        n, _ = video_info(path)
         if self.source == "frames":
-            return np.repeat(decode_frames(path, [rng.integers(max(n, 1))]), T, axis=0)
-        return decode_frames(path, clip_indices(n, T, self.stride, rng))
+            # fixed: the frame is a function of (seed, index) only, the same in every pass
+            pick = np.random.default_rng([self.seed, index]) if self.frame_pick == "fixed" else rng
+            return np.repeat(decode_frames(path, lambda n: [pick.integers(max(n, 1))]), T, axis=0)
+        return decode_frames(path, lambda n: clip_indices(n, T, self.stride, rng))
 
     def make_sample(self, index, rng):
         try:
@@ -242,23 +303,26 @@ class PretrainDataset(torch.utils.data.Dataset):
             clip = crop_and_flip(frames, self.img_size, rng, self.flip)
             with_objects = self.motion == "on" or (self.motion == "mixed" and k % 2 == 0)
             if with_objects:
-                clip, footprints = motion.overlay(clip, self.objects, rng, num_objects=self.num_objects,
-                                                  size_range=self.object_size)
+                clip, footprints = motion.overlay(clip, self.objects, rng, **self.overlay_kw)
             if with_objects and self.masking == "trajectory":
                 obj = masking.object_tokens(footprints, self.tubelet, self.patch)
                 mask = masking.trajectory_mask(obj, self.mask_ratio, rng)
             else:
                 mask = masking.tube_mask(t, h, h, self.mask_ratio, rng)     # square crops: w = h
-            videos.append(normalize(clip))
+            videos.append(to_tensor(clip))                                  # uint8 (C, T, H, W)
             masks.append(torch.from_numpy(mask.reshape(-1)))
         return torch.stack(videos), torch.stack(masks)
 
 
 def collate(samples):
-    """Stack samples and flatten repeated clips into the batch: video (B*num_sample, C, T, H, W)."""
+    """Stack samples and flatten repeated clips into the batch: video (B*num_sample, C, T, H, W) uint8,
+    mask (B*num_sample, N) bool, and the mask as token indices (model.mask_indices), made here on the
+    CPU so that the training step never syncs with the GPU to find the masked tokens."""
     video = torch.cat([s["video"] for s in samples])
     mask = torch.cat([s["mask"] for s in samples])
-    return {"video": video, "mask": mask, "bad": [b for s in samples for b in s["bad"]]}
+    visible_idx, masked_idx = mask_indices(mask)
+    return {"video": video, "mask": mask, "visible_idx": visible_idx, "masked_idx": masked_idx,
+            "bad": [b for s in samples for b in s["bad"]]}
 
 
 class ResumableSampler(torch.utils.data.Sampler):
@@ -285,263 +349,14 @@ def worker_init(worker_id):
     torch.set_num_threads(1)
 
 
-# ----------------------------------------------------------------------------- evaluation datasets
-# Used by probe.py and finetune.py (SPEC 6, Tables 16-17, Table 6). Every dataset below returns dicts:
-#   train mode: {"video": (C, T, H, W) float, "label", "index"}, one augmented clip per item;
-#   test mode:  {"video": (V, C, T, H, W) float, "label", "video_id"}, V spatial views of one temporal view.
-# label: a long (single-label), a multi-hot float (num_classes,) (multi-label) or a float count (counting).
-
-def make_target(label, task, num_classes):
-    """A list label as a tensor: class id (single), multi-hot (multi) or the count as a float (count)."""
-    if task == "multi":
-        t = torch.zeros(num_classes)
-        t[list(label)] = 1.0
-        return t
-    return torch.tensor(float(label)) if task == "count" else torch.tensor(int(label))
-
-
-def stratified_subset(items, n, seed):
-    """A deterministic, class-stratified subset of n list items (SEVERE's low-shot sets, e.g. UCF 10^3):
-    each class keeps its share of n (largest remainders get the spare clips), drawn with a seeded rng."""
-    if n >= len(items):
-        return list(items)
-    by_class = {}
-    for i, (_, label) in enumerate(items):
-        by_class.setdefault(label if isinstance(label, int) else tuple(label)[:1], []).append(i)
-    classes = sorted(by_class)
-    share = np.array([n * len(by_class[c]) / len(items) for c in classes])
-    take = np.floor(share).astype(int)
-    for j in np.argsort(-(share - take), kind="stable")[:n - take.sum()]:
-        take[j] += 1
-    rng = np.random.default_rng([seed, n])
-    keep = [i for c, k in zip(classes, take) for i in rng.choice(by_class[c], size=k, replace=False)]
-    return [items[i] for i in sorted(keep)]
-
-
-def segment_indices(num_video_frames, num_frames, rng=None, view=0, num_views=1):
-    """TSN-style segment sampling (SSv2): split the video into T equal segments, take one frame of each;
-    a random one when training (rng), the (view + 0.5) / num_views point of each segment at test."""
-    seg = num_video_frames / num_frames
-    offset = rng.uniform(0, seg, num_frames) if rng is not None else np.full(num_frames, seg * (view + 0.5) / num_views)
-    return np.minimum((np.arange(num_frames) * seg + offset).astype(int), num_video_frames - 1)
-
-
-def dense_indices(num_video_frames, num_frames, stride, view=0, num_views=1):
-    """Test-time dense sampling: the view-th of num_views clips evenly spaced over the video (5x3 K400)."""
-    span = (num_frames - 1) * stride + 1
-    if num_video_frames < span:
-        return np.round(np.linspace(0, num_video_frames - 1, num_frames)).astype(int)
-    start = (num_video_frames - span) * (view / (num_views - 1) if num_views > 1 else 0.5)
-    return int(round(start)) + stride * np.arange(num_frames)
-
-
-def three_crops(frames, size, num_crops=3):
-    """Resize the short side to size, take num_crops size x size crops along the long side (start, centre,
-    end; one crop = centre). uint8 (T, H, W, 3) -> list of uint8 (T, size, size, 3)."""
-    T, H, W, _ = frames.shape
-    h, w = (size, max(size, round(W * size / H))) if H <= W else (max(size, round(H * size / W)), size)
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-    x = x.round_().clamp_(0, 255).byte().permute(0, 2, 3, 1).numpy()
-    spots = [0.5] if num_crops == 1 else np.linspace(0, 1, num_crops)
-    return [x[:, round(s * (h - size)):round(s * (h - size)) + size, round(s * (w - size)):round(s * (w - size)) + size]
-            for s in spots]
-
-
-class VideoClipDataset(torch.utils.data.Dataset):
-    """Decoded clips of a classification list (K400, SSv2, UCF, ... or any `<path> <label>` list).
-
-    train: one clip per item: T frames at `stride` from a random start ("dense") or one random frame per
-    segment ("segment", TSN-style, SSv2), MultiScaleCrop + flip (as in pretraining), then `augment(frames,
-    rng)` (finetune.py's RandAugment). A bad video is replaced by another one and reported (sample["bad"]).
-    test: item i = video i // num_clips, temporal view i % num_clips; num_crops crops after resizing the
-    short side -> (num_crops, C, T, H, W). A bad video is an error here: it would bias the result.
-    Randomness is a pure function of (seed, epoch, index), so workers and resumed runs agree.
-    """
-
-    def __init__(self, items, mode="train", task="single", num_classes=400, num_frames=16, stride=4,
-                 sampling="dense", img_size=224, flip=True, num_clips=1, num_crops=1, augment=None, seed=0):
-        assert mode in ("train", "test") and sampling in ("dense", "segment"), (mode, sampling)
-        self.items, self.mode, self.task, self.num_classes = items, mode, task, num_classes
-        self.num_frames, self.stride, self.sampling, self.img_size = num_frames, stride, sampling, img_size
-        self.flip, self.num_clips, self.num_crops, self.augment, self.seed = flip, num_clips, num_crops, augment, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def __len__(self):
-        return len(self.items) * (self.num_clips if self.mode == "test" else 1)
-
-    def targets(self):
-        """Every video's target, without decoding: (num_videos,) or (num_videos, num_classes)."""
-        return torch.stack([make_target(label, self.task, self.num_classes) for _, label in self.items])
-
-    def frame_indices(self, n, rng, view=0):
-        T = self.num_frames
-        if self.sampling == "segment":
-            return segment_indices(n, T, rng, view, self.num_clips)
-        if rng is not None:
-            return clip_indices(n, T, self.stride, rng)
-        return dense_indices(n, T, self.stride, view, self.num_clips)
-
-    def __getitem__(self, index):
-        if self.mode == "test":
-            vid, view = divmod(index, self.num_clips)
-            path, label = self.items[vid]
-            n, _ = video_info(path)
-            frames = decode_frames(path, self.frame_indices(n, None, view))
-            video = torch.stack([normalize(np.ascontiguousarray(c)) for c in three_crops(frames, self.img_size, self.num_crops)])
-            return {"video": video, "label": make_target(label, self.task, self.num_classes), "video_id": vid}
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        bad = []
-        for _ in range(20):
-            path, label = self.items[index]
-            try:
-                n, _ = video_info(path)
-                frames = crop_and_flip(decode_frames(path, self.frame_indices(n, rng)), self.img_size, rng, self.flip)
-                break
-            except Exception as e:   # noqa: BLE001 -- any decode error makes the item bad
-                bad.append(f"{path}: {type(e).__name__}: {e}")
-                index = int(rng.integers(len(self.items)))
-        else:
-            raise RuntimeError("20 bad items in a row:\n  " + "\n  ".join(bad))
-        if self.augment is not None:
-            frames = self.augment(frames, rng)
-        return {"video": normalize(np.ascontiguousarray(frames)), "index": index, "bad": bad,
-                "label": make_target(label, self.task, self.num_classes)}
-
-
-MOTION_CLASSES = ("left", "right", "up", "down", "clockwise", "counter-clockwise", "growing", "shrinking")
-
-
-def render_object(frames, obj, cx, cy, angle, scale):
-    """Alpha-blend one RGBA object onto frames uint8 (T, S, S, 3), in place, centred at (cx, cy) px,
-    rotated by angle (degrees, clockwise on screen) and scaled, per frame: one affine grid_sample call."""
-    T, S = frames.shape[0], frames.shape[1]
-    P, Q = obj.shape[:2]
-    o = torch.from_numpy(obj).permute(2, 0, 1).float() / 255                       # (4, P, Q)
-    o = torch.cat([o[:3] * o[3:], o[3:]])[None].expand(T, -1, -1, -1)               # premultiplied alpha
-    a = torch.from_numpy(np.deg2rad(angle)).float()
-    c, s, k = torch.cos(a), torch.sin(a), torch.from_numpy(scale).float()
-    # output pixel p (normalised xo, yo) -> object-space offset R(-angle) (p - centre) / scale, in the
-    # object's normalised units (align_corners=False on both sides)
-    bx = torch.from_numpy(S / 2 - 0.5 - cx).float()
-    by = torch.from_numpy(S / 2 - 0.5 - cy).float()
-    u = torch.stack([c * S / (Q * k), s * S / (Q * k), 2 * (c * bx + s * by) / (Q * k)], -1)
-    v = torch.stack([-s * S / (P * k), c * S / (P * k), 2 * (-s * bx + c * by) / (P * k)], -1)
-    grid = F.affine_grid(torch.stack([u, v], 1), (T, 4, S, S), align_corners=False)
-    out = F.grid_sample(o, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # (T, 4, S, S)
-    rgb, alpha = out[:, :3].permute(0, 2, 3, 1).numpy(), out[:, 3:].permute(0, 2, 3, 1).numpy()
-    frames[:] = np.round(frames * (1 - alpha) + rgb * 255).clip(0, 255).astype(np.uint8)
-
-
-class MotionClassDataset(torch.utils.data.Dataset):
-    """Synthetic motion classification (`--dataset motion`): only the motion tells the classes apart.
-
-    task "single": 8 classes (MOTION_CLASSES): travel left/right/up/down, rotate clockwise/counter-clockwise,
-    grow/shrink. Clips come in groups of 8: clip i has class i % 8, and all clips of group i // 8 share the
-    object (motion.synthetic_objects), background (black or a still image; "noise" can be added but makes
-    the task far harder for a small model trained from scratch), size, start position, angle, scale and
-    speed. The first frame is therefore identical across the 8 classes: no single frame
-    tells them apart, only the change over time does.
-    task "multi": two class draws, one object per distinct class (1 in 8 clips draws the same class twice and
-    shows one object); label = the set (multi-hot). Stand-in for Charades.
-    task "count": one object moves out and back k = 1..max_count times along a random direction (at least 4
-    frames per repetition); label = k, the same
-    group trick keeps frame 0 independent of k. Stand-in for UCFRep repetition counting.
-    Each clip is a pure function of (seed, split, index); train-mode augment(frames, rng) draws from
-    (seed, epoch, index). Sizes and speeds are fractions of the frame, so any img_size works.
-    """
-
-    def __init__(self, split, length, mode="train", task="single", num_frames=16, img_size=64, seed=0,
-                 max_count=4, augment=None, num_objects_bank=64, backgrounds=("black", "image")):
-        assert task in ("single", "multi", "count"), task
-        if task == "count" and num_frames < 4 * max_count:
-            raise ValueError(f"counting up to {max_count} repetitions needs >= {4 * max_count} frames (4 per repetition)")
-        self.split_id = {"train": 0, "val": 1}[split]
-        self.length, self.mode, self.task, self.T, self.S = length, mode, task, num_frames, img_size
-        self.seed, self.max_count, self.augment, self.epoch = seed, max_count, augment, 0
-        self.num_classes = 1 if task == "count" else len(MOTION_CLASSES)
-        self.objects = motion.synthetic_objects(num_objects_bank, np.random.default_rng([seed, 7]), size=48)
-        self.group = max_count if task == "count" else len(MOTION_CLASSES)
-        self.backgrounds = backgrounds
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def __len__(self):
-        return self.length
-
-    def targets(self):
-        return torch.stack([make_target(self.label(i), self.task, self.num_classes) for i in range(self.length)])
-
-    def label(self, index):
-        """Labels without rendering (class counts, stratified subsets)."""
-        if self.task == "multi":
-            return sorted(set(np.random.default_rng([self.seed, self.split_id, index, 1]).integers(0, 8, 2).tolist()))
-        return index % self.group + (1 if self.task == "count" else 0)
-
-    def clip(self, index):
-        """-> uint8 (T, S, S, 3) frames and the label."""
-        T, S = self.T, self.S
-        g = np.random.default_rng([self.seed, self.split_id, index // self.group])   # shared by the group
-        kind = self.backgrounds[g.integers(len(self.backgrounds))]
-        still = motion.still_image(S, S, g) if kind == "image" else None
-        frames = motion.background(kind, T, S, S, g, image=still)
-        label = self.label(index)
-        classes = label if self.task == "multi" else [label]
-        if self.task == "multi":   # the group trick does not apply: each clip draws its own objects
-            g = np.random.default_rng([self.seed, self.split_id, index, 2])
-        t = np.arange(T) / (T - 1)                                       # 0 .. 1 over the clip
-        for cls in classes:
-            obj = self.objects[g.integers(len(self.objects))]
-            P, Q = np.round(g.uniform(0.3, 0.45, 2) * S).astype(int)
-            x0, y0 = g.uniform(0.3, 0.7, 2) * S
-            a0, s0 = g.uniform(0, 360), g.uniform(0.6, 1.0)
-            dist, turn, grow = g.uniform(0.4, 0.5) * S, g.uniform(180, 300), g.uniform(2.0, 2.6)
-            cx, cy, angle, scale = np.full(T, x0), np.full(T, y0), np.full(T, a0), np.full(T, s0)
-            if self.task == "count":   # cls = k repetitions: out and back k times, starting at (x0, y0)
-                d = g.uniform(0, 2 * np.pi)
-                amp = 0.5 * dist * (1 - np.cos(2 * np.pi * cls * np.arange(T) / T))
-                cx, cy = x0 + amp * np.cos(d), y0 + amp * np.sin(d)
-            elif cls < 4:              # travel: left, right, up, down
-                dx, dy = [(-1, 0), (1, 0), (0, -1), (0, 1)][cls]
-                cx, cy = x0 + dx * dist * t, y0 + dy * dist * t
-            elif cls < 6:              # rotate clockwise / counter-clockwise
-                angle = a0 + (1 if cls == 4 else -1) * turn * t
-            else:                      # grow / shrink
-                scale = s0 * grow ** (t if cls == 6 else -t)
-            render_object(frames, resize_rgba(obj, max(P, 2), max(Q, 2)), cx, cy, angle, scale)
-        return frames, label
-
-    def __getitem__(self, index):
-        frames, label = self.clip(index)
-        target = make_target(label, self.task, self.num_classes)
-        if self.mode == "test":
-            return {"video": normalize(frames)[None], "label": target, "video_id": index}
-        if self.augment is not None:
-            frames = self.augment(frames, np.random.default_rng([self.seed, self.epoch, index]))
-        return {"video": normalize(np.ascontiguousarray(frames)), "label": target, "index": index, "bad": []}
-
-
-def resize_rgba(obj, height, width):
-    """uint8 RGBA (h, w, 4) -> (height, width, 4), resampled with premultiplied alpha."""
-    x = torch.from_numpy(np.ascontiguousarray(obj)).permute(2, 0, 1).float()[None]
-    x = torch.cat([x[:, :3] * x[:, 3:] / 255, x[:, 3:]], 1)
-    x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0]
-    rgb = torch.where(x[3:] > 0, x[:3] * 255 / x[3:].clamp(min=1e-6), torch.zeros_like(x[:3]))
-    return torch.cat([rgb, x[3:]]).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
-
-
-def eval_collate(samples):
-    """Stack a batch; test-mode items keep their views: video (B, V, C, T, H, W)."""
-    out = {k: torch.stack([s[k] for s in samples]) for k in ("video", "label")}
-    for k in ("index", "video_id"):
-        if k in samples[0]:
-            out[k] = torch.tensor([s[k] for s in samples])
-    out["bad"] = [b for s in samples for b in s.get("bad", [])]
-    return out
+def loader(dataset, sampler, batch_size, workers, device, collate_fn, prefetch=4):
+    """The DataLoader of every script: seeded samples, pinned memory on GPU (uint8 clips: a quarter of
+    float32's pinned and shared memory; containers still need --ipc=host or --shm-size, see
+    docs/performance.md), workers restarted each pass (their state is the pass's seed)."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
+        pin_memory=device.type == "cuda", drop_last=sampler is not None, worker_init_fn=worker_init,
+        persistent_workers=False, prefetch_factor=prefetch if workers else None)
 
 
 # ----------------------------------------------------------------------------- prepare: re-encode a dataset once

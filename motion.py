@@ -158,9 +158,18 @@ def overlay(frames, objects, rng, num_objects=2, size_range=(32, 128), angle_ran
         centres = random_trajectory(T, H, W, rng, num_points=num_points, sigma=sigma, extent=extent)
         angles, scales = keyframe_transforms(T, rng, angle_range=angle_range, scale_range=scale_range)
         # The object is stretched to P x Q ((ref) does the same), then transformed per frame.
-        obj = _resize_premultiplied(np.asarray(objects[int(i)]), int(P), int(Q))
-        _paste(out, masks[k], obj, centres, angles, scales)
+        masks[k] = paste(out, np.asarray(objects[int(i)]), (int(P), int(Q)), centres, angles, scales)
     return out, masks
+
+
+def paste(frames, obj, size, centres, angles, scales):
+    """Paste one RGBA uint8 object, stretched to size = (P, Q), into frames uint8 (T, H, W, 3) in place,
+    centred at centres (T, 2) (x, y) px, rotated by angles (T,) degrees counter-clockwise on screen and
+    scaled by scales (T,). -> its footprint, bool (T, H, W). overlay's building block, public for
+    datasets that script their own motion (evaluation.MotionClassDataset)."""
+    footprint = np.zeros(frames.shape[:3], dtype=bool)
+    _paste(frames, footprint, _resize_premultiplied(obj, *size), centres, angles, scales)
+    return footprint
 
 
 class ObjectBank:
@@ -171,11 +180,14 @@ class ObjectBank:
     size applies to the object, not to transparent margins) and capped to max_side pixels.
     """
 
-    def __init__(self, root, max_side=256):
+    def __init__(self, root, max_side=256, list_file=None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f"object bank folder {self.root} does not exist")
-        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() == ".png" and p.is_file())
+        if list_file:   # exactly the listed subset, e.g. the paper's object_instances.txt
+            self.files = _listed_files(self.root, list_file)
+        else:
+            self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() == ".png" and p.is_file())
         if not self.files:
             raise ValueError(f"object bank folder {self.root} holds no .png files")
         self.max_side = max_side
@@ -197,6 +209,22 @@ class ObjectBank:
         if self.max_side and max(im.size) > self.max_side:
             im.thumbnail((self.max_side, self.max_side), Image.BILINEAR)  # keeps the aspect ratio
         return np.array(im, dtype=np.uint8)
+
+
+def _listed_files(root, list_file):
+    """Paths of a list file (one PNG path relative to root per line; # comments, blank lines skipped).
+    A listed file that is not there is an error naming the list's line."""
+    files = []
+    with open(list_file, encoding="utf-8-sig") as f:
+        for n, line in enumerate(f, 1):
+            name = line.strip()
+            if not name or name.startswith("#"):
+                continue
+            path = root / name
+            if not path.is_file():
+                raise ValueError(f"{list_file}:{n}: {name} is not a file under {root}")
+            files.append(path)
+    return files
 
 
 def _texture(rng, size):

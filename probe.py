@@ -18,7 +18,6 @@ epochs, 50x fewer for UCF's 100. The price: no crop or temporal jitter beyond th
 are averaged in feature space (for a linear head, the same as averaging the views' logits).
 """
 import argparse
-import json
 import os
 import time
 
@@ -26,10 +25,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from finetune import (DATASETS, add_data_args, build_classifier, build_datasets, compute_metrics, finish_data_args,
-                      loss_fn, per_video, soft_targets, write_results)
-from train import (Log, amp_setup, apply_presets, check_out_dir, cosine_schedule, fail, fmt_time, save_checkpoint,
-                   set_lr, setup_dist, teardown)
+import torch.nn.functional as F
+
+from evaluation import (DATASETS, add_data_args, build_classifier, build_datasets, check_data_args,
+                        compute_metrics, per_video, read_checkpoint, write_results)
+from runtime import (Log, amp_setup, apply_presets, cosine_schedule, fail, fmt_time, make_out_dir,
+                     save_args, save_checkpoint, set_lr, setup_dist, teardown)
 
 # Table 16: probe epochs per dataset (flips come with the dataset preset: all but SSv2 and motion).
 PROBE_EPOCHS = {"k400": dict(epochs=30), "ucf101": dict(epochs=100), "hmdb51": dict(epochs=100),
@@ -51,35 +52,38 @@ def get_args(argv=None):
     a("--warmup-epochs", type=float, default=0, help="Table 16 gives none")
     a("--batch-size", type=int, default=128, help="head batch (Table 16: 128)")
     a("--feature-batch", type=int, default=16, help="videos per encoder forward per rank when caching features")
-    a("--lr", type=float, default=1e-3, help="Table 16: 1e-3")
-    a("--min-lr", type=float, default=0.0, help="cosine floor")
+    a("--lr", type=float, default=1e-3, help="base lr for a batch of 256 (Table 16: 1e-3; actual = lr x "
+      "batch / 256, the rule of Table 17's same words and of MAE's linear probe)")
+    a("--min-lr", type=float, default=0.0, help="cosine floor, scaled like --lr")
     a("--weight-decay", type=float, default=0.05, help="Table 16: 0.05")
     a("--betas", type=float, nargs=2, default=[0.9, 0.999], help="Table 16: (0.9, 0.999)")
     a("--out-dir", default="out/probe", help="everything a run writes goes here")
     a("--results-file", default=None, help="append the result as a JSON row to this file")
     a("--eval-every", type=int, default=10, help="epochs between validation lines in the log")
-    args = apply_presets(p, [("preset", PRESETS), ("dataset", DATASETS), ("dataset", PROBE_EPOCHS), ("preset", PRESETS)], argv)
+    # dataset tables first, the preset last: a preset's values win over its dataset's; flags win over both
+    tables = [("preset", PRESETS), ("dataset", DATASETS), ("dataset", PROBE_EPOCHS), ("preset", PRESETS)]
+    args = apply_presets(p, tables, argv)
     if args.task == "count":
         fail("probe.py classifies (single or multi); repetition counting is finetune.py's (--task count)")
     args.metric = "map" if args.task == "multi" else "top1"
-    check_out_dir(args.out_dir)
-    return args, finish_data_args(args)
+    check_data_args(args)
+    return args
 
 
 def main(argv=None):
     # ------------------------------------------------------------------ args
-    args, state = get_args(argv)
+    args = get_args(argv)
 
     # ------------------------------------------------------------------ dist
     rank, world, device = setup_dist()
-    if args.device:
-        device = torch.device(args.device)
+    device = torch.device(args.device) if args.device else device
     master = rank == 0
+    make_out_dir(args.out_dir)
+    state = read_checkpoint(args)
     torch.manual_seed(args.seed)
     log = Log(args.out_dir, master)
     if master:
-        with open(os.path.join(args.out_dir, "args.json"), "w") as f:
-            json.dump(vars(args), f, indent=1)
+        save_args(args, args.out_dir)
 
     # ------------------------------------------------------------------ data: one centre view per training video
     try:
@@ -93,7 +97,7 @@ def main(argv=None):
     encoder = build_classifier(args, 1, state, verbose=master).to(device)   # its 1-output head is never used
     encoder.fc_norm = nn.Identity()
     encoder.eval().requires_grad_(False)
-    autocast, _ = amp_setup(device, args.amp)
+    autocast, _, _ = amp_setup(device, args.amp)
     D = encoder.head.in_features
 
     def features(video, flip=False):        # video (B, C, T, H, W) -> (B, D) or (B, 2D) with the mirror image
@@ -120,54 +124,67 @@ def main(argv=None):
     # parameter-free normalisation with training statistics (MAE: BatchNorm1d without affine)
     mean, std = f_train.flatten(0, 1).mean(0), f_train.flatten(0, 1).std(0) + 1e-6
     f_train, f_val = (f_train - mean) / std, (f_val - mean) / std
-    y_train, y_val = train_set.targets(), val_set.targets()
 
-    # ------------------------------------------------------------------ head + optimizer + schedule
-    K = args.num_classes
-    head = nn.Linear(D, K)
+    # ------------------------------------------------------------------ head, trained on the device
+    # every rank trains the same head on the same cached features, in lockstep (no collective needed)
+    head = nn.Linear(D, args.num_classes).to(device)
     nn.init.trunc_normal_(head.weight, std=0.01)   # as MAE's linear probe
     nn.init.zeros_(head.bias)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, betas=tuple(args.betas), weight_decay=args.weight_decay)
+    y_train, y_val = train_set.targets().to(device), val_set.targets().to(device)
+    train_head(head, f_train, y_train, f_val, y_val, args, log)
+
+    # ------------------------------------------------------------------ results + teardown
+    metrics = head_metrics(head, f_val, y_val, args.task)
+    if master:
+        save_checkpoint({"head": head.state_dict(), "feature_mean": mean.cpu(), "feature_std": std.cpu(),
+                         "args": vars(args)}, os.path.join(args.out_dir, "probe-head.pth"))
+        write_results(args, metrics, args.metric, "probe")
+    teardown(world, device)
+    return metrics
+
+
+def head_loss(task, out, y):
+    """Cross-entropy (single-label) or BCE on sigmoids (multi-label, multi-hot y)."""
+    return F.binary_cross_entropy_with_logits(out, y) if task == "multi" else F.cross_entropy(out, y)
+
+
+@torch.no_grad()
+def head_metrics(head, f_val, y_val, task):
+    out = head(f_val)
+    return compute_metrics(task, out.sigmoid() if task == "multi" else out.softmax(-1), y_val)
+
+
+def train_head(head, f_train, y_train, f_val, y_val, args, log):
+    """AdamW + cosine over the cached features (Table 16); each sample takes its plain or mirrored
+    feature at random per epoch. The lr follows the linear scaling rule (lr x batch / 256)."""
+    n_train = len(f_train)
+    lr, min_lr = args.lr * args.batch_size / 256, args.min_lr * args.batch_size / 256
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, betas=tuple(args.betas),
+                                  weight_decay=args.weight_decay)
     steps_per_epoch = (n_train + args.batch_size - 1) // args.batch_size
-    lrs = cosine_schedule(args.lr, args.min_lr, args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch))
-
-    def evaluate():
-        with torch.no_grad():
-            out = head(f_val)
-            return compute_metrics(args.task, out.sigmoid() if args.task == "multi" else out.softmax(-1), y_val)
-
-    # ------------------------------------------------------------------ loop (every rank trains the same head)
+    lrs = cosine_schedule(lr, min_lr, args.epochs * steps_per_epoch, int(args.warmup_epochs * steps_per_epoch))
     step, t0 = 0, time.time()
     for epoch in range(args.epochs):
         gen = torch.Generator().manual_seed(int(np.random.default_rng([args.seed, epoch]).integers(2 ** 62)))
-        order = torch.randperm(n_train, generator=gen)
-        view = torch.randint(f_train.shape[1], (n_train,), generator=gen)   # flipped or plain, per sample
-        total = 0.0
+        order = torch.randperm(n_train, generator=gen).to(f_train.device)
+        view = torch.randint(f_train.shape[1], (n_train,), generator=gen).to(f_train.device)
+        total = torch.zeros((), device=f_train.device)
         for b in range(steps_per_epoch):
             idx = order[b * args.batch_size:(b + 1) * args.batch_size]
             set_lr(optimizer, lrs[step])
-            target = soft_targets(y_train[idx], args.task, K, 0.0)
-            loss = loss_fn(args.task, head(f_train[idx, view[idx]]), target)
+            loss = head_loss(args.task, head(f_train[idx, view[idx]]), y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
-            total += loss.item()
+            total += loss.detach()
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            metrics = evaluate()
+            metrics = head_metrics(head, f_val, y_val, args.task)
             eta = (args.epochs - epoch - 1) * (time.time() - t0) / (epoch + 1)
-            log({"epoch": epoch + 1, "loss": total / steps_per_epoch, "lr": float(lrs[step - 1]), **metrics},
-                f"epoch {epoch + 1}/{args.epochs} | loss {total / steps_per_epoch:.4f} | lr {lrs[step - 1]:.2e} | "
+            loss = total.item() / steps_per_epoch
+            log({"epoch": epoch + 1, "loss": loss, "lr": float(lrs[step - 1]), **metrics},
+                f"epoch {epoch + 1}/{args.epochs} | loss {loss:.4f} | lr {lrs[step - 1]:.2e} | "
                 + " | ".join(f"val {k} {v:.2f}" for k, v in metrics.items()) + f" | eta {fmt_time(eta)}")
-
-    # ------------------------------------------------------------------ results + teardown
-    metrics = evaluate()
-    if master:
-        save_checkpoint({"head": head.state_dict(), "feature_mean": mean, "feature_std": std, "args": vars(args)},
-                        os.path.join(args.out_dir, "probe-head.pth"))
-        write_results(args, metrics, args.metric, "probe")
-    teardown(world)
-    return metrics
 
 
 if __name__ == "__main__":

@@ -161,7 +161,7 @@ def set_lr(optimizer, lr):
         g["lr"] = float(lr) * g.get("lr_scale", 1.0)
 
 
-def optimizer_step(optimizer, loss, scaler):
+def optimizer_step(optimizer, scaler):
     """Backward has run: step (through the fp16 loss scaler when there is one) and clear the gradients."""
     if scaler is not None:
         scaler.step(optimizer)

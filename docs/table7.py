@@ -58,9 +58,10 @@ def token_rms(checkpoint, size, frames, patch):
     residual stream (a random init gives ~2)."""
     import torch
     import data
+    import evaluation
     from model import MODEL_SIZES, VideoClassifier, load_encoder
-    ds = data.MotionClassDataset("val", 64, mode="test", img_size=size, num_frames=frames)
-    video = torch.stack([ds[i]["video"][0] for i in range(64)])
+    ds = evaluation.MotionClassDataset("val", 64, mode="test", img_size=size, num_frames=frames)
+    video = data.normalize(torch.stack([ds[i]["video"][0] for i in range(64)]))
     model = VideoClassifier(img_size=size, patch_size=patch, num_frames=frames, num_classes=8, **MODEL_SIZES["tiny"])
     if checkpoint:
         load_encoder(model, checkpoint, verbose=False)

@@ -1,8 +1,13 @@
 """Shared fixtures: tiny videos written with PyAV, so no test needs data from outside the repository."""
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")   # never let open_clip wait on the network
 
@@ -32,3 +37,49 @@ def video_list(tmp_path):
         lines.append(f"clip {i}.mp4 {i % 3}")
     (tmp_path / "train.csv").write_text("# path label\n" + "\n".join(lines) + "\n")
     return tmp_path / "train.csv"
+
+
+# ----------------------------------------------------------------------------- helpers shared by the tests
+
+ROOT = Path(__file__).resolve().parents[1]
+# train.py at 32 px, 4 frames: 8 tokens per clip. 16 videos per pass, 4 videos (8 clips) per step -> 4 steps
+# per pass, 2 steps per effective epoch, 8 steps in all.
+TINY = ["--dataset", "black", "--model", "tiny", "--img-size", "32", "--num-frames", "4", "--target", "pixel",
+        "--batch-size", "8", "--synthetic-length", "16", "--epochs", "4", "--warmup-epochs", "1", "--workers", "0",
+        "--log-every", "1", "--object-size", "64", "160", "--mask-ratio", "0.5"]
+
+
+def run(args, cwd=ROOT, **kw):
+    """python ARGS... in the repository; it must exit 0. -> the CompletedProcess (text stdout/stderr)."""
+    r = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300, **kw)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def fails_cleanly(args, match, script="train.py", **kw):
+    """Exit code 2, one error line on stderr naming the problem, no traceback."""
+    r = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       **kw)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and match in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]      # (a library may warn first, e.g. open_clip on random weights)
+    assert last.startswith("error: ") and match in last, r.stderr
+    return r
+
+
+def read_log(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def weights(out_dir, name="checkpoint-latest.pth"):
+    return torch.load(os.path.join(out_dir, name), weights_only=True)["model"]
+
+
+def assert_same_weights(a, b, exact=True):
+    assert a.keys() == b.keys()
+    for k in a:
+        if exact:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)

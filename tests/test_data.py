@@ -67,6 +67,7 @@ def test_dataset_repeated_sampling_and_determinism(video_list):
                               objects=objs, mask_ratio=0.75, seed=1)
     s = ds[0]
     assert s["video"].shape == (2, 3, 8, 32, 32) and s["mask"].shape == (2, 4 * 2 * 2) and s["bad"] == []
+    assert s["video"].dtype == torch.uint8   # 4x less shared / pinned memory than float32; normalised on device
     assert (s["mask"].sum(1) == int(0.75 * 4) * 4).all()
     assert not torch.equal(s["video"][0], s["video"][1])            # own crop / overlay per clip
     torch.testing.assert_close(ds[0]["video"], s["video"])          # pure function of (seed, pass, index)
@@ -80,7 +81,7 @@ def test_dataset_mixed_motion(video_list):
     obj[..., 0], obj[..., 3] = 255, 255                              # opaque pure red square
     ds = data.PretrainDataset("video", items=items, num_frames=4, stride=1, img_size=32, num_sample=4,
                               objects=[obj], motion="mixed", seed=0)
-    v = ds[2]["video"]                                               # grey video: red only where objects are
+    v = data.normalize(ds[2]["video"])                               # grey video: red only where objects are
     red = (v[:, 0] - v[:, 1]).amax(dim=(1, 2, 3))
     assert (red[::2] > 1).all() and (red[1::2] < 0.5).all()
 
@@ -117,3 +118,28 @@ def test_resize_uint8_matches_float_resize():
     ref = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False).round().permute(0, 2, 3, 1)
     assert out.shape == (4, 32, 32, 3) and out.dtype == np.uint8 and out.flags["C_CONTIGUOUS"]
     assert np.abs(out.astype(int) - ref.numpy().astype(int)).max() <= 1
+
+
+def test_normalize_on_device_matches_imagenet_statistics():
+    """data.normalize: uint8 (B, C, T, H, W) -> float, (x / 255 - mean) / std per channel."""
+    from teacher import IMAGENET_MEAN, IMAGENET_STD
+    v = torch.randint(0, 256, (2, 3, 4, 8, 8), dtype=torch.uint8)
+    out = data.normalize(v)
+    assert out.dtype == torch.float32 and out.shape == v.shape
+    for c in range(3):
+        torch.testing.assert_close(out[:, c], (v[:, c].float() / 255 - IMAGENET_MEAN[c]) / IMAGENET_STD[c])
+
+
+def test_frames_source_fixed_frame_per_video(video_list):
+    """--dataset frames (Table 7's K400m-1frm): one frame per video chosen once from the seed, the same
+    in every pass; per-pass draws a new one each pass."""
+    items = data.read_list(video_list)
+    kw = dict(items=items, num_frames=4, img_size=32, num_sample=1, motion="off", flip=False, seed=0)
+    fixed, per_pass = data.PretrainDataset("frames", **kw), data.PretrainDataset("frames", frame_pick="per-pass", **kw)
+    level = {}   # grey level of frame i is 5 * i (conftest.write_video): which frame was picked
+    for name, ds in (("fixed", fixed), ("per_pass", per_pass)):
+        for p in range(4):
+            ds.set_state(p)
+            level.setdefault(name, []).append(int(ds[5]["video"][0, 0, 0, -1, -1]))
+    assert len(set(level["fixed"])) == 1
+    assert len(set(level["per_pass"])) > 1

@@ -5,11 +5,10 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
-from test_train import ROOT, TINY
+from conftest import ROOT, TINY
 
 sys.path.insert(0, os.path.join(ROOT, "docs"))
 import figures  # noqa: E402

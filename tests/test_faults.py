@@ -1,4 +1,4 @@
-"""Issue 5: faults injected on purpose. Nothing crashes late, nothing already done is lost."""
+"""Faults injected on purpose. Nothing crashes late, nothing already done is lost."""
 import os
 import signal
 import subprocess
@@ -10,19 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+import runtime
 import train
-from conftest import write_video
-from test_train import ROOT, TINY, assert_same_weights, read_log, run, weights
-
-
-def fails_cleanly(args, match, **kw):
-    """Exit code 2, one error line on stderr naming the problem, no traceback."""
-    r = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120, **kw)
-    assert r.returncode == 2, r.stdout + r.stderr
-    assert "Traceback" not in r.stderr and match in r.stderr, r.stderr
-    last = r.stderr.strip().splitlines()[-1]      # (a library may warn first, e.g. open_clip on random weights)
-    assert last.startswith("error: ") and match in last, r.stderr
-    return r
+from conftest import ROOT, TINY, assert_same_weights, fails_cleanly, read_log, run, weights, write_video
 
 
 def test_kill_9_then_resume_is_bit_identical(tmp_path):
@@ -163,7 +153,7 @@ def test_nonfinite_step_is_not_applied(tmp_path, monkeypatch):
 
 def test_crash_mid_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint-latest.pth"
-    train.save_checkpoint({"step": 1, "w": torch.ones(3)}, str(path))
+    runtime.save_checkpoint({"step": 1, "w": torch.ones(3)}, str(path))
 
     def crashing_save(obj, f):
         with open(f, "wb") as fh:
@@ -172,8 +162,8 @@ def test_crash_mid_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crashing_save)
     with pytest.raises(KeyboardInterrupt):
-        train.save_checkpoint({"step": 2, "w": torch.zeros(3)}, str(path))
-    assert train.load_checkpoint(str(path))["step"] == 1
+        runtime.save_checkpoint({"step": 2, "w": torch.zeros(3)}, str(path))
+    assert runtime.load_checkpoint(str(path))["step"] == 1
 
 
 def test_checkpoints_load_weights_only_and_last_k_kept(tmp_path):
@@ -224,21 +214,3 @@ def test_ddp_rank_death_restarts_and_resumes(tmp_path):
     assert killed and p.returncode == 0, text
     assert "resumed from" in text and time.time() - t0 < 180
     assert torch.load(out / "checkpoint-latest.pth", weights_only=True)["step"] == 8
-
-
-def test_gpu_process_group_reduces_cpu_tensors_over_gloo(monkeypatch):
-    """The CPU twin of the GPU path: under torchrun with CUDA, setup_dist asks for NCCL for CUDA tensors AND
-    gloo for the CPU tensors the loops all-reduce (bad-item counts, finite flags, evaluation sums); plain
-    "nccl" would fail at the first step with 'No backend type associated with device type cpu'."""
-    seen = {}
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda i: None)
-    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend, **kw: seen.update(backend=backend, **kw))
-    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
-    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
-    for k, v in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
-    rank, world, device = train.setup_dist()
-    assert (rank, world, str(device)) == (1, 2, "cuda:1")
-    assert seen["backend"] == "cpu:gloo,cuda:nccl" and seen["rank"] == 1 and seen["world_size"] == 2

@@ -13,21 +13,16 @@ import pytest
 import torch
 
 import data
+import evaluation
 import finetune
+from conftest import ROOT, run
 from model import MODEL_SIZES, PretrainModel, VideoClassifier, sinusoid_table
-from train import set_lr
+from runtime import set_lr
 
-ROOT = Path(__file__).resolve().parent.parent
 REF = Path(__file__).parent / "data" / "videomae_tiny_reference.pt"
 # 32 px, 8 frames: 16 tokens per clip; 64 training clips, batch 16 -> 4 steps per epoch.
 SMALL = ["--preset", "tiny", "--img-size", "32", "--num-frames", "8", "--motion-train", "64", "--motion-val", "32",
          "--batch-size", "16", "--epochs", "2", "--warmup-epochs", "1", "--workers", "0", "--log-every", "1"]
-
-
-def run(script, args, **kw):
-    r = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, **kw)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r
 
 
 def data_args(**kw):
@@ -50,9 +45,10 @@ def test_train_py_checkpoint_gives_encoder_features(tmp_path):
     torch.save({"model": pre.state_dict(), "step": 3, "args": {"model": "tiny", "patch_size": 16, "tubelet": 2,
                                                               "img_size": 64, "num_frames": 16}}, path)
     args = data_args(checkpoint=str(path), img_size=32, num_frames=8)   # another grid than pretraining
-    state = finetune.finish_data_args(args)
+    evaluation.check_data_args(args)
+    state = evaluation.read_checkpoint(args)
     assert (args.model, args.patch_size, args.tubelet) == ("tiny", 16, 2)
-    clf = finetune.build_classifier(args, 5, state).eval()
+    clf = evaluation.build_classifier(args, 5, state).eval()
     video = torch.randn(2, 3, 8, 32, 32)
     with torch.no_grad():
         enc = pre.encoder
@@ -62,7 +58,8 @@ def test_train_py_checkpoint_gives_encoder_features(tmp_path):
         clf.fc_norm = torch.nn.Identity()
         torch.testing.assert_close(clf.forward_features(video), x.mean(1), atol=1e-5, rtol=1e-5)
     args = data_args(checkpoint=str(path), model="small")                 # a flag still wins
-    finetune.finish_data_args(args)
+    evaluation.check_data_args(args)
+    evaluation.read_checkpoint(args)
     assert args.model == "small"
 
 
@@ -75,11 +72,11 @@ def test_reference_checkpoint_loads_and_matches(monkeypatch, capsys):
                                                   num_heads=c["encoder_num_heads"], mlp_ratio=c["mlp_ratio"]))
     args = data_args(model="tiny", img_size=c["img_size"], num_frames=c["num_frames"], patch_size=c["patch_size"],
                      tubelet=c["tubelet_size"])
-    finetune.build_classifier(args, 5, {"model": ref["pretrain_state_dict"]})
+    evaluation.build_classifier(args, 5, {"model": ref["pretrain_state_dict"]})
     printed = capsys.readouterr().out
     for k in ref["finetune_missing"] + ref["finetune_unexpected"]:
         assert k in printed
-    clf = finetune.build_classifier(args, 5, {"module": ref["finetune_state_dict"]}).eval()
+    clf = evaluation.build_classifier(args, 5, {"module": ref["finetune_state_dict"]}).eval()
     with torch.no_grad():
         torch.testing.assert_close(clf.forward_features(ref["video"]), ref["finetune_features"], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(clf(ref["video"]), ref["finetune_logits"], atol=1e-5, rtol=1e-5)
@@ -162,28 +159,28 @@ class HandViews(torch.utils.data.Dataset):
 
 
 def test_multiview_averaging_by_hand():
-    out = finetune.per_video(lambda v: v.flatten(1), HandViews(), 2, batch_size=2, workers=0, rank=0, world=1,
+    out = evaluation.per_video(lambda v: v.flatten(1), HandViews(), 2, batch_size=2, workers=0, rank=0, world=1,
                              device=torch.device("cpu"))
     torch.testing.assert_close(out, torch.tensor([[0.5, 0.5], [0.3, 0.7], [0.5, 0.5]]))
     # rank 1 of 2 sees items 1 and 3 only: video 0 from clip 1, video 2 from clip 0, video 1 not at all
-    part = finetune.per_video(lambda v: v.flatten(1), HandViews(), 2, 2, 0, rank=1, world=2, device=torch.device("cpu"))
+    part = evaluation.per_video(lambda v: v.flatten(1), HandViews(), 2, 2, 0, rank=1, world=2, device=torch.device("cpu"))
     torch.testing.assert_close(part, torch.tensor([[0.2, 0.8], [0.0, 0.0], [0.7, 0.3]]))
 
 
 def test_metrics_by_hand():
     scores = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.7, 0.2], [0.6, 0.3, 0.1], [0.3, 0.3, 0.4]])
     labels = torch.tensor([0, 1, 1, 1])
-    m = finetune.compute_metrics("single", scores, labels)
+    m = evaluation.compute_metrics("single", scores, labels)
     assert m["top1"] == pytest.approx(50.0)
     assert m["mean_class_acc"] == pytest.approx(100 * (1 + 1 / 3) / 2)    # class 0: 1/1, class 1: 1/3
     assert m["top5"] == pytest.approx(100.0)
     # AP of one class, positives ranked 1st and 3rd: (1/1 + 2/3) / 2; a class without positives is skipped
     s = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.1, 0.4]])
     t = torch.tensor([[1, 0], [0, 0], [1, 0], [0, 0]])
-    assert finetune.mean_average_precision(s, t) == pytest.approx(100 * (1 + 2 / 3) / 2)
+    assert evaluation.mean_average_precision(s, t) == pytest.approx(100 * (1 + 2 / 3) / 2)
     t[3, 1] = 1                                                          # class 1: its positive ranked 1st
-    assert finetune.mean_average_precision(s, t) == pytest.approx(100 * ((1 + 2 / 3) / 2 + 1) / 2)
-    c = finetune.counting_error(torch.tensor([2.0, 5.0, 9.0]), torch.tensor([4.0, 5.0, 6.0]))
+    assert evaluation.mean_average_precision(s, t) == pytest.approx(100 * ((1 + 2 / 3) / 2 + 1) / 2)
+    c = evaluation.counting_error(torch.tensor([2.0, 5.0, 9.0]), torch.tensor([4.0, 5.0, 6.0]))
     assert c["count_error"] == pytest.approx((0.5 + 0 + 0.5) / 3)
     assert c["obo"] == pytest.approx(100 / 3)
 
@@ -192,7 +189,7 @@ def test_severe_table_order_and_mean(tmp_path, capsys):
     rows = [("severe-ucfrc", 0.25), ("severe-ssv2", 60.0), ("severe-charades", 20.0), ("severe-ssv2", 70.0)]
     path = tmp_path / "r.jsonl"
     path.write_text("".join(json.dumps({"setting": s, "value": v}) + "\n" for s, v in rows))
-    shown = finetune.severe_table(str(path))
+    shown = evaluation.severe_table(str(path))
     assert list(shown) == ["SSv2", "Gym99", "UCF (10^3)", "GYM (10^3)", "FX-S1", "UB-S1", "UCF-RC", "Charades", "Mean"]
     assert shown["SSv2"] == "70.0"                                       # the last row of a setting counts
     assert shown["Mean"].startswith(f"{(70 + 75 + 20) / 3:.1f}")         # UCF-RC enters as 100 * (1 - error)
@@ -210,7 +207,7 @@ LEARN = ["--preset", "tiny", "--img-size", "32", "--num-frames", "8", "--patch-s
 def test_finetune_motion_learns(tmp_path):
     """A subprocess run as a user types it: 64 steps from scratch beat chance (12.5%) on motion."""
     out = tmp_path / "ft"
-    r = run("finetune.py", LEARN + ["--out-dir", str(out)])
+    r = run(["finetune.py", *LEARN, "--out-dir", str(out)])
     assert "clips/s" in r.stdout and "eta" in r.stdout and "top1" in r.stdout
     res = json.loads((out / "results.json").read_text())
     assert res["metric"] == "top1" and {"top1", "top5", "mean_class_acc"} <= set(res)
@@ -226,7 +223,7 @@ def test_finetune_motion_learns(tmp_path):
 def test_finetune_video_list_multiview(tmp_path, video_list):
     (video_list.parent / "val.csv").write_text(video_list.read_text())
     out = tmp_path / "ft"
-    run("finetune.py", ["--dataset", "list", "--data-root", str(video_list.parent), "--num-classes", "3",
+    run(["finetune.py", "--dataset", "list", "--data-root", str(video_list.parent), "--num-classes", "3",
                         "--model", "tiny", "--img-size", "32", "--num-frames", "8", "--stride", "2",
                         "--test-clips", "2", "--test-crops", "3", "--batch-size", "3", "--epochs", "1",
                         "--workers", "0", "--out-dir", str(out), "--results-file", str(tmp_path / "all.jsonl")])
@@ -254,16 +251,16 @@ def test_resume_is_bit_identical(tmp_path):
 
 
 def test_view_sampling_and_crops():
-    assert data.dense_indices(100, 4, 5, view=0, num_views=3).tolist() == [0, 5, 10, 15]
-    assert data.dense_indices(100, 4, 5, view=2, num_views=3).tolist() == [84, 89, 94, 99]     # evenly spaced
-    assert data.dense_indices(10, 4, 5).tolist() == [0, 3, 6, 9]                             # too short: cover it
-    seg = data.segment_indices(80, 4, view=0, num_views=2).tolist(), data.segment_indices(80, 4, view=1, num_views=2).tolist()
+    assert evaluation.dense_indices(100, 4, 5, view=0, num_views=3).tolist() == [0, 5, 10, 15]
+    assert evaluation.dense_indices(100, 4, 5, view=2, num_views=3).tolist() == [84, 89, 94, 99]     # evenly spaced
+    assert evaluation.dense_indices(10, 4, 5).tolist() == [0, 3, 6, 9]                             # too short: cover it
+    seg = evaluation.segment_indices(80, 4, view=0, num_views=2).tolist(), evaluation.segment_indices(80, 4, view=1, num_views=2).tolist()
     assert seg == ([5, 25, 45, 65], [15, 35, 55, 75])                                         # one frame per segment
-    r = data.segment_indices(80, 4, np.random.default_rng(0))
+    r = evaluation.segment_indices(80, 4, np.random.default_rng(0))
     assert all(20 * i <= f < 20 * (i + 1) for i, f in enumerate(r))
     frames = np.zeros((2, 20, 40, 3), np.uint8)
     frames[:, :, :, 0] = np.arange(40)[None, None, :] * 6                                     # red ramp along x
-    crops = data.three_crops(frames, 10, 3)                                                   # -> 10 x 20, 3 crops
+    crops = evaluation.three_crops(frames, 10, 3)                                                   # -> 10 x 20, 3 crops
     assert [c.shape for c in crops] == [(2, 10, 10, 3)] * 3
     assert crops[0][0, 5, 0, 0] < crops[1][0, 5, 0, 0] < crops[2][0, 5, 0, 0]                 # left, centre, right
 
@@ -278,12 +275,12 @@ def test_stratified_subset():
 
 def test_video_list_dataset_views(video_list):
     items = data.read_list(video_list)
-    test = data.VideoClipDataset(items, mode="test", num_classes=3, num_frames=8, stride=2, img_size=32,
+    test = evaluation.VideoClipDataset(items, mode="test", num_classes=3, num_frames=8, stride=2, img_size=32,
                                  num_clips=2, num_crops=3)
     assert len(test) == 12
     s = test[3]
     assert s["video"].shape == (3, 3, 8, 32, 32) and s["video_id"] == 1 and s["label"] == 1
-    train = data.VideoClipDataset(items, mode="train", num_classes=3, num_frames=8, sampling="segment", img_size=32)
+    train = evaluation.VideoClipDataset(items, mode="train", num_classes=3, num_frames=8, sampling="segment", img_size=32)
     a = train[2]
     assert a["video"].shape == (3, 8, 32, 32) and torch.equal(train[2]["video"], a["video"])
     train.set_epoch(1)
@@ -313,7 +310,7 @@ def test_severe_presets(tmp_path):
               "severe-charades": (157, "multi", "map", "charades_train.csv")}
     assert set(expect) == set(finetune.SEVERE)
     for name, (classes, task, metric, train_file) in expect.items():
-        args, _ = finetune.get_args(["--preset", name, "--data-root", "/data/x", "--out-dir", str(tmp_path)])
+        args = finetune.get_args(["--preset", name, "--data-root", "/data/x", "--out-dir", str(tmp_path)])
         assert (args.num_classes, args.task, args.metric) == (classes, task, metric), name
         assert args.train_list == os.path.join("/data/x", train_file)
         assert (args.epochs, args.batch_size, args.lr, args.layer_decay, args.drop_path) == (100, 16, 1e-3, 0.75, 0.1)
@@ -329,7 +326,7 @@ def test_severe_standins_learn(tmp_path, task):
     (out and back k = 1 or 2 times in 8 frames) beats the best constant count (1: error 0.25)."""
     res = finetune.main(LEARN + ["--task", task, "--motion-train", "1024", "--epochs", "8", "--out-dir", str(tmp_path)])
     if task == "multi":
-        chance = 100 * data.MotionClassDataset("val", 256, task="multi", img_size=32, num_frames=8).targets().mean().item()
+        chance = 100 * evaluation.MotionClassDataset("val", 256, task="multi", img_size=32, num_frames=8).targets().mean().item()
         assert res["map"] > chance + 8, (res, chance)              # measured 36.1 vs 23.8
     else:
         assert res["count_error"] < 0.15, res                      # measured 0.02
@@ -341,7 +338,7 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
     import signal
     args = SMALL + ["--mixup", "0.8", "--cutmix", "1.0", "--randaug-n", "2", "--drop-path", "0.1", "--steps", "8",
                     "--epochs", "4", "--eval-every", "100"]
-    run("finetune.py", args + ["--out-dir", str(tmp_path / "ref")])
+    run(["finetune.py", *args, "--out-dir", str(tmp_path / "ref")])
     p = subprocess.Popen([sys.executable, "finetune.py", *args, "--out-dir", str(tmp_path / "k"), "--ckpt-every", "2"],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in p.stdout:
@@ -351,7 +348,7 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
     p.wait()
     assert p.returncode == -signal.SIGKILL
     assert torch.load(tmp_path / "k" / "checkpoint-latest.pth", weights_only=True)["step"] == 4
-    r = run("finetune.py", args + ["--out-dir", str(tmp_path / "k"), "--resume"])
+    r = run(["finetune.py", *args, "--out-dir", str(tmp_path / "k"), "--resume"])
     assert "resumed" in r.stdout
     a = torch.load(tmp_path / "ref" / "checkpoint-latest.pth", weights_only=True)["model"]
     b = torch.load(tmp_path / "k" / "checkpoint-latest.pth", weights_only=True)["model"]

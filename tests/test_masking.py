@@ -1,15 +1,14 @@
 """masking.py: exact mask counts, tube structure, object tokens, trajectory masking (True = masked)."""
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import masking
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SHAPES = [(8, 14, 14), (8, 7, 7), (4, 3, 5), (1, 4, 4), (2, 1, 1), (16, 6, 2)]
 RATIOS = [0.0, 0.3, 0.5, 0.75, 0.8, 0.9, 0.95, 1.0]
 

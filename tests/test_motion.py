@@ -1,7 +1,6 @@
 """motion.py: trajectories, keyframe transforms, alpha blending, footprints, object bank, backgrounds."""
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +8,8 @@ from PIL import Image
 from scipy import ndimage
 
 import motion
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def rng(seed=0):

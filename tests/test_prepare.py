@@ -5,8 +5,8 @@ from pathlib import Path
 
 import data
 from conftest import write_video
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def video_size(path):

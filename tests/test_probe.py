@@ -3,40 +3,28 @@ cached features, end-to-end runs that beat chance with a random encoder."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-import data
+import evaluation
+from conftest import ROOT, read_log, run
 from model import MODEL_SIZES, PretrainModel
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run(args):
-    r = subprocess.run([sys.executable, "probe.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r
-
-
-def read_log(out):
-    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
 # ----------------------------------------------------------------------------- the motion set
 
 
 def test_motion_set_is_deterministic():
-    a = data.MotionClassDataset("train", 16, img_size=32, num_frames=8, seed=3)
-    b = data.MotionClassDataset("train", 16, img_size=32, num_frames=8, seed=3)
+    a = evaluation.MotionClassDataset("train", 16, img_size=32, num_frames=8, seed=3)
+    b = evaluation.MotionClassDataset("train", 16, img_size=32, num_frames=8, seed=3)
     clip5, label5 = a.clip(5)
     for i in (9, 2, 5):                               # any order, any instance (workers, resumed runs)
         frames, label = b.clip(i)
         assert np.array_equal(frames, a.clip(i)[0]) and label == a.clip(i)[1]
     assert np.array_equal(b.clip(5)[0], clip5)
-    assert not np.array_equal(data.MotionClassDataset("val", 16, img_size=32, num_frames=8, seed=3).clip(5)[0], clip5)
-    assert not np.array_equal(data.MotionClassDataset("train", 16, img_size=32, num_frames=8, seed=4).clip(5)[0], clip5)
+    assert not np.array_equal(evaluation.MotionClassDataset("val", 16, img_size=32, num_frames=8, seed=3).clip(5)[0], clip5)
+    assert not np.array_equal(evaluation.MotionClassDataset("train", 16, img_size=32, num_frames=8, seed=4).clip(5)[0], clip5)
     assert a.targets().tolist() == [i % 8 for i in range(16)]          # balanced classes
 
 
@@ -44,7 +32,7 @@ def test_single_frame_does_not_tell_the_class():
     """Each group of 8 clips (one per class) shares its first frame exactly: frame 0 carries no label
     information (so every class-conditional statistic of it is equal); the motion differs."""
     for task, group in (("single", 8), ("count", 2)):
-        ds = data.MotionClassDataset("train", 3 * group, task=task, img_size=32, num_frames=8, seed=1, max_count=2)
+        ds = evaluation.MotionClassDataset("train", 3 * group, task=task, img_size=32, num_frames=8, seed=1, max_count=2)
         for g in range(3):
             clips = [ds.clip(g * group + k) for k in range(group)]
             assert sorted(label for _, label in clips) == sorted(set(label for _, label in clips))   # distinct labels
@@ -59,11 +47,11 @@ def test_single_frame_does_not_tell_the_class():
 
 
 def test_multi_label_and_count_variants():
-    multi = data.MotionClassDataset("train", 32, task="multi", img_size=32, num_frames=8)
+    multi = evaluation.MotionClassDataset("train", 32, task="multi", img_size=32, num_frames=8)
     t = multi.targets()
     assert t.shape == (32, 8) and set(t.sum(1).tolist()) <= {1.0, 2.0} and (t.sum(1) == 2).any()
     assert torch.equal(multi[3]["label"], t[3])
-    count = data.MotionClassDataset("train", 8, task="count", img_size=32, num_frames=16, max_count=4)
+    count = evaluation.MotionClassDataset("train", 8, task="count", img_size=32, num_frames=16, max_count=4)
     assert count.targets().tolist() == [1.0, 2.0, 3.0, 4.0] * 2 and count.num_classes == 1
 
 
@@ -73,7 +61,7 @@ def test_multi_label_and_count_variants():
 def test_probe_motion_random_encoder_beats_chance(tmp_path):
     """A random encoder's pooled tokens already carry some motion: above the 12.5% of 8 classes."""
     out = tmp_path / "probe"
-    r = run(["--preset", "tiny", "--img-size", "32", "--num-frames", "8", "--motion-train", "1536", "--motion-val", "256",
+    r = run(["probe.py", "--preset", "tiny", "--img-size", "32", "--num-frames", "8", "--motion-train", "1536", "--motion-val", "256",
              "--epochs", "60", "--feature-batch", "64", "--out-dir", str(out)])
     assert "features cached" in r.stdout and "top1" in r.stdout
     res = json.loads((out / "results.json").read_text())
@@ -91,7 +79,7 @@ def test_probe_video_list_with_checkpoint_and_flips(tmp_path, video_list):
     pre = PretrainModel(img_size=32, num_frames=8, **MODEL_SIZES["tiny"], out_dim=1536)
     torch.save({"model": pre.state_dict(), "args": {"model": "tiny", "patch_size": 16, "tubelet": 2}}, ckpt)
     out = tmp_path / "probe"
-    r = run(["--dataset", "list", "--data-root", str(video_list.parent), "--num-classes", "3", "--checkpoint", str(ckpt),
+    r = run(["probe.py", "--dataset", "list", "--data-root", str(video_list.parent), "--num-classes", "3", "--checkpoint", str(ckpt),
              "--img-size", "32", "--num-frames", "8", "--stride", "2", "--test-clips", "2", "--test-crops", "3",
              "--epochs", "5", "--workers", "0", "--out-dir", str(out)])
     assert "missing ['fc_norm.weight', 'fc_norm.bias', 'head.weight', 'head.bias']" in r.stdout
@@ -107,7 +95,7 @@ def test_probe_torchrun_two_ranks_matches_one(tmp_path):
     """DDP: features are computed on two ranks (gloo on CPU) and all-reduced; the result is the same."""
     args = ["--preset", "tiny", "--img-size", "32", "--num-frames", "8", "--motion-train", "128", "--motion-val", "64",
             "--epochs", "10", "--workers", "0"]
-    run(args + ["--out-dir", str(tmp_path / "one")])
+    run(["probe.py", *args, "--out-dir", str(tmp_path / "one")])
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "probe.py", *args,
                         "--out-dir", str(tmp_path / "two")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr

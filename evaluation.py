@@ -1,0 +1,477 @@
+"""Evaluation library shared by probe.py, finetune.py and extract.py (Tables 6, 15-17; SPEC 6).
+
+Datasets and their test views, the classifier built from a checkpoint, multi-view testing over ranks,
+metrics (top-1/5, mean class accuracy, mAP, counting error), result files and the SEVERE table.
+Every dataset returns dicts of uint8 clips, normalised on the device (data.normalize):
+  train mode: {"video": (C, T, H, W) uint8, "label", "index", "bad"}, one augmented clip per item;
+  test mode:  {"video": (V, C, T, H, W) uint8, "label", "video_id"}, V spatial views of one temporal view.
+label: a long (single-label), a multi-hot float (num_classes,) (multi-label) or a float count (counting).
+"""
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+import data
+import motion
+from model import MODEL_SIZES, VideoClassifier, load_encoder
+from runtime import all_reduce, fail, fmt_time, load_checkpoint
+
+# Datasets (Table 15, SPEC 6): list files <data-root>/<splits>; `motion` is the embedded synthetic set.
+# sampling: "dense" = T frames at a stride; "segment" = TSN-style, one frame per T equal segments (SSv2).
+# flip: SSv2 has left/right classes, and so does `motion`. Test views = clips x crops.
+DATASETS = {
+    "k400": dict(num_classes=400, sampling="dense", stride=4, flip=True, test_clips=5, test_crops=3),
+    "ssv2": dict(num_classes=174, sampling="segment", flip=False, test_clips=2, test_crops=3),
+    "ucf101": dict(num_classes=101, sampling="dense", stride=4, flip=True, test_clips=5, test_crops=3),
+    "hmdb51": dict(num_classes=51, sampling="dense", stride=4, flip=True, test_clips=5, test_crops=3),
+    "gym99": dict(num_classes=99, sampling="segment", flip=True, test_clips=2, test_crops=3),
+    "epic": dict(num_classes=97, sampling="segment", flip=True, test_clips=2, test_crops=3),   # verbs
+    "list": dict(),
+    "motion": dict(num_classes=8, flip=False, test_clips=1, test_crops=1, img_size=64, num_frames=16),
+}
+
+# ============================================================================= flags
+
+
+def add_data_args(a):
+    """Data and model flags shared by finetune.py, probe.py and extract.py."""
+    a("--dataset", default="motion", choices=sorted(DATASETS), help="k400/ssv2/ucf101/hmdb51/gym99/epic "
+      "read <data-root>/train.csv and val.csv; list reads --train-list/--val-list; motion is synthetic")
+    a("--task", default="single", choices=["single", "multi", "count"], help="single-label, multi-label "
+      "(Charades; list labels '3,17,42') or repetition counting (UCFRep; label = the count)")
+    a("--data-root", default="", help="folder that list paths are relative to")
+    a("--splits", nargs=2, default=["train.csv", "val.csv"], help="list file names under --data-root")
+    a("--train-list", default=None, help="'<path> <label>' list (default <data-root>/<first of --splits>)")
+    a("--val-list", default=None, help="(default <data-root>/<second of --splits>)")
+    a("--num-classes", type=int, default=None, help="from the dataset preset; required for --dataset list")
+    a("--train-samples", type=int, default=0, help="low-shot: a seeded class-stratified subset of this "
+      "many training clips (SEVERE UCF/GYM 10^3: 1000); 0 = all")
+    a("--motion-train", type=int, default=512, help="motion: training clips")
+    a("--motion-val", type=int, default=256, help="motion: validation clips")
+    a("--motion-backgrounds", nargs="+", default=["black", "image"], choices=["black", "image", "noise"],
+      help="motion: backgrounds drawn from (noise makes it far harder for a small model from scratch)")
+    a("--num-frames", type=int, default=16, help="T (Sec. 4.1: 16)")
+    a("--img-size", type=int, default=224)
+    a("--sampling", default="dense", choices=["dense", "segment"], help="dense: T frames at --stride; "
+      "segment: TSN-style, one frame per segment (SSv2)")
+    a("--stride", type=int, default=4, help="dense sampling: frames between samples")
+    a("--flip", action=argparse.BooleanOptionalAction, default=True,
+      help="horizontal flip (not for SSv2 / motion)")
+    a("--test-clips", type=int, default=5, help="temporal views at test (K400 5, SSv2 2)")
+    a("--test-crops", type=int, default=3, help="spatial views at test (3)")
+    a("--workers", type=int, default=8, help="data loader processes per rank")
+    a("--checkpoint", default=None, help="train.py checkpoint or a released VideoMAE-family one; "
+      "none = random init")
+    a("--model", default=None, choices=["tiny", "small", "base"],
+      help="ViT size (default: the checkpoint's, else base)")
+    a("--patch-size", type=int, default=None, help="default: the checkpoint's, else 16")
+    a("--tubelet", type=int, default=None, help="default: the checkpoint's, else 2")
+    a("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
+      help="auto: bf16 on GPUs of compute capability >= 8, fp16 on older ones, fp32 on CPU")
+    a("--seed", type=int, default=0)
+    a("--device", default=None, help="cpu / cuda (default: cuda when available)")
+
+
+def check_data_args(args):
+    """Checks and derived paths after parsing (no file is read here)."""
+    if args.num_classes is None:
+        args.num_classes = DATASETS[args.dataset].get("num_classes")
+        if args.num_classes is None and args.task != "count":
+            fail("--dataset list needs --num-classes")
+    if args.dataset != "motion":
+        args.train_list = args.train_list or os.path.join(args.data_root, args.splits[0])
+        args.val_list = args.val_list or os.path.join(args.data_root, args.splits[1])
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        fail(f"--checkpoint {args.checkpoint} does not exist")
+
+
+def read_checkpoint(args):
+    """Load --checkpoint once (None without one); a train.py or finetune.py checkpoint says what model it
+    holds, so its args fill --model/--patch-size/--tubelet where the flags are not given."""
+    state = load_checkpoint(args.checkpoint) if args.checkpoint else None
+    saved = (state.get("args") or {}) if isinstance(state, dict) else {}
+    for key, fallback in (("model", "base"), ("patch_size", 16), ("tubelet", 2)):
+        if getattr(args, key) is None:
+            setattr(args, key, saved.get(key, fallback))
+    if args.num_frames % args.tubelet or args.img_size % args.patch_size:
+        fail(f"{args.num_frames} frames x {args.img_size} px do not split into {args.tubelet} x "
+             f"{args.patch_size} x {args.patch_size} tubelets")
+    return state
+
+
+# ============================================================================= datasets
+
+
+def make_target(label, task, num_classes):
+    """A list label as a tensor: class id (single), multi-hot (multi) or the count as a float (count)."""
+    if task == "multi":
+        t = torch.zeros(num_classes)
+        t[list(label)] = 1.0
+        return t
+    return torch.tensor(float(label)) if task == "count" else torch.tensor(int(label))
+
+
+def segment_indices(num_video_frames, num_frames, rng=None, view=0, num_views=1):
+    """TSN-style segment sampling (SSv2): split the video into T equal segments, take one frame of each;
+    a random one when training (rng), the (view + 0.5) / num_views point of each segment at test."""
+    seg = num_video_frames / num_frames
+    if rng is not None:
+        offset = rng.uniform(0, seg, num_frames)
+    else:
+        offset = np.full(num_frames, seg * (view + 0.5) / num_views)
+    return np.minimum((np.arange(num_frames) * seg + offset).astype(int), num_video_frames - 1)
+
+
+def dense_indices(num_video_frames, num_frames, stride, view=0, num_views=1):
+    """Test-time dense sampling: the view-th of num_views clips evenly spaced over the video (5x3 K400)."""
+    span = (num_frames - 1) * stride + 1
+    if num_video_frames < span:
+        return np.round(np.linspace(0, num_video_frames - 1, num_frames)).astype(int)
+    start = (num_video_frames - span) * (view / (num_views - 1) if num_views > 1 else 0.5)
+    return int(round(start)) + stride * np.arange(num_frames)
+
+
+def three_crops(frames, size, num_crops=3):
+    """Resize the short side to size, take num_crops size x size crops along the long side (start, centre,
+    end; one crop = centre). uint8 (T, H, W, 3) -> list of uint8 (T, size, size, 3)."""
+    T, H, W, _ = frames.shape
+    h, w = (size, max(size, round(W * size / H))) if H <= W else (max(size, round(H * size / W)), size)
+    x = data.resize(frames, (h, w))
+    spots = [0.5] if num_crops == 1 else np.linspace(0, 1, num_crops)
+    return [x[:, round(s * (h - size)):round(s * (h - size)) + size,
+              round(s * (w - size)):round(s * (w - size)) + size] for s in spots]
+
+
+class VideoClipDataset(torch.utils.data.Dataset):
+    """Decoded clips of a classification list (K400, SSv2, UCF, ... or any `<path> <label>` list).
+
+    train: one clip per item: T frames at `stride` from a random start ("dense") or one random frame per
+    segment ("segment", TSN-style, SSv2), MultiScaleCrop + flip (as in pretraining), then `augment(frames,
+    rng)` (finetune.py's RandAugment). A bad video is replaced by another one and reported (sample["bad"]).
+    test: item i = video i // num_clips, temporal view i % num_clips; num_crops crops after resizing the
+    short side -> (num_crops, C, T, H, W). A bad video is an error here: it would bias the result.
+    Randomness is a pure function of (seed, epoch, index), so workers and resumed runs agree.
+    """
+
+    def __init__(self, items, mode="train", task="single", num_classes=400, num_frames=16, stride=4,
+                 sampling="dense", img_size=224, flip=True, num_clips=1, num_crops=1, augment=None,
+                 seed=0):
+        assert mode in ("train", "test") and sampling in ("dense", "segment"), (mode, sampling)
+        self.items, self.mode, self.task, self.num_classes = items, mode, task, num_classes
+        self.num_frames, self.stride, self.sampling, self.img_size = num_frames, stride, sampling, img_size
+        self.flip, self.num_clips, self.num_crops = flip, num_clips, num_crops
+        self.augment, self.seed, self.epoch = augment, seed, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.items) * (self.num_clips if self.mode == "test" else 1)
+
+    def targets(self):
+        """Every video's target, without decoding: (num_videos,) or (num_videos, num_classes)."""
+        return torch.stack([make_target(label, self.task, self.num_classes) for _, label in self.items])
+
+    def frame_indices(self, n, rng, view=0):
+        T = self.num_frames
+        if self.sampling == "segment":
+            return segment_indices(n, T, rng, view, self.num_clips)
+        if rng is not None:
+            return data.clip_indices(n, T, self.stride, rng)
+        return dense_indices(n, T, self.stride, view, self.num_clips)
+
+    def __getitem__(self, index):
+        if self.mode == "test":
+            vid, view = divmod(index, self.num_clips)
+            path, label = self.items[vid]
+            frames = data.decode_frames(path, lambda n: self.frame_indices(n, None, view))
+            crops = three_crops(frames, self.img_size, self.num_crops)
+            return {"video": torch.stack([data.to_tensor(c) for c in crops]), "video_id": vid,
+                    "label": make_target(label, self.task, self.num_classes)}
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+
+        def clip(i):
+            frames = data.decode_frames(self.items[i][0], lambda n: self.frame_indices(n, rng))
+            return i, data.crop_and_flip(frames, self.img_size, rng, self.flip)
+        (index, frames), bad = data.with_retries(clip, index, len(self.items), rng,
+                                                 lambda i: self.items[i][0])
+        if self.augment is not None:
+            frames = self.augment(frames, rng)
+        return {"video": data.to_tensor(frames), "index": index, "bad": bad,
+                "label": make_target(self.items[index][1], self.task, self.num_classes)}
+
+
+MOTION_CLASSES = ("left", "right", "up", "down", "clockwise", "counter-clockwise", "growing", "shrinking")
+
+
+class MotionClassDataset(torch.utils.data.Dataset):
+    """Synthetic motion classification (`--dataset motion`): only the motion tells the classes apart.
+
+    task "single": 8 classes (MOTION_CLASSES): travel left/right/up/down, rotate clockwise/counter-
+    clockwise, grow/shrink. Clips come in groups of 8: clip i has class i % 8, and all clips of group
+    i // 8 share the object (motion.synthetic_objects), background (black or a still image; "noise" can be
+    added but makes the task far harder for a small model trained from scratch), size, start position,
+    angle, scale and speed. The first frame is therefore identical across the 8 classes: no single frame
+    tells them apart, only the change over time does.
+    task "multi": two class draws, one object per distinct class (1 in 8 clips draws the same class twice
+    and shows one object); label = the set (multi-hot). Stand-in for Charades.
+    task "count": one object moves out and back k = 1..max_count times along a random direction (at least
+    4 frames per repetition); label = k, the same group trick keeps frame 0 independent of k. Stand-in
+    for UCFRep repetition counting.
+    Objects are pasted with motion.paste, the pretraining overlay's own resampling and blend. Each clip is
+    a pure function of (seed, split, index); train-mode augment(frames, rng) draws from (seed, epoch,
+    index). Sizes and speeds are fractions of the frame, so any img_size works.
+    """
+
+    def __init__(self, split, length, mode="train", task="single", num_frames=16, img_size=64, seed=0,
+                 max_count=4, augment=None, num_objects_bank=64, backgrounds=("black", "image")):
+        assert task in ("single", "multi", "count"), task
+        if task == "count" and num_frames < 4 * max_count:
+            raise ValueError(f"counting up to {max_count} repetitions needs >= {4 * max_count} frames "
+                             "(4 per repetition)")
+        self.split_id = {"train": 0, "val": 1}[split]
+        self.length, self.mode, self.task, self.T, self.S = length, mode, task, num_frames, img_size
+        self.seed, self.max_count, self.augment, self.epoch = seed, max_count, augment, 0
+        self.num_classes = 1 if task == "count" else len(MOTION_CLASSES)
+        self.objects = motion.synthetic_objects(num_objects_bank, np.random.default_rng([seed, 7]), size=48)
+        self.group = max_count if task == "count" else len(MOTION_CLASSES)
+        self.backgrounds = backgrounds
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.length
+
+    def targets(self):
+        return torch.stack([make_target(self.label(i), self.task, self.num_classes)
+                            for i in range(self.length)])
+
+    def label(self, index):
+        """Labels without rendering (class counts, stratified subsets)."""
+        if self.task == "multi":
+            g = np.random.default_rng([self.seed, self.split_id, index, 1])
+            return sorted(set(g.integers(0, 8, 2).tolist()))
+        return index % self.group + (1 if self.task == "count" else 0)
+
+    def clip(self, index):
+        """-> uint8 (T, S, S, 3) frames and the label."""
+        T, S = self.T, self.S
+        g = np.random.default_rng([self.seed, self.split_id, index // self.group])   # shared by the group
+        kind = self.backgrounds[g.integers(len(self.backgrounds))]
+        still = motion.still_image(S, S, g) if kind == "image" else None
+        frames = motion.background(kind, T, S, S, g, image=still)
+        label = self.label(index)
+        if self.task == "multi":   # the group trick does not apply: each clip draws its own objects
+            g = np.random.default_rng([self.seed, self.split_id, index, 2])
+        for cls in (label if self.task == "multi" else [label]):
+            obj = self.objects[g.integers(len(self.objects))]
+            size = np.maximum(np.round(g.uniform(0.3, 0.45, 2) * S).astype(int), 2)   # (P, Q)
+            centres, angles, scales = self.path(cls, g)
+            motion.paste(frames, obj, tuple(size), centres, angles, scales)
+        return frames, label
+
+    def path(self, cls, g):
+        """The scripted motion of class cls: centres (T, 2) px, angles (T,) degrees ccw, scales (T,)."""
+        T, S = self.T, self.S
+        t = np.arange(T) / (T - 1)                                       # 0 .. 1 over the clip
+        x0, y0 = g.uniform(0.3, 0.7, 2) * S
+        a0, s0 = g.uniform(0, 360), g.uniform(0.6, 1.0)
+        dist, turn, grow = g.uniform(0.4, 0.5) * S, g.uniform(180, 300), g.uniform(2.0, 2.6)
+        cx, cy, angle, scale = np.full(T, x0), np.full(T, y0), np.full(T, a0), np.full(T, s0)
+        if self.task == "count":   # cls = k repetitions: out and back k times, starting at (x0, y0)
+            d = g.uniform(0, 2 * np.pi)
+            amp = 0.5 * dist * (1 - np.cos(2 * np.pi * cls * np.arange(T) / T))
+            cx, cy = x0 + amp * np.cos(d), y0 + amp * np.sin(d)
+        elif cls < 4:              # travel: left, right, up, down
+            dx, dy = [(-1, 0), (1, 0), (0, -1), (0, 1)][cls]
+            cx, cy = x0 + dx * dist * t, y0 + dy * dist * t
+        elif cls < 6:              # rotate clockwise (angle decreasing: motion.paste turns ccw) / ccw
+            angle = a0 - (1 if cls == 4 else -1) * turn * t
+        else:                      # grow / shrink
+            scale = s0 * grow ** (t if cls == 6 else -t)
+        return np.stack([cx, cy], 1), angle, scale
+
+    def __getitem__(self, index):
+        frames, label = self.clip(index)
+        target = make_target(label, self.task, self.num_classes)
+        if self.mode == "test":
+            return {"video": data.to_tensor(frames)[None], "label": target, "video_id": index}
+        if self.augment is not None:
+            frames = self.augment(frames, np.random.default_rng([self.seed, self.epoch, index]))
+        return {"video": data.to_tensor(frames), "label": target, "index": index, "bad": []}
+
+
+def eval_collate(samples):
+    """Stack a batch; test-mode items keep their views: video (B, V, C, T, H, W)."""
+    out = {k: torch.stack([s[k] for s in samples]) for k in ("video", "label")}
+    for k in ("index", "video_id"):
+        if k in samples[0]:
+            out[k] = torch.tensor([s[k] for s in samples])
+    out["bad"] = [b for s in samples for b in s.get("bad", [])]
+    return out
+
+
+def build_datasets(args, augment=None, train_mode="train"):
+    """-> (train set, validation set in test mode). train_mode "test": one centre view per training video
+    (probe.py's cached features)."""
+    if args.dataset == "motion":
+        kw = dict(task=args.task, num_frames=args.num_frames, img_size=args.img_size, seed=args.seed,
+                  max_count=min(4, args.num_frames // 4), backgrounds=tuple(args.motion_backgrounds))
+        return (MotionClassDataset("train", args.motion_train, mode=train_mode, augment=augment, **kw),
+                MotionClassDataset("val", args.motion_val, mode="test", **kw))
+    classes = None if args.task == "count" else args.num_classes
+    multi, root = args.task == "multi", args.data_root or None
+    train_items = data.read_list(args.train_list, root, classes, multi_label=multi)
+    val_items = data.read_list(args.val_list, root, classes, multi_label=multi)
+    if args.train_samples:
+        train_items = data.stratified_subset(train_items, args.train_samples, args.seed)
+    kw = dict(task=args.task, num_classes=args.num_classes, num_frames=args.num_frames, stride=args.stride,
+              sampling=args.sampling, img_size=args.img_size, seed=args.seed)
+    return (VideoClipDataset(train_items, mode=train_mode, flip=args.flip, augment=augment, **kw),
+            VideoClipDataset(val_items, mode="test", num_clips=args.test_clips, num_crops=args.test_crops,
+                             **kw))
+
+
+# ============================================================================= model and multi-view testing
+
+
+def build_classifier(args, num_outputs, state=None, verbose=True, drop_path=0.0, head_init_scale=1.0):
+    """VideoClassifier for the evaluation grid; loads the encoder (position table rebuilt for the grid)."""
+    encoder = {k: v for k, v in MODEL_SIZES[args.model].items() if not k.startswith("decoder")}
+    model = VideoClassifier(img_size=args.img_size, patch_size=args.patch_size, num_frames=args.num_frames,
+                            tubelet_size=args.tubelet, num_classes=num_outputs, drop_path=drop_path,
+                            head_init_scale=head_init_scale, **encoder)
+    if state is not None:
+        load_encoder(model, state, verbose=verbose)
+    return model
+
+
+@torch.no_grad()
+def per_video(fn, dataset, out_dim, batch_size, workers, rank, world, device, log=None, what="views"):
+    """Multi-view testing: fn(video (B*V, C, T, H, W), normalised) -> (B*V, out_dim), averaged over
+    all views of each video (temporal clips = items, spatial crops = V per item), over all ranks (rank r
+    runs items r, r + world, ...; sums and counts are all-reduced on the device).
+    -> (num_videos, out_dim) on every rank, on the device."""
+    shard = torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
+    loader = data.loader(shard, None, batch_size, workers, device, eval_collate)
+    n = dataset.targets().shape[0]
+    sums = torch.zeros(n, out_dim, dtype=torch.float64, device=device)
+    counts = torch.zeros(n, dtype=torch.float64, device=device)
+    t0, done = time.time(), 0
+    for i, batch in enumerate(loader):
+        video = batch["video"].to(device, non_blocking=True)          # (B, V, C, T, H, W) uint8
+        B, V = video.shape[:2]
+        video = video.flatten(0, 1)
+        if video.dtype == torch.uint8:   # pixels: normalised here, on the device
+            video = data.normalize(video)
+        out = fn(video).float().view(B, V, -1)
+        ids = batch["video_id"].to(device)
+        sums.index_add_(0, ids, out.sum(1).double())
+        counts.index_add_(0, ids, torch.full((B,), float(V), dtype=torch.float64, device=device))
+        done += B * V
+        if log and (i + 1) % 20 == 0:
+            rate = done / (time.time() - t0)
+            log({"eval_views": done}, f"  {what}: {done * world}/{len(dataset) * V} | {rate * world:.1f} "
+                                      f"views/s | eta {fmt_time((len(shard) * V - done) / rate)}")
+    all_reduce(sums), all_reduce(counts)
+    return (sums / counts.clamp(min=1)[:, None]).float()
+
+
+# ============================================================================= metrics and results
+
+
+def mean_average_precision(scores, targets):
+    """Charades mAP (%): per class, the mean precision at the rank of each positive; classes without
+    positives are skipped. scores (N, K), targets (N, K) in {0, 1}."""
+    aps = []
+    for k in range(scores.shape[1]):
+        pos = targets[:, k] > 0.5
+        if not pos.any():
+            continue
+        hits = pos[scores[:, k].argsort(descending=True)].float()  # ties: argsort order
+        precision = hits.cumsum(0) / torch.arange(1, len(hits) + 1)
+        aps.append((precision * hits).sum() / hits.sum())
+    return 100 * torch.stack(aps).mean().item()
+
+
+def mean_class_accuracy(pred, labels):
+    """Mean over the classes present of per-class accuracy (%) (FX-S1, UB-S1)."""
+    classes = labels.unique()
+    return 100 * torch.stack([(pred[labels == c] == c).float().mean() for c in classes]).mean().item()
+
+
+def counting_error(pred, counts):
+    """UCFRep's metrics: MAE = mean |pred - true| / true (lower is better) and OBO = share off by <= 1."""
+    return {"count_error": ((pred - counts).abs() / counts.clamp(min=1)).mean().item(),
+            "obo": 100 * ((pred.round() - counts).abs() <= 1).float().mean().item()}
+
+
+def compute_metrics(task, scores, targets):
+    """Per-video scores (softmax / sigmoid / count) against targets -> dict of metrics (% or error)."""
+    scores, targets = scores.cpu(), targets.cpu()
+    if task == "count":
+        return counting_error(scores[:, 0], targets.float())
+    if task == "multi":
+        return {"map": mean_average_precision(scores, targets)}
+    top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices
+    return {"top1": 100 * (top5[:, 0] == targets).float().mean().item(),
+            "top5": 100 * (top5 == targets[:, None]).any(1).float().mean().item(),
+            "mean_class_acc": mean_class_accuracy(top5[:, 0], targets)}
+
+
+def print_table(rows, title):
+    """rows: list of dicts with the same keys -> a plain aligned table."""
+    keys = list(rows[0])
+    cells = [[f"{r[k]:.2f}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    print(title)
+    print("  ".join(k.rjust(w) for k, w in zip(keys, widths)))
+    for c in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
+
+
+def write_results(args, metrics, headline, name):
+    """results.json in --out-dir, one row appended to --results-file (keyed by the setting), a table."""
+    row = {"setting": args.preset or args.dataset, "script": name, "metric": headline,
+           "value": metrics[headline], **metrics, "checkpoint": args.checkpoint, "out_dir": args.out_dir}
+    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
+        json.dump(row, f, indent=1)
+    if getattr(args, "results_file", None):
+        os.makedirs(os.path.dirname(args.results_file) or ".", exist_ok=True)
+        with open(args.results_file, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    print_table([{"setting": row["setting"], **metrics}], f"{name} results ({args.out_dir}/results.json):")
+
+
+SEVERE_COLUMNS = [("severe-ssv2", "SSv2"), ("severe-gym99", "Gym99"), ("severe-ucf1k", "UCF (10^3)"),
+                  ("severe-gym1k", "GYM (10^3)"), ("severe-fx", "FX-S1"), ("severe-ub", "UB-S1"),
+                  ("severe-ucfrc", "UCF-RC"), ("severe-charades", "Charades")]
+
+
+def severe_table(path):
+    """Print SEVERE results in Table 6's order with their mean. The last row of each setting counts.
+    Mean convention: accuracies and mAP in %, UCF-RC (an error, lower is better) enters as
+    100 * (1 - error)."""
+    rows = {}
+    for line in open(path):
+        if line.strip():
+            r = json.loads(line)
+            rows[r["setting"]] = r
+    vals, shown = [], {}
+    for key, col in SEVERE_COLUMNS:
+        if key in rows:
+            v = rows[key]["value"]
+            shown[col] = f"{v:.3f}" if key == "severe-ucfrc" else f"{v:.1f}"
+            vals.append(100 * (1 - v) if key == "severe-ucfrc" else v)
+        else:
+            shown[col] = "-"
+    mean = f"{np.mean(vals):.1f}" + ("" if len(vals) == 8 else f" ({len(vals)} of 8)") if vals else "-"
+    shown["Mean"] = mean
+    print_table([shown], f"SEVERE (Table 6) from {path}; UCF-RC = mean count error (lower is better), "
+                         "entering the mean as 100 * (1 - error)")
+    return shown
