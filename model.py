@@ -9,10 +9,15 @@ Shapes, with letters fixed once for the whole project:
     t/h/w token grid (T / tubelet, H / patch, W / patch), N = t*h*w tokens,
     Nv visible tokens, Nm masked tokens (Nv + Nm = N), D encoder width, Dd decoder width.
 Mask convention (all of smile): True = masked (dropped from the encoder, predicted by the decoder).
-Tokens are flattened in (t, h, w) order.
+Tokens are flattened in (t, h, w) order. Inside the forward the mask is used as integer indices, never
+as a boolean index (x[mask] is a nonzero(): a host-device sync and a torch.compile graph break each):
+mask_indices(mask) -> (visible_idx (B, Nv), masked_idx (B, Nm)), gather_tokens(x, idx) -> (B, K, D).
+Precision: the residual stream is kept in the parameters' dtype (fp32 under autocast), as in timm.
 
     model = PretrainModel(**MODEL_SIZES["small"], out_dim=768)
     pred = model(video, mask)   # video (B, 3, 16, 224, 224), mask (B, 1568) -> pred (B, 1248, 768)
+    idx = mask_indices(mask)    # on the CPU, where the mask is made: then the forward never syncs
+    pred = model(video, idx)    # the same numbers; gather_tokens(targets, idx[1]) are pred's targets
 """
 import torch
 import torch.nn as nn
@@ -40,6 +45,45 @@ def sinusoid_table(n_position, dim):
     return table.float()[None]                                                       # (1, N, D)
 
 
+def mask_indices(mask):
+    """bool mask (B, N), True = masked -> (visible_idx (B, Nv), masked_idx (B, Nm)), int64 token indices.
+
+    Each row lists the visible (resp. masked) tokens in increasing token order, i.e. exactly the order
+    of x[~mask] (resp. x[mask]) (a stable argsort of the mask puts the False entries first). Every
+    sample must mask the same number of tokens (SPEC 3; ValueError otherwise). That number is read
+    from the mask once, here: one host read, free while the mask is still on the CPU (in the loader or
+    before .to(device)), so call this there and pass the pair on (under torch.compile this read is a
+    graph break; the model's forward given the pair has none). Downstream, Nm = masked_idx.shape[1] is
+    a shape, known without a sync and a constant for torch.compile.
+    """
+    B, N = mask.shape
+    counts = mask.sum(1)                                                 # (B,) masked per sample
+    # min and max in one number, so that checking costs no second host read (nor graph break)
+    lo, hi = divmod(int(counts.min() * (N + 1) + counts.max()), N + 1) if B else (0, 0)
+    if lo != hi:
+        raise ValueError(f"every sample must mask the same number of tokens, got {lo} to {hi}")
+    order = torch.argsort(mask, dim=1, stable=True)                      # (B, N): visible, then masked
+    nv = N - hi
+    return order[:, :nv], order[:, nv:]
+
+
+def gather_tokens(x, idx):
+    """x (B, N, D) (or (1, N, D), shared by the batch), idx (B, K) int64 -> (B, K, D): x[b, idx[b, i]].
+
+    A torch.gather: no sync, no graph break. Contract with PretrainModel: for visible_idx, masked_idx =
+    mask_indices(mask), gather_tokens(targets, masked_idx)[:, i] is the target of model(video, mask)[:, i]
+    (both in masked-token order, the order of targets[mask]); gather_tokens(x, visible_idx) equals
+    x[~mask].view(B, Nv, D).
+    """
+    x = x.expand(idx.shape[0], -1, -1)                                   # (B, N, D), a view
+    return torch.gather(x, 1, idx[:, :, None].expand(-1, -1, x.shape[2]))
+
+
+def _as_indices(mask):
+    """A bool mask (B, N) or the pair from mask_indices -> (visible_idx (B, Nv), masked_idx (B, Nm))."""
+    return mask_indices(mask) if isinstance(mask, torch.Tensor) else tuple(mask)
+
+
 class PatchEmbed(nn.Module):
     """2x16x16 tubelets -> tokens with one Conv3d whose kernel equals its stride (Sec. 3.1)."""
 
@@ -52,16 +96,19 @@ class PatchEmbed(nn.Module):
         x = self.proj(x)               # (B, D, t, h, w)
         return x.flatten(2).transpose(1, 2)  # (B, N, D), tokens in (t, h, w) order
 
-    def forward_visible(self, x, keep):  # x (B, C, T, H, W), keep (B, N) bool -> (B, Nv, D)
-        """The same numbers as forward(x)[keep], computed for the kept tubelets only: kernel = stride makes
-        the conv one linear map per tubelet, so at mask ratio 0.8 this is 5x less work (and memory)."""
+    def forward_visible(self, x, visible_idx):  # x (B, C, T, H, W), visible_idx (B, Nv) int64 -> (B, Nv, D)
+        """The same numbers as gather_tokens(forward(x), visible_idx), computed for the visible tubelets only:
+        kernel = stride makes the conv one linear map per tubelet, so at mask ratio 0.8 this is 5x less
+        work (and memory)."""
         B, C, T, H, W = x.shape
         kt, kh, kw = self.proj.kernel_size
         t, h, w = T // kt, H // kh, W // kw
         x = x[:, :, :t * kt, :h * kh, :w * kw].reshape(B, C, t, kt, h, kh, w, kw)
-        x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)[keep.view(B, t, h, w)]        # (B*Nv, C, kt, kh, kw), a gather
-        x = F.linear(x.flatten(1), self.proj.weight.flatten(1), self.proj.bias)  # (B*Nv, D)
-        return x.view(B, -1, x.shape[-1])
+        x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)                   # (B, t, h, w, C, kt, kh, kw), a view
+        ti, hi, wi = visible_idx // (h * w), visible_idx // w % h, visible_idx % w   # (B, Nv) each
+        b = torch.arange(B, device=x.device)[:, None]                      # (B, 1)
+        x = x[b, ti, hi, wi]            # (B, Nv, C, kt, kh, kw): integer indexing, visible tubelets only
+        return F.linear(x.flatten(2), self.proj.weight.flatten(1), self.proj.bias)  # (B, Nv, D)
 
 
 class Attention(nn.Module):
@@ -132,8 +179,12 @@ def run_blocks(blocks, x, grad_checkpointing=False):
 
 
 def position_table(table, n):
-    """The cached table when the grid is the default one, else a freshly built one for n tokens."""
-    return table if table.shape[1] == n else sinusoid_table(n, table.shape[2]).to(table.device)
+    """The cached table when the grid is the default one, else a freshly built one for n tokens.
+
+    In the cached table's dtype, which follows the parameters (fp32 unless the model was cast): adding
+    it in fp32 keeps the residual stream fp32 under autocast (see Encoder.forward).
+    """
+    return table if table.shape[1] == n else sinusoid_table(n, table.shape[2]).to(table)
 
 
 class Encoder(nn.Module):
@@ -150,15 +201,24 @@ class Encoder(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if final_norm else nn.Identity()
         self.grad_checkpointing = False
 
-    def forward(self, video, mask=None):           # video (B, C, T, H, W), mask (B, N) bool or None
+    def forward(self, video, mask=None):
+        """video (B, C, T, H, W); mask None (all N tokens), a bool (B, N) mask (True = masked) or the
+        (visible_idx, masked_idx) pair of mask_indices -> (B, N or Nv, D), visible tokens in token order.
+
+        The position table is added in fp32 (not cast to x's dtype): under bf16 autocast the patch
+        embedding's output is bf16, and fp32 + bf16 gives fp32, so the residual stream x stays fp32
+        through every block (x + f(x) with f's Linear outputs in bf16 is fp32), as in timm. Casting the
+        table to bf16 instead would keep the whole residual stream in bf16 (8-bit mantissa): each
+        block's small update would be rounded away against the running sum.
+        """
         if mask is None:
-            x = self.patch_embed(video)            # (B, N, D)
-            x = x + position_table(self.pos_embed, x.shape[1]).to(x.dtype)
+            x = self.patch_embed(video)            # (B, N, D), bf16 under autocast
+            x = x + position_table(self.pos_embed, x.shape[1])     # fp32: the residual stream
         else:                                      # embed the visible tubelets only (same numbers, 5x less work)
-            x = self.patch_embed.forward_visible(video, ~mask)                   # (B, Nv, D), in token order
-            B, N = mask.shape
-            pos = position_table(self.pos_embed, N).to(x.dtype).expand(B, -1, -1)
-            x = x + pos[~mask].view(B, -1, x.shape[-1])
+            visible_idx, masked_idx = _as_indices(mask)
+            x = self.patch_embed.forward_visible(video, visible_idx)                # (B, Nv, D)
+            pos = position_table(self.pos_embed, visible_idx.shape[1] + masked_idx.shape[1])   # (1, N, D)
+            x = x + gather_tokens(pos, visible_idx)                 # (B, Nv, D) fp32: the residual stream
         x = run_blocks(self.blocks, x, self.grad_checkpointing)
         return self.norm(x)
 
@@ -193,7 +253,9 @@ class PretrainModel(nn.Module):
     """Masked video model (VideoMAE layout): encoder on visible tokens -> decoder predicts masked tokens.
 
     SMILE's decoder predicts out_dim = 768 CLIP features per masked token (Eq. 2); VideoMAE's predicts
-    2*16*16*3 = 1536 pixels. forward(video, mask) -> (B, Nm, out_dim), masked tokens in token order.
+    2*16*16*3 = 1536 pixels. forward(video, mask) -> (B, Nm, out_dim), masked tokens in token order;
+    mask is a bool (B, N) mask or, for a forward without any host sync or graph break, the pair
+    mask_indices(mask); the targets in the same order are gather_tokens(targets, masked_idx).
     """
 
     def __init__(self, img_size=224, patch_size=16, num_frames=16, tubelet_size=2, embed_dim=768, depth=12,
@@ -213,14 +275,15 @@ class PretrainModel(nn.Module):
     def set_grad_checkpointing(self, enable=True):
         self.encoder.grad_checkpointing = self.decoder.grad_checkpointing = enable
 
-    def forward(self, video, mask):                # video (B, C, T, H, W), mask (B, N) bool, True = masked
-        x = self.encoder_to_decoder(self.encoder(video, mask))      # (B, Nv, Dd)
-        B, _, Dd = x.shape
-        pos = position_table(self.pos_embed, mask.shape[1]).to(x.dtype).expand(B, -1, -1)  # (B, N, Dd)
-        pos_vis = pos[~mask].reshape(B, -1, Dd)                     # (B, Nv, Dd)
-        pos_msk = pos[mask].reshape(B, -1, Dd)                      # (B, Nm, Dd)
-        x = torch.cat([x + pos_vis, self.mask_token.to(x.dtype) + pos_msk], dim=1)  # [visible, masked]
-        return self.decoder(x, pos_msk.shape[1])                    # (B, Nm, out_dim)
+    def forward(self, video, mask):     # video (B, C, T, H, W), mask (B, N) bool or mask_indices(mask)
+        visible_idx, masked_idx = idx = _as_indices(mask)           # (B, Nv), (B, Nm)
+        x = self.encoder_to_decoder(self.encoder(video, idx))       # (B, Nv, Dd)
+        pos = position_table(self.pos_embed, visible_idx.shape[1] + masked_idx.shape[1])   # (1, N, Dd)
+        pos_vis = gather_tokens(pos, visible_idx)                   # (B, Nv, Dd)
+        pos_msk = gather_tokens(pos, masked_idx)                    # (B, Nm, Dd)
+        # fp32 table and mask token: the decoder's residual stream stays fp32 under autocast too
+        x = torch.cat([x + pos_vis, self.mask_token + pos_msk], dim=1)   # (B, Nv + Nm, Dd): [visible, masked]
+        return self.decoder(x, masked_idx.shape[1])                 # (B, Nm, out_dim); Nm a shape, no sync
 
 
 class VideoClassifier(nn.Module):
@@ -231,9 +294,11 @@ class VideoClassifier(nn.Module):
     """
 
     def __init__(self, img_size=224, patch_size=16, num_frames=16, tubelet_size=2, embed_dim=768, depth=12,
-                 num_heads=12, mlp_ratio=4.0, num_classes=400, drop_path=0.0, head_init_scale=1.0, **unused):
+                 num_heads=12, mlp_ratio=4.0, num_classes=400, drop_path=0.0, head_init_scale=1.0,
+                 decoder_embed_dim=None, decoder_depth=None, decoder_num_heads=None):
         super().__init__()
-        # unused: decoder_* keys of a MODEL_SIZES preset, so one dict serves both models.
+        # decoder_*: ignored, named so that a MODEL_SIZES preset serves both models while any other
+        # (misspelt) keyword raises TypeError instead of silently falling back to a default.
         enc = Encoder(img_size, patch_size, num_frames, tubelet_size, embed_dim, depth, num_heads, mlp_ratio,
                       drop_path, final_norm=False)
         self.patch_embed, self.blocks, self.grad_checkpointing = enc.patch_embed, enc.blocks, False
@@ -247,8 +312,8 @@ class VideoClassifier(nn.Module):
             self.head.bias.mul_(head_init_scale)
 
     def forward_tokens(self, video):               # video (B, C, T, H, W) -> (B, N, D), before pooling
-        x = self.patch_embed(video)
-        x = x + position_table(self.pos_embed, x.shape[1]).to(x.dtype)
+        x = self.patch_embed(video)                # (B, N, D), bf16 under autocast
+        x = x + position_table(self.pos_embed, x.shape[1])   # fp32 residual stream (Encoder.forward)
         return run_blocks(self.blocks, x, self.grad_checkpointing)
 
     def forward_features(self, video):             # -> (B, D)

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import (MODEL_SIZES, PretrainModel, VideoClassifier, classifier_state_dict, load_encoder,
-                   sinusoid_table)
+from model import (MODEL_SIZES, PretrainModel, VideoClassifier, classifier_state_dict, gather_tokens,
+                   load_encoder, mask_indices, sinusoid_table)
 
 REF = Path(__file__).parent / "data" / "videomae_tiny_reference.pt"
 
@@ -154,3 +154,84 @@ def test_grad_checkpointing_same_gradients():
     m(video, mask).square().mean().backward()
     for a, p in zip(g1, m.parameters()):
         torch.testing.assert_close(a, p.grad)
+
+
+def tiny_model(**kw):
+    torch.manual_seed(0)
+    return PretrainModel(img_size=32, num_frames=8, out_dim=16, **MODEL_SIZES["tiny"], **kw).eval()
+
+
+def random_mask(B, N, nm, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, N, generator=g).argsort(1) < nm          # (B, N), nm True per row
+
+
+@pytest.mark.parametrize("B,N,nm", [(3, 16, 12), (2, 32, 20), (4, 7, 0), (2, 5, 5), (1, 1568, 1248)])
+def test_mask_indices_order_equals_boolean_indexing(B, N, nm):
+    mask = random_mask(B, N, nm, seed=N)
+    visible_idx, masked_idx = mask_indices(mask)
+    assert visible_idx.shape == (B, N - nm) and masked_idx.shape == (B, nm)
+    assert visible_idx.dtype == masked_idx.dtype == torch.int64
+    tokens = torch.arange(N).expand(B, N)
+    assert torch.equal(visible_idx, tokens[~mask].view(B, -1))
+    assert torch.equal(masked_idx, tokens[mask].view(B, -1))
+    x = torch.randn(B, N, 6)
+    assert torch.equal(gather_tokens(x, masked_idx), x[mask].view(B, nm, 6))      # train.py's targets
+    assert torch.equal(gather_tokens(x, visible_idx), x[~mask].view(B, N - nm, 6))
+    assert torch.equal(gather_tokens(x[:1], masked_idx), x[:1].expand(B, -1, -1)[mask].view(B, nm, 6))
+
+
+def test_mask_indices_rejects_unequal_counts():
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[0, :3], mask[1, :4] = True, True
+    with pytest.raises(ValueError, match="same number"):
+        mask_indices(mask)
+
+
+def test_index_pair_gives_the_same_outputs_as_the_mask():
+    m = tiny_model()
+    video, mask = torch.randn(2, 3, 8, 32, 32), random_mask(2, 16, 12)
+    with torch.no_grad():
+        assert torch.equal(m(video, mask), m(video, mask_indices(mask)))
+        assert torch.equal(m.encoder(video, mask), m.encoder(video, mask_indices(mask)))
+
+
+def test_forward_is_one_graph():
+    """No boolean indexing (nonzero: a host sync and a graph break each) in the forward: given the index
+    pair the whole pretraining forward, and the classifier's, trace to one graph (explain does not compile)."""
+    m, video = tiny_model(), torch.randn(2, 3, 8, 32, 32)
+    clf = VideoClassifier(img_size=32, num_frames=8, num_classes=5, **MODEL_SIZES["tiny"]).eval()
+    torch._dynamo.reset()
+    try:
+        e = torch._dynamo.explain(m)(video, mask_indices(random_mask(2, 16, 12)))
+        assert (e.graph_count, e.graph_break_count) == (1, 0), e.break_reasons
+        e = torch._dynamo.explain(clf)(video)
+        assert (e.graph_count, e.graph_break_count) == (1, 0), e.break_reasons
+    finally:
+        torch._dynamo.reset()
+
+
+def test_residual_stream_fp32_under_bf16_autocast():
+    """Under bf16 autocast the Linears give bf16, but the residual stream (the output of every block,
+    encoder and decoder) stays fp32 as in timm; the result stays close to the fp32 forward."""
+    m = tiny_model()
+    video, mask = torch.randn(2, 3, 8, 32, 32), random_mask(2, 16, 12)
+    dtypes = []
+    for blk in [*m.encoder.blocks, *m.decoder.blocks]:
+        blk.register_forward_hook(lambda mod, inp, out: dtypes.append((inp[0].dtype, out.dtype)))
+    with torch.no_grad():
+        ref = m(video, mask)
+        dtypes.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(video, mask)
+            assert m.encoder.blocks[0].mlp.fc1(torch.randn(2, 192)).dtype == torch.bfloat16   # autocast on
+    # block inputs (block 0's: x after the position add) and outputs, 4 encoder + 2 decoder blocks
+    assert dtypes == [(torch.float32, torch.float32)] * 6
+    err = (out.float() - ref).norm() / ref.norm()
+    assert err < 0.05, err
+
+
+def test_classifier_rejects_misspelt_keyword():
+    with pytest.raises(TypeError):
+        VideoClassifier(img_size=32, num_frames=4, embed_dim=32, depth=1, num_heads=2, num_clases=5)
+    VideoClassifier(img_size=32, num_frames=4, num_classes=5, **MODEL_SIZES["tiny"])   # presets still fit
