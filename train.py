@@ -258,10 +258,15 @@ def get_args(argv=None):
     a("--patch-size", type=int, default=16)
     a("--tubelet", type=int, default=2)
     a("--target", default="clip", choices=["clip", "pixel"], help="Table 4b: CLIP features (default) or pixels")
-    a("--teacher", default="ViT-B-16", help="open_clip model name (or a model-config JSON)")
-    a("--teacher-weights", default="openai", help="open_clip pretrained tag or a local weights file (ViT-B-16.pt); none = random weights, for smoke tests")
-    a("--teacher-norm", default="clip", choices=["clip", "imagenet"], help="input normalisation for CLIP; "
-      "the reference code feeds ImageNet-normalised frames")
+    a("--teacher", default="ViT-B-16", help="open_clip model name (or a model-config JSON), or timm:<name> "
+      "for a timm ViT (Table 4b): timm:vit_base_patch16_224.mae, timm:vit_base_patch16_224.dino, "
+      "timm:vit_base_patch14_dinov2.lvd142m (run at the student's grid: 196 px under 224/16)")
+    a("--teacher-weights", default="openai", help="open_clip: a pretrained tag (openai) or a local file "
+      "(ViT-B-16.pt); timm: 'timm' = timm's own weights for the tag in the name, or a local file; "
+      "none = random weights, for smoke tests")
+    a("--teacher-norm", default="clip", choices=["clip", "imagenet"], help="clip: the teacher's own mean/std "
+      "(CLIP's for open_clip, pretrained_cfg's for timm); imagenet: feed the ImageNet-normalised frames "
+      "unchanged, as the reference code does")
     a("--norm-pix", action=argparse.BooleanOptionalAction, default=True, help="pixel target: per-tubelet normalisation (VideoMAE)")
     # optimisation (SPEC 5, Table 18)
     a("--epochs", type=int, default=600, help="effective epochs = passes x num-sample (K400 600, SSv2 800)")
@@ -343,16 +348,18 @@ def motion_for_stage(strategy, stage):
     return {"progressive": "on" if stage == 1 else "off", "mixed": "mixed", "single": "on", "none": "off"}[strategy]
 
 
-def build_target(args, device):
-    """-> callable video (B, C, T, H, W) -> targets (B, N, Dt), and Dt. Eq. 2's regression targets."""
+def build_target(args, device, dtype=None):
+    """-> callable video (B, C, T, H, W) -> targets (B, N, Dt), and Dt. Eq. 2's regression targets.
+    dtype: the run's amp dtype (None = fp32); the teacher's frozen weights are cast to it once."""
     import teacher as teacher_lib
     if args.target == "pixel":
         fn = lambda v: teacher_lib.pixel_targets(v, args.tubelet, args.patch_size, normalize=args.norm_pix)  # noqa: E731
-        return fn, args.tubelet * args.patch_size ** 2 * 3
+        return fn, teacher_lib.target_dim("pixel", tubelet=args.tubelet, patch=args.patch_size)
     weights = None if args.teacher_weights.lower() == "none" else args.teacher_weights   # none: random (smoke runs)
-    t = teacher_lib.Teacher(args.teacher, weights, input_norm=args.teacher_norm, tubelet=args.tubelet)
-    t.check_grid(args.img_size, args.patch_size)
-    return t.to(device), t.out_dim
+    # built for the student's grid (a patch-14 teacher runs at grid*14 px); raises if it cannot match
+    t = teacher_lib.Teacher(args.teacher, weights, input_norm=args.teacher_norm, tubelet=args.tubelet,
+                            img_size=args.img_size, patch_size=args.patch_size, dtype=dtype)
+    return t.to(device), teacher_lib.target_dim("clip", t)
 
 
 def main(argv=None):
