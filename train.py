@@ -108,11 +108,15 @@ def get_args(argv=None):
     a("--tubelet", type=int, default=2)
     a("--target", default="clip", choices=["clip", "pixel"], help="Table 4b: CLIP features (default) or pixels")
     a("--teacher", default="ViT-B-16", help="open_clip model name (or a model-config JSON), or "
-      "timm:<name> for Table 4b's image ViTs (timm:vit_base_patch16_224.dino, ...)")
-    a("--teacher-weights", default="openai", help="open_clip pretrained tag, the timm model's own weights, "
-      "or a local weights file; none = random weights, for smoke tests")
-    a("--teacher-norm", default="clip", choices=["clip", "imagenet"], help="input normalisation for CLIP; "
-      "the reference code feeds ImageNet-normalised frames")
+      "timm:<name> for a timm ViT (Table 4b): timm:vit_base_patch16_224.mae, "
+      "timm:vit_base_patch16_224.dino, timm:vit_base_patch14_dinov2.lvd142m (run at the student's "
+      "grid: 196 px under 224/16)")
+    a("--teacher-weights", default="openai", help="open_clip: a pretrained tag (openai) or a local file "
+      "(ViT-B-16.pt); timm: 'timm' = timm's own weights for the tag in the name, or a local file; "
+      "none = random weights, for smoke tests")
+    a("--teacher-norm", default="clip", choices=["clip", "imagenet"], help="clip: the teacher's own "
+      "mean/std (CLIP's for open_clip, pretrained_cfg's for timm); imagenet: feed the "
+      "ImageNet-normalised frames unchanged, as the reference code does")
     a("--norm-pix", action=argparse.BooleanOptionalAction, default=True,
       help="pixel target: per-tubelet normalisation (VideoMAE)")
     # optimisation (SPEC 5, Table 18)

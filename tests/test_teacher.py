@@ -248,3 +248,210 @@ def test_pixel_targets():
     norm = pixel_targets(video).view(2, 12, 512, 3)
     torch.testing.assert_close(norm.mean(2), torch.zeros(2, 12, 3), atol=1e-5, rtol=0)
     torch.testing.assert_close(norm.std(2, unbiased=True), torch.ones(2, 12, 3), atol=1e-4, rtol=0)
+
+
+# ----------------------------------------------------------------------------- timm teachers (Table 4b)
+# Small random-weight timm ViTs (depth 1, width 32) stand in for the ViT-B teachers; the names keep
+# each model's patch, prefix tokens and pretrained_cfg (mean/std). Nothing is downloaded.
+SMALL = dict(depth=1, embed_dim=32, num_heads=2)
+DINOV2 = "timm:vit_base_patch14_dinov2.lvd142m"
+REG4 = "timm:vit_small_patch14_reg4_dinov2.lvd142m"  # class + 4 register tokens
+DINOV3 = "timm:vit_base_patch16_dinov3.lvd1689m"  # timm's Eva: RoPE, class + 4 register tokens
+
+
+def small_timm(name=DINOV2, pretrained=None, **kw):
+    torch.manual_seed(0)
+    return Teacher(name, pretrained, model_kwargs=SMALL, **kw)
+
+
+def rand_frames(n, size, seed=1):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name,patch,prefix", [(DINOV2, 14, 1), (REG4, 14, 5), (DINOV3, 16, 5)])
+def test_timm_tokens_pinned_and_order(name, patch, prefix):
+    """Native resolution (a 2x2 grid of the teacher's patch): time slice i is timm's forward_features
+    on frame 2i with the class (and register) tokens dropped, patches row-major."""
+    S = G * patch
+    t = small_timm(name, img_size=S, patch_size=patch)
+    assert (t.backend, t.image_size, t.patch_size, t.grid, t.out_dim) == ("timm", S, patch, G, 32)
+    assert t.visual.num_prefix_tokens == prefix
+    video = torch.randn(2, 3, 6, S, S, generator=torch.Generator().manual_seed(0))
+    raw = t.features(video)
+    assert raw.shape == (2, 3 * G * G, 32) and raw.dtype == torch.float32
+    frames = video[:, :, ::2]  # ImageNet statistics: these teachers' own, so no re-normalisation
+    for i in range(3):
+        with torch.no_grad():
+            full = t.visual.forward_features(frames[:, :, i])  # (B, prefix + 4, D), after the norm
+            fmap = t.visual.forward_intermediates(frames[:, :, i], indices=1, norm=True,
+                                                  intermediates_only=True)[-1]  # (B, D, 2, 2)
+        assert full.shape[1] == prefix + G * G
+        torch.testing.assert_close(raw[:, i * G * G:(i + 1) * G * G], full[:, -G * G:], atol=1e-5, rtol=1e-5)
+        for r in range(G):
+            for c in range(G):
+                torch.testing.assert_close(raw[:, i * G * G + r * G + c], fmap[:, :, r, c], atol=1e-5, rtol=1e-5)
+    # the normalised targets: per clip and channel over the N patch tokens only
+    out = t(video)
+    torch.testing.assert_close(out.mean(1), torch.zeros(2, 32), atol=1e-5, rtol=0)
+
+
+def test_patch14_teacher_runs_at_student_grid():
+    """A 224 px, patch-16 student (14x14 tokens) gets a 196 px DINOv2; a 32/16 student a 28 px one.
+    The frames are resized to the teacher's resolution (antialiased bilinear)."""
+    t224 = small_timm(img_size=224, patch_size=16)
+    assert (t224.image_size, t224.patch_size, t224.grid) == (196, 14, 14)
+    assert t224.visual.pos_embed.shape[1] == 1 + 14 * 14  # built at 196, not timm's 518 default
+    assert t224(torch.randn(1, 3, 2, 224, 224)).shape == (1, 196, 32)
+
+    t32 = small_timm(img_size=32, patch_size=16)
+    native = small_timm(img_size=28, patch_size=14)  # same seed -> same weights
+    assert t32.image_size == 28
+    video = rand_video(2, 4)
+    frames = video[:, :, ::2].transpose(1, 2).reshape(4, 3, 32, 32)
+    small = nn.functional.interpolate(frames, size=(28, 28), mode="bilinear", antialias=True)
+    small = small.view(2, 2, 3, 28, 28).transpose(1, 2).repeat_interleave(2, dim=2)  # T=4 again
+    torch.testing.assert_close(t32.features(video), native.features(small), atol=1e-5, rtol=1e-5)
+
+
+def test_grid_rule(files):
+    cfg_path, ckpt, _ = files
+    t = small_timm(img_size=224, patch_size=16)
+    t.check_grid(224, 16)
+    with pytest.raises(ValueError, match=r"teacher grid 14x14 \(image 196, patch 14\) cannot match student "
+                                         r"grid 16x16 \(image 224x224, patch 14\)"):
+        t.check_grid(224, 14)
+    with pytest.raises(ValueError, match="cannot match student grid 12.25x12.25"):
+        t(torch.randn(1, 3, 2, 196, 196))  # frames of another size than the student's
+    with pytest.raises(ValueError, match="cannot match student grid 12.5x12.5"):
+        small_timm(img_size=200, patch_size=16)  # no whole grid
+    # open_clip: the size is fixed by the config, so only a student with the same grid passes
+    with pytest.raises(ValueError, match="teacher grid 2x2 .* cannot match student grid 4x4"):
+        Teacher(cfg_path, ckpt, img_size=64, patch_size=16)
+    t64 = Teacher(cfg_path, ckpt, img_size=64, patch_size=32)  # 2x2 grid: frames resized to 32
+    assert t64(torch.randn(1, 3, 2, 64, 64)).shape == (1, G * G, WIDTH)
+
+
+def test_input_mean_std_per_teacher(files, teacher):
+    cfg_path, ckpt, _ = files
+    assert (teacher.mean, teacher.std) == (CLIP_MEAN, CLIP_STD)  # open_clip, OpenAI statistics
+    for name in (DINOV2, "timm:vit_base_patch16_224.mae", "timm:vit_base_patch16_224.dino"):
+        assert (small_timm(name).mean, small_timm(name).std) == (IMAGENET_MEAN, IMAGENET_STD)
+    half = "timm:vit_tiny_patch16_224.augreg_in21k"  # pretrained_cfg: mean = std = 0.5
+    own, im = small_timm(half, img_size=32), small_timm(half, img_size=32, input_norm="imagenet")
+    assert (own.mean, own.std) == ((0.5,) * 3, (0.5,) * 3)
+    assert (im.mean, im.std) == (IMAGENET_MEAN, IMAGENET_STD)
+    video = rand_video(2, 4)
+    im_m, im_s = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
+    pixels = video * im_s + im_m
+    torch.testing.assert_close(own.features(video), im.features((pixels - 0.5) / 0.5), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(own.features(video), im.features(video), atol=1e-3)
+
+
+def test_open_clip_timm_tower(tmp_path):
+    """open_clip names whose tower is a timm ViT (SigLIP, EVA-CLIP) take their tokens from the trunk."""
+    vision = {"image_size": 160, "timm_model_name": "test_vit",  # timm's own tiny test ViT
+              "timm_model_pretrained": False, "timm_pool": "map", "timm_proj": "none"}
+    cfg = {"embed_dim": 32, "vision_cfg": vision, "text_cfg": CFG["text_cfg"]}
+    path = tmp_path / "tiny_timm_tower_test.json"
+    path.write_text(json.dumps(cfg))
+    t = Teacher(str(path), None)
+    assert (t.backend, t.image_size, t.patch_size, t.out_dim) == ("timm", 160, 16, 64)
+    assert (t.mean, t.std) == (CLIP_MEAN, CLIP_STD)  # open_clip's record (OpenAI's for random weights)
+    video = torch.randn(1, 3, 2, 160, 160)
+    with torch.no_grad():
+        ref = t.visual.forward_features(to_clip_norm(video)[:, :, 0])[:, 1:]
+    torch.testing.assert_close(t.features(video), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_timm_weights(tmp_path, monkeypatch):
+    """A local file round-trips exactly (also one saved at timm's default 518 px: the position
+    embeddings are resampled to the run's grid); 'timm' asks timm for its own weights."""
+    a = small_timm(img_size=32, patch_size=16)
+    torch.manual_seed(1)
+    b = Teacher(DINOV2, None, img_size=32, patch_size=16, model_kwargs=SMALL)
+    video = rand_video(1, 2)
+    assert not torch.allclose(a(video), b(video), atol=1e-3)
+    path = tmp_path / "dinov2_small.pth"
+    torch.save(a.visual.state_dict(), path)
+    loaded = Teacher(DINOV2, str(path), img_size=32, patch_size=16, model_kwargs=SMALL)
+    torch.testing.assert_close(loaded(video), a(video), atol=0, rtol=0)
+    big = small_timm()  # timm's default resolution: 518 px, a 37x37 grid
+    assert big.grid == 37
+    torch.save({"state_dict": big.visual.state_dict()}, tmp_path / "dinov2_518.pth")
+    resampled = Teacher(DINOV2, str(tmp_path / "dinov2_518.pth"), img_size=32, patch_size=16,
+                        model_kwargs=SMALL)
+    assert resampled.visual.pos_embed.shape == (1, 1 + G * G, 32)
+    qkv = resampled.visual.blocks[0].attn.qkv.weight
+    torch.testing.assert_close(qkv, big.visual.blocks[0].attn.qkv.weight, atol=0, rtol=0)
+
+    with pytest.raises(FileNotFoundError, match="'timm' = timm's pretrained weights"):
+        small_timm(pretrained="openai")  # the open_clip tag is no timm weight
+    import teacher as teacher_lib
+    calls, create = [], teacher_lib.timm.create_model
+
+    def offline(name, pretrained=False, **kw):
+        calls.append((name, pretrained))
+        if pretrained:
+            raise OSError("cannot reach the hub")
+        return create(name, pretrained=False, **kw)
+    with monkeypatch.context() as m:
+        m.setattr(teacher_lib.timm, "create_model", offline)
+        with pytest.raises(RuntimeError, match="could not load timm's pretrained weights.*local file"):
+            teacher_lib._load_timm("vit_base_patch14_dinov2.lvd142m", "timm", 224, 16, {})
+    assert calls[-1] == ("vit_base_patch14_dinov2.lvd142m", True)
+    with pytest.raises(ValueError, match="unknown timm model"):
+        Teacher("timm:no_such_vit", None)
+
+
+@pytest.mark.parametrize("backend", ["open_clip", "timm"])
+def test_teacher_dtype(files, backend):
+    """Teacher(dtype=bf16) casts its weights once; inputs follow them, outputs are float32 and close
+    to the fp32 teacher's."""
+    cfg_path, ckpt, _ = files
+    make = ((lambda **kw: Teacher(cfg_path, ckpt, **kw)) if backend == "open_clip"
+            else (lambda **kw: small_timm(img_size=32, patch_size=16, **kw)))
+    fp32, bf16 = make(), make(dtype=torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in fp32.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
+    video = rand_video(2, 4)
+    ref, out = fp32(video), bf16(video)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    torch.testing.assert_close(out, ref, atol=0.1, rtol=0.05)
+    assert (out - ref).abs().mean() < 0.02
+    torch.testing.assert_close(bf16(video.bfloat16()), out, atol=0.1, rtol=0.05)  # any input dtype
+
+
+def test_build_target(files):
+    """train.build_target: one source for the target width; dtype reaches the teacher."""
+    import argparse
+
+    import train
+    cfg_path, ckpt, _ = files
+    args = argparse.Namespace(target="clip", teacher=cfg_path, teacher_weights=ckpt, teacher_norm="clip",
+                              tubelet=2, img_size=32, patch_size=16, norm_pix=True)
+    fn, dim = train.build_target(args, torch.device("cpu"), torch.bfloat16)
+    assert dim == fn.out_dim == WIDTH and next(fn.parameters()).dtype == torch.bfloat16
+    assert fn(rand_video(1, 2)).shape == (1, G * G, WIDTH)
+    fn, dim = train.build_target(args, torch.device("cpu"))  # dtype None: fp32
+    assert next(fn.parameters()).dtype == torch.float32
+    with pytest.raises(ValueError, match="cannot match student grid"):
+        train.build_target(argparse.Namespace(**{**vars(args), "img_size": 64}), torch.device("cpu"))
+    pix = argparse.Namespace(**{**vars(args), "target": "pixel"})
+    assert train.build_target(pix, torch.device("cpu"))[1] == 1536
+
+
+def test_train_with_dinov2_teacher(tmp_path):
+    """End to end: one step of train.py with a random-weight ViT-B/14 DINOv2 at 196 px (Table 4b)."""
+    import math
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "--preset", "tiny", "--img-size", "224", "--num-frames", "4",
+           "--target", "clip", "--teacher", "timm:vit_base_patch14_dinov2.lvd142m", "--teacher-weights",
+           "none", "--steps", "1", "--batch-size", "4", "--out-dir", str(out)]
+    r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 1 and math.isfinite(log[-1]["loss"])
