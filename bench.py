@@ -12,7 +12,7 @@ Sections (rows: what | ours | baseline | ratio | goal | met?):
   memory   activations per clip, measured as the bytes autograd saves for backward (saved-tensor hooks;
            torch.cuda.max_memory_allocated on a GPU), and the batch per 80 GB GPU they imply
   teacher  CLIP ViT-B/16 with RANDOM weights (never downloaded): frames ::2 against all, bf16 against fp32
-  data     decode ms per clip before/after `python data.py prepare`, overlay and mask ms per clip on one
+  data     decode ms per clip before/after `python prepare.py encode`, overlay and mask ms per clip on one
            core, and loaders (decode + crop + overlay + mask) against the model's training speed
   demo     `python train.py --preset tiny` end to end, clips/s read from its log.jsonl
 
@@ -382,6 +382,7 @@ def loader_rate(dataset, workers, batches):
 def bench_data(a, model_rate):
     """Section data: decode before/after prepare, overlay and masks on one core, loaders vs the model."""
     import data
+    import prepare
     import masking
     import motion
     tmp = tempfile.mkdtemp()
@@ -390,7 +391,8 @@ def bench_data(a, model_rate):
     with open(os.path.join(tmp, "src", "train.csv"), "w") as f:
         f.write("clip.mp4 0\n")
     short = 160 if a.quick else 320
-    data.prepare(os.path.join(tmp, "src", "train.csv"), os.path.join(tmp, "prepared"), short, workers=1, quiet=True)
+    prepare.encode(os.path.join(tmp, "src", "train.csv"), os.path.join(tmp, "prepared"), short, workers=1,
+                   quiet=True)
     src, dst = os.path.join(tmp, "src", "clip.mp4"), os.path.join(tmp, "prepared", "clip.mp4")
     starts = [s * (data.video_info(src)[0] - 61) // 3 for s in range(4)]   # 4 clips: 16 frames at stride 4
 

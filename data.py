@@ -15,7 +15,6 @@ stream. A bad item (unreadable video, bad object PNG) is replaced by another one
 The evaluation datasets are evaluation.py's; `python prepare.py` re-encodes and checks list files.
 """
 import os
-import shlex
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +35,14 @@ def read_list(path, data_root=None, num_classes=None, multi_label=False):
     """Read a VideoMAE-style list: one `<path> <label>` per line (label = last field, so paths may hold
     spaces), `#` comments and blank lines ignored, relative paths resolved against data_root.
     multi_label: the label field is a comma-separated list of class ids ("3,17,42"; empty list "-").
-    Returns [(path, label)] with label an int (or a list of ints). Errors name the file and line."""
+    Returns [(path, label)] with label an int (or a list of ints). Errors name the file and line.
+    Read as utf-8-sig: the byte-order mark of a list saved on Windows is not part of the first path."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"list file {path} does not exist")
     root = Path(data_root) if data_root else path.parent
     items = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -357,164 +357,3 @@ def loader(dataset, sampler, batch_size, workers, device, collate_fn, prefetch=4
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
         pin_memory=device.type == "cuda", drop_last=sampler is not None, worker_init_fn=worker_init,
         persistent_workers=False, prefetch_factor=prefetch if workers else None)
-
-
-# ----------------------------------------------------------------------------- prepare: re-encode a dataset once
-# Decoding is the loader's main cost, and it grows with the pixels of the stored video and with the
-# frames decoded before the first one a clip needs. K400/SSv2 as downloaded are up to full HD with
-# keyframes seconds apart; re-encoding once to the short side the crops need (K400 320, SSv2 240),
-# with a keyframe every PREPARE_GOP frames and x264's fast-decode settings, makes every later epoch
-# cheaper (`python bench.py` shows decode ms per clip before and after).
-
-PREPARE_GOP = 32   # a clip decodes at most 31 frames before its first one
-
-
-def prepared_size(width, height, short_side):
-    """(width, height) with the short side scaled to short_side (never up), aspect kept, both even."""
-    scale = min(1.0, short_side / min(width, height))
-    return max(2, 2 * round(width * scale / 2)), max(2, 2 * round(height * scale / 2))
-
-
-def decodes(path):
-    """True when path opens and its first video frame decodes (a finished prepare output)."""
-    import av
-    try:
-        with av.open(str(path)) as container:
-            next(container.decode(video=0))
-        return True
-    except Exception:   # noqa: BLE001 -- missing, truncated or garbage: not usable
-        return False
-
-
-def reencode(src, dst, short_side, codec="libx264", threads=0):
-    """Re-encode the video stream of src to dst (mp4): short side short_side, same frame rate, no audio.
-    Written to a temporary file and renamed, so dst exists only when complete. -> number of frames."""
-    import av
-    from fractions import Fraction
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    # x264 veryfast + fastdecode: quick to write, cheap to read; crf 23 is x264's default quality
-    options = {"preset": "veryfast", "tune": "fastdecode", "crf": "23"} if codec == "libx264" else {}
-    options["g"] = str(PREPARE_GOP)
-    n = 0
-    try:
-        with av.open(str(src)) as inp, av.open(str(tmp), "w", format="mp4") as out:
-            ist = inp.streams.video[0]
-            ist.thread_type = "AUTO"
-            rate = ist.average_rate or Fraction(25)
-            width, height = prepared_size(ist.codec_context.width, ist.codec_context.height, short_side)
-            ost = out.add_stream(codec, rate=rate, options=options)
-            ost.width, ost.height, ost.pix_fmt = width, height, "yuv420p"
-            ost.codec_context.thread_count = threads
-            if codec == "mpeg4":   # constant quality (ffmpeg's -q:v 3) instead of the 200 kb/s default
-                ost.codec_context.qscale, ost.codec_context.global_quality = True, 3 * 118
-            for frame in inp.decode(ist):
-                frame = frame.reformat(width, height, "yuv420p", interpolation="AREA")
-                frame.pts, frame.time_base = n, 1 / Fraction(rate)   # frame i at i / fps: what decode_frames reads
-                for packet in ost.encode(frame):
-                    out.mux(packet)
-                n += 1
-            for packet in ost.encode():
-                out.mux(packet)
-        if n == 0:
-            raise ValueError("no frame could be decoded")
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return n
-
-
-def _prepare_one(job):
-    """Pool worker: (src, dst, short_side, codec, threads) -> (src, status, error); never raises."""
-    src, dst, short_side, codec, threads = job
-    if decodes(dst):
-        return src, "skipped", None
-    try:
-        reencode(src, dst, short_side, codec, threads)
-        return src, "done", None
-    except Exception as e:   # noqa: BLE001 -- one unreadable video must not stop the others
-        return src, "bad", f"{type(e).__name__}: {e}"
-
-
-def prepare(list_path, out_dir, short_side=320, workers=None, data_root=None, codec="libx264", quiet=False):
-    """Re-encode every video of a list file into out_dir and write out_dir/<list name> (same labels,
-    paths relative to out_dir, bad videos left out). Parallel over processes; resumable: outputs that
-    already exist and decode are skipped. -> dict(list, done, skipped, bad=[(path, error)])."""
-    import multiprocessing
-    import sys
-    import time
-    list_path, out_dir = Path(list_path), Path(out_dir)
-    items = read_list(list_path, data_root, multi_label=True)   # "3" -> [3]; multi-label lists work too
-    root = Path(data_root) if data_root else list_path.parent
-    new_list = out_dir / list_path.name
-    if new_list.resolve() == list_path.resolve():
-        raise ValueError(f"prepare would overwrite its input list {list_path}: choose another OUT_DIR")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(items)))
-    threads = max(1, (os.cpu_count() or 1) // workers)   # codec threads per process: no oversubscription
-    jobs, rel_of, used = [], {}, set()
-    for src, _ in items:
-        if src in rel_of:   # listed twice: re-encoded once
-            continue
-        rel = Path(os.path.relpath(src, root))
-        if rel.parts[0] == ".." or rel.is_absolute():   # outside the root: keep the name only
-            rel = Path(rel.name)
-        rel = rel.with_suffix(".mp4")
-        if rel in used:   # a.avi and a.mp4 in one folder: keep both
-            rel = rel.with_name(f"{rel.stem}.{len(used)}.mp4")
-        used.add(rel)
-        rel_of[src] = rel
-        jobs.append((src, str(out_dir / rel), short_side, codec, threads))
-    counts, bad, t0 = {"done": 0, "skipped": 0, "bad": 0}, [], time.time()
-    tty = sys.stderr.isatty()
-    end, lead, last = ("", "\r", 0.0) if tty else ("\n", "", 0.0)
-    pool = multiprocessing.Pool(workers) if workers > 1 else None
-    try:
-        for i, (src, status, err) in enumerate((pool.imap_unordered if pool else map)(_prepare_one, jobs), 1):
-            counts[status] += 1
-            if err:
-                bad.append((src, err))
-            now = time.time()
-            if not quiet and (tty or now - last > 10 or i == len(jobs)):   # one line, or a line per 10 s
-                eta = (now - t0) / i * (len(jobs) - i)
-                print(f"{lead}prepare {i}/{len(jobs)} | {counts['done']} re-encoded, {counts['skipped']} "
-                      f"already there, {counts['bad']} bad | {i / (now - t0):.1f} videos/s | eta "
-                      f"{int(eta) // 60}m{int(eta) % 60:02d}s", end=end, file=sys.stderr, flush=True)
-                last = now
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
-    if tty and not quiet:
-        print(file=sys.stderr)
-    bad_paths = {src for src, _ in bad}
-    lines = [f"{rel_of[src]} {','.join(map(str, labels)) if labels else '-'}"
-             for src, labels in items if src not in bad_paths]
-    new_list.write_text("".join(line + "\n" for line in lines))
-    if not quiet:
-        print(f"wrote {new_list}: {len(lines)} of {len(items)} videos ({counts['done']} re-encoded, "
-              f"{counts['skipped']} already there)")
-        if bad:
-            print(f"{len(bad)} bad video(s) left out of the list:")
-            for src, err in bad:
-                print(f"  {src}: {err}")
-    return {"list": str(new_list), "done": counts["done"], "skipped": counts["skipped"], "bad": bad}
-
-
-if __name__ == "__main__":
-    import argparse
-    parser = argparse.ArgumentParser(description="Data tools. prepare: re-encode the videos of a list file once, "
-                                                 "to the short side the crops need, for fast decoding.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("prepare", help="python data.py prepare LIST OUT_DIR --short-side 320")
-    p.add_argument("list", help="list file '<path> <label>' (VideoMAE convention)")
-    p.add_argument("out_dir", help="re-encoded videos and the new list (OUT_DIR/<list name>) go here")
-    p.add_argument("--short-side", type=int, default=320, help="K400 320, SSv2 240 (never upscales)")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU core)")
-    p.add_argument("--data-root", default=None, help="folder the list's paths are relative to (default: the list's)")
-    p.add_argument("--codec", default="libx264", choices=["libx264", "mpeg4"])
-    a = parser.parse_args()
-    result = prepare(a.list, a.out_dir, a.short_side, a.workers, a.data_root, a.codec)
-    raise SystemExit(1 if result["bad"] and not (result["done"] + result["skipped"]) else 0)

@@ -1,9 +1,10 @@
-"""data.py prepare: re-encoding a list once (new list, sizes, frame rate, resumability, bad videos)."""
+"""prepare.py encode: re-encoding a list once (new list, sizes, frame rate, resumability, bad videos)."""
 import subprocess
 import sys
 from pathlib import Path
 
 import data
+import prepare
 from conftest import write_video
 from conftest import ROOT
 
@@ -17,10 +18,10 @@ def video_size(path):
 
 
 def test_prepared_size_keeps_aspect_even_and_never_upscales():
-    assert data.prepared_size(640, 360, 320) == (568, 320)      # 568.9 -> nearest even
-    assert data.prepared_size(360, 640, 240) == (240, 426)      # portrait: the width is the short side
-    assert data.prepared_size(64, 48, 320) == (64, 48)          # already small: kept
-    w, h = data.prepared_size(65, 49, 320)                       # odd sides become even
+    assert prepare.prepared_size(640, 360, 320) == (568, 320)   # 568.9 -> nearest even
+    assert prepare.prepared_size(360, 640, 240) == (240, 426)   # portrait: the width is the short side
+    assert prepare.prepared_size(64, 48, 320) == (64, 48)       # already small: kept
+    w, h = prepare.prepared_size(65, 49, 320)                    # odd sides become even
     assert w % 2 == h % 2 == 0 and abs(w - 65) == abs(h - 49) == 1
 
 
@@ -32,7 +33,7 @@ def test_prepare_list_sizes_resume_and_bad_video(video_list, tmp_path):
         f.write("broken.mp4 1\nsub/wide.mp4 2\n")
     out = tmp_path / "prepared"
 
-    r = data.prepare(video_list, out, short_side=32, workers=2, quiet=True)
+    r = prepare.encode(video_list, out, short_side=32, workers=2, quiet=True)
     assert (r["done"], r["skipped"]) == (7, 0)
     assert [Path(p).name for p, _ in r["bad"]] == ["broken.mp4"]
 
@@ -51,7 +52,7 @@ def test_prepare_list_sizes_resume_and_bad_video(video_list, tmp_path):
 
     # Resumable: a second run re-encodes nothing (and still reports the bad one); a lost output is redone.
     (out / "clip 3.mp4").unlink()
-    r2 = data.prepare(video_list, out, short_side=32, workers=1, quiet=True)
+    r2 = prepare.encode(video_list, out, short_side=32, workers=1, quiet=True)
     assert (r2["done"], r2["skipped"], len(r2["bad"])) == (1, 6, 1)
     assert data.read_list(r2["list"]) == new
 
@@ -61,9 +62,15 @@ def test_prepare_command_line(video_list, tmp_path):
     with open(video_list, "a") as f:
         f.write("broken.mp4 0\n")
     out = tmp_path / "k400_320"
-    run = subprocess.run([sys.executable, str(ROOT / "data.py"), "prepare", str(video_list), str(out),
+    run = subprocess.run([sys.executable, str(ROOT / "prepare.py"), "encode", str(video_list), str(out),
                           "--short-side", "24", "--workers", "2"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "6 of 7 videos" in run.stdout and "1 bad video(s) left out" in run.stdout and "broken.mp4" in run.stdout
     assert "prepare 7/7" in run.stderr and "eta" in run.stderr
     assert len(data.read_list(out / "train.csv")) == 6
+
+
+def test_data_is_a_library_without_a_command_line():
+    # the dataset commands live in prepare.py; data.py only defines things
+    assert "__main__" not in (ROOT / "data.py").read_text()
+    assert not hasattr(data, "prepare") and not hasattr(data, "reencode")

@@ -1,0 +1,474 @@
+"""Dataset commands: re-encode a list once, check a list before training, cut a stratified subset.
+
+    python prepare.py encode LIST OUT_DIR --short-side 320     # K400 320, SSv2 240
+    python prepare.py check LIST --num-classes 400 --write-clean clean.csv
+    python prepare.py subset LIST 80000 OUT_LIST --seed 0      # or a fraction: 0.5
+
+encode: decoding is the loader's main cost, and it grows with the pixels of the stored video and
+with the frames decoded before the first one a clip needs. K400/SSv2 as downloaded are up to full HD
+with keyframes seconds apart; re-encoding once to the short side the crops need, with a keyframe
+every PREPARE_GOP frames and x264's fast-decode settings, makes every later epoch cheaper
+(`python bench.py` shows decode ms per clip before and after). Resumable; bad videos are left out
+of the new list.
+
+check: reads a list the way training does (data.read_list: `<path> <label>`, label = last field,
+`#` comments, relative paths against --data-root or the list's folder) and opens and decodes one
+real clip of every video, so that missing files, unreadable or too-short videos, duplicates and bad
+labels show up here, named FILE:LINE, and not hours into a GPU run. Exit code 0: every line good;
+1: some bad (a --write-clean list leaves them out); 2: unusable arguments.
+
+subset: a seeded, class-stratified subset (data.stratified_subset): the paper's K400_m (80K of
+K400's 240K clips) and SSv2_m (50% of SSv2) for ablations, SEVERE's 10^3 low-shot sets. Output lines are
+lines of the input.
+"""
+import argparse
+import multiprocessing
+import os
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+import data
+from runtime import fail, fmt_time
+
+PREPARE_GOP = 32   # a clip decodes at most 31 frames before its first one
+
+
+# ------------------------------------------------------------------------- shared: pool and progress
+
+def pool_map(fn, jobs, workers, chunksize=1):
+    """imap_unordered over `workers` processes (in this process when 1). Yields fn's results."""
+    if workers <= 1:
+        yield from map(fn, jobs)
+        return
+    with multiprocessing.Pool(workers) as pool:   # leaving the block (error, Ctrl-C) terminates it
+        yield from pool.imap_unordered(fn, jobs, chunksize)
+        pool.close()
+        pool.join()
+
+
+class Progress:
+    """One line on stderr: rewritten in place on a TTY, else a new line every ~10 s (logs stay short)."""
+
+    def __init__(self, label, total, quiet=False):
+        self.label, self.total, self.quiet = label, total, quiet
+        self.tty, self.t0, self.last = sys.stderr.isatty(), time.time(), 0.0
+
+    def update(self, i, counts):
+        now = time.time()
+        if self.quiet or not (self.tty or now - self.last > 10 or i == self.total):
+            return
+        rate = i / max(now - self.t0, 1e-9)
+        lead, end = ("\r", "") if self.tty else ("", "\n")
+        print(f"{lead}{self.label} {i}/{self.total} | {counts} | {rate:.1f} videos/s | eta "
+              f"{fmt_time((self.total - i) / rate)}", end=end, file=sys.stderr, flush=True)
+        self.last = now
+
+    def close(self):
+        if self.tty and not self.quiet:
+            print(file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- encode
+
+def prepared_size(width, height, short_side):
+    """(width, height) with the short side scaled to short_side (never up), aspect kept, both even."""
+    scale = min(1.0, short_side / min(width, height))
+    return max(2, 2 * round(width * scale / 2)), max(2, 2 * round(height * scale / 2))
+
+
+def decodes(path):
+    """True when path opens and its first video frame decodes (a finished encode output)."""
+    import av
+    try:
+        with av.open(str(path)) as container:
+            next(container.decode(video=0))
+        return True
+    except Exception:   # noqa: BLE001 -- missing, truncated or garbage: not usable
+        return False
+
+
+def reencode(src, dst, short_side, codec="libx264", threads=0):
+    """Re-encode the video stream of src to dst (mp4): short side short_side, same frame rate, no audio.
+    Written to a temporary file and renamed, so dst exists only when complete. -> number of frames."""
+    import av
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    # x264 veryfast + fastdecode: quick to write, cheap to read; crf 23 is x264's default quality
+    options = {"preset": "veryfast", "tune": "fastdecode", "crf": "23"} if codec == "libx264" else {}
+    options["g"] = str(PREPARE_GOP)
+    n = 0
+    try:
+        with av.open(str(src)) as inp, av.open(str(tmp), "w", format="mp4") as out:
+            ist = inp.streams.video[0]
+            ist.thread_type = "AUTO"
+            rate = ist.average_rate or Fraction(25)
+            width, height = prepared_size(ist.codec_context.width, ist.codec_context.height, short_side)
+            ost = out.add_stream(codec, rate=rate, options=options)
+            ost.width, ost.height, ost.pix_fmt = width, height, "yuv420p"
+            ost.codec_context.thread_count = threads
+            if codec == "mpeg4":   # constant quality (ffmpeg's -q:v 3) instead of the 200 kb/s default
+                ost.codec_context.qscale, ost.codec_context.global_quality = True, 3 * 118
+            for frame in inp.decode(ist):
+                frame = frame.reformat(width, height, "yuv420p", interpolation="AREA")
+                # frame i at i / fps: the timestamp decode_frames reads the index off
+                frame.pts, frame.time_base = n, 1 / Fraction(rate)
+                for packet in ost.encode(frame):
+                    out.mux(packet)
+                n += 1
+            for packet in ost.encode():
+                out.mux(packet)
+        if n == 0:
+            raise ValueError("no frame could be decoded")
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return n
+
+
+def _encode_one(job):
+    """Pool worker: (src, dst, short_side, codec, threads) -> (src, status, error); never raises."""
+    src, dst, short_side, codec, threads = job
+    if decodes(dst):
+        return src, "skipped", None
+    try:
+        reencode(src, dst, short_side, codec, threads)
+        return src, "done", None
+    except Exception as e:   # noqa: BLE001 -- one unreadable video must not stop the others
+        return src, "bad", f"{type(e).__name__}: {e}"
+
+
+def output_paths(items, root):
+    """{source path: output path relative to OUT_DIR}: the folders below root kept, suffix .mp4."""
+    rel_of, used = {}, set()
+    for src, _ in items:
+        if src in rel_of:   # listed twice: re-encoded once
+            continue
+        rel = Path(os.path.relpath(src, root))
+        if rel.parts[0] == ".." or rel.is_absolute():   # outside the root: keep the name only
+            rel = Path(rel.name)
+        rel = rel.with_suffix(".mp4")
+        if rel in used:   # a.avi and a.mp4 in one folder: keep both
+            rel = rel.with_name(f"{rel.stem}.{len(used)}.mp4")
+        used.add(rel)
+        rel_of[src] = rel
+    return rel_of
+
+
+def encode(list_path, out_dir, short_side=320, workers=None, data_root=None, codec="libx264",
+           quiet=False):
+    """Re-encode every video of a list file into out_dir and write out_dir/<list name> (same labels,
+    paths relative to out_dir, bad videos left out). Parallel over processes; resumable: outputs that
+    already exist and decode are skipped. -> dict(list, done, skipped, bad=[(path, error)])."""
+    list_path, out_dir = Path(list_path), Path(out_dir)
+    # multi_label: "3" -> [3], so multi-label lists work too
+    items = data.read_list(list_path, data_root, multi_label=True)
+    new_list = out_dir / list_path.name
+    if new_list.resolve() == list_path.resolve():
+        raise ValueError(f"encode would overwrite its input list {list_path}: choose another OUT_DIR")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rel_of = output_paths(items, Path(data_root) if data_root else list_path.parent)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(rel_of)))
+    threads = max(1, (os.cpu_count() or 1) // workers)   # codec threads per process: no oversubscription
+    jobs = [(src, str(out_dir / rel), short_side, codec, threads) for src, rel in rel_of.items()]
+    counts, bad = {"done": 0, "skipped": 0, "bad": 0}, []
+    progress = Progress("prepare", len(jobs), quiet)
+    for i, (src, status, err) in enumerate(pool_map(_encode_one, jobs, workers), 1):
+        counts[status] += 1
+        if err:
+            bad.append((src, err))
+        progress.update(i, f"{counts['done']} re-encoded, {counts['skipped']} already there, "
+                           f"{counts['bad']} bad")
+    progress.close()
+    bad_paths = {src for src, _ in bad}
+    lines = [f"{rel_of[src]} {','.join(map(str, labels)) if labels else '-'}"
+             for src, labels in items if src not in bad_paths]
+    new_list.write_text("".join(line + "\n" for line in lines))
+    if not quiet:
+        print(f"wrote {new_list}: {len(lines)} of {len(items)} videos ({counts['done']} re-encoded, "
+              f"{counts['skipped']} already there)")
+        if bad:
+            print(f"{len(bad)} bad video(s) left out of the list:")
+            for src, err in bad:
+                print(f"  {src}: {err}")
+    return {"list": str(new_list), "done": counts["done"], "skipped": counts["skipped"], "bad": bad}
+
+
+# ----------------------------------------------------------------------------- check
+
+def read_lines(path):
+    """The list's lines as data.read_list reads them (utf-8-sig, any line ends). Bytes that are not
+    UTF-8 become U+FFFD, so the check can name those lines instead of stopping."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        return raw.decode("utf-8-sig", errors="replace").splitlines()
+
+
+def parse_label(label, multi_label=False, num_classes=None):
+    """A label field -> (int or list of ints, None) or (None, reason), by data.read_list's rules."""
+    try:
+        if multi_label:
+            labels = [] if label == "-" else [int(x) for x in label.split(",")]
+        else:
+            labels = [int(label)]
+    except ValueError:
+        return None, f"label {label!r} is not an integer{' list' if multi_label else ''}"
+    for lab in labels:
+        if lab < 0 or (num_classes is not None and lab >= num_classes):
+            return None, f"label {lab} is outside [0, {num_classes})"
+    return (labels if multi_label else labels[0]), None
+
+
+def scan_list(path, data_root=None, num_classes=None, multi_label=False):
+    """Every entry line of a list, bad ones included: [dict(line, text, video, label, kind, reason)].
+    kind is None for a good line, else "malformed", "label" or "duplicate" (a path seen on an
+    earlier good line, compared after resolving it)."""
+    root = Path(data_root) if data_root else Path(path).parent
+    entries, first = [], {}
+    for n, line in enumerate(read_lines(path), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        e = dict(line=n, text=line, video=None, label=None, kind=None, reason=None)
+        entries.append(e)
+        if "\ufffd" in line:
+            e.update(kind="malformed", reason="not valid UTF-8")
+            continue
+        fields = line.rsplit(None, 1)
+        if len(fields) != 2:
+            e.update(kind="malformed", reason=f"expected '<path> <label>', got {line!r}")
+            continue
+        video = fields[0]
+        e["video"] = os.path.normpath(video if os.path.isabs(video) else str(root / video))
+        e["label"], reason = parse_label(fields[1], multi_label, num_classes)
+        if reason:
+            e.update(kind="label", reason=reason)
+        elif e["video"] in first:
+            e.update(kind="duplicate", reason=f"duplicate of line {first[e['video']]} ({video})")
+        else:
+            first[e["video"]] = n
+    return entries
+
+
+def _check_one(job):
+    """Pool worker: open one video and decode one real clip, as the loader would; never raises.
+    (line, video, num_frames, stride) -> (line, dict(frames, fps, size, ms) or None, kind, reason)."""
+    import av  # noqa: F401 -- imported before the clock starts: the first clip of a worker is not slower
+    line, video, num_frames, stride = job
+    if not os.path.isfile(video):
+        return line, None, "missing", f"{video}: no such file"
+    if os.path.getsize(video) == 0:
+        return line, None, "unreadable", f"{video}: empty file (0 bytes)"
+    try:
+        t0 = time.perf_counter()
+        n, fps = data.video_info(video)
+        if n < num_frames:
+            return line, None, "too short", f"{video}: {n} frames, a clip needs {num_frames}"
+        rng = np.random.default_rng([0, line])
+        frames = data.decode_frames(video, data.clip_indices(n, num_frames, stride, rng))
+        ms = 1000 * (time.perf_counter() - t0)
+    except Exception as e:   # noqa: BLE001 -- any open/decode error makes the video bad
+        why = str(e).replace(f": '{video}'", "")   # PyAV names the file again
+        return line, None, "unreadable", f"{video}: {type(e).__name__}: {why}"
+    size = (frames.shape[2], frames.shape[1])   # (width, height) of what the loader gets
+    return line, {"frames": n, "fps": fps, "size": size, "ms": ms}, None, None
+
+
+def decode_all(entries, num_frames, stride, workers, quiet=False):
+    """Run _check_one on every good entry over a pool; marks the bad ones. -> {line: stats}."""
+    todo = {e["line"]: e for e in entries if e["kind"] is None}
+    jobs = [(n, e["video"], num_frames, stride) for n, e in todo.items()]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    chunk = max(1, min(32, len(jobs) // (8 * workers)))   # big enough to amortise IPC, small for balance
+    stats, bad = {}, 0
+    progress = Progress("check", len(jobs), quiet)
+    for i, (n, st, kind, reason) in enumerate(pool_map(_check_one, jobs, workers, chunk), 1):
+        if kind:
+            todo[n].update(kind=kind, reason=reason)
+            bad += 1
+        else:
+            stats[n] = st
+        progress.update(i, f"{i - bad} good, {bad} bad")
+    progress.close()
+    return stats
+
+
+def spread(values, fmt="{:g}"):
+    """min / median / max of a list of numbers, as text."""
+    v = np.sort(np.asarray(values))
+    return " / ".join(fmt.format(x) for x in (v[0], v[len(v) // 2], v[-1]))
+
+
+def print_report(list_path, entries, stats, num_frames, stride):
+    """The bad lines (FILE:LINE: reason), counts per kind, then what the good videos look like."""
+    bad = [e for e in entries if e["kind"]]
+    kinds = {}
+    for e in bad:
+        kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+    for e in bad:
+        print(f"{list_path}:{e['line']}: {e['kind']}: {e['reason']}")
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+    print(f"{list_path}: {len(entries)} lines, {len(entries) - len(bad)} good, {len(bad)} bad"
+          + (f" ({detail})" if detail else ""))
+    if not stats:
+        return
+    s = list(stats.values())
+    sizes = sorted((st["size"] for st in s), key=lambda wh: (wh[0] * wh[1], wh))
+    span = (num_frames - 1) * stride + 1
+    ms = [st["ms"] for st in s]
+    print(f"  frames      {spread([st['frames'] for st in s])} (min / median / max)")
+    print(f"  resolution  {' / '.join('%dx%d' % sizes[i] for i in (0, len(sizes) // 2, -1))}")
+    print(f"  fps         {spread([st['fps'] for st in s], '{:.2f}')}")
+    print(f"  decode      {np.median(ms):.1f} ms/clip median, {np.percentile(ms, 90):.1f} p90 "
+          f"(open + {num_frames} frames at stride {stride}, one process)")
+    short = sum(st["frames"] < span for st in s)
+    if short:
+        print(f"  {short} video(s) shorter than {span} frames: their clips cover them evenly "
+              "(stride shrinks)")
+
+
+def write_lines(out_list, lines, list_path, data_root=None, header=None, quiet=False):
+    """Write lines of list_path (paths as written) to out_list. Relative paths resolve against the
+    list's folder when no --data-root is given: say so when out_list lives in another folder."""
+    out_list = Path(out_list)
+    out_list.parent.mkdir(parents=True, exist_ok=True)
+    out_list.write_text("".join(f"{x}\n" for x in ([header] if header else []) + lines))
+    root = Path(data_root or Path(list_path).parent).resolve()
+    if not quiet and not data_root and out_list.parent.resolve() != root:
+        print(f"note: its relative paths are relative to {root}: read it with --data-root {root}")
+
+
+def check(list_path, data_root=None, num_classes=None, num_frames=16, stride=4, workers=None,
+          write_clean=None, multi_label=False, quiet=False):
+    """Preflight a list (see the module docstring); prints the report unless quiet.
+    -> dict(entries (scan_list's, with video errors filled in), stats {line: dict}, bad, clean)."""
+    entries = scan_list(list_path, data_root, num_classes, multi_label)
+    if not entries:
+        raise ValueError(f"list file {list_path} has no entries")
+    stats = decode_all(entries, num_frames, stride, workers, quiet)
+    if not quiet:
+        print_report(list_path, entries, stats, num_frames, stride)
+    good = [e["text"] for e in entries if e["kind"] is None]
+    if write_clean:
+        if not quiet:
+            print(f"wrote {write_clean}: {len(good)} good lines of {len(entries)}")
+        write_lines(write_clean, good, list_path, data_root, quiet=quiet)
+    return {"entries": entries, "stats": stats, "bad": [e for e in entries if e["kind"]],
+            "clean": str(write_clean) if write_clean else None}
+
+
+# ----------------------------------------------------------------------------- subset
+
+def subset_size(n, total):
+    """N as given (a count, or a fraction like 0.5 of the list) -> a number of videos."""
+    text = str(n)
+    try:
+        fraction = any(c in text for c in ".eE")
+        count = round(float(text) * total) if fraction else int(text)
+    except ValueError:
+        raise ValueError(f"N={text!r} is neither a count nor a fraction") from None
+    if fraction and not 0 < float(text) <= 1:
+        raise ValueError(f"N={text}: a fraction must lie in (0, 1]")
+    if not 1 <= count <= total:
+        raise ValueError(f"N={text} gives {count} videos; the list has {total}")
+    return count
+
+
+def subset(list_path, n, out_list, seed=0, data_root=None, multi_label=False, quiet=False):
+    """Write a seeded, class-stratified subset of n videos (or a fraction) of a list to out_list; its
+    lines are the input's lines, in the input's order. -> the lines written."""
+    entries = scan_list(list_path, data_root, multi_label=multi_label)
+    bad = [e for e in entries if e["kind"] and e["kind"] != "duplicate"]
+    if bad:
+        raise ValueError(f"{list_path}:{bad[0]['line']}: {bad[0]['reason']} ({len(bad)} bad line(s): "
+                         "run `prepare.py check` and --write-clean first)")
+    if not entries:
+        raise ValueError(f"list file {list_path} has no entries")
+    count = subset_size(n, len(entries))
+    lines = [text for text, _ in data.stratified_subset([(e["text"], e["label"]) for e in entries],
+                                                        count, seed)]
+    if not quiet:
+        # as stratified_subset counts them: a multi-label line by its first label
+        labels = (e["label"] for e in entries)
+        classes = len({lab if isinstance(lab, int) else tuple(lab)[:1] for lab in labels})
+        print(f"wrote {out_list}: {len(lines)} of {len(entries)} videos, {classes} classes, seed {seed}")
+    header = f"# {count} of {len(entries)} lines of {Path(list_path).name}, stratified, seed {seed}"
+    write_lines(out_list, lines, list_path, data_root, header, quiet)
+    return lines
+
+
+# ----------------------------------------------------------------------------- command line
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    root_help = "folder the list's relative paths are relative to (default: the list's folder)"
+    p = sub.add_parser("encode", help="re-encode a list once for fast decoding: encode LIST OUT_DIR")
+    p.add_argument("list", help="list file '<path> <label>' (VideoMAE convention)")
+    p.add_argument("out_dir", help="re-encoded videos and the new list (OUT_DIR/<list name>) go here")
+    p.add_argument("--short-side", type=int, default=320, help="K400 320, SSv2 240 (never upscales)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU core)")
+    p.add_argument("--data-root", default=None, help=root_help)
+    p.add_argument("--codec", default="libx264", choices=["libx264", "mpeg4"])
+    c = sub.add_parser("check", help="preflight a list: missing, unreadable, short videos, labels")
+    c.add_argument("list", help="list file '<path> <label>'")
+    c.add_argument("--data-root", default=None, help=root_help)
+    c.add_argument("--num-classes", type=int, default=None, help="labels must lie in [0, K)")
+    c.add_argument("--num-frames", type=int, default=16, help="frames per clip (T)")
+    c.add_argument("--stride", type=int, default=4, help="frame stride of a clip")
+    c.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU core)")
+    c.add_argument("--multi-label", action="store_true", help="labels are '3,17,42' lists ('-': none)")
+    c.add_argument("--write-clean", default=None, metavar="OUT_LIST", help="write the good lines here")
+    s = sub.add_parser("subset", help="seeded class-stratified subset: subset LIST N OUT_LIST")
+    s.add_argument("list", help="list file '<path> <label>'")
+    s.add_argument("n", help="videos to keep: a count (80000) or a fraction of the list (0.5)")
+    s.add_argument("out_list", help="the subset list (lines of LIST)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--data-root", default=None, help=root_help)
+    s.add_argument("--multi-label", action="store_true", help="stratify on the first label of each line")
+    return parser.parse_args(argv)
+
+
+def validate(a):
+    """Unusable arguments: one line and exit code 2 (runtime.fail) before any work."""
+    if not Path(a.list).is_file():
+        fail(f"list file {a.list} does not exist")
+    if getattr(a, "data_root", None) and not Path(a.data_root).is_dir():
+        fail(f"--data-root {a.data_root} is not a folder")
+    out = getattr(a, "write_clean", None) or getattr(a, "out_list", None)
+    if out and Path(out).resolve() == Path(a.list).resolve():
+        fail(f"{out} is the input list: write it somewhere else")
+    for name in ("num_frames", "stride", "workers", "num_classes", "short_side"):
+        value = getattr(a, name, None)
+        if value is not None and value < 1:
+            fail(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def main(argv=None):
+    """-> exit code. check: 0 all good, 1 some lines bad; encode: 1 when no video survived."""
+    a = parse_args(argv)
+    validate(a)
+    try:
+        if a.command == "encode":
+            r = encode(a.list, a.out_dir, a.short_side, a.workers, a.data_root, a.codec)
+            return 1 if r["bad"] and not (r["done"] + r["skipped"]) else 0
+        if a.command == "check":
+            r = check(a.list, a.data_root, a.num_classes, a.num_frames, a.stride, a.workers,
+                      a.write_clean, a.multi_label)
+            return 1 if r["bad"] else 0
+        subset(a.list, a.n, a.out_list, a.seed, a.data_root, a.multi_label)
+        return 0
+    except ValueError as e:   # read_list's and subset's errors name the file and line
+        fail(str(e))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
