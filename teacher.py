@@ -34,13 +34,10 @@ import os
 import zipfile
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
-
-import open_clip
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -64,6 +61,7 @@ def _load_open_clip(model_name, pretrained, quick_gelu):
     -> (image tower, backend, (mean, std)): backend "open_clip" for open_clip's own ViT, "timm" for
     a timm ViT trunk (SigLIP, EVA-CLIP); mean/std are the pixel statistics open_clip records for it.
     """
+    import open_clip  # imported here: seconds, and only when a teacher is built
     if model_name.endswith(".json"):  # a model config file, e.g. a tiny one for tests
         if not os.path.isfile(model_name):
             raise FileNotFoundError(f"teacher model config not found: {model_name}")
@@ -130,6 +128,7 @@ def _load_timm(name, pretrained, img_size, patch_size, model_kwargs):
     img_size, patch_size: the student's frames and patch (None: the model's own resolution/patch).
     -> (model, "timm", (mean, std)) with the statistics of the model's pretrained_cfg.
     """
+    import timm  # imported here: seconds, and only when a teacher is built
     if not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r} (e.g. timm:vit_base_patch16_224.dino)")
     with torch.device("meta"):  # a dry build that allocates nothing: the patch and default size
