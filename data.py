@@ -133,6 +133,27 @@ def multiscale_crop_box(height, width, rng, scales=(1, 0.875, 0.75, 0.66), max_d
     return oy * ys, ox * xs, ch, cw
 
 
+def random_resized_crop_box(height, width, rng, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3), attempts=10):
+    """VideoMAE's finetuning crop (video_transforms._get_param_spatial_crop, = torchvision's
+    RandomResizedCrop): area a fraction U(scale) of the frame, aspect w / h log-uniform in `ratio`, placed
+    uniformly; after `attempts` misses the centre crop clamped to `ratio`. One box for the whole clip.
+    The SMILE reference draws scale (0.25, 1.0), VideoMAE (0.08, 1.0). -> (y, x, h, w)."""
+    area, log_ratio = height * width, np.log(ratio)
+    for _ in range(attempts):
+        target = area * rng.uniform(*scale)
+        aspect = np.exp(rng.uniform(*log_ratio))
+        w, h = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(height - h + 1)), int(rng.integers(width - w + 1)), h, w
+    if width / height < min(ratio):            # fallback: the largest centre crop within `ratio`
+        h, w = int(round(width / min(ratio))), width
+    elif width / height > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
 def resize(frames, size):
     """uint8 (T, H, W, 3) -> uint8 (T, size, size, 3), bilinear with antialiasing.
 
@@ -145,9 +166,18 @@ def resize(frames, size):
     return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
 
 
-def crop_and_flip(frames, size, rng, flip, scales=(1, 0.875, 0.75, 0.66)):
-    """Training augmentation of Table 18: MultiScaleCrop to size x size, then a horizontal flip (p=0.5)."""
-    y, x, h, w = multiscale_crop_box(frames.shape[1], frames.shape[2], rng, scales)
+def crop_and_flip(frames, size, rng, flip, scales=(1, 0.875, 0.75, 0.66), crop="multiscale",
+                  crop_scale=(0.25, 1.0), crop_ratio=(3 / 4, 4 / 3)):
+    """Training augmentation: a crop resized to size x size, then a horizontal flip (p=0.5). crop:
+    "multiscale" (MultiScaleCrop with `scales`, Table 18), "rrc" (random_resized_crop_box with crop_scale /
+    crop_ratio, VideoMAE finetuning) or "none" (the whole frame; no draw)."""
+    H, W = frames.shape[1:3]
+    if crop == "rrc":
+        y, x, h, w = random_resized_crop_box(H, W, rng, crop_scale, crop_ratio)
+    elif crop == "none":
+        y, x, h, w = 0, 0, H, W
+    else:
+        y, x, h, w = multiscale_crop_box(H, W, rng, scales)
     out = resize(frames[:, y:y + h, x:x + w], size)
     if flip and rng.random() < 0.5:
         out = out[:, :, ::-1]
@@ -352,16 +382,20 @@ class VideoClipDataset(torch.utils.data.Dataset):
     """Decoded clips of a classification list (K400, SSv2, UCF, ... or any `<path> <label>` list).
 
     train: one clip per item: T frames at `stride` from a random start ("dense") or one random frame per
-    segment ("segment", TSN-style, SSv2), MultiScaleCrop + flip (as in pretraining), then `augment(frames,
-    rng)` (finetune.py's RandAugment). A bad video is replaced by another one and reported (sample["bad"]).
+    segment ("segment", TSN-style, SSv2), a crop (`crop`: "multiscale" = MultiScaleCrop as in pretraining,
+    "rrc" = VideoMAE's random resized crop, see crop_and_flip) + flip, then `augment(frames, rng)`
+    (finetune.py's RandAugment). A bad video is replaced by another one and reported (sample["bad"]).
     test: item i = video i // num_clips, temporal view i % num_clips; num_crops crops after resizing the
     short side -> (num_crops, C, T, H, W). A bad video is an error here: it would bias the result.
     Randomness is a pure function of (seed, epoch, index), so workers and resumed runs agree.
     """
 
     def __init__(self, items, mode="train", task="single", num_classes=400, num_frames=16, stride=4,
-                 sampling="dense", img_size=224, flip=True, num_clips=1, num_crops=1, augment=None, seed=0):
+                 sampling="dense", img_size=224, flip=True, num_clips=1, num_crops=1, augment=None, seed=0,
+                 crop="multiscale", crop_scale=(0.25, 1.0), crop_ratio=(3 / 4, 4 / 3)):
         assert mode in ("train", "test") and sampling in ("dense", "segment"), (mode, sampling)
+        assert crop in ("multiscale", "rrc", "none"), crop
+        self.crop = dict(crop=crop, crop_scale=tuple(crop_scale), crop_ratio=tuple(crop_ratio))
         self.items, self.mode, self.task, self.num_classes = items, mode, task, num_classes
         self.num_frames, self.stride, self.sampling, self.img_size = num_frames, stride, sampling, img_size
         self.flip, self.num_clips, self.num_crops, self.augment, self.seed = flip, num_clips, num_crops, augment, seed
@@ -399,7 +433,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
             path, label = self.items[index]
             try:
                 n, _ = video_info(path)
-                frames = crop_and_flip(decode_frames(path, self.frame_indices(n, rng)), self.img_size, rng, self.flip)
+                frames = decode_frames(path, self.frame_indices(n, rng))
+                frames = crop_and_flip(frames, self.img_size, rng, self.flip, **self.crop)
                 break
             except Exception as e:   # noqa: BLE001 -- any decode error makes the item bad
                 bad.append(f"{path}: {type(e).__name__}: {e}")
@@ -450,13 +485,16 @@ class MotionClassDataset(torch.utils.data.Dataset):
     task "count": one object moves out and back k = 1..max_count times along a random direction (at least 4
     frames per repetition); label = k, the same
     group trick keeps frame 0 independent of k. Stand-in for UCFRep repetition counting.
-    Each clip is a pure function of (seed, split, index); train-mode augment(frames, rng) draws from
-    (seed, epoch, index). Sizes and speeds are fractions of the frame, so any img_size works.
+    Each clip is a pure function of (seed, split, index); train mode's crop (`crop`, default "none": as
+    rendered; no flip, the classes have a direction) and augment(frames, rng) draw from (seed, epoch, index).
+    Sizes and speeds are fractions of the frame, so any img_size works.
     """
 
     def __init__(self, split, length, mode="train", task="single", num_frames=16, img_size=64, seed=0,
-                 max_count=4, augment=None, num_objects_bank=64, backgrounds=("black", "image")):
-        assert task in ("single", "multi", "count"), task
+                 max_count=4, augment=None, num_objects_bank=64, backgrounds=("black", "image"), crop="none",
+                 crop_scale=(0.25, 1.0), crop_ratio=(3 / 4, 4 / 3)):
+        assert task in ("single", "multi", "count") and crop in ("multiscale", "rrc", "none"), (task, crop)
+        self.crop = dict(crop=crop, crop_scale=tuple(crop_scale), crop_ratio=tuple(crop_ratio))
         if task == "count" and num_frames < 4 * max_count:
             raise ValueError(f"counting up to {max_count} repetitions needs >= {4 * max_count} frames (4 per repetition)")
         self.split_id = {"train": 0, "val": 1}[split]
@@ -520,8 +558,10 @@ class MotionClassDataset(torch.utils.data.Dataset):
         target = make_target(label, self.task, self.num_classes)
         if self.mode == "test":
             return {"video": normalize(frames)[None], "label": target, "video_id": index}
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        frames = crop_and_flip(frames, self.S, rng, False, **self.crop)     # crop "none": unchanged, no draw
         if self.augment is not None:
-            frames = self.augment(frames, np.random.default_rng([self.seed, self.epoch, index]))
+            frames = self.augment(frames, rng)
         return {"video": normalize(np.ascontiguousarray(frames)), "label": target, "index": index, "bad": []}
 
 
