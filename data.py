@@ -144,6 +144,27 @@ def multiscale_crop_box(height, width, rng, scales=(1, 0.875, 0.75, 0.66), max_d
     return oy * ys, ox * xs, ch, cw
 
 
+def random_resized_crop_box(height, width, rng, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3), attempts=10):
+    """VideoMAE's finetuning crop (video_transforms._get_param_spatial_crop, = torchvision's
+    RandomResizedCrop): area a fraction U(scale) of the frame, aspect w / h log-uniform in `ratio`, placed
+    uniformly; after `attempts` misses the centre crop clamped to `ratio`. One box for the whole clip.
+    The SMILE reference draws scale (0.25, 1.0), VideoMAE (0.08, 1.0). -> (y, x, h, w)."""
+    area, log_ratio = height * width, np.log(ratio)
+    for _ in range(attempts):
+        target = area * rng.uniform(*scale)
+        aspect = np.exp(rng.uniform(*log_ratio))
+        w, h = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(height - h + 1)), int(rng.integers(width - w + 1)), h, w
+    if width / height < min(ratio):            # fallback: the largest centre crop within `ratio`
+        h, w = int(round(width / min(ratio))), width
+    elif width / height > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
 def resize(frames, size):
     """uint8 (T, H, W, 3) -> uint8 (T, size, size, 3) (or (T, h, w, 3) for size = (h, w)), bilinear
     with antialiasing.
@@ -158,9 +179,18 @@ def resize(frames, size):
     return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
 
 
-def crop_and_flip(frames, size, rng, flip, scales=(1, 0.875, 0.75, 0.66)):
-    """Training augmentation of Table 18: MultiScaleCrop to size x size, then a horizontal flip (p=0.5)."""
-    y, x, h, w = multiscale_crop_box(frames.shape[1], frames.shape[2], rng, scales)
+def crop_and_flip(frames, size, rng, flip, scales=(1, 0.875, 0.75, 0.66), crop="multiscale",
+                  crop_scale=(0.25, 1.0), crop_ratio=(3 / 4, 4 / 3)):
+    """Training augmentation: a crop resized to size x size, then a horizontal flip (p=0.5). crop:
+    "multiscale" (MultiScaleCrop with `scales`, Table 18), "rrc" (random_resized_crop_box with crop_scale /
+    crop_ratio, VideoMAE finetuning) or "none" (the whole frame; no draw)."""
+    H, W = frames.shape[1:3]
+    if crop == "rrc":
+        y, x, h, w = random_resized_crop_box(H, W, rng, crop_scale, crop_ratio)
+    elif crop == "none":
+        y, x, h, w = 0, 0, H, W
+    else:
+        y, x, h, w = multiscale_crop_box(H, W, rng, scales)
     out = resize(frames[:, y:y + h, x:x + w], size)
     if flip and rng.random() < 0.5:
         out = out[:, :, ::-1]

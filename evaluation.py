@@ -150,8 +150,9 @@ class VideoClipDataset(torch.utils.data.Dataset):
     """Decoded clips of a classification list (K400, SSv2, UCF, ... or any `<path> <label>` list).
 
     train: one clip per item: T frames at `stride` from a random start ("dense") or one random frame per
-    segment ("segment", TSN-style, SSv2), MultiScaleCrop + flip (as in pretraining), then `augment(frames,
-    rng)` (finetune.py's RandAugment). A bad video is replaced by another one and reported (sample["bad"]).
+    segment ("segment", TSN-style, SSv2), a crop (`crop`: "multiscale" = MultiScaleCrop as in pretraining,
+    "rrc" = VideoMAE's random resized crop, see data.crop_and_flip) + flip, then `augment(frames, rng)`
+    (finetune.py's RandAugment). A bad video is replaced by another one and reported (sample["bad"]).
     test: item i = video i // num_clips, temporal view i % num_clips; num_crops crops after resizing the
     short side -> (num_crops, C, T, H, W). A bad video is an error here: it would bias the result.
     Randomness is a pure function of (seed, epoch, index), so workers and resumed runs agree.
@@ -159,8 +160,10 @@ class VideoClipDataset(torch.utils.data.Dataset):
 
     def __init__(self, items, mode="train", task="single", num_classes=400, num_frames=16, stride=4,
                  sampling="dense", img_size=224, flip=True, num_clips=1, num_crops=1, augment=None,
-                 seed=0):
+                 seed=0, crop="multiscale", crop_scale=(0.25, 1.0), crop_ratio=(3 / 4, 4 / 3)):
         assert mode in ("train", "test") and sampling in ("dense", "segment"), (mode, sampling)
+        assert crop in ("multiscale", "rrc", "none"), crop
+        self.crop = dict(crop=crop, crop_scale=tuple(crop_scale), crop_ratio=tuple(crop_ratio))
         self.items, self.mode, self.task, self.num_classes = items, mode, task, num_classes
         self.num_frames, self.stride, self.sampling, self.img_size = num_frames, stride, sampling, img_size
         self.flip, self.num_clips, self.num_crops = flip, num_clips, num_crops
@@ -196,7 +199,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
 
         def clip(i):
             frames = data.decode_frames(self.items[i][0], lambda n: self.frame_indices(n, rng))
-            return i, data.crop_and_flip(frames, self.img_size, rng, self.flip)
+            return i, data.crop_and_flip(frames, self.img_size, rng, self.flip, **self.crop)
         (index, frames), bad = data.with_retries(clip, index, len(self.items), rng,
                                                  lambda i: self.items[i][0])
         if self.augment is not None:
@@ -223,13 +226,16 @@ class MotionClassDataset(torch.utils.data.Dataset):
     4 frames per repetition); label = k, the same group trick keeps frame 0 independent of k. Stand-in
     for UCFRep repetition counting.
     Objects are pasted with motion.paste, the pretraining overlay's own resampling and blend. Each clip is
-    a pure function of (seed, split, index); train-mode augment(frames, rng) draws from (seed, epoch,
-    index). Sizes and speeds are fractions of the frame, so any img_size works.
+    a pure function of (seed, split, index); train mode's crop (`crop`, default "none": as rendered; no
+    flip, the classes have a direction) and augment(frames, rng) draw from (seed, epoch, index). Sizes
+    and speeds are fractions of the frame, so any img_size works.
     """
 
     def __init__(self, split, length, mode="train", task="single", num_frames=16, img_size=64, seed=0,
-                 max_count=4, augment=None, num_objects_bank=64, backgrounds=("black", "image")):
-        assert task in ("single", "multi", "count"), task
+                 max_count=4, augment=None, num_objects_bank=64, backgrounds=("black", "image"),
+                 crop="none", crop_scale=(0.25, 1.0), crop_ratio=(3 / 4, 4 / 3)):
+        assert task in ("single", "multi", "count") and crop in ("multiscale", "rrc", "none"), (task, crop)
+        self.crop = dict(crop=crop, crop_scale=tuple(crop_scale), crop_ratio=tuple(crop_ratio))
         if task == "count" and num_frames < 4 * max_count:
             raise ValueError(f"counting up to {max_count} repetitions needs >= {4 * max_count} frames "
                              "(4 per repetition)")
@@ -301,8 +307,10 @@ class MotionClassDataset(torch.utils.data.Dataset):
         target = make_target(label, self.task, self.num_classes)
         if self.mode == "test":
             return {"video": data.to_tensor(frames)[None], "label": target, "video_id": index}
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        frames = data.crop_and_flip(frames, self.S, rng, False, **self.crop)   # "none": unchanged, no draw
         if self.augment is not None:
-            frames = self.augment(frames, np.random.default_rng([self.seed, self.epoch, index]))
+            frames = self.augment(frames, rng)
         return {"video": data.to_tensor(frames), "label": target, "index": index, "bad": []}
 
 
@@ -316,13 +324,15 @@ def eval_collate(samples):
     return out
 
 
-def build_datasets(args, augment=None, train_mode="train"):
+def build_datasets(args, augment=None, train_mode="train", crop=None):
     """-> (train set, validation set in test mode). train_mode "test": one centre view per training video
-    (probe.py's cached features)."""
+    (probe.py's cached features). crop: the training set's crop keywords (finetune.py's --crop*)."""
+    crop = crop or {}
     if args.dataset == "motion":
         kw = dict(task=args.task, num_frames=args.num_frames, img_size=args.img_size, seed=args.seed,
                   max_count=min(4, args.num_frames // 4), backgrounds=tuple(args.motion_backgrounds))
-        return (MotionClassDataset("train", args.motion_train, mode=train_mode, augment=augment, **kw),
+        return (MotionClassDataset("train", args.motion_train, mode=train_mode, augment=augment, **crop,
+                                   **kw),
                 MotionClassDataset("val", args.motion_val, mode="test", **kw))
     classes = None if args.task == "count" else args.num_classes
     multi, root = args.task == "multi", args.data_root or None
@@ -332,7 +342,7 @@ def build_datasets(args, augment=None, train_mode="train"):
         train_items = data.stratified_subset(train_items, args.train_samples, args.seed)
     kw = dict(task=args.task, num_classes=args.num_classes, num_frames=args.num_frames, stride=args.stride,
               sampling=args.sampling, img_size=args.img_size, seed=args.seed)
-    return (VideoClipDataset(train_items, mode=train_mode, flip=args.flip, augment=augment, **kw),
+    return (VideoClipDataset(train_items, mode=train_mode, flip=args.flip, augment=augment, **crop, **kw),
             VideoClipDataset(val_items, mode="test", num_clips=args.test_clips, num_crops=args.test_crops,
                              **kw))
 

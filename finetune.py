@@ -8,8 +8,9 @@
     python finetune.py -h                                             # every flag, with the paper's values
 
 Recipe (Table 17): AdamW lr 1e-3 x batch/256, wd 0.05 (none on biases and 1-D params), betas (0.9, 0.999),
-layer-wise lr decay 0.75, cosine with 5 warm-up epochs, drop path 0.1, RandAug (9, 0.5), mixup 0.8,
-cutmix 1.0, label smoothing 0.1, head init scale 0.001. Test: softmax averaged over temporal clips x
+layer-wise lr decay 0.75, cosine with 5 warm-up epochs, drop path 0.1, RandAug (9, 0.5) in timm's convention,
+mixup 0.8, cutmix 1.0, label smoothing 0.1, head init scale 0.001; as VideoMAE (SPEC 6), a random resized crop
+and random erasing (p 0.25). Test: softmax averaged over temporal clips x
 spatial crops (5x3 K400, 2x3 SSv2 with TSN-style segments). Tasks beside single-label classification
 (SEVERE): multi-label (Charades: sigmoid + BCE, mAP over classes) and repetition counting (UCFRep: one
 regression output on the pooled features, trained with MSE on standardised counts; metric UCFRep's "MAE",
@@ -25,6 +26,7 @@ import os
 import time
 from contextlib import nullcontext
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -71,13 +73,13 @@ SEVERE = {
                             splits=["charades_train.csv", "charades_val.csv"]),
 }
 # --preset tiny: the 2-core CPU demo on `motion`, on the grid of train.py's tiny pretraining. A higher lr
-# and no mixup / cutmix / RandAug / erasing / drop path: from scratch at this size the paper's recipe
-# needs far more steps (docs/demo.md).
+# and no mixup / cutmix / RandAug / erasing / drop path / crop (motion clips as rendered): from scratch
+# at this size the paper's recipe needs far more steps (docs/demo.md).
 PRESETS = {
     "tiny": dict(dataset="motion", model="tiny", patch_size=16, tubelet=2, img_size=64, num_frames=16,
                  motion_train=512, motion_val=256, epochs=20, warmup_epochs=1, batch_size=32, lr=4e-3,
-                 layer_decay=0.75, mixup=0.0, cutmix=0.0, randaug_n=0, drop_path=0.0, workers=1,
-                 log_every=8, out_dir="out/finetune-tiny"),
+                 layer_decay=0.75, mixup=0.0, cutmix=0.0, randaug_n=0, reprob=0.0, crop="none", drop_path=0.0,
+                 workers=1, log_every=8, out_dir="out/finetune-tiny"),
     **{name: {**SEVERE_COMMON, **p, "out_dir": f"out/severe/{name[7:]}",
               "results_file": "out/severe/results.jsonl"} for name, p in SEVERE.items()},
 }
@@ -109,16 +111,134 @@ def layer_decay_groups(model, weight_decay, layer_decay):
     return [groups[k] for k in sorted(groups)]
 
 
-def randaugment_clip(randaug, frames, rng):
-    """RandAugment with one draw of ops and magnitudes for the whole clip: torchvision treats a Video
-    tv_tensor (T, C, H, W) as frames of one clip. Seeded from the sample's rng, the global RNG untouched.
+class RandAug(NamedTuple):
+    """timm's RandAugment settings (`rand-m{m}-n{n}-mstd{mstd}-inc1`, p 0.5 per op): Table 17's (9, 0.5)."""
+    n: int = 2
+    m: float = 9.0
+    mstd: float = 0.5
+    prob: float = 0.5
+
+
+# timm's _RAND_INCREASING_TRANSFORMS ("inc1"): the ops whose strength grows with the magnitude. Cutout is
+# not among them (timm and VideoMAE do it as random erasing, random_erase below).
+RANDAUG_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
+               "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
+               "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+RANDAUG_FILL = (128, 128, 128)   # timm's _FILL (the reference passes no img_mean): grey outside the image
+
+
+def randaug_level_args(name, magnitude, sign=1):
+    """timm's level -> op argument (auto_augment.LEVEL_TO_ARG) for magnitude in [0, 10] (timm's
+    _LEVEL_DENOM = 10: m=9 is 9/10 of each range). sign (+1/-1) is timm's _randomly_negate of signed ops.
+    -> the op's arguments (a tuple, empty for the parameter-free ops)."""
+    lvl = magnitude / 10.0
+    if name in ("AutoContrast", "Equalize", "Invert"):
+        return ()
+    if name == "Rotate":
+        return (sign * lvl * 30.0,)                         # degrees, +-30 at m=10
+    if name == "PosterizeIncreasing":
+        return (4 - int(lvl * 4),)                          # bits kept: 4 down to 0
+    if name == "SolarizeIncreasing":
+        return (256 - min(256, int(lvl * 256)),)            # threshold: 256 (none) down to 0
+    if name == "SolarizeAdd":
+        return (min(128, int(lvl * 110)),)                  # added below 128: 0 .. 110
+    if name.endswith("Increasing"):                         # Color / Contrast / Brightness / Sharpness
+        return (max(0.1, 1.0 + sign * lvl * 0.9),)          # enhance factor 1 -+ 0.9
+    if name in ("ShearX", "ShearY"):
+        return (sign * lvl * 0.3,)                          # +-0.3 at m=10
+    if name in ("TranslateXRel", "TranslateYRel"):
+        return (sign * lvl * 0.45,)                         # fraction of the side, +-0.45 at m=10
+    raise ValueError(f"unknown RandAugment op {name}")
+
+
+def randaug_frame(img, name, args):
+    """One RandAugment op on one PIL RGB frame, as timm's NAME_TO_OP does it (geometric ops bicubic, as
+    the reference's --train_interpolation, grey fill)."""
+    from PIL import Image, ImageEnhance, ImageOps
+    geo = dict(resample=Image.Resampling.BICUBIC, fillcolor=RANDAUG_FILL)
+    affine = {"ShearX": lambda v: (1, v, 0, 0, 1, 0), "ShearY": lambda v: (1, 0, 0, v, 1, 0),
+              "TranslateXRel": lambda v: (1, 0, v * img.size[0], 0, 1, 0),
+              "TranslateYRel": lambda v: (1, 0, 0, 0, 1, v * img.size[1])}
+    enhance = {"ColorIncreasing": ImageEnhance.Color, "ContrastIncreasing": ImageEnhance.Contrast,
+               "BrightnessIncreasing": ImageEnhance.Brightness, "SharpnessIncreasing": ImageEnhance.Sharpness}
+    if name in affine:
+        return img.transform(img.size, Image.Transform.AFFINE, affine[name](*args), **geo)
+    if name in enhance:
+        return enhance[name](img).enhance(*args)
+    if name == "Rotate":
+        return img.rotate(*args, **geo)
+    if name == "SolarizeAdd":                               # pixels below 128 brightened by args[0]
+        lut = [min(255, i + args[0]) if i < 128 else i for i in range(256)]
+        return img.point(lut * 3)
+    if name == "PosterizeIncreasing":                       # keep args[0] high bits: ImageOps.posterize's
+        lut = [i & ~(2 ** (8 - args[0]) - 1) for i in range(256)]   # LUT, also for 0 bits (m=10: black)
+        return img.point(lut * 3)
+    ops = {"AutoContrast": ImageOps.autocontrast, "Equalize": ImageOps.equalize, "Invert": ImageOps.invert,
+           "SolarizeIncreasing": ImageOps.solarize}
+    return ops[name](img, *args)
+
+
+def randaug_draw(cfg, rng):
+    """One clip's RandAugment draw (timm's RandAugment + AugmentOp): n ops with replacement, each applied
+    with prob p, at magnitude m + N(0, mstd) clipped to [0, 10] (mstd > 100: uniform in [0, m], as timm),
+    with a random sign. -> [(name, args), ...] of the ops that apply."""
+    chosen = []
+    for k in rng.integers(len(RANDAUG_OPS), size=cfg.n):
+        if rng.random() > cfg.prob:
+            continue
+        m = rng.uniform(0, cfg.m) if cfg.mstd > 100 else cfg.m + cfg.mstd * rng.standard_normal()
+        sign = 1 if rng.random() < 0.5 else -1
+        chosen.append((RANDAUG_OPS[k], randaug_level_args(RANDAUG_OPS[k], float(np.clip(m, 0, 10)), sign)))
+    return chosen
+
+
+def randaugment_clip(cfg, frames, rng):
+    """RandAugment in timm's convention (Table 17: RandAug (9, 0.5); VideoMAE's video RandAugment): ONE
+    draw of ops, magnitudes and signs (from the sample's numpy rng; Python's and torch's global RNGs
+    untouched) applied to every frame, per frame with PIL as timm. cfg: RandAug. Runs after the crop
+    (the reference's before it, on the decoded frames; translations are relative to the side either way).
     uint8 (T, H, W, 3) -> uint8 (T, H, W, 3)."""
-    from torchvision import tv_tensors
-    video = tv_tensors.Video(torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(rng.integers(2 ** 62)))
-        video = randaug(video)
-    return video.permute(0, 2, 3, 1).numpy()
+    from PIL import Image
+    ops = randaug_draw(cfg, rng)
+    if not ops:
+        return frames
+    out = []
+    for frame in frames:
+        img = Image.fromarray(np.ascontiguousarray(frame))
+        for name, args in ops:
+            img = randaug_frame(img, name, args)
+        out.append(np.asarray(img))
+    return np.stack(out)
+
+
+def random_erase(video, prob, rng, mode="pixel", count=1, area=(0.02, 1 / 3), aspect=(0.3, 1 / 0.3)):
+    """Random erasing after normalisation (VideoMAE finetuning: --reprob 0.25 --remode pixel --recount 1;
+    VideoMAE's random_erasing.py, cube=True). Per clip, with prob `prob`: `count` boxes, each of area
+    U(area) / count of a frame and aspect h / w log-uniform in `aspect` (timm's RandomErasing defaults; 100
+    tries for a box inside the frame), at the same place in every frame (one box per clip, not per frame),
+    filled with N(0, 1) per pixel and frame ("pixel"), per channel and frame ("rand") or 0 ("const").
+    Draws from the numpy rng (the noise from a generator seeded by it). video (B, C, T, H, W) -> new tensor."""
+    if prob <= 0:
+        return video
+    B, C, T, H, W = video.shape
+    gen = torch.Generator(device=video.device)
+    gen.manual_seed(int(rng.integers(2 ** 62)))
+    video = video.clone()
+    for b in range(B):
+        if rng.random() > prob:
+            continue
+        for _ in range(count):
+            for _ in range(100):
+                target = rng.uniform(*area) * H * W / count
+                r = np.exp(rng.uniform(*np.log(aspect)))
+                h, w = int(round(np.sqrt(target * r))), int(round(np.sqrt(target / r)))
+                if h < H and w < W:
+                    y, x = int(rng.integers(H - h + 1)), int(rng.integers(W - w + 1))
+                    shape = (C, T, h, w) if mode == "pixel" else (C, T, 1, 1)
+                    fill = torch.randn(shape, generator=gen, device=video.device, dtype=video.dtype)
+                    video[b, :, :, y:y + h, x:x + w] = fill if mode != "const" else 0.0
+                    break
+    return video
 
 
 def mix_batch(video, target, rng, mixup, cutmix, switch_prob=0.5):
@@ -188,9 +308,23 @@ def get_args(argv=None):
     a("--label-smoothing", type=float, default=0.1, help="Table 17: 0.1 (single-label only)")
     a("--mixup", type=float, default=0.8, help="mixup alpha (Table 17: 0.8); 0 = off")
     a("--cutmix", type=float, default=1.0, help="cutmix alpha (Table 17: 1.0); 0 = off")
-    a("--randaug-n", type=int, default=2, help="RandAugment ops per clip (Table 17: (9, 0.5) = m9, n2; "
-      "torchvision's has no magnitude noise, the 0.5 std of timm's); 0 = off")
-    a("--randaug-m", type=int, default=9, help="RandAugment magnitude (Table 17: 9)")
+    a("--randaug-n", type=int, default=2, help="RandAugment ops per clip, timm's convention (Table 17's "
+      "RandAug (9, 0.5) = timm's rand-m9-mstd0.5-inc1, n defaulting to 2; the reference runs "
+      "rand-m7-n4-mstd0.5-inc1); 0 = off")
+    a("--randaug-m", type=float, default=9, help="RandAugment magnitude out of timm's 10 (Table 17: 9; "
+      "reference 7): m=9 rotates up to 27 degrees, shears up to 0.27")
+    a("--randaug-mstd", type=float, default=0.5, help="std of the Gaussian noise on the magnitude, drawn per "
+      "op and clip (Table 17: 0.5)")
+    a("--crop", default="rrc", choices=["rrc", "multiscale", "none"], help="training crop: rrc = VideoMAE's "
+      "random resized crop (SPEC 6), multiscale = MultiScaleCrop (pretraining's), none = the whole frame")
+    a("--crop-scale", type=float, nargs=2, default=[0.25, 1.0], metavar=("LO", "HI"), help="rrc: area "
+      "fraction range (the SMILE reference: 0.25 1.0; VideoMAE: 0.08 1.0)")
+    a("--crop-ratio", type=float, nargs=2, default=[3 / 4, 4 / 3], metavar=("LO", "HI"),
+      help="rrc: aspect (w / h) range (VideoMAE and the reference: 3/4 4/3)")
+    a("--reprob", type=float, default=0.25, help="random erasing probability per clip (VideoMAE: 0.25); 0 = off")
+    a("--remode", default="pixel", choices=["pixel", "rand", "const"], help="erased box filled with N(0, 1) "
+      "per pixel / per channel, or 0 (VideoMAE: pixel)")
+    a("--recount", type=int, default=1, help="erased boxes per clip (VideoMAE: 1)")
     a("--max-nonfinite", type=int, default=3, help="stop after this many non-finite losses in a row")
     # run
     a("--out-dir", default="out/finetune", help="everything a run writes goes here")
@@ -217,11 +351,15 @@ def get_args(argv=None):
 
 
 def make_augment(args):
-    """The clip augmentation of the training set (Table 17: RandAugment), or None."""
+    """The clip augmentation of the training set (Table 17: RandAugment, timm's convention), or None."""
     if not args.randaug_n:
         return None
-    from torchvision.transforms import v2   # imported only here: it takes seconds
-    return partial(randaugment_clip, v2.RandAugment(args.randaug_n, args.randaug_m))
+    return partial(randaugment_clip, RandAug(args.randaug_n, args.randaug_m, args.randaug_mstd))
+
+
+def crop_args(args):
+    """The training crop (VideoMAE: random resized crop) as evaluation.build_datasets' keywords."""
+    return dict(crop=args.crop, crop_scale=args.crop_scale, crop_ratio=args.crop_ratio)
 
 
 # ============================================================================= main
@@ -247,7 +385,7 @@ def main(argv=None):
 
     # ------------------------------------------------------------------ data
     try:
-        train_set, val_set = build_datasets(args, make_augment(args))
+        train_set, val_set = build_datasets(args, make_augment(args), crop=crop_args(args))
     except (OSError, ValueError) as e:   # missing list, malformed line, label out of range: before any work
         fail(str(e))
     sampler = data.ResumableSampler(train_set, world, rank, seed=args.seed, shuffle=True, drop_last=True)
@@ -354,6 +492,7 @@ def train_steps(step, end_step, *, args, model, loader, sampler, train_set, opti
             loss = torch.zeros((), device=device)
             for i, batch in enumerate(micro):
                 video = data.normalize(batch["video"].to(device, non_blocking=True))   # (B, C, T, H, W)
+                video = random_erase(video, args.reprob, rng, args.remode, args.recount)   # before mixup
                 target = soft_targets(batch["label"], args.task, num_outputs, args.label_smoothing)
                 target = target.to(device)
                 if args.task == "count":   # the head regresses standardised counts

@@ -105,8 +105,7 @@ def test_layer_decay_groups():
 
 
 def test_randaugment_applies_one_op_to_all_frames():
-    from torchvision.transforms import v2
-    ra = v2.RandAugment(2, 9)
+    ra = finetune.RandAug(n=2, m=9, mstd=0.5)                             # timm's rand-m9-n2-mstd0.5-inc1
     rng0 = np.random.default_rng(0)
     clip = rng0.integers(0, 256, (6, 24, 24, 3), dtype=np.uint8)
     changed = 0
@@ -120,6 +119,163 @@ def test_randaugment_applies_one_op_to_all_frames():
             assert np.array_equal(out[t], alone[0]), (seed, t)
         changed += not np.array_equal(out, clip)
     assert changed >= 6
+
+
+RANDAUG_M = (9, 7)   # Table 17's magnitude and the reference's (rand-m7-n4-mstd0.5-inc1)
+
+
+@pytest.mark.parametrize("m", RANDAUG_M)
+def test_randaug_levels_match_timm(monkeypatch, m):
+    """Every op of timm's "inc1" set maps magnitude m to timm's own argument (auto_augment.LEVEL_TO_ARG),
+    both signs of the signed ops (timm's _randomly_negate pinned to +1, then -1)."""
+    aa = pytest.importorskip("timm.data.auto_augment")
+    assert finetune.RANDAUG_OPS == tuple(aa._RAND_INCREASING_TRANSFORMS)
+    for sign in (1, -1):
+        monkeypatch.setattr(aa, "_randomly_negate", lambda v, s=sign: s * v)
+        for name in finetune.RANDAUG_OPS:
+            fn = aa.LEVEL_TO_ARG[name]
+            want = fn(m, dict(aa._HPARAMS_DEFAULT)) if fn else ()
+            got = finetune.randaug_level_args(name, m, sign)
+            assert got == pytest.approx(want, abs=1e-12), (name, sign)
+            assert [type(v) for v in got] == [type(v) for v in want], name          # ints stay ints
+    assert finetune.randaug_level_args("Rotate", 9) == pytest.approx((27.0,))      # torchvision's m=9: 9 degrees
+    assert finetune.randaug_level_args("ShearX", 9) == pytest.approx((0.27,))
+
+
+def test_randaug_ops_match_timm_on_a_frame():
+    """Each op on one PIL frame == timm's op (NAME_TO_OP) with the same argument, bicubic, grey fill."""
+    aa = pytest.importorskip("timm.data.auto_augment")
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    frame = (np.linspace(0, 255, 40)[None, :, None] * rng.uniform(0.3, 1, (1, 1, 3))).astype(np.uint8)
+    frame = np.repeat(frame, 32, 0)
+    frame[8:20, 10:30] = rng.integers(0, 256, (12, 20, 3))                  # a textured patch off-centre
+    img = Image.fromarray(frame)
+    kw = dict(fillcolor=finetune.RANDAUG_FILL, resample=Image.Resampling.BICUBIC)
+    for name in finetune.RANDAUG_OPS:
+        args = finetune.randaug_level_args(name, 9, -1)
+        want = np.asarray(aa.NAME_TO_OP[name](img, *args, **kw))
+        got = np.asarray(finetune.randaug_frame(img, name, args))
+        assert np.array_equal(got, want), name
+        if name not in ("AutoContrast", "Equalize"):                           # (may leave a frame alone)
+            assert not np.array_equal(got, frame), name
+    zero_bits = finetune.randaug_level_args("PosterizeIncreasing", 10)               # m=10: keep 0 bits
+    assert zero_bits == (0,) and not np.asarray(finetune.randaug_frame(img, "PosterizeIncreasing", zero_bits)).any()
+
+
+def test_randaug_draw_statistics():
+    """n ops drawn with replacement, each kept with p 0.5, magnitude 9 + N(0, 0.5) clipped to [0, 10], signs
+    +-1 at random: read back from Rotate's angle (30 * m / 10) and ShearX (0.3 * m / 10)."""
+    cfg = finetune.RandAug(n=2, m=9, mstd=0.5)
+    rng = np.random.default_rng(1)
+    draws = [finetune.randaug_draw(cfg, rng) for _ in range(4000)]
+    assert np.mean([len(d) for d in draws]) == pytest.approx(1.0, abs=0.05)   # 2 ops x p 0.5
+    mags = np.array([a[0] / 30 * 10 for d in draws for n, a in d if n == "Rotate"]
+                    + [a[0] / 0.3 * 10 for d in draws for n, a in d if n == "ShearX"])
+    assert len(mags) > 300 and np.abs(mags).max() <= 10 + 1e-9
+    mc = np.clip(9 + 0.5 * np.random.default_rng(2).standard_normal(200000), 0, 10)
+    assert np.abs(mags).mean() == pytest.approx(mc.mean(), abs=0.06)
+    assert np.abs(mags).std() == pytest.approx(mc.std(), abs=0.06)
+    assert np.mean(mags > 0) == pytest.approx(0.5, abs=0.06)
+    names = [n for d in draws for n, _ in d]
+    assert set(names) == set(finetune.RANDAUG_OPS)
+    assert finetune.randaug_draw(finetune.RandAug(n=0), rng) == []
+
+
+def test_random_resized_crop_box_statistics():
+    """One box per clip: inside the frame, area fraction in scale and log-aspect (w / h) in log ratio (up to
+    rounding), and the means of both, and of the position, equal torchvision's RandomResizedCrop.get_params
+    (the same rule as VideoMAE's _get_param_spatial_crop) over many draws."""
+    from torchvision.transforms import RandomResizedCrop
+    H, W, n = 240, 320, 4000
+    for scale, ratio in [((0.25, 1.0), (3 / 4, 4 / 3)), ((0.08, 1.0), (3 / 4, 4 / 3)), ((0.5, 1.0), (0.5, 2))]:
+        rng = np.random.default_rng(0)
+        ours = np.array([data.random_resized_crop_box(H, W, rng, scale, ratio) for _ in range(n)], float)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            ref = np.array([RandomResizedCrop.get_params(torch.empty(1, H, W), scale, ratio) for _ in range(n)], float)
+        for b in (ours, ref):
+            y, x, h, w = b.T
+            assert (y >= 0).all() and (x >= 0).all() and (y + h <= H).all() and (x + w <= W).all()
+            frac, log_ar = h * w / (H * W), np.log(w / h)
+            assert frac.min() >= scale[0] - 0.01 and frac.max() <= scale[1]
+            assert log_ar.min() >= np.log(ratio[0]) - 0.02 and log_ar.max() <= np.log(ratio[1]) + 0.02
+        stats = [lambda b: b[:, 2] * b[:, 3] / (H * W), lambda b: np.log(b[:, 3] / b[:, 2]),
+                 lambda b: (b[:, 0] + b[:, 2] / 2) / H, lambda b: (b[:, 1] + b[:, 3] / 2) / W]
+        for f in stats:   # 4000 draws: standard errors ~0.004 (area, centre), ~0.002 (log-aspect)
+            assert f(ours).mean() == pytest.approx(f(ref).mean(), abs=0.02), scale
+    # a frame far outside the ratio range: the fallback centre crop, clamped to the range
+    assert data.random_resized_crop_box(10, 200, np.random.default_rng(0), (0.9, 1.0), (3 / 4, 4 / 3)) == (0, 93, 10, 13)
+
+
+def test_rrc_in_the_datasets(video_list, monkeypatch):
+    """crop="rrc": one box per clip (its scale passed on), the clip at img_size; motion's default "none"
+    leaves clips as rendered."""
+    calls = []
+    box = data.random_resized_crop_box
+    monkeypatch.setattr(data, "random_resized_crop_box", lambda *a: calls.append(a[3:]) or box(*a))
+    items = data.read_list(video_list)
+    ds = evaluation.VideoClipDataset(items, mode="train", num_classes=3, num_frames=8, img_size=32, crop="rrc",
+                               crop_scale=(0.08, 1.0))
+    a = ds[1]["video"]
+    assert a.shape == (3, 8, 32, 32) and torch.equal(ds[1]["video"], a)
+    assert calls == [((0.08, 1.0), (3 / 4, 4 / 3))] * 2
+    frames = np.zeros((4, 48, 64, 3), np.uint8)
+    frames[:, 20:28, 28:36] = 255                                        # a white square, same in all frames
+    out = data.crop_and_flip(frames, 16, np.random.default_rng(3), False, crop="rrc")
+    assert all(np.array_equal(out[0], f) for f in out)                   # the same box in every frame
+    plain = evaluation.MotionClassDataset("train", 8, img_size=32, num_frames=8)
+    assert torch.equal(plain[3]["video"], data.to_tensor(plain.clip(3)[0]))
+    rrc = evaluation.MotionClassDataset("train", 8, img_size=32, num_frames=8, crop="rrc")
+    assert rrc[3]["video"].shape == (3, 8, 32, 32) and not torch.equal(rrc[3]["video"], plain[3]["video"])
+
+
+def test_random_erase_statistics():
+    """VideoMAE's erasing (cube): about prob of the clips get one box, the same box in every frame and channel,
+    filled with N(0, 1) drawn anew per frame; box area and aspect as timm's rule (Monte-Carlo); rest untouched."""
+    B, C, T, H, W = 400, 3, 4, 24, 32
+    video = torch.full((B, C, T, H, W), 5.0)
+    before = torch.get_rng_state()
+    out = finetune.random_erase(video, 0.25, np.random.default_rng(0))
+    assert torch.equal(torch.get_rng_state(), before) and torch.equal(video, torch.full_like(video, 5.0))
+    assert torch.equal(out, finetune.random_erase(video, 0.25, np.random.default_rng(0)))   # seeded by rng
+    hit = out != 5.0                                                    # (B, C, T, H, W)
+    erased = hit.flatten(1).any(1)
+    assert erased.float().mean().item() == pytest.approx(0.25, abs=0.07)   # binomial std 0.022
+    assert torch.equal(hit, hit[:, :1, :1].expand_as(hit))              # one box for all frames and channels
+    areas, log_ar = [], []
+    for b in torch.nonzero(erased).flatten():
+        m = hit[b, 0, 0]
+        rows, cols = m.any(1).nonzero().flatten(), m.any(0).nonzero().flatten()
+        h, w = len(rows), len(cols)
+        assert m.sum() == h * w and rows[-1] - rows[0] == h - 1 and cols[-1] - cols[0] == w - 1   # a rectangle
+        areas.append(h * w / (H * W))
+        log_ar.append(np.log(h / w))
+    vals = out[erased][hit[erased]]
+    assert abs(vals.mean().item()) < 0.05 and vals.std().item() == pytest.approx(1.0, abs=0.05)
+    b = torch.nonzero(erased).flatten()[0]
+    assert not torch.equal(out[b, :, 0][hit[b, :, 0]], out[b, :, 1][hit[b, :, 1]])   # fresh noise per frame
+    # the sampling rule by Monte-Carlo: area U(0.02, 1/3), log h / w U(log 0.3, -log 0.3), rounded, redrawn
+    # until the box fits strictly inside (100 tries)
+    g = np.random.default_rng(1)
+    a, r = g.uniform(0.02, 1 / 3, 200000) * H * W, np.exp(g.uniform(np.log(0.3), -np.log(0.3), 200000))
+    h, w = np.round(np.sqrt(a * r)), np.round(np.sqrt(a / r))
+    ok = (h < H) & (w < W)
+    assert np.mean(areas) == pytest.approx((h * w)[ok].mean() / (H * W), abs=0.02)
+    assert np.mean(log_ar) == pytest.approx(np.log(h / w)[ok].mean(), abs=0.1)
+    assert finetune.random_erase(video, 0.0, np.random.default_rng(0)) is video   # off: no copy, no draw
+    const = finetune.random_erase(video, 1.0, np.random.default_rng(0), mode="const")
+    assert ((const == 0) | (const == 5)).all() and (const == 0).flatten(1).any(1).all()
+
+
+def test_augment_flag_defaults(tmp_path):
+    """The paper's recipe: timm RandAug (2, 9, 0.5), rrc, erasing 0.25 pixel x 1; the tiny demo keeps none."""
+    args, _ = finetune.get_args(["--out-dir", str(tmp_path / "a")])
+    assert (args.randaug_n, args.randaug_m, args.randaug_mstd) == (2, 9, 0.5)
+    assert (args.crop, args.crop_scale, args.crop_ratio) == ("rrc", [0.25, 1.0], [3 / 4, 4 / 3])
+    assert (args.reprob, args.remode, args.recount) == (0.25, "pixel", 1)
+    args, _ = finetune.get_args(["--preset", "tiny", "--out-dir", str(tmp_path / "b")])
+    assert (args.randaug_n, args.reprob, args.crop) == (0, 0.0, "none")
 
 
 def test_mix_batch_cutmix_box_shared_by_frames():

@@ -1,5 +1,4 @@
 """model.py: the VideoMAE layout and numerics, pinned to tests/data/videomae_tiny_reference.pt."""
-import math
 from pathlib import Path
 
 import pytest
