@@ -3,16 +3,19 @@
 Masks are boolean arrays over the token grid (t, h, w), one token per 2x16x16 tubelet.
 Convention (all of smile): True = masked (hidden from the encoder, predicted by the decoder).
 
-    num_masked       how many tokens every mask hides: int(ratio * h * w) * t (1248 of 1568 at 224, 0.8)
+    num_masked       how many tokens every mask hides: int(ratio * h * w) * t (1248 of 1568 at
+                     224, 0.8)
     tube_mask        VideoMAE tube masking: one random spatial mask repeated over all t slices
     object_tokens    which tokens the pasted objects cover (from motion.overlay's pixel footprints)
-    trajectory_mask  SMILE: mask a fraction `ratio` of the object tokens first, then fill the rest of
-                     the budget with tubes over the other tokens (Table 4g: +~1% over tube alone)
+    trajectory_mask  SMILE: mask a fraction `ratio` of the object tokens first, then fill the rest
+                     of the budget with tubes over the other tokens (Table 4g: +~1% over tube
+                     alone)
 
-Every mask hides exactly num_masked(...) tokens, so each clip keeps the same number of visible tokens
-and a batch stays dense. Pure numpy functions of an explicit numpy.random.Generator.
+Every mask hides exactly num_masked(...) tokens, so each clip keeps the same number of visible
+tokens and a batch stays dense. Pure numpy functions of an explicit numpy.random.Generator.
 
-    python masking.py --out docs/masks.png    # a motion-infused clip, its tube mask, its trajectory mask
+    python masking.py --out docs/masks.png    # a motion-infused clip, its tube mask, its
+                                              # trajectory mask
 """
 import argparse
 from pathlib import Path
@@ -21,7 +24,8 @@ import numpy as np
 
 
 def num_masked(t, h, w, ratio):
-    """Tokens masked per clip (SPEC 3): whole tubes, the same count for tube and trajectory masks."""
+    """Tokens masked per clip (SPEC 3): whole tubes, the same count for tube and trajectory
+    masks."""
     return int(ratio * h * w) * t
 
 
@@ -37,18 +41,21 @@ def tube_mask(t, h, w, ratio, rng):
 def object_tokens(masks, tubelet=2, patch=16):
     """bool (t, h, w): tokens that any object covers, from pixel footprints masks bool (K, T, H, W).
 
-    Token (i, y, x) is an object token if some object covers some pixel of patch (y, x) in any frame of
-    its tubelet, i.e. frames i*tubelet .. i*tubelet + tubelet - 1 (Sec. 3.2: frame 2i or 2i+1).
+    Token (i, y, x) is an object token if some object covers some pixel of patch (y, x) in any frame
+    of its tubelet, i.e. frames i*tubelet .. i*tubelet + tubelet - 1 (Sec. 3.2: frame 2i or 2i+1).
     """
     K, T, H, W = masks.shape
     if T % tubelet or H % patch or W % patch:
-        raise ValueError(f"footprints {T}x{H}x{W} do not split into {tubelet}x{patch}x{patch} tubelets")
+        raise ValueError(f"footprints {T}x{H}x{W} do not split into "
+                         f"{tubelet}x{patch}x{patch} tubelets")
     covered = masks.any(axis=0)  # (T, H, W), union over objects (all False when K = 0)
-    return covered.reshape(T // tubelet, tubelet, H // patch, patch, W // patch, patch).any(axis=(1, 3, 5))
+    return covered.reshape(T // tubelet, tubelet, H // patch, patch, W // patch,
+                           patch).any(axis=(1, 3, 5))
 
 
 def trajectory_mask(object_tokens, ratio, rng):
-    """bool (t, h, w) SMILE trajectory mask hiding exactly num_masked(t, h, w, ratio) tokens (Sec. 3.2).
+    """bool (t, h, w) SMILE trajectory mask hiding exactly num_masked(t, h, w, ratio) tokens
+    (Sec. 3.2).
 
     1. Mask round(ratio * O) of the O object tokens at random (at most the whole budget), so the
        student must predict where the moving objects went.
@@ -78,7 +85,8 @@ def trajectory_mask(object_tokens, ratio, rng):
     mask |= (cols & free).reshape(-1)
     left -= filled[n_full - 1] if n_full else 0
     if left and n_full < h * w:
-        # The next position holds more free tokens than the budget has left: a random subset of them.
+        # The next position holds more free tokens than the budget has left: a random subset of
+        # them.
         rows = np.flatnonzero(free[:, order[n_full]])
         mask[rng.choice(rows, size=left, replace=False) * h * w + order[n_full]] = True
         left = 0
@@ -89,7 +97,8 @@ def trajectory_mask(object_tokens, ratio, rng):
 
 
 def _figure(out_path, seed, size, ratio, tile):
-    """Rows: a motion-infused clip, its tube mask, its trajectory mask; columns: frames 0, 2, 4, ..."""
+    """Rows: a motion-infused clip, its tube mask, its trajectory mask; columns: frames 0, 2, 4,
+    ..."""
     from PIL import Image, ImageDraw
 
     import motion  # only the figure needs torch and the object code
@@ -104,9 +113,11 @@ def _figure(out_path, seed, size, ratio, tile):
     rows = {"clip": None, "tube": tube_mask(t, h, w, ratio, rng),
             "trajectory": trajectory_mask(objs, ratio, rng)}
     label_w, pad, head = 64, 2, 14
-    fig = Image.new("RGB", (label_w + t * (tile + pad), head + len(rows) * (tile + pad)), (255, 255, 255))
+    fig = Image.new("RGB", (label_w + t * (tile + pad), head + len(rows) * (tile + pad)),
+                    (255, 255, 255))
     draw = ImageDraw.Draw(fig)
-    outlined = motion.draw_outlines(clip, masks, width=max(1, 2 * size // tile))  # visible when shrunk
+    # visible when shrunk
+    outlined = motion.draw_outlines(clip, masks, width=max(1, 2 * size // tile))
     for r, (name, mask) in enumerate(rows.items()):
         y = head + r * (tile + pad)
         text = name  # then: masked tokens, and masked object tokens
@@ -130,10 +141,12 @@ def _figure(out_path, seed, size, ratio, tile):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Draw tube vs trajectory masking on a motion-infused clip.")
+    parser = argparse.ArgumentParser(
+        description="Draw tube vs trajectory masking on a motion-infused clip.")
     parser.add_argument("--out", default="docs/masks.png", help="PNG to write")
     parser.add_argument("--seed", type=int, default=0, help="numpy seed: same seed, same figure")
-    parser.add_argument("--size", type=int, default=224, help="frame side, a multiple of 16 (Sec. 4.1: 224)")
+    parser.add_argument("--size", type=int, default=224,
+                        help="frame side, a multiple of 16 (Sec. 4.1: 224)")
     parser.add_argument("--ratio", type=float, default=0.8, help="mask ratio (Table 4e: 0.8 best)")
     parser.add_argument("--tile", type=int, default=112, help="pixels per frame in the figure")
     args = parser.parse_args()

@@ -1,7 +1,9 @@
-"""Run plumbing shared by the entry scripts (train.py, probe.py, finetune.py, extract.py, segment.py).
+"""Run plumbing shared by the entry scripts (train.py, probe.py, finetune.py, extract.py,
+segment.py).
 
-Only what at least two scripts use, each helper short: DDP setup and teardown, mixed precision, the lr
-schedule, checkpoint IO and resume, RNG state, preemption signals, the log, one-line errors, presets.
+Only what at least two scripts use, each helper short: DDP setup and teardown, mixed precision, the
+lr schedule, checkpoint IO and resume, RNG state, preemption signals, the log, one-line errors,
+presets.
 The method lives in model.py, motion.py, masking.py and teacher.py; this file knows nothing of it.
 """
 import datetime
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-# ============================================================================= errors, folders, presets
+# ========================================================================= errors, folders, presets
 
 
 def fail(msg):
@@ -38,10 +40,10 @@ def make_out_dir(out_dir):
 
 
 def apply_presets(parser, presets, argv=None):
-    """Two-pass parse: a preset's dict becomes the parser's defaults, so flags given on the command line
-    always win. presets: list of (flag dest, {name: overrides}), applied in order, later ones winning.
-    The scripts list the dataset table first and `--preset` last, so a preset (tiny: a small grid) wins
-    over the dataset's defaults (k400: 224 px), and a flag wins over both."""
+    """Two-pass parse: a preset's dict becomes the parser's defaults, so flags given on the command
+    line always win. presets: list of (flag dest, {name: overrides}), applied in order, later ones
+    winning. The scripts list the dataset table first and `--preset` last, so a preset (tiny: a
+    small grid) wins over the dataset's defaults (k400: 224 px), and a flag wins over both."""
     for dest, table in presets:
         known, _ = parser.parse_known_args(argv)
         name = getattr(known, dest)
@@ -54,8 +56,9 @@ def apply_presets(parser, presets, argv=None):
 
 
 def setup_dist():
-    """nanoGPT-style DDP: under torchrun RANK is set; NCCL on GPU (every collective, flags included, is a
-    small CUDA tensor), gloo on CPU. Without torchrun: one process. -> (rank, world, device)."""
+    """nanoGPT-style DDP: under torchrun RANK is set; NCCL on GPU (every collective, flags included,
+    is a small CUDA tensor), gloo on CPU. Without torchrun: one process.
+    -> (rank, world, device)."""
     if "RANK" not in os.environ:
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
     local_rank = int(os.environ["LOCAL_RANK"])
@@ -68,27 +71,31 @@ def setup_dist():
     timeout = datetime.timedelta(minutes=int(os.environ.get("SMILE_DIST_TIMEOUT_MIN", 30)))
     rank, world, store = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), None
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
-        # torchrun's agent hosts the store and keeps it across --max-restarts, so a restarted attempt can
-        # read the dead attempt's addresses and fail to connect (pytorch#135712): one key prefix per attempt.
+        # torchrun's agent hosts the store and keeps it across --max-restarts, so a restarted
+        # attempt can read the dead attempt's addresses and fail to connect (pytorch#135712): one
+        # key prefix per attempt.
         agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                               is_master=False, timeout=timeout)
-        store = dist.PrefixStore(f"smile-attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent)
+        store = dist.PrefixStore(
+            f"smile-attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent)
     kw = dict(device_id=device) if device.type == "cuda" else {}
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout, **kw)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout,
+                            **kw)
     return dist.get_rank(), dist.get_world_size(), device
 
 
 def all_reduce(x, op=None):
-    """Sum (or op) a tensor over ranks, in place; a no-op without DDP. x must live on the run's device
-    (a CUDA tensor under NCCL)."""
+    """Sum (or op) a tensor over ranks, in place; a no-op without DDP. x must live on the run's
+    device (a CUDA tensor under NCCL)."""
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(x, op=op or dist.ReduceOp.SUM)
     return x
 
 
 def wrap_ddp(model, device, world):
-    """DDP when world > 1. The position tables are constant buffers: no need to re-broadcast them every
-    forward (broadcast_buffers=False); gradients share the buckets' memory (gradient_as_bucket_view)."""
+    """DDP when world > 1. The position tables are constant buffers: no need to re-broadcast them
+    every forward (broadcast_buffers=False); gradients share the buckets' memory
+    (gradient_as_bucket_view)."""
     if world == 1:
         return model
     return torch.nn.parallel.DistributedDataParallel(
@@ -107,9 +114,10 @@ def teardown(world, device):
 
 
 def amp_dtype(device, amp):
-    """--amp -> torch dtype or None (fp32). auto: bf16 on GPUs with native bf16 (compute capability >= 8.0,
-    Ampere and newer), fp16 + loss scaling on older ones (V100, T4: there torch.cuda.is_bf16_supported()
-    is true, but bf16 is emulated), fp32 on CPU. bf16 on CPU only when asked (--amp bf16)."""
+    """--amp -> torch dtype or None (fp32). auto: bf16 on GPUs with native bf16 (compute capability
+    >= 8.0, Ampere and newer), fp16 + loss scaling on older ones (V100, T4: there
+    torch.cuda.is_bf16_supported() is true, but bf16 is emulated), fp32 on CPU. bf16 on CPU only
+    when asked (--amp bf16)."""
     if amp == "auto":
         if device.type != "cuda":
             return None
@@ -118,7 +126,8 @@ def amp_dtype(device, amp):
 
 
 def amp_setup(device, amp):
-    """-> (autocast context factory, GradScaler or None, dtype or None). The scaler only for fp16."""
+    """-> (autocast context factory, GradScaler or None, dtype or None). The scaler only for
+    fp16."""
     dtype = amp_dtype(device, amp)
     if dtype is None:
         return nullcontext, None, None
@@ -127,7 +136,8 @@ def amp_setup(device, amp):
 
 
 def fast_math(device):
-    """On GPU: cuDNN autotuning for the fixed clip shape, TF32 matmuls for fp32 runs (amp runs are bf16)."""
+    """On GPU: cuDNN autotuning for the fixed clip shape, TF32 matmuls for fp32 runs (amp runs are
+    bf16)."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -143,12 +153,15 @@ def no_weight_decay(name, param, extra=()):
 
 
 def adamw(groups, betas, device):
-    """AdamW with lr set per step by set_lr; the fused CUDA kernel on GPU (one launch for all params)."""
-    return torch.optim.AdamW(groups, lr=0.0, betas=tuple(betas), eps=1e-8, fused=device.type == "cuda")
+    """AdamW with lr set per step by set_lr; the fused CUDA kernel on GPU (one launch for all
+    params)."""
+    return torch.optim.AdamW(groups, lr=0.0, betas=tuple(betas), eps=1e-8,
+                             fused=device.type == "cuda")
 
 
 def cosine_schedule(base, final, total_steps, warmup_steps=0):
-    """Per-step lr: linear warm-up from 0 to base, then half-cosine from base to final (DINO-style array)."""
+    """Per-step lr: linear warm-up from 0 to base, then half-cosine from base to final (DINO-style
+    array)."""
     warmup_steps = min(warmup_steps, total_steps)
     warm = np.linspace(0, base, warmup_steps, endpoint=False)
     t = np.arange(total_steps - warmup_steps)
@@ -162,7 +175,8 @@ def set_lr(optimizer, lr):
 
 
 def optimizer_step(optimizer, scaler):
-    """Backward has run: step (through the fp16 loss scaler when there is one) and clear the gradients."""
+    """Backward has run: step (through the fp16 loss scaler when there is one) and clear the
+    gradients."""
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
@@ -209,8 +223,9 @@ def set_rng_state(state):
 
 
 def find_resume(resume, out_dir, master):
-    """--resume: "auto" takes <out_dir>/checkpoint-latest.pth when there is one (so `torchrun --max-restarts N
-    ... --resume` also makes the first start), a path takes that checkpoint. -> checkpoint dict or None."""
+    """--resume: "auto" takes <out_dir>/checkpoint-latest.pth when there is one (so
+    `torchrun --max-restarts N ... --resume` also makes the first start), a path takes that
+    checkpoint. -> checkpoint dict or None."""
     latest = os.path.join(out_dir, "checkpoint-latest.pth")
     if not resume:
         return None
@@ -227,16 +242,18 @@ def find_resume(resume, out_dir, master):
 
 
 def check_resume_args(saved, args, shape_keys, schedule_keys, world):
-    """--resume with other flags than the checkpoint's run. A different shape (model, grid, target) cannot
-    load: one-line error. A different schedule or data stream (batch, epochs, lr, dataset) would silently
-    continue another run: an error unless --accept-changes, then each change is printed. The world size
-    may change: --batch-size is the total over all ranks, so the schedule and data order stay the same."""
+    """--resume with other flags than the checkpoint's run. A different shape (model, grid, target)
+    cannot load: one-line error. A different schedule or data stream (batch, epochs, lr, dataset)
+    would silently continue another run: an error unless --accept-changes, then each change is
+    printed. The world size may change: --batch-size is the total over all ranks, so the schedule
+    and data order stay the same."""
     def flag(k):
         return "--" + k.replace("_", "-")
     shape = [k for k in shape_keys if k in saved and saved[k] != getattr(args, k)]
     if shape:
-        fail(f"--resume {saved.get('out_dir', '')}: the checkpoint has " + ", ".join(
-            f"{flag(k)} {saved[k]} (this run: {getattr(args, k)})" for k in shape) + "; its weights cannot load")
+        fail(f"--resume {saved.get('out_dir', '')}: the checkpoint has "
+             + ", ".join(f"{flag(k)} {saved[k]} (this run: {getattr(args, k)})" for k in shape)
+             + "; its weights cannot load")
     changed = [k for k in schedule_keys if k in saved and saved[k] != getattr(args, k)]
     lines = [f"{flag(k)} {saved[k]} -> {getattr(args, k)}" for k in changed]
     if changed and not args.accept_changes:
@@ -255,8 +272,9 @@ def resume_state(ckpt, model, optimizer, scaler):
 
 
 class Preemption:
-    """SIGTERM or SIGUSR1 (what SLURM sends before it kills a job, --signal=USR1@120; torchrun forwards
-    SIGTERM to its workers): remember it, so the loop finishes its step, writes checkpoint-latest and exits."""
+    """SIGTERM or SIGUSR1 (what SLURM sends before it kills a job, --signal=USR1@120; torchrun
+    forwards SIGTERM to its workers): remember it, so the loop finishes its step, writes
+    checkpoint-latest and exits."""
 
     def __init__(self):
         self.signum = 0
@@ -281,7 +299,8 @@ class Log:
                 from torch.utils.tensorboard import SummaryWriter
                 self.tb = SummaryWriter(os.path.join(out_dir, "tb"))
             except ImportError:
-                print("--tensorboard: tensorboard is not installed (pip install tensorboard); log.jsonl only")
+                print("--tensorboard: tensorboard is not installed (pip install tensorboard); "
+                      "log.jsonl only")
 
     def __call__(self, record, line=None):
         if not self.master:
