@@ -1,17 +1,20 @@
 """Clips for SMILE pretraining: list files, PyAV decoding, crops, motion infusion and masks.
 
-Paper: Sec. 3.3-3.4, 4.1, Table 7 (backgrounds), Table 18 and Appendix F.3 (sampling); SPEC 2, 3, 5, 6.
-Each pretraining sample is one decoded video (or generated background) turned into `num_sample` clips
-(repeated sampling, F.3), each with its own crop, flip, object overlay and mask:
+Paper: Sec. 3.3-3.4, 4.1, Table 7 (backgrounds), Table 18 and Appendix F.3 (sampling);
+SPEC 2, 3, 5, 6.
+Each pretraining sample is one decoded video (or generated background) turned into `num_sample`
+clips (repeated sampling, F.3), each with its own crop, flip, object overlay and mask:
 
-    decode T frames at a stride -> MultiScaleCrop + flip -> paste objects (motion.py) -> mask (masking.py)
+    decode T frames at a stride -> MultiScaleCrop + flip -> paste objects (motion.py)
+    -> mask (masking.py)
     -> video (num_sample, C, T, H, W) uint8, mask (num_sample, N) bool
     -> on the device: normalize(video), ImageNet statistics, float
 
 Clips cross the worker -> main process -> device boundary as uint8: 4x less shared and pinned memory
 than float32, and the normalisation runs on the GPU, not on the loader's CPU cores.
-Every sample is a pure function of (seed, pass, index): workers, ranks and resumed runs all see the same
-stream. A bad item (unreadable video, bad object PNG) is replaced by another one and reported, never fatal.
+Every sample is a pure function of (seed, pass, index): workers, ranks and resumed runs all see the
+same stream. A bad item (unreadable video, bad object PNG) is replaced by another one and reported,
+never fatal.
 The evaluation datasets are evaluation.py's; `python prepare.py` re-encodes and checks list files.
 """
 import os
@@ -32,11 +35,12 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # ----------------------------------------------------------------------------- list files (SPEC 6)
 
 def read_list(path, data_root=None, num_classes=None, multi_label=False):
-    """Read a VideoMAE-style list: one `<path> <label>` per line (label = last field, so paths may hold
-    spaces), `#` comments and blank lines ignored, relative paths resolved against data_root.
+    """Read a VideoMAE-style list: one `<path> <label>` per line (label = last field, so paths may
+    hold spaces), `#` comments and blank lines ignored, relative paths resolved against data_root.
     multi_label: the label field is a comma-separated list of class ids ("3,17,42"; empty list "-").
     Returns [(path, label)] with label an int (or a list of ints). Errors name the file and line.
-    Read as utf-8-sig: the byte-order mark of a list saved on Windows is not part of the first path."""
+    Read as utf-8-sig: the byte-order mark of a list saved on Windows is not part of the first
+    path."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"list file {path} does not exist")
@@ -51,9 +55,11 @@ def read_list(path, data_root=None, num_classes=None, multi_label=False):
             raise ValueError(f"{path}:{n}: expected '<path> <label>', got {line!r}")
         video, label = fields
         try:
-            labels = [] if label == "-" else [int(x) for x in label.split(",")] if multi_label else [int(label)]
+            labels = ([] if label == "-" else [int(x) for x in label.split(",")] if multi_label
+                      else [int(label)])
         except ValueError:
-            raise ValueError(f"{path}:{n}: label {label!r} is not an integer{' list' if multi_label else ''}") from None
+            raise ValueError(f"{path}:{n}: label {label!r} is not an integer"
+                             f"{' list' if multi_label else ''}") from None
         for lab in labels:
             if lab < 0 or (num_classes is not None and lab >= num_classes):
                 raise ValueError(f"{path}:{n}: label {lab} is outside [0, {num_classes})")
@@ -78,7 +84,8 @@ def _frame_count(container, stream):
     n = stream.frames
     if not n:   # some containers do not store the count: estimate it from the duration
         fps = float(stream.average_rate or 25)
-        secs = float(stream.duration * stream.time_base) if stream.duration else container.duration / 1e6
+        secs = (float(stream.duration * stream.time_base) if stream.duration
+                else container.duration / 1e6)
         n = int(round(secs * fps))
     return n
 
@@ -87,8 +94,9 @@ def decode_frames(path, indices):
     """Decode the frames at `indices` (sorted or not; repeats allowed) -> uint8 (len, H, W, 3).
     indices may be a function of the video's frame count, so the file is opened once.
 
-    Seeks to the key frame before the first index and decodes only up to the last one. A frame index
-    is read off its timestamp; an index the stream does not reach takes the nearest decoded frame.
+    Seeks to the key frame before the first index and decodes only up to the last one. A frame
+    index is read off its timestamp; an index the stream does not reach takes the nearest decoded
+    frame.
     One decoder thread: the loader's worker processes are the parallelism (FFmpeg would otherwise
     start a thread per core for every open file, in every worker)."""
     import av
@@ -102,9 +110,11 @@ def decode_frames(path, indices):
         fps, tb = float(stream.average_rate or 25), stream.time_base
         start = stream.start_time or 0
         if want[0] > 0:
-            container.seek(start + int(want[0] / fps / tb), stream=stream, backward=True, any_frame=False)
+            container.seek(start + int(want[0] / fps / tb), stream=stream, backward=True,
+                           any_frame=False)
         for frame in container.decode(stream):
-            i = int(round(float((frame.pts - start) * tb) * fps)) if frame.pts is not None else len(got)
+            i = (int(round(float((frame.pts - start) * tb) * fps)) if frame.pts is not None
+                 else len(got))
             if i in want:
                 got[i] = frame.to_ndarray(format="rgb24")
             if i >= want[-1]:
@@ -120,7 +130,8 @@ def clip_indices(num_video_frames, num_frames, stride, rng):
     """T frame indices at `stride` from a random start (SPEC 5). A video shorter than the span
     T*stride is covered evenly instead (the stride shrinks); fewer than T frames is an error."""
     if num_video_frames < num_frames:
-        raise ValueError(f"video has {num_video_frames} frames, fewer than the {num_frames} a clip needs")
+        raise ValueError(f"video has {num_video_frames} frames, "
+                         f"fewer than the {num_frames} a clip needs")
     span = (num_frames - 1) * stride + 1
     if num_video_frames < span:
         return np.round(np.linspace(0, num_video_frames - 1, num_frames)).astype(int)
@@ -135,20 +146,24 @@ def multiscale_crop_box(height, width, rng, scales=(1, 0.875, 0.75, 0.66), max_d
     most `max_distort` scale steps apart), placed at one of 13 fixed offsets. -> (y, x, h, w)."""
     base = min(height, width)
     sizes = [int(base * s) for s in scales]
-    pairs = [(h, w) for i, h in enumerate(sizes) for j, w in enumerate(sizes) if abs(i - j) <= max_distort]
+    pairs = [(h, w) for i, h in enumerate(sizes) for j, w in enumerate(sizes)
+             if abs(i - j) <= max_distort]
     ch, cw = pairs[rng.integers(len(pairs))]
     ys, xs = (height - ch) // 4, (width - cw) // 4
-    offsets = [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (2, 0), (2, 4), (4, 2), (0, 2),   # (row, col) in quarters
+    # (row, col) in quarters
+    offsets = [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (2, 0), (2, 4), (4, 2), (0, 2),
                (1, 1), (1, 3), (3, 1), (3, 3)]
     oy, ox = offsets[rng.integers(len(offsets))]
     return oy * ys, ox * xs, ch, cw
 
 
-def random_resized_crop_box(height, width, rng, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3), attempts=10):
+def random_resized_crop_box(height, width, rng, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3),
+                            attempts=10):
     """VideoMAE's finetuning crop (video_transforms._get_param_spatial_crop, = torchvision's
-    RandomResizedCrop): area a fraction U(scale) of the frame, aspect w / h log-uniform in `ratio`, placed
-    uniformly; after `attempts` misses the centre crop clamped to `ratio`. One box for the whole clip.
-    The SMILE reference draws scale (0.25, 1.0), VideoMAE (0.08, 1.0). -> (y, x, h, w)."""
+    RandomResizedCrop): area a fraction U(scale) of the frame, aspect w / h log-uniform in `ratio`,
+    placed uniformly; after `attempts` misses the centre crop clamped to `ratio`. One box for the
+    whole clip. The SMILE reference draws scale (0.25, 1.0), VideoMAE (0.08, 1.0).
+    -> (y, x, h, w)."""
     area, log_ratio = height * width, np.log(ratio)
     for _ in range(attempts):
         target = area * rng.uniform(*scale)
@@ -174,7 +189,8 @@ def resize(frames, size):
     size = (size, size) if isinstance(size, int) else tuple(size)
     if frames.shape[1:3] == size:
         return frames
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)   # (T, 3, H, W), channels last
+    # (T, 3, H, W), channels last
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
     x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
 
@@ -182,8 +198,8 @@ def resize(frames, size):
 def crop_and_flip(frames, size, rng, flip, scales=(1, 0.875, 0.75, 0.66), crop="multiscale",
                   crop_scale=(0.25, 1.0), crop_ratio=(3 / 4, 4 / 3)):
     """Training augmentation: a crop resized to size x size, then a horizontal flip (p=0.5). crop:
-    "multiscale" (MultiScaleCrop with `scales`, Table 18), "rrc" (random_resized_crop_box with crop_scale /
-    crop_ratio, VideoMAE finetuning) or "none" (the whole frame; no draw)."""
+    "multiscale" (MultiScaleCrop with `scales`, Table 18), "rrc" (random_resized_crop_box with
+    crop_scale / crop_ratio, VideoMAE finetuning) or "none" (the whole frame; no draw)."""
     H, W = frames.shape[1:3]
     if crop == "rrc":
         y, x, h, w = random_resized_crop_box(H, W, rng, crop_scale, crop_ratio)
@@ -203,7 +219,8 @@ def to_tensor(frames):
 
 
 def normalize(video, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """uint8 (..., C, T, H, W) on any device -> float32, ImageNet-normalised (done on the GPU in training)."""
+    """uint8 (..., C, T, H, W) on any device -> float32, ImageNet-normalised (done on the GPU in
+    training)."""
     m = torch.tensor(mean, device=video.device).view(3, 1, 1, 1)
     s = torch.tensor(std, device=video.device).view(3, 1, 1, 1)
     return (video.float() / 255 - m) / s
@@ -224,8 +241,9 @@ def image_items(folder):
 
 
 def stratified_subset(items, n, seed):
-    """A deterministic, class-stratified subset of n list items (SEVERE's low-shot sets, e.g. UCF 10^3):
-    each class keeps its share of n (largest remainders get the spare clips), drawn with a seeded rng."""
+    """A deterministic, class-stratified subset of n list items (SEVERE's low-shot sets, e.g. UCF
+    10^3): each class keeps its share of n (largest remainders get the spare clips), drawn with a
+    seeded rng."""
     if n >= len(items):
         return list(items)
     by_class = {}
@@ -237,19 +255,21 @@ def stratified_subset(items, n, seed):
     for j in np.argsort(-(share - take), kind="stable")[:n - take.sum()]:
         take[j] += 1
     rng = np.random.default_rng([seed, n])
-    keep = [i for c, k in zip(classes, take) for i in rng.choice(by_class[c], size=k, replace=False)]
+    keep = [i for c, k in zip(classes, take)
+            for i in rng.choice(by_class[c], size=k, replace=False)]
     return [items[i] for i in sorted(keep)]
 
 
 def with_retries(make, index, length, rng, describe=str):
-    """make(index) -> sample; a bad item (any exception) is replaced by another index drawn from rng, up
-    to 20 times. -> (sample, [error messages of the bad items])."""
+    """make(index) -> sample; a bad item (any exception) is replaced by another index drawn from
+    rng, up to 20 times. -> (sample, [error messages of the bad items])."""
     bad = []
     for _ in range(20):
         try:
             return make(index), bad
         except Exception as e:   # noqa: BLE001 -- any decode / read error makes the item bad
-            bad.append(str(e) if isinstance(e, BadItem) else f"{describe(index)}: {type(e).__name__}: {e}")
+            bad.append(str(e) if isinstance(e, BadItem)
+                       else f"{describe(index)}: {type(e).__name__}: {e}")
             index = int(rng.integers(length))
     raise RuntimeError("20 bad items in a row:\n  " + "\n  ".join(bad))
 
@@ -258,25 +278,30 @@ class BadItem(Exception):
     """An unreadable video or image; the message names the file."""
 
 
-# ----------------------------------------------------------------------------- the pretraining dataset
+# -------------------------------------------------------------------------- the pretraining dataset
 
 class PretrainDataset(torch.utils.data.Dataset):
     """Motion-infused, masked clips for pretraining (Sec. 3.3-3.4).
 
     source: "video" (decode each listed video), "frames" (one frame of each listed video, repeated),
     "images" (a still image repeated), "noise" or "black" (Table 7: no natural video at all).
-    items: list of video/image paths for the first three; length: clips per pass for the synthetic ones.
-    motion: "on" (every clip), "off" (none) or "mixed" (clip k of a sample gets objects iff k is even).
-    masking: "trajectory" (object tokens first, SPEC 3) or "tube"; clips without objects use tube masks.
-    angle_range, scale_range: the keyframe transforms of the objects (Table 4c; (0, 0) / (1, 1) = off).
+    items: list of video/image paths for the first three; length: clips per pass for the
+    synthetic ones.
+    motion: "on" (every clip), "off" (none) or "mixed" (clip k of a sample gets objects iff k
+    is even).
+    masking: "trajectory" (object tokens first, SPEC 3) or "tube"; clips without objects use
+    tube masks.
+    angle_range, scale_range: the keyframe transforms of the objects (Table 4c; (0, 0) /
+    (1, 1) = off).
     frame_pick ("frames" source): "fixed" = one frame per video drawn once from the seed (Table 7's
     K400m-1frm is a fixed set of frames), "per-pass" = a new frame every pass.
     """
 
-    def __init__(self, source, items=None, length=1000, num_frames=16, stride=4, img_size=224, flip=True,
-                 num_sample=2, objects=None, num_objects=2, motion="on", masking="trajectory",
-                 mask_ratio=0.8, tubelet=2, patch=16, seed=0, object_size=(32, 128),
-                 angle_range=(-90, 90), scale_range=(0.5, 1.5), frame_pick="fixed"):
+    def __init__(self, source, items=None, length=1000, num_frames=16, stride=4, img_size=224,
+                 flip=True, num_sample=2, objects=None, num_objects=2, motion="on",
+                 masking="trajectory", mask_ratio=0.8, tubelet=2, patch=16, seed=0,
+                 object_size=(32, 128), angle_range=(-90, 90), scale_range=(0.5, 1.5),
+                 frame_pick="fixed"):
         assert source in ("video", "frames", "images", "noise", "black"), source
         assert frame_pick in ("fixed", "per-pass"), frame_pick
         self.source, self.items = source, items
@@ -301,8 +326,8 @@ class PretrainDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         rng = np.random.default_rng([self.seed, self.pass_index, index])
         # a bad item is replaced by another one, drawn from the same stream
-        (video, mask), bad = with_retries(lambda i: self.make_sample(i, rng), index, self.length, rng,
-                                          self.describe)
+        (video, mask), bad = with_retries(lambda i: self.make_sample(i, rng), index, self.length,
+                                          rng, self.describe)
         return {"video": video, "mask": mask, "bad": bad}
 
     def describe(self, index):
@@ -329,7 +354,8 @@ class PretrainDataset(torch.utils.data.Dataset):
             raise BadItem(f"{self.describe(index)}: {type(e).__name__}: {e}") from e
         videos, masks = [], []
         t, h = self.num_frames // self.tubelet, self.img_size // self.patch
-        for k in range(self.num_sample):   # repeated sampling (F.3): own crop, overlay and mask per clip
+        # repeated sampling (F.3): own crop, overlay and mask per clip
+        for k in range(self.num_sample):
             clip = crop_and_flip(frames, self.img_size, rng, self.flip)
             with_objects = self.motion == "on" or (self.motion == "mixed" and k % 2 == 0)
             if with_objects:
@@ -345,9 +371,9 @@ class PretrainDataset(torch.utils.data.Dataset):
 
 
 def collate(samples):
-    """Stack samples and flatten repeated clips into the batch: video (B*num_sample, C, T, H, W) uint8,
-    mask (B*num_sample, N) bool, and the mask as token indices (model.mask_indices), made here on the
-    CPU so that the training step never syncs with the GPU to find the masked tokens."""
+    """Stack samples and flatten repeated clips into the batch: video (B*num_sample, C, T, H, W)
+    uint8, mask (B*num_sample, N) bool, and the mask as token indices (model.mask_indices), made
+    here on the CPU so that the training step never syncs with the GPU to find the masked tokens."""
     video = torch.cat([s["video"] for s in samples])
     mask = torch.cat([s["mask"] for s in samples])
     visible_idx, masked_idx = mask_indices(mask)
@@ -356,11 +382,12 @@ def collate(samples):
 
 
 class ResumableSampler(torch.utils.data.Sampler):
-    """DistributedSampler (shuffled with seed + pass, sharded over ranks) that can start mid-pass, so a
-    resumed run reads exactly the samples the interrupted one had not read yet."""
+    """DistributedSampler (shuffled with seed + pass, sharded over ranks) that can start mid-pass,
+    so a resumed run reads exactly the samples the interrupted one had not read yet."""
 
     def __init__(self, dataset, num_replicas=1, rank=0, seed=0, shuffle=True, drop_last=True):
-        self.inner = torch.utils.data.DistributedSampler(dataset, num_replicas, rank, shuffle, seed, drop_last)
+        self.inner = torch.utils.data.DistributedSampler(dataset, num_replicas, rank, shuffle, seed,
+                                                         drop_last)
         self.start = 0
 
     def set_epoch(self, epoch, start=0):
@@ -380,8 +407,8 @@ def worker_init(worker_id):
 
 
 def loader(dataset, sampler, batch_size, workers, device, collate_fn, prefetch=4):
-    """The DataLoader of every script: seeded samples, pinned memory on GPU (uint8 clips: a quarter of
-    float32's pinned and shared memory; containers still need --ipc=host or --shm-size, see
+    """The DataLoader of every script: seeded samples, pinned memory on GPU (uint8 clips: a quarter
+    of float32's pinned and shared memory; containers still need --ipc=host or --shm-size, see
     docs/performance.md), workers restarted each pass (their state is the pass's seed)."""
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,

@@ -1,23 +1,28 @@
-"""Synthetic motion for SMILE: objects pasted along smooth trajectories (paper Sec. 3.3, 4.1, Fig. 3).
+"""Synthetic motion for SMILE: objects pasted along smooth trajectories (paper Sec. 3.3, 4.1,
+Fig. 3).
 
-SMILE infuses motion into a clip by alpha-blending a few segmented objects onto it. Each object moves
-along a smooth random trajectory and rotates and scales between keyframes, so the student has to track
-it to predict the masked teacher features (SPEC 2). In the order the method uses them:
+SMILE infuses motion into a clip by alpha-blending a few segmented objects onto it. Each object
+moves along a smooth random trajectory and rotates and scales between keyframes, so the student has
+to track it to predict the masked teacher features (SPEC 2). In the order the method uses them:
 
-    random_trajectory    Sec. 3.3: M random points, Gaussian-smoothed over time, downsampled to T centres
+    random_trajectory    Sec. 3.3: M random points, Gaussian-smoothed over time, downsampled to T
+                         centres
     keyframe_transforms  Sec. 3.3, 4.1: angle in [-90, 90] deg and scale in [0.5, 1.5] at three
                          keyframes (first, a random middle one, last), linear in between
-    overlay              pastes 2 objects (Table 4f) and returns each object's per-frame pixel footprint,
-                         which masking.object_tokens turns into object tokens
+    overlay              pastes 2 objects (Table 4f) and returns each object's per-frame pixel
+                         footprint, which masking.object_tokens turns into object tokens
     ObjectBank           a folder of RGBA cut-outs (the paper's PIN bank, <category>/<n>.png)
-    synthetic_objects    textured cut-out shapes, a stand-in when no bank is on disk (not the paper's bank)
+    synthetic_objects    textured cut-out shapes, a stand-in when no bank is on disk (not the
+                         paper's bank)
     background           Table 7 / Appendix D: noise, black or a still image repeated over T frames
 
-Frames are uint8 (T, H, W, 3), already cropped, before normalisation. Everything is a pure function of
-an explicit numpy.random.Generator: same seed, same clip.
+Frames are uint8 (T, H, W, 3), already cropped, before normalisation. Everything is a pure function
+of an explicit numpy.random.Generator: same seed, same clip.
 
-    python motion.py --out docs/figure3_motion.png    # draws Figure 3: clips on noise, black, an image
-    python motion.py --bench                          # times overlay: ms per 16x224x224 clip, one core
+    # draws Figure 3: clips on noise, black, an image
+    python motion.py --out docs/figure3_motion.png
+    # times overlay: ms per 16x224x224 clip, one core
+    python motion.py --bench
 """
 import argparse
 from pathlib import Path
@@ -36,8 +41,9 @@ def random_trajectory(num_frames, height, width, rng, num_points=48, sigma=8.0, 
     pts = rng.uniform(0.0, 1.0, size=(num_points, 2)) * [width - 1, height - 1]
     if sigma > 0:
         pts = ndimage.gaussian_filter1d(pts, sigma, axis=0, mode="reflect")
-    # (ref) smoothing shrinks the path towards the frame centre, so each axis is min-max normalised and
-    # both get one random extent in pixels (40-180 at 224): small wiggles and sweeping paths alike.
+    # (ref) smoothing shrinks the path towards the frame centre, so each axis is min-max normalised
+    # and both get one random extent in pixels (40-180 at 224): small wiggles and sweeping paths
+    # alike.
     pts = (pts - pts.min(0)) / np.maximum(np.ptp(pts, axis=0), 1e-8)
     size = rng.uniform(*np.multiply(extent, min(height, width) / 224))
     pts = pts * size
@@ -51,8 +57,8 @@ def random_trajectory(num_frames, height, width, rng, num_points=48, sigma=8.0, 
 def keyframe_transforms(num_frames, rng, angle_range=(-90, 90), scale_range=(0.5, 1.5)):
     """Per-frame rotation angles (T,) in degrees and scales (T,) (Sec. 3.3, 4.1).
 
-    Keyframes are the first frame, a random frame strictly in between and the last one; angle and scale
-    are drawn uniformly at each and linearly interpolated. ((ref) random-walks them instead.)
+    Keyframes are the first frame, a random frame strictly in between and the last one; angle and
+    scale are drawn uniformly at each and linearly interpolated. ((ref) random-walks them instead.)
     """
     if num_frames >= 3:
         keys = np.array([0, rng.integers(1, num_frames - 1), num_frames - 1])
@@ -70,18 +76,21 @@ def _resize_premultiplied(obj, height, width):
     Premultiplying keeps whatever colour a cut-out stores under alpha 0 from bleeding into its edges
     when it is resampled (here and in the rotation below)."""
     if obj.ndim != 3 or obj.shape[2] != 4 or obj.dtype != np.uint8:
-        raise ValueError(f"objects must be RGBA uint8 arrays (h, w, 4), got {obj.dtype} {obj.shape}")
+        raise ValueError(f"objects must be RGBA uint8 arrays (h, w, 4), "
+                         f"got {obj.dtype} {obj.shape}")
     x = torch.from_numpy(np.ascontiguousarray(obj)).permute(2, 0, 1).float() / 255  # (4, h, w)
     x = torch.cat([x[:3] * x[3:], x[3:]])
-    x = F.interpolate(x[None], size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    x = F.interpolate(x[None], size=(height, width), mode="bilinear", antialias=True,
+                      align_corners=False)
     return x[0].clamp_(0, 1)
 
 
 def _paste(out, footprint, obj, centres, angles, scales):
     """Rotate, scale and alpha-blend one object into every frame of out, in place.
 
-    out: uint8 (T, H, W, 3); footprint: bool (T, H, W), set where alpha > 0; obj: (4, P, Q) premultiplied;
-    centres (T, 2) (x, y) pixels; angles (T,) degrees, counter-clockwise on screen; scales (T,).
+    out: uint8 (T, H, W, 3); footprint: bool (T, H, W), set where alpha > 0; obj: (4, P, Q)
+    premultiplied; centres (T, 2) (x, y) pixels; angles (T,) degrees, counter-clockwise on screen;
+    scales (T,).
     Only the pixels of each frame's box around the transformed object are touched, clipped to the
     frame; one grid_sample call resamples the object for all T frames at once.
     """
@@ -99,8 +108,10 @@ def _paste(out, footprint, obj, centres, angles, scales):
     cy = np.round(centres[:, 1] - (P - 1) / 2) + (P - 1) / 2
     grids, index = [], []
     for t in range(T):
-        xs = np.arange(max(np.ceil(cx[t] - half_w[t]), 0), min(np.floor(cx[t] + half_w[t]), W - 1) + 1)
-        ys = np.arange(max(np.ceil(cy[t] - half_h[t]), 0), min(np.floor(cy[t] + half_h[t]), H - 1) + 1)
+        xs = np.arange(max(np.ceil(cx[t] - half_w[t]), 0),
+                       min(np.floor(cx[t] + half_w[t]), W - 1) + 1)
+        ys = np.arange(max(np.ceil(cy[t] - half_h[t]), 0),
+                       min(np.floor(cy[t] + half_h[t]), H - 1) + 1)
         # Offsets from the centre, (1, nx) and (ny, 1), in float32 like grid_sample's grid.
         dx = (xs - cx[t]).astype(np.float32)[None, :]
         dy = (ys - cy[t]).astype(np.float32)[:, None]
@@ -110,13 +121,15 @@ def _paste(out, footprint, obj, centres, angles, scales):
         u = (c * dx - s * dy) * (2 / Q)
         v = (s * dx + c * dy) * (2 / P)
         grids.append(np.stack(np.broadcast_arrays(u, v), axis=-1).reshape(-1, 2))
-        index.append(((t * H + ys[:, None].astype(np.int64)) * W + xs[None, :].astype(np.int64)).reshape(-1))
+        index.append(((t * H + ys[:, None].astype(np.int64)) * W
+                      + xs[None, :].astype(np.int64)).reshape(-1))
     grid = torch.from_numpy(np.concatenate(grids))[None, None]  # (1, 1, n, 2)
     index = np.concatenate(index)  # flat (t, y, x) pixel of each sample
     if len(index) == 0:
         return  # nothing of the object falls inside the frame
     # The boxes of all frames form one ragged batch: a single bilinear grid_sample call.
-    sample = F.grid_sample(obj[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    sample = F.grid_sample(obj[None], grid, mode="bilinear", padding_mode="zeros",
+                           align_corners=False)
     sample = sample[0, :, 0].numpy()  # (4, n): premultiplied RGB + alpha
     # Alpha back on the 8-bit scale of the PNG it came from: a = alpha / 255, footprint = alpha > 0.
     # Only pixels whose alpha rounds to at least 1 are kept (round half to even sends 0.5 to 0).
@@ -156,17 +169,19 @@ def overlay(frames, objects, rng, num_objects=2, size_range=(32, 128), angle_ran
     for k, i in enumerate(picks):
         P, Q = rng.integers(lo, hi + 1, size=2)
         centres = random_trajectory(T, H, W, rng, num_points=num_points, sigma=sigma, extent=extent)
-        angles, scales = keyframe_transforms(T, rng, angle_range=angle_range, scale_range=scale_range)
+        angles, scales = keyframe_transforms(T, rng, angle_range=angle_range,
+                                             scale_range=scale_range)
         # The object is stretched to P x Q ((ref) does the same), then transformed per frame.
-        masks[k] = paste(out, np.asarray(objects[int(i)]), (int(P), int(Q)), centres, angles, scales)
+        masks[k] = paste(out, np.asarray(objects[int(i)]), (int(P), int(Q)), centres, angles,
+                         scales)
     return out, masks
 
 
 def paste(frames, obj, size, centres, angles, scales):
-    """Paste one RGBA uint8 object, stretched to size = (P, Q), into frames uint8 (T, H, W, 3) in place,
-    centred at centres (T, 2) (x, y) px, rotated by angles (T,) degrees counter-clockwise on screen and
-    scaled by scales (T,). -> its footprint, bool (T, H, W). overlay's building block, public for
-    datasets that script their own motion (evaluation.MotionClassDataset)."""
+    """Paste one RGBA uint8 object, stretched to size = (P, Q), into frames uint8 (T, H, W, 3) in
+    place, centred at centres (T, 2) (x, y) px, rotated by angles (T,) degrees counter-clockwise on
+    screen and scaled by scales (T,). -> its footprint, bool (T, H, W). overlay's building block,
+    public for datasets that script their own motion (evaluation.MotionClassDataset)."""
     footprint = np.zeros(frames.shape[:3], dtype=bool)
     _paste(frames, footprint, _resize_premultiplied(obj, *size), centres, angles, scales)
     return footprint
@@ -175,9 +190,9 @@ def paste(frames, obj, size, centres, angles, scales):
 class ObjectBank:
     """A folder of RGBA cut-out PNGs, searched recursively and sorted, loaded lazily.
 
-    The paper's bank (PIN synthetic objects: Stable Diffusion + X-Paste, 60 per LVIS category) is laid
-    out <category>/<n>.png, 60,687 files. Each item is cropped to its alpha bounding box (so the P x Q
-    size applies to the object, not to transparent margins) and capped to max_side pixels.
+    The paper's bank (PIN synthetic objects: Stable Diffusion + X-Paste, 60 per LVIS category) is
+    laid out <category>/<n>.png, 60,687 files. Each item is cropped to its alpha bounding box (so
+    the P x Q size applies to the object, not to transparent margins) and capped to max_side pixels.
     """
 
     def __init__(self, root, max_side=256, list_file=None):
@@ -187,7 +202,8 @@ class ObjectBank:
         if list_file:   # exactly the listed subset, e.g. the paper's object_instances.txt
             self.files = _listed_files(self.root, list_file)
         else:
-            self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() == ".png" and p.is_file())
+            self.files = sorted(p for p in self.root.rglob("*")
+                                if p.suffix.lower() == ".png" and p.is_file())
         if not self.files:
             raise ValueError(f"object bank folder {self.root} holds no .png files")
         self.max_side = max_side
@@ -212,7 +228,8 @@ class ObjectBank:
 
 
 def _listed_files(root, list_file):
-    """Paths of a list file (one PNG path relative to root per line; # comments, blank lines skipped).
+    """Paths of a list file (one PNG path relative to root per line; # comments, blank lines
+    skipped).
     A listed file that is not there is an error naming the list's line."""
     files = []
     with open(list_file, encoding="utf-8-sig") as f:
@@ -228,7 +245,8 @@ def _listed_files(root, list_file):
 
 
 def _texture(rng, size):
-    """A random (size, size, 3) float texture: a two-colour gradient, stripes or checker, plus grain."""
+    """A random (size, size, 3) float texture: a two-colour gradient, stripes or checker, plus
+    grain."""
     yy, xx = np.mgrid[0:size, 0:size] / size
     phi = rng.uniform(0, 2 * np.pi)
     u = xx * np.cos(phi) + yy * np.sin(phi)
@@ -248,9 +266,9 @@ def _texture(rng, size):
 def synthetic_objects(num, rng, size=128):
     """num textured cut-out shapes, RGBA uint8 (h, w, 4), at most size x size.
 
-    Ellipses, polygons/stars and rounded rectangles filled with gradients, stripes or checkers, with
-    hard (anti-aliased) or soft alpha edges. A stand-in so that everything runs without a bank on disk;
-    it is not the paper's bank of segmented real-looking objects.
+    Ellipses, polygons/stars and rounded rectangles filled with gradients, stripes or checkers,
+    with hard (anti-aliased) or soft alpha edges. A stand-in so that everything runs without a bank
+    on disk; it is not the paper's bank of segmented real-looking objects.
     """
     objects = []
     for _ in range(num):
@@ -259,7 +277,8 @@ def synthetic_objects(num, rng, size=128):
         shape = Image.new("L", (S, S), 0)
         draw = ImageDraw.Draw(shape)
         kind = rng.integers(3)
-        # Random box covering 55-95% of the canvas on each side, so shapes have varied aspect ratios.
+        # Random box covering 55-95% of the canvas on each side, so shapes have varied aspect
+        # ratios.
         bw, bh = rng.uniform(0.55, 0.95, size=2) * S
         bx, by = rng.uniform(0, 1, size=2) * [S - bw, S - bh]
         if kind == 0:
@@ -267,7 +286,8 @@ def synthetic_objects(num, rng, size=128):
         elif kind == 1:
             n = int(rng.integers(3, 9))
             star = rng.random() < 0.5
-            ang = np.linspace(0, 2 * np.pi, 2 * n if star else n, endpoint=False) + rng.uniform(0, 2 * np.pi)
+            ang = (np.linspace(0, 2 * np.pi, 2 * n if star else n, endpoint=False)
+                   + rng.uniform(0, 2 * np.pi))
             r = np.ones(len(ang))
             if star:
                 r[1::2] = rng.uniform(0.35, 0.65)  # inner vertices of a star
@@ -275,8 +295,8 @@ def synthetic_objects(num, rng, size=128):
             py = by + bh / 2 * (1 + r * np.sin(ang))
             draw.polygon(list(zip(px.tolist(), py.tolist())), fill=255)
         else:
-            draw.rounded_rectangle([bx, by, bx + bw, by + bh], radius=rng.uniform(0.05, 0.4) * min(bw, bh),
-                                   fill=255)
+            draw.rounded_rectangle([bx, by, bx + bw, by + bh],
+                                   radius=rng.uniform(0.05, 0.4) * min(bw, bh), fill=255)
         if rng.random() < 0.5:
             shape = shape.filter(ImageFilter.GaussianBlur(rng.uniform(1, 4) * ss))  # soft edge
         alpha = np.asarray(shape.resize((size, size), Image.BOX))
@@ -301,7 +321,8 @@ def background(kind, num_frames, height, width, rng, image=None):
     elif kind == "image":
         if image is None or image.shape != (height, width, 3) or image.dtype != np.uint8:
             got = None if image is None else (image.dtype, image.shape)
-            raise ValueError(f"background 'image' needs a uint8 ({height}, {width}, 3) image, got {got}")
+            raise ValueError(f"background 'image' needs a uint8 ({height}, {width}, 3) image, "
+                             f"got {got}")
         still = image
     else:
         raise ValueError(f"unknown background kind {kind!r}; use 'noise', 'black' or 'image'")
@@ -309,7 +330,8 @@ def background(kind, num_frames, height, width, rng, image=None):
 
 
 def still_image(height, width, rng):
-    """A procedural landscape-like still (sky, sun, hills), uint8 (H, W, 3), for demos with no data."""
+    """A procedural landscape-like still (sky, sun, hills), uint8 (H, W, 3), for demos with no
+    data."""
     yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
     sky = np.array([70, 130, 200]) + yy[..., None] / yy.max() * np.array([110, 80, 40])
     img = sky.copy()
@@ -318,7 +340,8 @@ def still_image(height, width, rng):
     # Three ridges, far to near, each a sum of random sines, darker and greener nearer the viewer.
     for level, colour in zip([0.45, 0.6, 0.75], [[120, 140, 160], [70, 120, 70], [40, 85, 40]]):
         ridge = level * height / max(height, width) + sum(
-            rng.uniform(0.01, 0.04) * np.sin(2 * np.pi * rng.uniform(0.5, 4) * xx[0] + rng.uniform(0, 7))
+            rng.uniform(0.01, 0.04)
+            * np.sin(2 * np.pi * rng.uniform(0.5, 4) * xx[0] + rng.uniform(0, 7))
             for _ in range(3))
         below = yy > ridge[None, :]
         img[below] = np.array(colour) * (0.8 + 0.4 * yy[below, None])
@@ -326,7 +349,8 @@ def still_image(height, width, rng):
 
 
 def outline(masks, width=1):
-    """Boundaries of footprints: masks bool (..., H, W) -> bool, `width` >= 1 px inside each edge."""
+    """Boundaries of footprints: masks bool (..., H, W) -> bool, `width` >= 1 px inside each
+    edge."""
     cross = np.zeros((1,) * (masks.ndim - 2) + (3, 3), dtype=bool)
     cross[..., 1, :] = cross[..., :, 1] = True  # erode in the image plane only, never across frames
     return masks & ~ndimage.binary_erosion(masks, structure=cross, iterations=width)
@@ -336,7 +360,8 @@ COLOURS = [(255, 60, 60), (60, 220, 255), (255, 220, 0), (120, 255, 80)]  # obje
 
 
 def draw_outlines(frames, masks, width=1):
-    """Copy of frames uint8 (T, H, W, 3) with each object's footprint (K, T, H, W) outlined in its colour."""
+    """Copy of frames uint8 (T, H, W, 3) with each object's footprint (K, T, H, W) outlined in its
+    colour."""
     frames = frames.copy()
     for k, edge in enumerate(outline(masks, width)):
         frames[edge] = COLOURS[k % len(COLOURS)]
@@ -350,7 +375,8 @@ def _figure3(out_path, seed, size, num_frames, columns):
     image = still_image(size, size, rng)
     shown = np.round(np.linspace(0, num_frames - 1, columns)).astype(int)
     label_w, pad, head = 48, 2, 14
-    fig = Image.new("RGB", (label_w + columns * (size + pad), head + 3 * (size + pad)), (255, 255, 255))
+    fig = Image.new("RGB", (label_w + columns * (size + pad), head + 3 * (size + pad)),
+                    (255, 255, 255))
     draw = ImageDraw.Draw(fig)
     for col, t in enumerate(shown):
         draw.text((label_w + col * (size + pad) + size // 2 - 12, 1), f"t={t}", fill=(0, 0, 0))
@@ -367,7 +393,8 @@ def _figure3(out_path, seed, size, num_frames, columns):
             fig.paste(Image.fromarray(clip[t]), (x, y))
             for k, path in enumerate(paths):
                 colour = COLOURS[k % len(COLOURS)]
-                draw.line([(x + px, y + py) for py, px in (p for p in path if p is not None)], fill=colour)
+                draw.line([(x + px, y + py) for py, px in (p for p in path if p is not None)],
+                          fill=colour)
                 if path[t] is not None:
                     cy, cx = path[t]
                     draw.ellipse([x + cx - 2, y + cy - 2, x + cx + 2, y + cy + 2], fill=colour)
@@ -375,11 +402,13 @@ def _figure3(out_path, seed, size, num_frames, columns):
     # Noise does not compress; a 256-colour palette keeps the PNG small and looks the same.
     fig = fig.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
     fig.save(out_path, optimize=True)
-    print(f"wrote {out_path}: frames {shown.tolist()} of a {num_frames}-frame clip at {size}x{size}")
+    print(f"wrote {out_path}: frames {shown.tolist()} of a {num_frames}-frame clip "
+          f"at {size}x{size}")
 
 
 def _bench(seed, clips=100):
-    """Time overlay on one core: 16 x 224 x 224 clips on noise, 2 synthetic objects (SPEC 2 goal <= 10 ms)."""
+    """Time overlay on one core: 16 x 224 x 224 clips on noise, 2 synthetic objects (SPEC 2 goal
+    <= 10 ms)."""
     import time
     torch.set_num_threads(1)  # as in a DataLoader worker
     rng = np.random.default_rng(seed)
@@ -402,7 +431,8 @@ if __name__ == "__main__":
                                                  "noise, black and an image background.")
     parser.add_argument("--out", default="docs/figure3_motion.png", help="PNG to write")
     parser.add_argument("--seed", type=int, default=0, help="numpy seed: same seed, same figure")
-    parser.add_argument("--size", type=int, default=112, help="frame side (objects and paths scale with it)")
+    parser.add_argument("--size", type=int, default=112,
+                        help="frame side (objects and paths scale with it)")
     parser.add_argument("--frames", type=int, default=16, help="clip length T (Sec. 4.1: 16)")
     parser.add_argument("--columns", type=int, default=8, help="frames shown per row")
     parser.add_argument("--bench", action="store_true", help="time overlay instead of drawing")
