@@ -1,11 +1,14 @@
 """Evaluation library shared by probe.py, finetune.py and extract.py (Tables 6, 15-17; SPEC 6).
 
-Datasets and their test views, the classifier built from a checkpoint, multi-view testing over ranks,
-metrics (top-1/5, mean class accuracy, mAP, counting error), result files and the SEVERE table.
+Datasets and their test views, the classifier built from a checkpoint, multi-view testing over
+ranks, metrics (top-1/5, mean class accuracy, mAP, counting error), result files and the SEVERE
+table.
 Every dataset returns dicts of uint8 clips, normalised on the device (data.normalize):
   train mode: {"video": (C, T, H, W) uint8, "label", "index", "bad"}, one augmented clip per item;
-  test mode:  {"video": (V, C, T, H, W) uint8, "label", "video_id"}, V spatial views of one temporal view.
-label: a long (single-label), a multi-hot float (num_classes,) (multi-label) or a float count (counting).
+  test mode:  {"video": (V, C, T, H, W) uint8, "label", "video_id"}, V spatial views of one
+              temporal view.
+label: a long (single-label), a multi-hot float (num_classes,) (multi-label) or a float count
+(counting).
 """
 import argparse
 import json
@@ -20,8 +23,10 @@ import motion
 from model import MODEL_SIZES, VideoClassifier, load_encoder
 from runtime import all_reduce, fail, fmt_time, load_checkpoint
 
-# Datasets (Table 15, SPEC 6): list files <data-root>/<splits>; `motion` is the embedded synthetic set.
-# sampling: "dense" = T frames at a stride; "segment" = TSN-style, one frame per T equal segments (SSv2).
+# Datasets (Table 15, SPEC 6): list files <data-root>/<splits>; `motion` is the embedded
+# synthetic set.
+# sampling: "dense" = T frames at a stride; "segment" = TSN-style, one frame per T equal
+# segments (SSv2).
 # flip: SSv2 has left/right classes, and so does `motion`. Test views = clips x crops.
 DATASETS = {
     "k400": dict(num_classes=400, sampling="dense", stride=4, flip=True, test_clips=5, test_crops=3),
@@ -39,25 +44,32 @@ DATASETS = {
 
 def add_data_args(a):
     """Data and model flags shared by finetune.py, probe.py and extract.py."""
-    a("--dataset", default="motion", choices=sorted(DATASETS), help="k400/ssv2/ucf101/hmdb51/gym99/epic "
-      "read <data-root>/train.csv and val.csv; list reads --train-list/--val-list; motion is synthetic")
-    a("--task", default="single", choices=["single", "multi", "count"], help="single-label, multi-label "
-      "(Charades; list labels '3,17,42') or repetition counting (UCFRep; label = the count)")
+    a("--dataset", default="motion", choices=sorted(DATASETS),
+      help="k400/ssv2/ucf101/hmdb51/gym99/epic read <data-root>/train.csv and val.csv; list reads "
+      "--train-list/--val-list; motion is synthetic")
+    a("--task", default="single", choices=["single", "multi", "count"],
+      help="single-label, multi-label (Charades; list labels '3,17,42') or repetition counting "
+      "(UCFRep; label = the count)")
     a("--data-root", default="", help="folder that list paths are relative to")
-    a("--splits", nargs=2, default=["train.csv", "val.csv"], help="list file names under --data-root")
-    a("--train-list", default=None, help="'<path> <label>' list (default <data-root>/<first of --splits>)")
+    a("--splits", nargs=2, default=["train.csv", "val.csv"],
+      help="list file names under --data-root")
+    a("--train-list", default=None,
+      help="'<path> <label>' list (default <data-root>/<first of --splits>)")
     a("--val-list", default=None, help="(default <data-root>/<second of --splits>)")
-    a("--num-classes", type=int, default=None, help="from the dataset preset; required for --dataset list")
-    a("--train-samples", type=int, default=0, help="low-shot: a seeded class-stratified subset of this "
-      "many training clips (SEVERE UCF/GYM 10^3: 1000); 0 = all")
+    a("--num-classes", type=int, default=None,
+      help="from the dataset preset; required for --dataset list")
+    a("--train-samples", type=int, default=0, help="low-shot: a seeded class-stratified subset "
+      "of this many training clips (SEVERE UCF/GYM 10^3: 1000); 0 = all")
     a("--motion-train", type=int, default=512, help="motion: training clips")
     a("--motion-val", type=int, default=256, help="motion: validation clips")
-    a("--motion-backgrounds", nargs="+", default=["black", "image"], choices=["black", "image", "noise"],
-      help="motion: backgrounds drawn from (noise makes it far harder for a small model from scratch)")
+    a("--motion-backgrounds", nargs="+", default=["black", "image"],
+      choices=["black", "image", "noise"],
+      help="motion: backgrounds drawn from (noise makes it far harder for a small model "
+      "from scratch)")
     a("--num-frames", type=int, default=16, help="T (Sec. 4.1: 16)")
     a("--img-size", type=int, default=224)
-    a("--sampling", default="dense", choices=["dense", "segment"], help="dense: T frames at --stride; "
-      "segment: TSN-style, one frame per segment (SSv2)")
+    a("--sampling", default="dense", choices=["dense", "segment"],
+      help="dense: T frames at --stride; segment: TSN-style, one frame per segment (SSv2)")
     a("--stride", type=int, default=4, help="dense sampling: frames between samples")
     a("--flip", action=argparse.BooleanOptionalAction, default=True,
       help="horizontal flip (not for SSv2 / motion)")
@@ -90,8 +102,9 @@ def check_data_args(args):
 
 
 def read_checkpoint(args):
-    """Load --checkpoint once (None without one); a train.py or finetune.py checkpoint says what model it
-    holds, so its args fill --model/--patch-size/--tubelet where the flags are not given."""
+    """Load --checkpoint once (None without one); a train.py or finetune.py checkpoint says what
+    model it holds, so its args fill --model/--patch-size/--tubelet where the flags are not
+    given."""
     state = load_checkpoint(args.checkpoint) if args.checkpoint else None
     saved = (state.get("args") or {}) if isinstance(state, dict) else {}
     for key, fallback in (("model", "base"), ("patch_size", 16), ("tubelet", 2)):
@@ -107,7 +120,8 @@ def read_checkpoint(args):
 
 
 def make_target(label, task, num_classes):
-    """A list label as a tensor: class id (single), multi-hot (multi) or the count as a float (count)."""
+    """A list label as a tensor: class id (single), multi-hot (multi) or the count as a float
+    (count)."""
     if task == "multi":
         t = torch.zeros(num_classes)
         t[list(label)] = 1.0
@@ -116,8 +130,9 @@ def make_target(label, task, num_classes):
 
 
 def segment_indices(num_video_frames, num_frames, rng=None, view=0, num_views=1):
-    """TSN-style segment sampling (SSv2): split the video into T equal segments, take one frame of each;
-    a random one when training (rng), the (view + 0.5) / num_views point of each segment at test."""
+    """TSN-style segment sampling (SSv2): split the video into T equal segments, take one frame of
+    each; a random one when training (rng), the (view + 0.5) / num_views point of each segment at
+    test."""
     seg = num_video_frames / num_frames
     if rng is not None:
         offset = rng.uniform(0, seg, num_frames)
@@ -127,7 +142,8 @@ def segment_indices(num_video_frames, num_frames, rng=None, view=0, num_views=1)
 
 
 def dense_indices(num_video_frames, num_frames, stride, view=0, num_views=1):
-    """Test-time dense sampling: the view-th of num_views clips evenly spaced over the video (5x3 K400)."""
+    """Test-time dense sampling: the view-th of num_views clips evenly spaced over the video
+    (5x3 K400)."""
     span = (num_frames - 1) * stride + 1
     if num_video_frames < span:
         return np.round(np.linspace(0, num_video_frames - 1, num_frames)).astype(int)
@@ -136,10 +152,11 @@ def dense_indices(num_video_frames, num_frames, stride, view=0, num_views=1):
 
 
 def three_crops(frames, size, num_crops=3):
-    """Resize the short side to size, take num_crops size x size crops along the long side (start, centre,
-    end; one crop = centre). uint8 (T, H, W, 3) -> list of uint8 (T, size, size, 3)."""
+    """Resize the short side to size, take num_crops size x size crops along the long side (start,
+    centre, end; one crop = centre). uint8 (T, H, W, 3) -> list of uint8 (T, size, size, 3)."""
     T, H, W, _ = frames.shape
-    h, w = (size, max(size, round(W * size / H))) if H <= W else (max(size, round(H * size / W)), size)
+    h, w = ((size, max(size, round(W * size / H))) if H <= W
+            else (max(size, round(H * size / W)), size))
     x = data.resize(frames, (h, w))
     spots = [0.5] if num_crops == 1 else np.linspace(0, 1, num_crops)
     return [x[:, round(s * (h - size)):round(s * (h - size)) + size,
@@ -149,12 +166,14 @@ def three_crops(frames, size, num_crops=3):
 class VideoClipDataset(torch.utils.data.Dataset):
     """Decoded clips of a classification list (K400, SSv2, UCF, ... or any `<path> <label>` list).
 
-    train: one clip per item: T frames at `stride` from a random start ("dense") or one random frame per
-    segment ("segment", TSN-style, SSv2), a crop (`crop`: "multiscale" = MultiScaleCrop as in pretraining,
-    "rrc" = VideoMAE's random resized crop, see data.crop_and_flip) + flip, then `augment(frames, rng)`
-    (finetune.py's RandAugment). A bad video is replaced by another one and reported (sample["bad"]).
-    test: item i = video i // num_clips, temporal view i % num_clips; num_crops crops after resizing the
-    short side -> (num_crops, C, T, H, W). A bad video is an error here: it would bias the result.
+    train: one clip per item: T frames at `stride` from a random start ("dense") or one random frame
+    per segment ("segment", TSN-style, SSv2), a crop (`crop`: "multiscale" = MultiScaleCrop as in
+    pretraining, "rrc" = VideoMAE's random resized crop, see data.crop_and_flip) + flip, then
+    `augment(frames, rng)` (finetune.py's RandAugment). A bad video is replaced by another one and
+    reported (sample["bad"]).
+    test: item i = video i // num_clips, temporal view i % num_clips; num_crops crops after resizing
+    the short side -> (num_crops, C, T, H, W). A bad video is an error here: it would bias the
+    result.
     Randomness is a pure function of (seed, epoch, index), so workers and resumed runs agree.
     """
 
@@ -165,7 +184,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
         assert crop in ("multiscale", "rrc", "none"), crop
         self.crop = dict(crop=crop, crop_scale=tuple(crop_scale), crop_ratio=tuple(crop_ratio))
         self.items, self.mode, self.task, self.num_classes = items, mode, task, num_classes
-        self.num_frames, self.stride, self.sampling, self.img_size = num_frames, stride, sampling, img_size
+        self.num_frames, self.stride, self.sampling, self.img_size = (num_frames, stride, sampling,
+                                                                      img_size)
         self.flip, self.num_clips, self.num_crops = flip, num_clips, num_crops
         self.augment, self.seed, self.epoch = augment, seed, 0
 
@@ -177,7 +197,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
 
     def targets(self):
         """Every video's target, without decoding: (num_videos,) or (num_videos, num_classes)."""
-        return torch.stack([make_target(label, self.task, self.num_classes) for _, label in self.items])
+        return torch.stack([make_target(label, self.task, self.num_classes)
+                            for _, label in self.items])
 
     def frame_indices(self, n, rng, view=0):
         T = self.num_frames
@@ -208,42 +229,47 @@ class VideoClipDataset(torch.utils.data.Dataset):
                 "label": make_target(self.items[index][1], self.task, self.num_classes)}
 
 
-MOTION_CLASSES = ("left", "right", "up", "down", "clockwise", "counter-clockwise", "growing", "shrinking")
+MOTION_CLASSES = ("left", "right", "up", "down", "clockwise", "counter-clockwise", "growing",
+                  "shrinking")
 
 
 class MotionClassDataset(torch.utils.data.Dataset):
-    """Synthetic motion classification (`--dataset motion`): only the motion tells the classes apart.
+    """Synthetic motion classification (`--dataset motion`): only the motion tells the classes
+    apart.
 
     task "single": 8 classes (MOTION_CLASSES): travel left/right/up/down, rotate clockwise/counter-
-    clockwise, grow/shrink. Clips come in groups of 8: clip i has class i % 8, and all clips of group
-    i // 8 share the object (motion.synthetic_objects), background (black or a still image; "noise" can be
-    added but makes the task far harder for a small model trained from scratch), size, start position,
-    angle, scale and speed. The first frame is therefore identical across the 8 classes: no single frame
-    tells them apart, only the change over time does.
-    task "multi": two class draws, one object per distinct class (1 in 8 clips draws the same class twice
-    and shows one object); label = the set (multi-hot). Stand-in for Charades.
-    task "count": one object moves out and back k = 1..max_count times along a random direction (at least
-    4 frames per repetition); label = k, the same group trick keeps frame 0 independent of k. Stand-in
-    for UCFRep repetition counting.
-    Objects are pasted with motion.paste, the pretraining overlay's own resampling and blend. Each clip is
-    a pure function of (seed, split, index); train mode's crop (`crop`, default "none": as rendered; no
-    flip, the classes have a direction) and augment(frames, rng) draw from (seed, epoch, index). Sizes
-    and speeds are fractions of the frame, so any img_size works.
+    clockwise, grow/shrink. Clips come in groups of 8: clip i has class i % 8, and all clips of
+    group i // 8 share the object (motion.synthetic_objects), background (black or a still image;
+    "noise" can be added but makes the task far harder for a small model trained from scratch),
+    size, start position, angle, scale and speed. The first frame is therefore identical across the
+    8 classes: no single frame tells them apart, only the change over time does.
+    task "multi": two class draws, one object per distinct class (1 in 8 clips draws the same class
+    twice and shows one object); label = the set (multi-hot). Stand-in for Charades.
+    task "count": one object moves out and back k = 1..max_count times along a random direction (at
+    least 4 frames per repetition); label = k, the same group trick keeps frame 0 independent of k.
+    Stand-in for UCFRep repetition counting.
+    Objects are pasted with motion.paste, the pretraining overlay's own resampling and blend. Each
+    clip is a pure function of (seed, split, index); train mode's crop (`crop`, default "none": as
+    rendered; no flip, the classes have a direction) and augment(frames, rng) draw from (seed,
+    epoch, index). Sizes and speeds are fractions of the frame, so any img_size works.
     """
 
-    def __init__(self, split, length, mode="train", task="single", num_frames=16, img_size=64, seed=0,
-                 max_count=4, augment=None, num_objects_bank=64, backgrounds=("black", "image"),
-                 crop="none", crop_scale=(0.25, 1.0), crop_ratio=(3 / 4, 4 / 3)):
-        assert task in ("single", "multi", "count") and crop in ("multiscale", "rrc", "none"), (task, crop)
+    def __init__(self, split, length, mode="train", task="single", num_frames=16, img_size=64,
+                 seed=0, max_count=4, augment=None, num_objects_bank=64,
+                 backgrounds=("black", "image"), crop="none", crop_scale=(0.25, 1.0),
+                 crop_ratio=(3 / 4, 4 / 3)):
+        assert (task in ("single", "multi", "count")
+                and crop in ("multiscale", "rrc", "none")), (task, crop)
         self.crop = dict(crop=crop, crop_scale=tuple(crop_scale), crop_ratio=tuple(crop_ratio))
         if task == "count" and num_frames < 4 * max_count:
-            raise ValueError(f"counting up to {max_count} repetitions needs >= {4 * max_count} frames "
-                             "(4 per repetition)")
+            raise ValueError(f"counting up to {max_count} repetitions needs "
+                             f">= {4 * max_count} frames (4 per repetition)")
         self.split_id = {"train": 0, "val": 1}[split]
         self.length, self.mode, self.task, self.T, self.S = length, mode, task, num_frames, img_size
         self.seed, self.max_count, self.augment, self.epoch = seed, max_count, augment, 0
         self.num_classes = 1 if task == "count" else len(MOTION_CLASSES)
-        self.objects = motion.synthetic_objects(num_objects_bank, np.random.default_rng([seed, 7]), size=48)
+        self.objects = motion.synthetic_objects(num_objects_bank, np.random.default_rng([seed, 7]),
+                                                size=48)
         self.group = max_count if task == "count" else len(MOTION_CLASSES)
         self.backgrounds = backgrounds
 
@@ -267,7 +293,8 @@ class MotionClassDataset(torch.utils.data.Dataset):
     def clip(self, index):
         """-> uint8 (T, S, S, 3) frames and the label."""
         T, S = self.T, self.S
-        g = np.random.default_rng([self.seed, self.split_id, index // self.group])   # shared by the group
+        # shared by the group
+        g = np.random.default_rng([self.seed, self.split_id, index // self.group])
         kind = self.backgrounds[g.integers(len(self.backgrounds))]
         still = motion.still_image(S, S, g) if kind == "image" else None
         frames = motion.background(kind, T, S, S, g, image=still)
@@ -282,7 +309,8 @@ class MotionClassDataset(torch.utils.data.Dataset):
         return frames, label
 
     def path(self, cls, g):
-        """The scripted motion of class cls: centres (T, 2) px, angles (T,) degrees ccw, scales (T,)."""
+        """The scripted motion of class cls: centres (T, 2) px, angles (T,) degrees ccw,
+        scales (T,)."""
         T, S = self.T, self.S
         t = np.arange(T) / (T - 1)                                       # 0 .. 1 over the clip
         x0, y0 = g.uniform(0.3, 0.7, 2) * S
@@ -296,7 +324,8 @@ class MotionClassDataset(torch.utils.data.Dataset):
         elif cls < 4:              # travel: left, right, up, down
             dx, dy = [(-1, 0), (1, 0), (0, -1), (0, 1)][cls]
             cx, cy = x0 + dx * dist * t, y0 + dy * dist * t
-        elif cls < 6:              # rotate clockwise (angle decreasing: motion.paste turns ccw) / ccw
+        elif cls < 6:              # rotate clockwise (angle decreasing: motion.paste turns
+                                   # ccw) / ccw
             angle = a0 - (1 if cls == 4 else -1) * turn * t
         else:                      # grow / shrink
             scale = s0 * grow ** (t if cls == 6 else -t)
@@ -308,7 +337,8 @@ class MotionClassDataset(torch.utils.data.Dataset):
         if self.mode == "test":
             return {"video": data.to_tensor(frames)[None], "label": target, "video_id": index}
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        frames = data.crop_and_flip(frames, self.S, rng, False, **self.crop)   # "none": unchanged, no draw
+        # "none": unchanged, no draw
+        frames = data.crop_and_flip(frames, self.S, rng, False, **self.crop)
         if self.augment is not None:
             frames = self.augment(frames, rng)
         return {"video": data.to_tensor(frames), "label": target, "index": index, "bad": []}
@@ -325,14 +355,16 @@ def eval_collate(samples):
 
 
 def build_datasets(args, augment=None, train_mode="train", crop=None):
-    """-> (train set, validation set in test mode). train_mode "test": one centre view per training video
-    (probe.py's cached features). crop: the training set's crop keywords (finetune.py's --crop*)."""
+    """-> (train set, validation set in test mode). train_mode "test": one centre view per training
+    video (probe.py's cached features). crop: the training set's crop keywords (finetune.py's
+    --crop*)."""
     crop = crop or {}
     if args.dataset == "motion":
-        kw = dict(task=args.task, num_frames=args.num_frames, img_size=args.img_size, seed=args.seed,
-                  max_count=min(4, args.num_frames // 4), backgrounds=tuple(args.motion_backgrounds))
-        return (MotionClassDataset("train", args.motion_train, mode=train_mode, augment=augment, **crop,
-                                   **kw),
+        kw = dict(task=args.task, num_frames=args.num_frames, img_size=args.img_size,
+                  seed=args.seed, max_count=min(4, args.num_frames // 4),
+                  backgrounds=tuple(args.motion_backgrounds))
+        return (MotionClassDataset("train", args.motion_train, mode=train_mode, augment=augment,
+                                   **crop, **kw),
                 MotionClassDataset("val", args.motion_val, mode="test", **kw))
     classes = None if args.task == "count" else args.num_classes
     multi, root = args.task == "multi", args.data_root or None
@@ -340,21 +372,25 @@ def build_datasets(args, augment=None, train_mode="train", crop=None):
     val_items = data.read_list(args.val_list, root, classes, multi_label=multi)
     if args.train_samples:
         train_items = data.stratified_subset(train_items, args.train_samples, args.seed)
-    kw = dict(task=args.task, num_classes=args.num_classes, num_frames=args.num_frames, stride=args.stride,
-              sampling=args.sampling, img_size=args.img_size, seed=args.seed)
-    return (VideoClipDataset(train_items, mode=train_mode, flip=args.flip, augment=augment, **crop, **kw),
-            VideoClipDataset(val_items, mode="test", num_clips=args.test_clips, num_crops=args.test_crops,
-                             **kw))
+    kw = dict(task=args.task, num_classes=args.num_classes, num_frames=args.num_frames,
+              stride=args.stride, sampling=args.sampling, img_size=args.img_size, seed=args.seed)
+    return (VideoClipDataset(train_items, mode=train_mode, flip=args.flip, augment=augment, **crop,
+                             **kw),
+            VideoClipDataset(val_items, mode="test", num_clips=args.test_clips,
+                             num_crops=args.test_crops, **kw))
 
 
-# ============================================================================= model and multi-view testing
+# ==================================================================== model and multi-view testing
 
 
-def build_classifier(args, num_outputs, state=None, verbose=True, drop_path=0.0, head_init_scale=1.0):
-    """VideoClassifier for the evaluation grid; loads the encoder (position table rebuilt for the grid)."""
+def build_classifier(args, num_outputs, state=None, verbose=True, drop_path=0.0,
+                     head_init_scale=1.0):
+    """VideoClassifier for the evaluation grid; loads the encoder (position table rebuilt for
+    the grid)."""
     encoder = {k: v for k, v in MODEL_SIZES[args.model].items() if not k.startswith("decoder")}
-    model = VideoClassifier(img_size=args.img_size, patch_size=args.patch_size, num_frames=args.num_frames,
-                            tubelet_size=args.tubelet, num_classes=num_outputs, drop_path=drop_path,
+    model = VideoClassifier(img_size=args.img_size, patch_size=args.patch_size,
+                            num_frames=args.num_frames, tubelet_size=args.tubelet,
+                            num_classes=num_outputs, drop_path=drop_path,
                             head_init_scale=head_init_scale, **encoder)
     if state is not None:
         load_encoder(model, state, verbose=verbose)
@@ -362,10 +398,11 @@ def build_classifier(args, num_outputs, state=None, verbose=True, drop_path=0.0,
 
 
 @torch.no_grad()
-def per_video(fn, dataset, out_dim, batch_size, workers, rank, world, device, log=None, what="views"):
+def per_video(fn, dataset, out_dim, batch_size, workers, rank, world, device, log=None,
+              what="views"):
     """Multi-view testing: fn(video (B*V, C, T, H, W), normalised) -> (B*V, out_dim), averaged over
-    all views of each video (temporal clips = items, spatial crops = V per item), over all ranks (rank r
-    runs items r, r + world, ...; sums and counts are all-reduced on the device).
+    all views of each video (temporal clips = items, spatial crops = V per item), over all ranks
+    (rank r runs items r, r + world, ...; sums and counts are all-reduced on the device).
     -> (num_videos, out_dim) on every rank, on the device."""
     shard = torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
     loader = data.loader(shard, None, batch_size, workers, device, eval_collate)
@@ -386,8 +423,9 @@ def per_video(fn, dataset, out_dim, batch_size, workers, rank, world, device, lo
         done += B * V
         if log and (i + 1) % 20 == 0:
             rate = done / (time.time() - t0)
-            log({"eval_views": done}, f"  {what}: {done * world}/{len(dataset) * V} | {rate * world:.1f} "
-                                      f"views/s | eta {fmt_time((len(shard) * V - done) / rate)}")
+            log({"eval_views": done},
+                f"  {what}: {done * world}/{len(dataset) * V} | {rate * world:.1f} views/s | "
+                f"eta {fmt_time((len(shard) * V - done) / rate)}")
     all_reduce(sums), all_reduce(counts)
     return (sums / counts.clamp(min=1)[:, None]).float()
 
@@ -412,17 +450,20 @@ def mean_average_precision(scores, targets):
 def mean_class_accuracy(pred, labels):
     """Mean over the classes present of per-class accuracy (%) (FX-S1, UB-S1)."""
     classes = labels.unique()
-    return 100 * torch.stack([(pred[labels == c] == c).float().mean() for c in classes]).mean().item()
+    return 100 * torch.stack([(pred[labels == c] == c).float().mean()
+                              for c in classes]).mean().item()
 
 
 def counting_error(pred, counts):
-    """UCFRep's metrics: MAE = mean |pred - true| / true (lower is better) and OBO = share off by <= 1."""
+    """UCFRep's metrics: MAE = mean |pred - true| / true (lower is better) and
+    OBO = share off by <= 1."""
     return {"count_error": ((pred - counts).abs() / counts.clamp(min=1)).mean().item(),
             "obo": 100 * ((pred.round() - counts).abs() <= 1).float().mean().item()}
 
 
 def compute_metrics(task, scores, targets):
-    """Per-video scores (softmax / sigmoid / count) against targets -> dict of metrics (% or error)."""
+    """Per-video scores (softmax / sigmoid / count) against targets -> dict of metrics
+    (% or error)."""
     scores, targets = scores.cpu(), targets.cpu()
     if task == "count":
         return counting_error(scores[:, 0], targets.float())
@@ -446,20 +487,24 @@ def print_table(rows, title):
 
 
 def write_results(args, metrics, headline, name):
-    """results.json in --out-dir, one row appended to --results-file (keyed by the setting), a table."""
+    """results.json in --out-dir, one row appended to --results-file (keyed by the setting),
+    a table."""
     row = {"setting": args.preset or args.dataset, "script": name, "metric": headline,
-           "value": metrics[headline], **metrics, "checkpoint": args.checkpoint, "out_dir": args.out_dir}
+           "value": metrics[headline], **metrics, "checkpoint": args.checkpoint,
+           "out_dir": args.out_dir}
     with open(os.path.join(args.out_dir, "results.json"), "w") as f:
         json.dump(row, f, indent=1)
     if getattr(args, "results_file", None):
         os.makedirs(os.path.dirname(args.results_file) or ".", exist_ok=True)
         with open(args.results_file, "a") as f:
             f.write(json.dumps(row) + "\n")
-    print_table([{"setting": row["setting"], **metrics}], f"{name} results ({args.out_dir}/results.json):")
+    print_table([{"setting": row["setting"], **metrics}],
+                f"{name} results ({args.out_dir}/results.json):")
 
 
-SEVERE_COLUMNS = [("severe-ssv2", "SSv2"), ("severe-gym99", "Gym99"), ("severe-ucf1k", "UCF (10^3)"),
-                  ("severe-gym1k", "GYM (10^3)"), ("severe-fx", "FX-S1"), ("severe-ub", "UB-S1"),
+SEVERE_COLUMNS = [("severe-ssv2", "SSv2"), ("severe-gym99", "Gym99"),
+                  ("severe-ucf1k", "UCF (10^3)"), ("severe-gym1k", "GYM (10^3)"),
+                  ("severe-fx", "FX-S1"), ("severe-ub", "UB-S1"),
                   ("severe-ucfrc", "UCF-RC"), ("severe-charades", "Charades")]
 
 
@@ -480,8 +525,9 @@ def severe_table(path):
             vals.append(100 * (1 - v) if key == "severe-ucfrc" else v)
         else:
             shown[col] = "-"
-    mean = f"{np.mean(vals):.1f}" + ("" if len(vals) == 8 else f" ({len(vals)} of 8)") if vals else "-"
+    mean = (f"{np.mean(vals):.1f}" + ("" if len(vals) == 8 else f" ({len(vals)} of 8)")
+            if vals else "-")
     shown["Mean"] = mean
-    print_table([shown], f"SEVERE (Table 6) from {path}; UCF-RC = mean count error (lower is better), "
-                         "entering the mean as 100 * (1 - error)")
+    print_table([shown], f"SEVERE (Table 6) from {path}; UCF-RC = mean count error "
+                         "(lower is better), entering the mean as 100 * (1 - error)")
     return shown

@@ -16,9 +16,9 @@ check: reads a list the way training does (data.read_list: `<path> <label>`, lab
 real clip of every video, so that missing files, unreadable or too-short videos, duplicates and bad
 labels show up here, named FILE:LINE, and not hours into a GPU run. Exit code 0: every line good;
 1: some bad (a --write-clean list leaves them out); 2: unusable arguments.
-
 subset: a seeded, class-stratified subset (data.stratified_subset): the paper's K400_m (80K of
-K400's 240K clips) and SSv2_m (50% of SSv2) for ablations, SEVERE's 10^3 low-shot sets. Output lines are
+K400's 240K clips) and SSv2_m (50% of SSv2) for ablations, SEVERE's 10^3 low-shot sets. Output lines
+are
 lines of the input.
 """
 import argparse
@@ -37,7 +37,7 @@ from runtime import fail, fmt_time
 PREPARE_GOP = 32   # a clip decodes at most 31 frames before its first one
 
 
-# ------------------------------------------------------------------------- shared: pool and progress
+# ------------------------------------------------------------------------ shared: pool and progress
 
 def pool_map(fn, jobs, workers, chunksize=1):
     """imap_unordered over `workers` processes (in this process when 1). Yields fn's results."""
@@ -51,7 +51,8 @@ def pool_map(fn, jobs, workers, chunksize=1):
 
 
 class Progress:
-    """One line on stderr: rewritten in place on a TTY, else a new line every ~10 s (logs stay short)."""
+    """One line on stderr: rewritten in place on a TTY, else a new line every ~10 s (logs stay
+    short)."""
 
     def __init__(self, label, total, quiet=False):
         self.label, self.total, self.quiet = label, total, quiet
@@ -75,7 +76,8 @@ class Progress:
 # ----------------------------------------------------------------------------- encode
 
 def prepared_size(width, height, short_side):
-    """(width, height) with the short side scaled to short_side (never up), aspect kept, both even."""
+    """(width, height) with the short side scaled to short_side (never up), aspect kept, both
+    even."""
     scale = min(1.0, short_side / min(width, height))
     return max(2, 2 * round(width * scale / 2)), max(2, 2 * round(height * scale / 2))
 
@@ -92,14 +94,16 @@ def decodes(path):
 
 
 def reencode(src, dst, short_side, codec="libx264", threads=0):
-    """Re-encode the video stream of src to dst (mp4): short side short_side, same frame rate, no audio.
-    Written to a temporary file and renamed, so dst exists only when complete. -> number of frames."""
+    """Re-encode the video stream of src to dst (mp4): short side short_side, same frame rate, no
+    audio. Written to a temporary file and renamed, so dst exists only when complete. -> number of
+    frames."""
     import av
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
     # x264 veryfast + fastdecode: quick to write, cheap to read; crf 23 is x264's default quality
-    options = {"preset": "veryfast", "tune": "fastdecode", "crf": "23"} if codec == "libx264" else {}
+    options = ({"preset": "veryfast", "tune": "fastdecode", "crf": "23"} if codec == "libx264"
+               else {})
     options["g"] = str(PREPARE_GOP)
     n = 0
     try:
@@ -107,11 +111,13 @@ def reencode(src, dst, short_side, codec="libx264", threads=0):
             ist = inp.streams.video[0]
             ist.thread_type = "AUTO"
             rate = ist.average_rate or Fraction(25)
-            width, height = prepared_size(ist.codec_context.width, ist.codec_context.height, short_side)
+            width, height = prepared_size(ist.codec_context.width, ist.codec_context.height,
+                                          short_side)
             ost = out.add_stream(codec, rate=rate, options=options)
             ost.width, ost.height, ost.pix_fmt = width, height, "yuv420p"
             ost.codec_context.thread_count = threads
-            if codec == "mpeg4":   # constant quality (ffmpeg's -q:v 3) instead of the 200 kb/s default
+            # constant quality (ffmpeg's -q:v 3) instead of the 200 kb/s default
+            if codec == "mpeg4":
                 ost.codec_context.qscale, ost.codec_context.global_quality = True, 3 * 118
             for frame in inp.decode(ist):
                 frame = frame.reformat(width, height, "yuv420p", interpolation="AREA")
@@ -163,18 +169,20 @@ def output_paths(items, root):
 def encode(list_path, out_dir, short_side=320, workers=None, data_root=None, codec="libx264",
            quiet=False):
     """Re-encode every video of a list file into out_dir and write out_dir/<list name> (same labels,
-    paths relative to out_dir, bad videos left out). Parallel over processes; resumable: outputs that
-    already exist and decode are skipped. -> dict(list, done, skipped, bad=[(path, error)])."""
+    paths relative to out_dir, bad videos left out). Parallel over processes; resumable: outputs
+    that already exist and decode are skipped. -> dict(list, done, skipped, bad=[(path, error)])."""
     list_path, out_dir = Path(list_path), Path(out_dir)
     # multi_label: "3" -> [3], so multi-label lists work too
     items = data.read_list(list_path, data_root, multi_label=True)
     new_list = out_dir / list_path.name
     if new_list.resolve() == list_path.resolve():
-        raise ValueError(f"encode would overwrite its input list {list_path}: choose another OUT_DIR")
+        raise ValueError(f"encode would overwrite its input list {list_path}: "
+                         f"choose another OUT_DIR")
     out_dir.mkdir(parents=True, exist_ok=True)
     rel_of = output_paths(items, Path(data_root) if data_root else list_path.parent)
     workers = max(1, min(workers or os.cpu_count() or 1, len(rel_of)))
-    threads = max(1, (os.cpu_count() or 1) // workers)   # codec threads per process: no oversubscription
+    # codec threads per process: no oversubscription
+    threads = max(1, (os.cpu_count() or 1) // workers)
     jobs = [(src, str(out_dir / rel), short_side, codec, threads) for src, rel in rel_of.items()]
     counts, bad = {"done": 0, "skipped": 0, "bad": 0}, []
     progress = Progress("prepare", len(jobs), quiet)
@@ -190,8 +198,8 @@ def encode(list_path, out_dir, short_side=320, workers=None, data_root=None, cod
              for src, labels in items if src not in bad_paths]
     new_list.write_text("".join(line + "\n" for line in lines))
     if not quiet:
-        print(f"wrote {new_list}: {len(lines)} of {len(items)} videos ({counts['done']} re-encoded, "
-              f"{counts['skipped']} already there)")
+        print(f"wrote {new_list}: {len(lines)} of {len(items)} videos "
+              f"({counts['done']} re-encoded, {counts['skipped']} already there)")
         if bad:
             print(f"{len(bad)} bad video(s) left out of the list:")
             for src, err in bad:
@@ -227,9 +235,9 @@ def parse_label(label, multi_label=False, num_classes=None):
 
 
 def scan_list(path, data_root=None, num_classes=None, multi_label=False):
-    """Every entry line of a list, bad ones included: [dict(line, text, video, label, kind, reason)].
-    kind is None for a good line, else "malformed", "label" or "duplicate" (a path seen on an
-    earlier good line, compared after resolving it)."""
+    """Every entry line of a list, bad ones included: [dict(line, text, video, label, kind,
+    reason)]. kind is None for a good line, else "malformed", "label" or "duplicate" (a path seen on
+    an earlier good line, compared after resolving it)."""
     root = Path(data_root) if data_root else Path(path).parent
     entries, first = [], {}
     for n, line in enumerate(read_lines(path), 1):
@@ -259,8 +267,10 @@ def scan_list(path, data_root=None, num_classes=None, multi_label=False):
 
 def _check_one(job):
     """Pool worker: open one video and decode one real clip, as the loader would; never raises.
-    (line, video, num_frames, stride) -> (line, dict(frames, fps, size, ms) or None, kind, reason)."""
-    import av  # noqa: F401 -- imported before the clock starts: the first clip of a worker is not slower
+    (line, video, num_frames, stride) -> (line, dict(frames, fps, size, ms) or None, kind,
+    reason)."""
+    # imported before the clock starts: the first clip of a worker is not slower
+    import av  # noqa: F401
     line, video, num_frames, stride = job
     if not os.path.isfile(video):
         return line, None, "missing", f"{video}: no such file"
@@ -286,7 +296,8 @@ def decode_all(entries, num_frames, stride, workers, quiet=False):
     todo = {e["line"]: e for e in entries if e["kind"] is None}
     jobs = [(n, e["video"], num_frames, stride) for n, e in todo.items()]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    chunk = max(1, min(32, len(jobs) // (8 * workers)))   # big enough to amortise IPC, small for balance
+    # big enough to amortise IPC, small for balance
+    chunk = max(1, min(32, len(jobs) // (8 * workers)))
     stats, bad = {}, 0
     progress = Progress("check", len(jobs), quiet)
     for i, (n, st, kind, reason) in enumerate(pool_map(_check_one, jobs, workers, chunk), 1):
@@ -382,12 +393,13 @@ def subset_size(n, total):
 
 
 def subset(list_path, n, out_list, seed=0, data_root=None, multi_label=False, quiet=False):
-    """Write a seeded, class-stratified subset of n videos (or a fraction) of a list to out_list; its
-    lines are the input's lines, in the input's order. -> the lines written."""
+    """Write a seeded, class-stratified subset of n videos (or a fraction) of a list to out_list;
+    its lines are the input's lines, in the input's order. -> the lines written."""
     entries = scan_list(list_path, data_root, multi_label=multi_label)
     bad = [e for e in entries if e["kind"] and e["kind"] != "duplicate"]
     if bad:
-        raise ValueError(f"{list_path}:{bad[0]['line']}: {bad[0]['reason']} ({len(bad)} bad line(s): "
+        raise ValueError(f"{list_path}:{bad[0]['line']}: {bad[0]['reason']} "
+                         f"({len(bad)} bad line(s): "
                          "run `prepare.py check` and --write-clean first)")
     if not entries:
         raise ValueError(f"list file {list_path} has no entries")
@@ -398,7 +410,8 @@ def subset(list_path, n, out_list, seed=0, data_root=None, multi_label=False, qu
         # as stratified_subset counts them: a multi-label line by its first label
         labels = (e["label"] for e in entries)
         classes = len({lab if isinstance(lab, int) else tuple(lab)[:1] for lab in labels})
-        print(f"wrote {out_list}: {len(lines)} of {len(entries)} videos, {classes} classes, seed {seed}")
+        print(f"wrote {out_list}: {len(lines)} of {len(entries)} videos, {classes} classes, "
+              f"seed {seed}")
     header = f"# {count} of {len(entries)} lines of {Path(list_path).name}, stratified, seed {seed}"
     write_lines(out_list, lines, list_path, data_root, header, quiet)
     return lines

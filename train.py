@@ -292,7 +292,6 @@ def main(argv=None):
     torch.manual_seed(args.seed)   # same initial weights on every rank
     fast_math(device)
     log = Log(args.out_dir, master, args.tensorboard)
-    preempt = Preemption()
 
     # ------------------------------------------------------------------ data
     try:
@@ -344,6 +343,37 @@ def main(argv=None):
         if master:
             print(f"resumed from {ckpt['path']} at step {step} (epoch {step / steps_per_epoch:.2f}, "
                   f"stage {ckpt['stage']})" + "".join(f"\n  changed: {c}" for c in changes))
+
+    # ------------------------------------------------------------------ loop
+    end_step = min(total_steps, args.steps) if args.steps else total_steps
+    if master:
+        save_args(args, args.out_dir)
+        print(f"pretraining {args.model} on {args.dataset} ({len(dataset)} items, {args.strategy}, "
+              f"target {args.target}) | {world} rank(s) on {device} | {total_steps} steps "
+              f"({steps_per_pass} per pass of {args.num_sample} clips per video, {args.accum_iter} "
+              f"micro-step(s) each), stage 2 from step {stage1_steps} | running to step {end_step}",
+              flush=True)
+    plan = dict(steps_per_pass=steps_per_pass, steps_per_epoch=steps_per_epoch, stage1_steps=stage1_steps,
+                end_step=end_step, videos_per_step=videos_per_step)
+    step = pretrain(step, plan, args=args, model=model, raw_model=raw_model, target_fn=target_fn,
+                    dataset=dataset, sampler=sampler, loader=loader, optimizer=optimizer,
+                    make_optimizer=make_optimizer, scaler=scaler, autocast=autocast, lrs=lrs, log=log,
+                    device=device, rank=rank, world=world)
+
+    # ------------------------------------------------------------------ teardown
+    if master:
+        print(f"done: {step} steps, checkpoint {os.path.join(args.out_dir, 'checkpoint-latest.pth')}",
+              flush=True)
+    teardown(world, device)
+
+
+def pretrain(step, plan, *, args, model, raw_model, target_fn, dataset, sampler, loader, optimizer,
+             make_optimizer, scaler, autocast, lrs, log, device, rank, world):
+    """The pretraining loop from `step` to plan["end_step"], pass by pass; the stage switch of the
+    progressive strategy; logs and checkpoints. SIGTERM / SIGUSR1 end it after a checkpoint. -> step."""
+    master, progressive = rank == 0, args.strategy == "progressive"
+    steps_per_pass, steps_per_epoch = plan["steps_per_pass"], plan["steps_per_epoch"]
+    stage1_steps, end_step = plan["stage1_steps"], plan["end_step"]
     latest = os.path.join(args.out_dir, "checkpoint-latest.pth")
 
     def stage_of(s):
@@ -358,15 +388,7 @@ def main(argv=None):
                          "epoch": step / steps_per_epoch, "stage": stage_of(step), "rng": rng_state(),
                          "args": vars(args)}, path)
 
-    # ------------------------------------------------------------------ loop
-    end_step = min(total_steps, args.steps) if args.steps else total_steps
-    if master:
-        save_args(args, args.out_dir)
-        print(f"pretraining {args.model} on {args.dataset} ({len(dataset)} items, {args.strategy}, target "
-              f"{args.target}) | {world} rank(s) on {device} | {total_steps} steps ({steps_per_pass} per "
-              f"pass of {args.num_sample} clips per video, {args.accum_iter} micro-step(s) each), stage 2 "
-              f"from step {stage1_steps} | running to step {end_step}", flush=True)
-    bad_seen, bad_total, nonfinite = set(), 0, 0
+    preempt, bad_seen, bad_total, nonfinite = Preemption(), set(), 0, 0
     window = new_window(device)
     while step < end_step:
         stage = stage_of(step)
@@ -374,7 +396,7 @@ def main(argv=None):
             optimizer = make_optimizer()   # stage 2 starts from stage 1's weights with a fresh optimizer
         pass_index, offset = divmod(step, steps_per_pass)
         dataset.set_state(pass_index, motion=motion_for_stage(args.strategy, stage))
-        sampler.set_epoch(pass_index, start=offset * videos_per_step)
+        sampler.set_epoch(pass_index, start=offset * plan["videos_per_step"])
         batches = iter(loader)
         t_wait = time.time()
         for _ in range(offset, steps_per_pass):
@@ -390,15 +412,15 @@ def main(argv=None):
                     bad_seen.add(b)
                     print(f"[rank {rank}] skipped bad item: {b}", flush=True)
             too_many = len(bad_seen) > args.max_bad_fraction * len(dataset)
-            # the step's one collective and host sync: every rank decides alike (a rank stopping alone
-            # would leave the others hanging)
+            # the step's one collective and host sync: every rank decides alike (a rank stopping
+            # alone would leave the others hanging)
             flags = torch.tensor([float(not torch.isfinite(sums[0])), len(bad), too_many,
                                   preempt.signum > 0], device=device)
             nan_loss, n_bad, stop_bad, stop_signal = all_reduce(flags).tolist()
             bad_total += int(n_bad)
             if stop_bad:
-                raise SystemExit(f"error: {len(bad_seen)} of {len(dataset)} items unreadable on rank {rank} "
-                                 f"(past --max-bad-fraction {args.max_bad_fraction}):\n  "
+                raise SystemExit(f"error: {len(bad_seen)} of {len(dataset)} items unreadable on rank "
+                                 f"{rank} (past --max-bad-fraction {args.max_bad_fraction}):\n  "
                                  + "\n  ".join(sorted(bad_seen)))
             if nan_loss:   # a non-finite loss never reaches the weights
                 optimizer.zero_grad(set_to_none=True)
@@ -435,18 +457,13 @@ def main(argv=None):
                     checkpoint(os.path.join(args.out_dir, "checkpoint-stage1.pth"))
             if stop_signal:
                 if master:
-                    print(f"preempted (signal {preempt.signum or 'on another rank'}): step {step} saved to "
-                          f"{latest}; continue with --resume", flush=True)
+                    print(f"preempted: step {step} saved to {latest}; continue with --resume", flush=True)
                 teardown(world, device)
                 raise SystemExit(0)
             if step >= end_step or stage_of(step) != stage:
                 break
             t_wait = time.time()
-
-    # ------------------------------------------------------------------ teardown
-    if master:
-        print(f"done: {step} steps, checkpoint {latest}", flush=True)
-    teardown(world, device)
+    return step
 
 
 def new_window(device):

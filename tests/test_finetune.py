@@ -443,7 +443,7 @@ def test_video_list_dataset_views(video_list):
     assert not torch.equal(train[2]["video"], a["video"])
 
 
-# ----------------------------------------------------------------------------- SEVERE stand-ins (issue 7)
+# ----------------------------------------------------------------------------- SEVERE stand-ins
 
 
 @pytest.mark.parametrize("task,metric", [("multi", "map"), ("count", "count_error")])
@@ -489,7 +489,7 @@ def test_severe_standins_learn(tmp_path, task):
 
 
 def test_kill_9_then_resume_is_bit_identical(tmp_path):
-    """Issue 5 for finetune.py: SIGKILL after step 5 (latest checkpoint at step 4), then --resume to step 8:
+    """finetune.py: SIGKILL after step 5 (latest checkpoint at step 4), then --resume to step 8:
     the same weights as an uninterrupted run (mixup, cutmix, RandAug and drop path on)."""
     import signal
     args = SMALL + ["--mixup", "0.8", "--cutmix", "1.0", "--randaug-n", "2", "--drop-path", "0.1", "--steps", "8",

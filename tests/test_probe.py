@@ -101,3 +101,13 @@ def test_probe_torchrun_two_ranks_matches_one(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
     assert abs(one["top1"] - two["top1"]) < 1e-6 and abs(one["top5"] - two["top5"]) < 1e-6
+
+
+def test_probe_lr_follows_the_linear_scaling_rule(tmp_path):
+    """Table 16's "base learning rate" 1e-3 is scaled by batch / 256, as Table 17's and MAE's probe."""
+    out = tmp_path / "p"
+    run(["probe.py", "--preset", "tiny", "--img-size", "32", "--num-frames", "8", "--motion-train", "128",
+         "--motion-val", "32", "--epochs", "4", "--eval-every", "1", "--batch-size", "64", "--workers", "0",
+         "--out-dir", str(out)])
+    first = next(r for r in read_log(out) if r.get("epoch") == 1)
+    assert 0.9 * 2.5e-4 < first["lr"] <= 2.5e-4          # 1e-3 x 64 / 256, early in the cosine
