@@ -424,11 +424,15 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     root_help = "folder the list's relative paths are relative to (default: the list's folder)"
-    p = sub.add_parser("encode", help="re-encode a list once for fast decoding: encode LIST OUT_DIR")
+    p = sub.add_parser("encode",
+                       help="re-encode a list once for fast decoding: encode LIST OUT_DIR")
     p.add_argument("list", help="list file '<path> <label>' (VideoMAE convention)")
-    p.add_argument("out_dir", help="re-encoded videos and the new list (OUT_DIR/<list name>) go here")
-    p.add_argument("--short-side", type=int, default=320, help="K400 320, SSv2 240 (never upscales)")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU core)")
+    p.add_argument("out_dir",
+                   help="re-encoded videos and the new list (OUT_DIR/<list name>) go here")
+    p.add_argument("--short-side", type=int, default=320,
+                   help="K400 320, SSv2 240 (never upscales)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes (default: one per CPU core)")
     p.add_argument("--data-root", default=None, help=root_help)
     p.add_argument("--codec", default="libx264", choices=["libx264", "mpeg4"])
     c = sub.add_parser("check", help="preflight a list: missing, unreadable, short videos, labels")
@@ -437,16 +441,20 @@ def parse_args(argv=None):
     c.add_argument("--num-classes", type=int, default=None, help="labels must lie in [0, K)")
     c.add_argument("--num-frames", type=int, default=16, help="frames per clip (T)")
     c.add_argument("--stride", type=int, default=4, help="frame stride of a clip")
-    c.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU core)")
-    c.add_argument("--multi-label", action="store_true", help="labels are '3,17,42' lists ('-': none)")
-    c.add_argument("--write-clean", default=None, metavar="OUT_LIST", help="write the good lines here")
+    c.add_argument("--workers", type=int, default=None,
+                   help="processes (default: one per CPU core)")
+    c.add_argument("--multi-label", action="store_true",
+                   help="labels are '3,17,42' lists ('-': none)")
+    c.add_argument("--write-clean", default=None, metavar="OUT_LIST",
+                   help="write the good lines here")
     s = sub.add_parser("subset", help="seeded class-stratified subset: subset LIST N OUT_LIST")
     s.add_argument("list", help="list file '<path> <label>'")
     s.add_argument("n", help="videos to keep: a count (80000) or a fraction of the list (0.5)")
     s.add_argument("out_list", help="the subset list (lines of LIST)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--data-root", default=None, help=root_help)
-    s.add_argument("--multi-label", action="store_true", help="stratify on the first label of each line")
+    s.add_argument("--multi-label", action="store_true",
+                   help="stratify on the first label of each line")
     return parser.parse_args(argv)
 
 
