@@ -3,6 +3,8 @@
     python bench.py               # full: ViT-S at 16x224, a ViT-B/16 teacher; a few minutes on 2 CPU cores
     python bench.py --quick       # small shapes, under a minute (tests/test_bench.py runs it)
     python bench.py --only step,data --rounds 8 --workers 4
+    python bench.py --gpu-check   # on a GPU: the gpu and data rows, then train.py eager and --compile,
+                                  # and one markdown table for docs/performance.md (under 10 minutes)
 
 Sections (rows: what | ours | baseline | ratio | goal | met?):
   step     a student pretraining step (forward + backward + AdamW) of model.py against RefStudent below,
@@ -12,19 +14,30 @@ Sections (rows: what | ours | baseline | ratio | goal | met?):
   memory   activations per clip, measured as the bytes autograd saves for backward (saved-tensor hooks;
            torch.cuda.max_memory_allocated on a GPU), and the batch per 80 GB GPU they imply
   teacher  CLIP ViT-B/16 with RANDOM weights (never downloaded): frames ::2 against all, bf16 against fp32
-  data     decode ms per clip before/after `python prepare.py encode`, overlay and mask ms per clip on one
-           core, and loaders (decode + crop + overlay + mask) against the model's training speed
+  gpu      (CUDA only) train.py's WHOLE step, built from train.py's own functions: a uint8 batch in pinned
+           memory -> device -> data.normalize -> CLIP teacher (weights cast once to the amp dtype) ->
+           student forward/backward on index masks -> fused AdamW, timed with CUDA events. FLOP/s count
+           the teacher's forward too (about half of a ViT-B step); MFU against the GPU's dense bf16 peak
+           (GPU_PEAKS), peak memory, against the student alone, fp32/TF32 and --compile
+  data     decode ms per clip before/after `python prepare.py encode` (one decoder thread, as in a loader
+           worker), overlay and mask ms per clip on one core, uint8 against float32 clips, and loaders
+           (decode + crop + overlay + mask) against the model's training speed: the CPU step's, and on a
+           GPU the whole GPU step's (clips/s per GPU, workers per GPU)
   demo     `python train.py --preset tiny` end to end, clips/s read from its log.jsonl
 
 Timing: the two sides of a row run alternately (A B A B ...) and each keeps its best round. Other work
 on the machine only adds time, so the minimum is the steadiest estimate, and alternating exposes both
 sides to the same load: trust the ratios more than the absolute numbers. With 2 threads on 2 busy
 cores every parallel op waits for a descheduled thread; run it on a quiet machine (load is printed).
+docs/performance.md explains each row and holds the last numbers measured.
 """
 import argparse
+import gc
 import json
+import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,7 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import MODEL_SIZES, PretrainModel, sinusoid_table
+from model import MODEL_SIZES, PretrainModel, mask_indices, sinusoid_table
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")   # the teacher has random weights: never touch the network
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -173,10 +186,13 @@ def make_step(model, video, mask, target, amp=None, fused=True):
     """One step as train.py takes it: forward (under autocast when amp), MSE on the masked tokens,
     backward, AdamW (betas 0.9/0.95). fused=False: torch's default AdamW (a per-tensor loop on CPU)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=fused or None)
+    # model.py takes the index pair made once on the CPU, as the loader does; the reference a bool mask
+    idx = mask if isinstance(model, RefStudent) else mask_indices(mask.cpu())
+    idx = idx if isinstance(model, RefStudent) else tuple(i.to(video.device) for i in idx)
 
     def step():
         with torch.autocast(video.device.type, dtype=amp) if amp else nullcontext():
-            pred = model(video, mask)
+            pred = model(video, idx)
         F.mse_loss(pred.float(), target).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -251,16 +267,6 @@ def bench_step(a, rate):
             compiled()
             versus(f"step {name}: --compile vs eager (compiling took {time.time() - t0:.0f} s)", B, compiled, eager,
                    a.rounds)
-    if torch.cuda.is_available():   # the GPU path: ViT-S at 224, bf16 autocast vs fp32
-        model, (video, mask, target) = student("small", 224).cuda(), batch(16, 224, device="cuda")
-        mm, flops_mm = matmul(8192, torch.bfloat16, "cuda")
-        t = race({"bf16": make_step(model, video, mask, target, amp=torch.bfloat16),
-                  "fp32": make_step(model, video, mask, target), "mm": mm}, a.rounds)
-        got, peak = step_flops("small", 224) * 16 / t["bf16"], flops_mm / t["mm"]
-        row("step ViT-S 16x224 B16 GPU: bf16 autocast vs fp32", f"{16 / t['bf16']:.1f} clips/s",
-            f"{16 / t['fp32']:.1f} clips/s", f"{t['fp32'] / t['bf16']:.2f}x")
-        row("step ViT-S 16x224 B16 GPU bf16: achieved FLOP/s vs torch.mm", f"{got / 1e12:.0f} TFLOP/s",
-            f"{peak / 1e12:.0f} TFLOP/s", f"{100 * got / peak:.0f}%")
 
 
 # ----------------------------------------------------------------------------- memory
@@ -325,10 +331,7 @@ def bench_teacher(a, rate):
     import teacher as teacher_lib
     name, img, label = "ViT-B-16", 224, "ViT-B/16"
     if a.quick:
-        name, img, label = os.path.join(tempfile.mkdtemp(), "bench_small_clip.json"), 64, "small CLIP"
-        with open(name, "w") as f:
-            json.dump({"embed_dim": 64, "text_cfg": dict(context_length=8, vocab_size=64, width=32, heads=2, layers=1),
-                       "vision_cfg": dict(image_size=64, patch_size=16, width=192, layers=4, head_width=64)}, f)
+        name, img, label = small_clip_config(), 64, "small CLIP"
     t, video = teacher_lib.Teacher(name, pretrained=None), torch.randn(1, 3, 16, img, img)
     t_bf16 = teacher_lib.Teacher(name, pretrained=None).to(torch.bfloat16)   # weights cast once
 
@@ -346,6 +349,309 @@ def bench_teacher(a, rate):
     for key, what in (("autocast", "bf16 autocast"), ("bf16", "bf16 weights (cast once, no autocast)")):
         row(f"teacher {label} 16x{img} frames ::2: {what} vs fp32 (CPU)", f"{1 / r[key]:.2f} clips/s",
             f"{1 / r['half']:.2f} clips/s", f"{r['half'] / r[key]:.2f}x")
+
+
+# ----------------------------------------------------------------------------- gpu: train.py's whole step
+
+# Dense (no sparsity) tensor-core peaks in TFLOP/s from the vendors' data sheets, bf16 (fp16 where the GPU
+# has no bf16 tensor cores: V100, T4; there --amp auto runs fp16), by a piece of
+# torch.cuda.get_device_name(). The first match wins: longer names before the names they contain.
+GPU_PEAKS = [("GH200", 989), ("H200", 989), ("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989),
+             ("H800", 989), ("B200", 2250), ("A100", 312), ("A800", 312), ("A30", 165), ("L40S", 362),
+             ("L40", 181), ("L4", 121), ("A10", 125), ("V100-PCIE", 112), ("V100", 125), ("T4", 65)]
+
+
+def flop_s(x):
+    """FLOP/s with a unit that suits the size: TFLOP/s on a GPU, GFLOP/s on a CPU."""
+    return f"{x / 1e12:.1f} TFLOP/s" if x >= 1e12 else f"{x / 1e9:.1f} GFLOP/s"
+
+
+def gpu_peak(name):
+    """Dense bf16/fp16 tensor-core peak in FLOP/s of the GPU called `name`, or None for one not in GPU_PEAKS."""
+    return next((tf * 1e12 for key, tf in GPU_PEAKS if key.lower() in name.lower()), None)
+
+
+def teacher_flops(t):
+    """Matmul FLOPs of the frozen teacher's forward per 16-frame clip (teacher.Teacher; 2 per multiply-add):
+    one frame per tubelet, per frame the patch embedding and per block qkv + proj + MLP and attention over
+    the grid plus the class/register tokens. CLIP ViT-B/16 at 224: ~281 GFLOP, about as much as the ViT-B
+    student's forward and backward together (step_flops: ~291)."""
+    t = getattr(t, "_orig_mod", t)   # under --compile
+    v = t.visual
+    if t.backend == "open_clip":
+        D, blocks, prefix = v.transformer.width, v.transformer.resblocks, 1
+        hidden = blocks[0].mlp.c_fc.out_features
+    else:
+        D, blocks, prefix, hidden = v.embed_dim, v.blocks, v.num_prefix_tokens, v.blocks[0].mlp.fc1.out_features
+    g, n = t.grid ** 2, t.grid ** 2 + prefix
+    macs = len(blocks) * (n * (4 * D * D + 2 * D * hidden) + 2 * n * n * D) + g * 3 * t.patch_size ** 2 * D
+    return 2 * macs * (16 // t.tubelet)
+
+
+def train_flags(cfg, amp, compile=False):
+    """train.py's flags for a bench configuration (random teacher weights: nothing is downloaded)."""
+    return ["--dataset", "black", "--model", cfg["model"], "--img-size", str(cfg["img"]), "--target", "clip",
+            "--teacher", cfg["teacher"], "--teacher-weights", "none", "--amp", amp,
+            "--batch-size", str(cfg["batch"])] + (["--compile"] if compile else [])
+
+
+class WholeStep:
+    """train.py's optimizer step, assembled from train.py's own functions and flags: to_device (pinned ->
+    device, non-blocking), train_step (data.normalize on the device, the teacher under no_grad, the student
+    on index masks, MSE, backward), the step's flag read (train.py's host sync) and optimizer_step (fused
+    AdamW on a GPU). Called with a batch as data.collate makes it; teacher=False uses targets computed once
+    (the student alone). peak_base: the device memory in use before it was built."""
+
+    def __init__(self, argv, device):
+        import runtime
+        import train
+        self.train, self.runtime, self.device = train, runtime, device
+        self.peak_base = torch.cuda.memory_allocated() if device.type == "cuda" else 0
+        args = self.args = train.get_args(argv)
+        self.autocast, self.scaler, self.dtype = runtime.amp_setup(device, args.amp)
+        self.teacher, out_dim = train.build_target(args, device, self.dtype)
+        model = PretrainModel(img_size=args.img_size, patch_size=args.patch_size, num_frames=args.num_frames,
+                              tubelet_size=args.tubelet, out_dim=out_dim, **MODEL_SIZES[args.model]).to(device)
+        self.model = torch.compile(model) if args.compile else model
+        self.opt = runtime.adamw([{"params": list(model.parameters()), "weight_decay": args.weight_decay}],
+                                 args.betas, device)
+        runtime.set_lr(self.opt, 1e-4)
+        self.student_flops = step_flops(args.model, args.img_size, out_dim, args.mask_ratio)
+        self.teacher_flops = teacher_flops(self.teacher)
+        self.cached = None
+
+    def batch(self, B):
+        """B random uint8 clips with tube masks, as data.collate makes them (pinned on a GPU)."""
+        import masking
+        a, rng = self.args, np.random.default_rng(0)
+        side, t = a.img_size // a.patch_size, a.num_frames // a.tubelet
+        mask = torch.from_numpy(np.stack([masking.tube_mask(t, side, side, a.mask_ratio, rng).reshape(-1)
+                                          for _ in range(B)]))
+        video = torch.randint(0, 256, (B, 3, a.num_frames, a.img_size, a.img_size), dtype=torch.uint8)
+        visible_idx, masked_idx = mask_indices(mask)
+        out = {"video": video, "mask": mask, "visible_idx": visible_idx, "masked_idx": masked_idx}
+        if self.device.type == "cuda":
+            out = {k: v.pin_memory() for k, v in out.items()}
+        return {**out, "bad": []}
+
+    def __call__(self, batch, teacher=True):
+        target_fn = self.teacher
+        if not teacher:
+            if self.cached is None:
+                with torch.no_grad(), self.autocast():
+                    self.cached = self.teacher(self.train.data.normalize(batch["video"].to(self.device)))
+            target_fn = lambda video: self.cached   # noqa: E731
+        micro = [self.train.to_device(batch, self.device)]
+        sums = self.train.train_step(self.model, target_fn, micro, self.autocast, self.scaler, 1)
+        # as train.py builds and reads its flags (the step's all-reduce; a no-op on one process)
+        flags = torch.tensor([float(not torch.isfinite(sums[0])), 0, False, False], device=self.device)
+        self.runtime.all_reduce(flags).tolist()
+        self.runtime.optimizer_step(self.opt, self.scaler)
+
+    def peak(self, batch):
+        """Peak device memory of one step (torch.cuda.max_memory_allocated), less what was there before."""
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        self(batch)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - self.peak_base
+
+
+def device_race(fns, steps, rounds, device):
+    """race() for device work: per round each callable runs `steps` times back to back, timed from its
+    first launch to its last kernel's end (CUDA events; perf_counter on a CPU) -> {name: best s per call}.
+    Two warm-up calls each first (compilation, cuDNN autotuning, the allocator's pools)."""
+    for f in fns.values():
+        f()
+        f()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, f in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(steps):
+                    f()
+                end.record()
+                end.synchronize()
+                dt = start.elapsed_time(end) / 1000
+            else:
+                t = time.perf_counter()
+                for _ in range(steps):
+                    f()
+                dt = time.perf_counter() - t
+            best[name] = min(best[name], dt / steps)
+    return best
+
+
+def gpu_config(a):
+    """What the gpu section runs: ViT-B at 16x224 with CLIP ViT-B/16, 32 clips per GPU (the paper's 256
+    on 8 GPUs); --quick: ViT-S, 8 clips; --dry-run: the tiny model and a small CLIP on the CPU."""
+    if a.dry_run:
+        return dict(model="tiny", img=64, batch=4, teacher=small_clip_config(), label="tiny + small CLIP",
+                    device=torch.device("cpu"), amp="bf16", steps=1, rounds=1, mm=512)
+    cfg = dict(model="small" if a.quick else "base", img=224, batch=8 if a.quick else 32, teacher="ViT-B-16",
+               device=torch.device("cuda"), amp="auto", steps=3 if a.quick else 10, rounds=min(a.rounds, 5),
+               mm=8192)
+    cfg["label"] = f"{'ViT-S' if a.quick else 'ViT-B'} + CLIP ViT-B/16"
+    return cfg
+
+
+def bench_gpu(a, rate):
+    """Section gpu: train.py's whole step on the GPU (or, with --dry-run, the same code on the CPU).
+    Fills rate["gpu"] (clips/s of the faster of eager and --compile), which the data section's loaders
+    are judged against, and rate["gpu_results"] for --gpu-check's markdown table."""
+    import runtime
+    if not (torch.cuda.is_available() or a.dry_run):
+        print("  gpu: no CUDA device, section skipped", file=sys.stderr)
+        return
+    cfg = gpu_config(a)
+    device, B, cuda = cfg["device"], cfg["batch"], cfg["device"].type == "cuda"
+    runtime.fast_math(device)   # as train.py: cuDNN autotuning, TF32 for the fp32 row
+    gpu = torch.cuda.get_device_name() if cuda else "CPU (dry run)"
+    peak_flops = gpu_peak(gpu) if cuda else None
+    total_mem = torch.cuda.get_device_properties(device).total_memory if cuda else None
+
+    # each configuration is built, warmed up and its memory measured before the next one is built
+    steps, peaks = {}, {}
+    eager = steps["eager"] = WholeStep(train_flags(cfg, cfg["amp"]), device)
+    dt = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[eager.dtype]
+    name = f"{cfg['label']} 16x{cfg['img']} B{B} {dt}"
+    batch, half = eager.batch(B), eager.batch(max(B // 2, 1))
+    if cuda:   # after a warm-up of each shape (cuDNN autotuning, AdamW's state)
+        eager(batch), eager(half)
+        peaks["eager"], peaks["half"] = eager.peak(batch), eager.peak(half)
+    if cuda and not a.quick:
+        steps["fp32"] = WholeStep(train_flags(cfg, "none"), device)
+    if not a.no_compile:
+        t0 = time.time()
+        steps["compile"] = WholeStep(train_flags(cfg, cfg["amp"], compile=True), device)
+        steps["compile"](batch)
+        compile_s = time.time() - t0
+        if cuda:
+            peaks["compile"] = steps["compile"].peak(batch)
+    mm, flops_mm = matmul(cfg["mm"], eager.dtype or torch.float32, device.type)
+    fns = {k: (lambda s=s: s(batch)) for k, s in steps.items()}
+    fns["student"], fns["mm"] = lambda: eager(batch, teacher=False), mm
+    t = device_race(fns, cfg["steps"], cfg["rounds"], device)
+
+    flops = eager.student_flops + eager.teacher_flops   # per clip
+    row(f"gpu step {name}: whole step (uint8 batch -> teacher -> student -> AdamW) vs student alone",
+        f"{B / t['eager']:.1f} clips/s", f"{B / t['student']:.1f} clips/s",
+        f"teacher {100 * (1 - t['student'] / t['eager']):.0f}%")
+    got = flops * B / t["eager"]
+    row(f"gpu step {name}: FLOP/s (student {eager.student_flops / 1e9:.0f} + teacher "
+        f"{eager.teacher_flops / 1e9:.0f} GFLOP/clip) vs {gpu} {dt} dense peak", flop_s(got),
+        flop_s(peak_flops) if peak_flops else "peak unknown",
+        f"MFU {100 * got / peak_flops:.0f}%" if peak_flops else "MFU -")
+    row(f"gpu step {name}: FLOP/s vs {cfg['mm']}^3 torch.mm ({dt})", flop_s(got), flop_s(flops_mm / t["mm"]),
+        f"{100 * got * t['mm'] / flops_mm:.0f}%")
+    if "fp32" in t:
+        row(f"gpu step {name}: {dt} vs fp32 (TF32 matmuls)", f"{B / t['eager']:.1f} clips/s",
+            f"{B / t['fp32']:.1f} clips/s", f"{t['fp32'] / t['eager']:.2f}x")
+    if cuda:
+        per = (peaks["eager"] - peaks["half"]) / (B - max(B // 2, 1))
+        fits = int((0.95 * total_mem - (peaks["eager"] - B * per)) / per) if per > 0 else 0
+        row(f"gpu step {name}: peak memory (max_memory_allocated) vs this GPU's",
+            f"{peaks['eager'] / 2**30:.1f} GiB", f"{total_mem / 2**30:.0f} GiB",
+            f"{per / 2**20:.0f} MiB/clip: batch ~{fits}")
+    if "compile" in t:
+        row(f"gpu step {name}: --compile (student and teacher) vs eager (compiling took {compile_s:.0f} s)",
+            f"{B / t['compile']:.1f} clips/s", f"{B / t['eager']:.1f} clips/s", f"{t['eager'] / t['compile']:.2f}x")
+
+    rate["gpu"], rate["gpu_img"] = max(B / t[k] for k in ("eager", "compile") if k in t), cfg["img"]
+    results = rate["gpu_results"] = {"gpu": gpu, "flops": flops, "peak_flops": peak_flops, "rows": [],
+                                     "commands": []}
+    for k in ("eager", "compile"):
+        if k in t:
+            results["rows"].append(dict(run=f"bench.py whole step, {name}{', --compile' if k == 'compile' else ''}",
+                                        step_s=t[k], clips=B / t[k], peak=peaks.get(k), wait=None,
+                                        speedup=t["eager"] / t[k] if k == "compile" else None))
+    # free the GPU for the sections and the train.py runs that follow
+    steps.clear(), fns.clear(), peaks.clear()
+    eager = batch = half = None   # noqa: F841 -- the student-alone lambda held them
+    torch._dynamo.reset()
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+
+
+def small_clip_config():
+    """A small open_clip config (ViT of width 192, 4 blocks, 64 px) written to a temporary JSON file."""
+    path = os.path.join(tempfile.mkdtemp(), "bench_small_clip.json")
+    with open(path, "w") as f:
+        json.dump({"embed_dim": 64, "text_cfg": dict(context_length=8, vocab_size=64, width=32, heads=2, layers=1),
+                   "vision_cfg": dict(image_size=64, patch_size=16, width=192, layers=4, head_width=64)}, f)
+    return path
+
+
+# ----------------------------------------------------------------------------- gpu check: train.py runs
+
+TRAIN_RUN = """import sys, torch, train
+train.main(sys.argv[1:])
+print("bench peak memory", torch.cuda.max_memory_allocated() if torch.cuda.is_available() else -1)
+"""
+
+
+def train_run(flags, timeout):
+    """train.py in its own process (the -c wrapper reads its peak memory at the end) -> the median clips/s
+    and data wait of its log windows after the first (start-up, compilation), and the peak memory."""
+    out = tempfile.mkdtemp()
+    run = subprocess.run([sys.executable, "-c", TRAIN_RUN, *flags, "--out-dir", out], capture_output=True,
+                         text=True, cwd=ROOT, timeout=timeout)
+    if run.returncode:
+        raise RuntimeError(f"train.py {' '.join(flags)} failed: {(run.stderr or run.stdout).strip()[-600:]}")
+    with open(os.path.join(out, "log.jsonl")) as f:
+        recs = [json.loads(ln) for ln in f if "clips_per_s" in ln]
+    shutil.rmtree(out, ignore_errors=True)   # its checkpoint: a ViT-B's is over a GB
+    steady = recs[1:] or recs
+    peak = int(run.stdout.strip().splitlines()[-1].split()[-1])
+    return (float(np.median([r["clips_per_s"] for r in steady])), float(np.median([r["data_wait"] for r in steady])),
+            peak if peak >= 0 else None)
+
+
+def gpu_check(a, rate):
+    """--gpu-check's second half: `train.py --model base --target clip --teacher-weights none --amp bf16
+    --dataset black --steps 30 --batch-size 32 --workers 8`, eager and --compile (--dry-run: the tiny CPU
+    variant, eager only), added to rate["gpu_results"]."""
+    results = rate.get("gpu_results")
+    if results is None:
+        raise RuntimeError("the gpu section did not run (no CUDA device?): nothing to compare train.py with")
+    cfg = gpu_config(a)
+    steps, workers, every = (4, 0, 2) if a.dry_run else (30, 8, 10)
+    base = train_flags(cfg, "bf16") + ["--steps", str(steps), "--workers", str(workers), "--log-every", str(every)]
+    eager_clips = None
+    for compile in (False, True):
+        left = a.budget_s - (time.time() - a.t0)   # the check must fit a 10-minute slot
+        if (compile and a.no_compile) or left < 60:
+            print(f"  train.py{' --compile' if compile else ''}: skipped ({left:.0f} s of --budget left)",
+                  file=sys.stderr)
+            continue
+        flags = base + (["--compile"] if compile else [])
+        clips, wait, peak = train_run(flags, timeout=left)
+        eager_clips = eager_clips or clips
+        results["commands"].append("python train.py " + " ".join(flags))
+        results["rows"].append(dict(run=f"train.py, {steps} steps, {workers} workers{', --compile' if compile else ''}",
+                                    step_s=cfg["batch"] / clips, clips=clips, peak=peak, wait=wait,
+                                    speedup=clips / eager_clips if compile else None))
+
+
+def markdown_table(results):
+    """--gpu-check's table: one line per run, MFU against the GPU's dense peak ('-' for an unknown GPU)."""
+    def fmt(x, f):
+        return "-" if x is None else f(x)
+    lines = ["| GPU | run | step ms | clips/s | MFU | peak memory | data wait | compile speedup |",
+             "|---|---|---|---|---|---|---|---|"]
+    peak = results["peak_flops"]
+    for r in results["rows"]:
+        cells = [results["gpu"], r["run"], f"{1000 * r['step_s']:.0f}", f"{r['clips']:.1f}",
+                 fmt(peak, lambda p: f"{100 * r['clips'] * results['flops'] / p:.0f}%"),
+                 fmt(r["peak"], lambda b: f"{b / 2**30:.1f} GiB"), fmt(r["wait"], lambda w: f"{100 * w:.0f}%"),
+                 fmt(r["speedup"], lambda x: f"{x:.2f}x")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [""] + [f"    {c}" for c in results.get("commands", [])]
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- data
@@ -366,9 +672,29 @@ def write_mp4(path, num_frames, height=360, width=640, fps=25):
         c.mux(s.encode())
 
 
+class FloatClips(torch.utils.data.Dataset):
+    """The loader before clips stayed uint8: each worker normalises its clips to float32 (data.normalize,
+    now run on the device), and 4x the bytes go through shared memory, pinning and the copy."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        import data
+        sample = self.dataset[index]
+        return {**sample, "video": data.normalize(sample["video"])}
+
+
 def loader_rate(dataset, workers, batches):
-    """Clips/s a DataLoader delivers once running (the first batch, with worker start-up, not counted)."""
+    """Clips/s a DataLoader delivers once running (the first batch, with worker start-up, not counted).
+    workers=0: in this process on one thread, i.e. what one loader worker delivers."""
     import data
+    threads = torch.get_num_threads()
+    if not workers:
+        torch.set_num_threads(1)   # as data.worker_init does in a worker
     loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=workers, collate_fn=data.collate,
                                          worker_init_fn=data.worker_init, prefetch_factor=4 if workers else None)
     it, clips = iter(loader), 0
@@ -376,7 +702,9 @@ def loader_rate(dataset, workers, batches):
     t0 = time.perf_counter()
     for _ in range(batches):
         clips += len(next(it)["mask"])
-    return clips / (time.perf_counter() - t0)
+    rate = clips / (time.perf_counter() - t0)
+    torch.set_num_threads(threads)
+    return rate
 
 
 def bench_data(a, model_rate):
@@ -399,7 +727,7 @@ def bench_data(a, model_rate):
     def decode(path):
         return lambda: [data.decode_frames(path, s + 4 * np.arange(16)) for s in starts]
     r = race({"after": decode(dst), "before": decode(src)}, a.rounds)
-    row(f"decode 16 frames at stride 4: prepared (short side {short}) vs 640x360 source",
+    row(f"decode 16 frames at stride 4, one thread: `prepare.py encode` (short side {short}) vs 640x360 source",
         f"{250 * r['after']:.1f} ms/clip", f"{250 * r['before']:.1f} ms/clip", f"{r['before'] / r['after']:.2f}x")
 
     threads = torch.get_num_threads()   # one core, as in a loader worker
@@ -418,25 +746,57 @@ def bench_data(a, model_rate):
     def resize_float():   # the float round trip data.resize used before (uint8 -> float -> interpolate -> uint8)
         x = F.interpolate(crop.float(), size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
         x.round_().clamp_(0, 255).byte()
+    img = 64 if a.quick else 224   # the loader rows' larger clips
+    clip = data.to_tensor(frames[:, :img, :img])   # uint8 (3, 16, img, img), as the loader now ships it
     r = race({"overlay": paste, "mask": mask, "resize": lambda: data.resize(crop.permute(0, 2, 3, 1).numpy(), 224),
-              "resize_float": resize_float}, 4 * a.rounds)
+              "resize_float": resize_float, "normalize": lambda: data.normalize(clip)}, 4 * a.rounds)
     torch.set_num_threads(threads)
+    norm = r["normalize"]
     row("overlay of 2 objects on 16x224, one core (motion.overlay)", f"{1000 * r['overlay']:.1f} ms/clip",
         "10 ms budget", f"{0.010 / r['overlay']:.2f}x", "<= 10 ms", r["overlay"] <= 0.010)
     row("trajectory mask of 16x224, one core (masking)", f"{1000 * r['mask']:.2f} ms/clip", "-", "-")
-    row("crop resize 16x320x320 -> 224, one core: data.resize (uint8) vs float round trip", f"{1000 * r['resize']:.1f} ms/clip",
-        f"{1000 * r['resize_float']:.1f} ms/clip", f"{r['resize_float'] / r['resize']:.2f}x")
+    row("crop resize 16x320x320 -> 224, one core: data.resize (uint8) vs float round trip",
+        f"{1000 * r['resize']:.1f} ms/clip", f"{1000 * r['resize_float']:.1f} ms/clip",
+        f"{r['resize_float'] / r['resize']:.2f}x")
 
-    batches = 3 if a.quick else 12
-    for img, size, source in ((64, "tiny", "black"), (64, "tiny", "video"), (64 if a.quick else 224, "small", "video")):
-        ds = data.PretrainDataset(source, items=[(dst, 0)] * 4 * (batches + 2) if source == "video" else None,
-                                  length=4 * (batches + 2), num_frames=16, stride=4, img_size=img, num_sample=2,
-                                  objects=objects, object_size=(64, 160) if img == 64 else (32, 128))
-        clips, goal = loader_rate(ds, a.workers, batches), 2 if size == "tiny" else 1
+    # enough batches that every worker delivers several: the rate is the steady one, not the start-up's
+    batches = 3 if a.quick else max(12, 4 * a.workers)
+
+    def dataset(source, img):
+        return data.PretrainDataset(source, items=[(dst, 0)] * 4 * (batches + 2) if source == "video" else None,
+                                    length=4 * (batches + 2), num_frames=16, stride=4, img_size=img, num_sample=2,
+                                    objects=objects, object_size=(64, 160) if img == 64 else (32, 128))
+    # the CPU rows: loaders against the CPU step measured in this run (section step)
+    for img_, size, source in ((64, "tiny", "black"), (64, "tiny", "video"), (img, "small", "video")):
+        if size not in model_rate:
+            continue
+        clips, goal = loader_rate(dataset(source, img_), a.workers, batches), 2 if size == "tiny" else 1
         what = "mp4 (prepared)" if source == "video" else "black (the tiny demo's data)"
-        row(f"loader {what} 16x{img}, {a.workers} workers vs {size} model step", f"{clips:.1f} clips/s",
+        row(f"loader {what} 16x{img_}, {a.workers} workers vs {size} model step", f"{clips:.1f} clips/s",
             f"{model_rate[size]:.1f} clips/s", f"{clips / model_rate[size]:.2f}x", f">= {goal}x",
             clips >= goal * model_rate[size])
+
+    # uint8 clips: what the loader ships, and what a worker no longer computes
+    video = dataset("video", img)
+    clip_bytes = 3 * 16 * 224 * 224 * video[0]["video"].element_size()
+    row("bytes per 16x224 clip through the loader: uint8 (now) vs float32", f"{clip_bytes / 1e6:.2f} MB",
+        f"{3 * 16 * 224 * 224 * 4 / 1e6:.2f} MB", f"{3 * 16 * 224 * 224 * 4 / clip_bytes:.2f}x")
+    r = {"uint8": loader_rate(video, a.workers, batches), "float32": loader_rate(FloatClips(video), a.workers, batches),
+         "worker": loader_rate(video, 0, 3 if a.quick else 12)}
+    row(f"loader mp4 (prepared) 16x{img}, {a.workers} workers: uint8 clips vs float32 normalised in the workers",
+        f"{r['uint8']:.1f} clips/s", f"{r['float32']:.1f} clips/s", f"{r['uint8'] / r['float32']:.2f}x")
+    row(f"data.normalize of a 16x{img} clip, one core (moved to the device) vs a worker's whole clip",
+        f"{1000 * norm:.1f} ms/clip", f"{1000 / r['worker']:.1f} ms/clip", f"{100 * norm * r['worker']:.0f}% of it")
+
+    # a GPU: the loader against the whole GPU step (section gpu), per GPU and per worker
+    if "gpu" in model_rate and model_rate["gpu_img"] == img:
+        need, cores = model_rate["gpu"], os.cpu_count() // max(torch.cuda.device_count(), 1)
+        row(f"loader mp4 (prepared) 16x{img}, {a.workers} workers vs the GPU step (clips/s one GPU needs)",
+            f"{r['uint8']:.1f} clips/s", f"{need:.1f} clips/s", f"{r['uint8'] / need:.2f}x", ">= 1x",
+            r["uint8"] >= need)
+        row(f"loader workers per GPU at 16x{img}: one worker's clips/s vs the GPU step", f"{r['worker']:.1f} clips/s",
+            f"{need:.1f} clips/s", f"{math.ceil(need / r['worker'])} workers", f"<= {cores} cores/GPU",
+            need / r["worker"] <= cores)
 
 
 # ----------------------------------------------------------------------------- demo
@@ -458,32 +818,64 @@ def bench_demo(a, model_rate):
 
 # ----------------------------------------------------------------------------- main
 
-if __name__ == "__main__":
+SECTIONS = ("step", "memory", "teacher", "gpu", "data", "demo")
+
+
+def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small shapes and few rounds: under a minute")
-    p.add_argument("--only", default="step,memory,teacher,data,demo", help="comma-separated sections")
+    p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     p.add_argument("--rounds", type=int, default=None, help="timing rounds per row (default 7, --quick 2)")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="loader processes (default: one per core)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--no-compile", action="store_true", help="skip the --compile row (compiling takes a minute)")
-    a = p.parse_args()
+    p.add_argument("--no-compile", action="store_true", help="skip the --compile rows (compiling takes a minute)")
+    p.add_argument("--gpu-check", action="store_true", help="on a GPU: sections gpu and data at full size, then "
+                   "train.py (ViT-B, CLIP teacher with random weights, bf16, 30 steps of 32 clips, 8 workers) eager "
+                   "and --compile; ends with one markdown table for docs/performance.md")
+    p.add_argument("--budget", dest="budget_s", type=float, default=570, help="--gpu-check: seconds for the "
+                   "whole check; a train.py run that would start with less than a minute left is skipped")
+    p.add_argument("--dry-run", action="store_true", help="with --gpu-check: the same code on the CPU at tiny "
+                   "shapes (tiny model, small CLIP, 4 train.py steps, no --compile), to check it runs and formats")
+    a = p.parse_args(argv)
+    if a.dry_run and not a.gpu_check:
+        p.error("--dry-run goes with --gpu-check")
     a.rounds = a.rounds or (2 if a.quick else 7)
+    if a.gpu_check:   # full size; the sections the check needs and nothing else
+        a.quick, a.only = False, "gpu" if a.dry_run else "gpu,data"
+        a.no_compile = a.no_compile or a.dry_run
+    unknown = set(a.only.split(",")) - set(SECTIONS)
+    if unknown:
+        p.error(f"--only: unknown section(s) {', '.join(sorted(unknown))} (known: {', '.join(SECTIONS)})")
+    return a
+
+
+def main(argv=None):
+    a = get_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     only = set(a.only.split(","))
-    print(f"smile bench{' --quick' if a.quick else ''} | {machine()}", flush=True)
-    t0, failed, rate = time.time(), [], {}
-    for name, fn in (("step", bench_step), ("memory", bench_memory), ("teacher", bench_teacher),
-                     ("data", bench_data), ("demo", bench_demo)):
-        if name in only or (name == "step" and only & {"data", "demo"}):   # data and demo need the step's clips/s
-            try:
-                t = time.time()
-                fn(a, rate)
-                print(f"  {name}: {time.time() - t:.0f} s", file=sys.stderr, flush=True)
-            except Exception as e:   # noqa: BLE001 -- one broken section must not hide the others
-                failed.append(name)
-                row(f"{name}: FAILED {type(e).__name__}: {str(e)[:120]}", "-", "-", "-")
+    if not a.gpu_check and only & {"data", "demo"}:   # data and demo are judged against the CPU step's clips/s
+        only.add("step")
+    print(f"smile bench{' --quick' if a.quick else ''}{' --gpu-check' if a.gpu_check else ''}"
+          f"{' --dry-run' if a.dry_run else ''} | {machine()}", flush=True)
+    t0 = a.t0 = time.time()
+    failed, rate = [], {}
+    sections = [(name, globals()[f"bench_{name}"]) for name in SECTIONS if name in only]
+    for name, fn in sections + ([("train.py", gpu_check)] if a.gpu_check else []):
+        try:
+            t = time.time()
+            fn(a, rate)
+            print(f"  {name}: {time.time() - t:.0f} s", file=sys.stderr, flush=True)
+        except Exception as e:   # noqa: BLE001 -- one broken section must not hide the others
+            failed.append(name)
+            row(f"{name}: FAILED {type(e).__name__}: {str(e)[:300]}", "-", "-", "-")
     print_table()
+    if a.gpu_check and rate.get("gpu_results"):
+        print("\n" + markdown_table(rate["gpu_results"]))
     print(f"{time.time() - t0:.0f} s | load average now {os.getloadavg()[0]:.2f}"
           + (f" | FAILED: {', '.join(failed)}" if failed else ""))
-    sys.exit(1 if failed else 0)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
