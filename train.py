@@ -414,8 +414,8 @@ def pretrain(step, plan, *, args, model, raw_model, target_fn, dataset, sampler,
             too_many = len(bad_seen) > args.max_bad_fraction * len(dataset)
             # the step's one collective and host sync: every rank decides alike (a rank stopping
             # alone would leave the others hanging)
-            flags = torch.tensor([float(not torch.isfinite(sums[0])), len(bad), too_many,
-                                  preempt.signum > 0], device=device)
+            flags = torch.cat([(~torch.isfinite(sums[:1])).float(),   # on the device: no sync yet
+                               torch.tensor([len(bad), too_many, preempt.signum > 0], device=device)])
             nan_loss, n_bad, stop_bad, stop_signal = all_reduce(flags).tolist()
             bad_total += int(n_bad)
             if stop_bad:
