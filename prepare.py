@@ -16,10 +16,10 @@ check: reads a list the way training does (data.read_list: `<path> <label>`, lab
 real clip of every video, so that missing files, unreadable or too-short videos, duplicates and bad
 labels show up here, named FILE:LINE, and not hours into a GPU run. Exit code 0: every line good;
 1: some bad (a --write-clean list leaves them out); 2: unusable arguments.
+
 subset: a seeded, class-stratified subset (data.stratified_subset): the paper's K400_m (80K of
 K400's 240K clips) and SSv2_m (50% of SSv2) for ablations, SEVERE's 10^3 low-shot sets. Output lines
-are
-lines of the input.
+are lines of the input.
 """
 import argparse
 import multiprocessing
