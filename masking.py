@@ -38,17 +38,17 @@ def tube_mask(t, h, w, ratio, rng):
     return np.repeat(spatial.reshape(1, h, w), t, axis=0)
 
 
-def object_tokens(masks, tubelet=2, patch=16):
-    """bool (t, h, w): tokens that any object covers, from pixel footprints masks bool (K, T, H, W).
+def object_tokens(footprints, tubelet=2, patch=16):
+    """bool (t, h, w): tokens that any object covers, from pixel footprints bool (K, T, H, W).
 
     Token (i, y, x) is an object token if some object covers some pixel of patch (y, x) in any frame
     of its tubelet, i.e. frames i*tubelet .. i*tubelet + tubelet - 1 (Sec. 3.2: frame 2i or 2i+1).
     """
-    K, T, H, W = masks.shape
+    K, T, H, W = footprints.shape
     if T % tubelet or H % patch or W % patch:
         raise ValueError(f"footprints {T}x{H}x{W} do not split into "
                          f"{tubelet}x{patch}x{patch} tubelets")
-    covered = masks.any(axis=0)  # (T, H, W), union over objects (all False when K = 0)
+    covered = footprints.any(axis=0)  # (T, H, W), union over objects (all False when K = 0)
     return covered.reshape(T // tubelet, tubelet, H // patch, patch, W // patch,
                            patch).any(axis=(1, 3, 5))
 
@@ -107,8 +107,8 @@ def _figure(out_path, seed, size, ratio, tile):
     T, patch, tubelet = 16, 16, 2
     objects = motion.synthetic_objects(8, rng)
     clip = motion.background("image", T, size, size, rng, image=motion.still_image(size, size, rng))
-    clip, masks = motion.overlay(clip, objects, rng)
-    objs = object_tokens(masks, tubelet=tubelet, patch=patch)
+    clip, footprints = motion.overlay(clip, objects, rng)
+    objs = object_tokens(footprints, tubelet=tubelet, patch=patch)
     t, h, w = objs.shape
     rows = {"clip": None, "tube": tube_mask(t, h, w, ratio, rng),
             "trajectory": trajectory_mask(objs, ratio, rng)}
@@ -117,7 +117,7 @@ def _figure(out_path, seed, size, ratio, tile):
                     (255, 255, 255))
     draw = ImageDraw.Draw(fig)
     # visible when shrunk
-    outlined = motion.draw_outlines(clip, masks, width=max(1, 2 * size // tile))
+    outlined = motion.draw_outlines(clip, footprints, width=max(1, 2 * size // tile))
     for r, (name, mask) in enumerate(rows.items()):
         y = head + r * (tile + pad)
         text = name  # then: masked tokens, and masked object tokens

@@ -151,15 +151,15 @@ def overlay(frames, objects, rng, num_objects=2, size_range=(32, 128), angle_ran
 
     frames: uint8 (T, H, W, 3), left untouched. objects: any sequence of RGBA uint8 (h, w, 4) arrays
     (an ObjectBank, synthetic_objects(...)). Sizes and extents are pixels at 224, scaled by
-    min(H, W) / 224. Returns the motion-infused frames, uint8 (T, H, W, 3), and masks, bool
+    min(H, W) / 224. Returns the motion-infused frames, uint8 (T, H, W, 3), and footprints, bool
     (K, T, H, W): object k's pixel footprint (alpha > 0 after the transform) in frame t. Objects may
     partly leave the frame; later objects are drawn over earlier ones.
     """
     T, H, W, _ = frames.shape
     out = frames.copy()
-    masks = np.zeros((num_objects, T, H, W), dtype=bool)
+    footprints = np.zeros((num_objects, T, H, W), dtype=bool)
     if num_objects == 0:
-        return out, masks
+        return out, footprints
     if len(objects) == 0:
         raise ValueError("overlay needs at least one object")
     picks = rng.choice(len(objects), size=num_objects, replace=len(objects) < num_objects)
@@ -172,9 +172,9 @@ def overlay(frames, objects, rng, num_objects=2, size_range=(32, 128), angle_ran
         angles, scales = keyframe_transforms(T, rng, angle_range=angle_range,
                                              scale_range=scale_range)
         # The object is stretched to P x Q ((ref) does the same), then transformed per frame.
-        masks[k] = paste(out, np.asarray(objects[int(i)]), (int(P), int(Q)), centres, angles,
+        footprints[k] = paste(out, np.asarray(objects[int(i)]), (int(P), int(Q)), centres, angles,
                          scales)
-    return out, masks
+    return out, footprints
 
 
 def paste(frames, obj, size, centres, angles, scales):
@@ -348,22 +348,22 @@ def still_image(height, width, rng):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def outline(masks, width=1):
-    """Boundaries of footprints: masks bool (..., H, W) -> bool, `width` >= 1 px inside each
+def outline(footprints, width=1):
+    """Boundaries of footprints: footprints bool (..., H, W) -> bool, `width` >= 1 px inside each
     edge."""
-    cross = np.zeros((1,) * (masks.ndim - 2) + (3, 3), dtype=bool)
+    cross = np.zeros((1,) * (footprints.ndim - 2) + (3, 3), dtype=bool)
     cross[..., 1, :] = cross[..., :, 1] = True  # erode in the image plane only, never across frames
-    return masks & ~ndimage.binary_erosion(masks, structure=cross, iterations=width)
+    return footprints & ~ndimage.binary_erosion(footprints, structure=cross, iterations=width)
 
 
 COLOURS = [(255, 60, 60), (60, 220, 255), (255, 220, 0), (120, 255, 80)]  # object k's outline
 
 
-def draw_outlines(frames, masks, width=1):
+def draw_outlines(frames, footprints, width=1):
     """Copy of frames uint8 (T, H, W, 3) with each object's footprint (K, T, H, W) outlined in its
     colour."""
     frames = frames.copy()
-    for k, edge in enumerate(outline(masks, width)):
+    for k, edge in enumerate(outline(footprints, width)):
         frames[edge] = COLOURS[k % len(COLOURS)]
     return frames
 
@@ -382,10 +382,11 @@ def _figure3(out_path, seed, size, num_frames, columns):
         draw.text((label_w + col * (size + pad) + size // 2 - 12, 1), f"t={t}", fill=(0, 0, 0))
     for row, kind in enumerate(["noise", "black", "image"]):
         clip = background(kind, num_frames, size, size, rng, image=image)
-        clip, masks = overlay(clip, objects, rng)
-        clip = draw_outlines(clip, masks)
+        clip, footprints = overlay(clip, objects, rng)
+        clip = draw_outlines(clip, footprints)
         # Each object's path: footprint centroids over all frames, drawn on every shown frame.
-        paths = [[ndimage.center_of_mass(m) if m.any() else None for m in obj] for obj in masks]
+        paths = [[ndimage.center_of_mass(m) if m.any() else None for m in obj]
+                 for obj in footprints]
         y = head + row * (size + pad)
         draw.text((4, y + size // 2 - 5), kind, fill=(0, 0, 0))
         for col, t in enumerate(shown):

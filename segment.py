@@ -468,7 +468,7 @@ def video_list(args):
 
 def evaluate_video(model, frames, labels, args, device, autocast, seed):
     """One clip -> (K used, clustering mIoU, overclustering mIoU)."""
-    video = data.normalize(frames)[None].to(device)                      # (1, C, T, H, W)
+    video = data.normalize(data.to_tensor(frames)[None].to(device))      # (1, C, T, H, W)
     with torch.no_grad(), autocast():
         tokens = encoder_tokens(model, video, args.layer)[0]             # (N, D)
     side = args.img_size // args.patch_size

@@ -219,7 +219,7 @@ def motion_for_stage(strategy, stage):
             "none": "off"}[strategy]
 
 
-def build_target(args, device, dtype):
+def build_target(args, device, dtype=None):
     """-> callable video (B, C, T, H, W) -> targets (B, N, Dt), and Dt. Eq. 2's regression targets.
     dtype: the run's amp dtype (None = fp32); the frozen teacher's weights are cast to it once."""
     if args.target == "pixel":

@@ -59,17 +59,17 @@ def test_tube_mask(shape):
 
 
 def test_object_tokens_hand_made():
-    masks = np.zeros((2, 8, 64, 64), bool)
-    masks[0, 3, 17, 40] = True  # frame 3 -> slice 1; y 17 -> row 1; x 40 -> column 2
-    tok = masking.object_tokens(masks)
+    footprints = np.zeros((2, 8, 64, 64), bool)
+    footprints[0, 3, 17, 40] = True  # frame 3 -> slice 1; y 17 -> row 1; x 40 -> column 2
+    tok = masking.object_tokens(footprints)
     assert tok.shape == (4, 4, 4) and tok.sum() == 1 and tok[1, 1, 2]
-    masks[1, 2, 16, 32] = True  # frame 2 is the same tubelet, same patch: still one token
-    masks[1, 7, 63, 0] = True  # last frame, bottom-left pixel -> token (3, 3, 0)
-    masks[0, 4, 15, 15] = True  # frame 4 -> slice 2, patch (0, 0)
-    tok = masking.object_tokens(masks)
+    footprints[1, 2, 16, 32] = True  # frame 2 is the same tubelet, same patch: still one token
+    footprints[1, 7, 63, 0] = True  # last frame, bottom-left pixel -> token (3, 3, 0)
+    footprints[0, 4, 15, 15] = True  # frame 4 -> slice 2, patch (0, 0)
+    tok = masking.object_tokens(footprints)
     assert sorted(map(tuple, np.argwhere(tok))) == [(1, 1, 2), (2, 0, 0), (3, 3, 0)]
     # Other tubelet and patch sizes.
-    tok = masking.object_tokens(masks, tubelet=4, patch=8)
+    tok = masking.object_tokens(footprints, tubelet=4, patch=8)
     assert tok.shape == (2, 8, 8)
     assert sorted(map(tuple, np.argwhere(tok))) == [(0, 2, 4), (0, 2, 5), (1, 1, 1), (1, 7, 0)]
     assert not masking.object_tokens(np.zeros((0, 4, 32, 32), bool)).any()  # no objects at all
@@ -142,20 +142,20 @@ def test_masks_from_motion():
     import motion
     g = rng(0)
     clip = motion.background("noise", 8, 64, 64, g)
-    clip, masks = motion.overlay(clip, motion.synthetic_objects(3, g, size=64), g)
-    objs = masking.object_tokens(masks)
+    clip, footprints = motion.overlay(clip, motion.synthetic_objects(3, g, size=64), g)
+    objs = masking.object_tokens(footprints)
     assert objs.shape == (4, 4, 4) and objs.any()
     # Every object pixel lies in an object token, and every object token holds an object pixel.
     per_pixel = objs.repeat(2, 0).repeat(16, 1).repeat(16, 2)
-    assert not (masks.any(0) & ~per_pixel).any()
+    assert not (footprints.any(0) & ~per_pixel).any()
     for i, y, x in np.argwhere(objs):
-        assert masks[:, 2 * i:2 * i + 2, 16 * y:16 * y + 16, 16 * x:16 * x + 16].any()
+        assert footprints[:, 2 * i:2 * i + 2, 16 * y:16 * y + 16, 16 * x:16 * x + 16].any()
     m = masking.trajectory_mask(objs, 0.75, g)
     assert m.sum() == masking.num_masked(4, 4, 4, 0.75)
 
 
 def test_figure_script_runs(tmp_path):
-    out = tmp_path / "masks.png"
+    out = tmp_path / "footprints.png"
     subprocess.run([sys.executable, "masking.py", "--out", str(out), "--size", "64", "--tile", "48"],
                    cwd=ROOT, check=True, capture_output=True)
     with Image.open(out) as im:

@@ -109,15 +109,15 @@ def objects():
 def test_overlay_seeded_and_input_untouched(objects):
     frames = motion.background("noise", 8, 112, 112, rng(5))
     before = frames.copy()
-    out, masks = motion.overlay(frames, objects, rng(7))
+    out, footprints = motion.overlay(frames, objects, rng(7))
     np.testing.assert_array_equal(frames, before)
     assert out.shape == frames.shape and out.dtype == np.uint8
-    assert masks.shape == (2, 8, 112, 112) and masks.dtype == bool
-    out2, masks2 = motion.overlay(frames, objects, rng(7))
+    assert footprints.shape == (2, 8, 112, 112) and footprints.dtype == bool
+    out2, footprints2 = motion.overlay(frames, objects, rng(7))
     np.testing.assert_array_equal(out, out2)
-    np.testing.assert_array_equal(masks, masks2)
-    out3, masks3 = motion.overlay(frames, objects, rng(8))
-    assert not np.array_equal(masks, masks3) and not np.array_equal(out, out3)
+    np.testing.assert_array_equal(footprints, footprints2)
+    out3, footprints3 = motion.overlay(frames, objects, rng(8))
+    assert not np.array_equal(footprints, footprints3) and not np.array_equal(out, out3)
 
 
 def test_alpha_blend_exact_and_footprint_is_alpha():
@@ -126,9 +126,9 @@ def test_alpha_blend_exact_and_footprint_is_alpha():
     obj[:, :16] = (255, 0, 255, 0)
     frames = np.zeros((6, 224, 224, 3), np.uint8)
     for seed in range(5):
-        out, masks = motion.overlay(frames, [obj], rng(seed), num_objects=1, size_range=(32, 32),
+        out, footprints = motion.overlay(frames, [obj], rng(seed), num_objects=1, size_range=(32, 32),
                                     angle_range=(0, 0), scale_range=(1, 1))
-        fp = masks[0]
+        fp = footprints[0]
         expected = [101, 51, 26]  # round(obj * a) with a = 128 / 255 on black: 100.89, 50.70, 25.60
         np.testing.assert_array_equal(out[fp], np.broadcast_to(expected, out[fp].shape))
         assert (out[~fp] == 0).all()
@@ -139,9 +139,9 @@ def test_alpha_blend_exact_and_footprint_is_alpha():
 
 def test_transparent_object_changes_nothing():
     frames = motion.background("noise", 4, 64, 64, rng(0))
-    out, masks = motion.overlay(frames, [solid(20, 20, (255, 255, 255), 0)], rng(0))
+    out, footprints = motion.overlay(frames, [solid(20, 20, (255, 255, 255), 0)], rng(0))
     np.testing.assert_array_equal(out, frames)
-    assert not masks.any()
+    assert not footprints.any()
 
 
 def test_no_colour_bleeds_from_transparent_pixels():
@@ -150,8 +150,8 @@ def test_no_colour_bleeds_from_transparent_pixels():
     obj = solid(40, 40, (0, 255, 0), 255)
     obj[::3] = (255, 0, 255, 0)
     obj[:, ::4] = (255, 0, 255, 0)
-    out, masks = motion.overlay(np.zeros((8, 112, 112, 3), np.uint8), [obj], rng(1), num_objects=2)
-    assert masks.any() and out[..., 1].any()
+    out, footprints = motion.overlay(np.zeros((8, 112, 112, 3), np.uint8), [obj], rng(1), num_objects=2)
+    assert footprints.any() and out[..., 1].any()
     assert not out[..., 0].any() and not out[..., 2].any()
 
 
@@ -194,9 +194,9 @@ def test_paste_matches_full_frame_affine_grid():
 def test_rotation_is_counter_clockwise():
     obj = solid(21, 21, (255, 255, 255), 255)
     obj[:, -3:] = (255, 0, 0, 255)  # a red right edge ...
-    out, masks = motion.overlay(np.zeros((2, 112, 112, 3), np.uint8), [obj], rng(0), num_objects=1,
+    out, footprints = motion.overlay(np.zeros((2, 112, 112, 3), np.uint8), [obj], rng(0), num_objects=1,
                                 size_range=(42, 42), angle_range=(90, 90), scale_range=(1, 1))
-    ys, xs = np.nonzero(masks[0, 0])
+    ys, xs = np.nonzero(footprints[0, 0])
     red = (out[0, ..., 0] == 255) & (out[0, ..., 1] == 0)
     assert np.nonzero(red)[0].max() <= ys.min() + 3  # ... is on top after +90 degrees
 
@@ -205,9 +205,9 @@ def test_opaque_rectangle_sizes_follow_size_range():
     frames = np.zeros((4, 224, 224, 3), np.uint8)
     seen = []
     for seed in range(15):
-        _, masks = motion.overlay(frames, [solid(10, 30, (255, 0, 0), 255)], rng(seed), size_range=(32, 128),
+        _, footprints = motion.overlay(frames, [solid(10, 30, (255, 0, 0), 255)], rng(seed), size_range=(32, 128),
                                   angle_range=(0, 0), scale_range=(1, 1))
-        for fp in masks:
+        for fp in footprints:
             for area, h, w, border in boxes(fp):
                 assert area == h * w  # no rotation: an axis-aligned rectangle
                 if not border:
@@ -221,9 +221,9 @@ def test_rotated_scaled_area(scale):
     frames = np.zeros((8, 224, 224, 3), np.uint8)
     side = 64 * scale
     for seed in range(5):
-        _, masks = motion.overlay(frames, [solid(16, 16, (255, 255, 255), 255)], rng(seed), num_objects=1,
+        _, footprints = motion.overlay(frames, [solid(16, 16, (255, 255, 255), 255)], rng(seed), num_objects=1,
                                   size_range=(64, 64), scale_range=(scale, scale))
-        for area, _, _, border in boxes(masks[0]):
+        for area, _, _, border in boxes(footprints[0]):
             if not border:  # rotation keeps the area; the 1 px anti-aliased rim adds about a perimeter
                 assert side ** 2 <= area <= side ** 2 + 4 * side + 16
 
@@ -231,9 +231,9 @@ def test_rotated_scaled_area(scale):
 def test_footprint_matches_changed_pixels(objects):
     for seed in range(4):
         frames = motion.background("noise", 8, 112, 112, rng(seed))
-        out, masks = motion.overlay(frames, objects, rng(seed), num_objects=3)
+        out, footprints = motion.overlay(frames, objects, rng(seed), num_objects=3)
         changed = (out != frames).any(-1)
-        covered = masks.any(0)
+        covered = footprints.any(0)
         assert covered.any()
         assert not (changed & ~covered).any()  # nothing changes outside the footprints
         assert (changed & covered).sum() > 0.8 * covered.sum()  # the few left are faint soft-edge pixels
@@ -243,22 +243,22 @@ def test_later_objects_drawn_over_earlier():
     frames = np.zeros((4, 112, 112, 3), np.uint8)
     objs = [solid(20, 20, (255, 0, 0), 255), solid(20, 20, (0, 0, 255), 255)]
     for seed in range(5):
-        out, masks = motion.overlay(frames, objs, rng(seed), size_range=(180, 200))  # big: they overlap
-        top = out[masks[1] & ~masks[0]]
+        out, footprints = motion.overlay(frames, objs, rng(seed), size_range=(180, 200))  # big: they overlap
+        top = out[footprints[1] & ~footprints[0]]
         colour = top[np.argmax(top.sum(-1))]  # the second object's colour
-        inner = ndimage.binary_erosion(masks[1], structure=np.ones((1, 5, 5), bool))
-        assert (masks[0] & inner).any()
-        overlap = out[masks[0] & inner]
+        inner = ndimage.binary_erosion(footprints[1], structure=np.ones((1, 5, 5), bool))
+        assert (footprints[0] & inner).any()
+        overlap = out[footprints[0] & inner]
         np.testing.assert_array_equal(overlap, np.broadcast_to(colour, overlap.shape))
 
 
 def test_overlay_edge_cases(objects):
     frames = motion.background("black", 4, 32, 48, rng(0))
-    out, masks = motion.overlay(frames, objects, rng(0), size_range=(448, 448))  # larger than the frame
-    assert masks.shape == (2, 4, 32, 48) and masks.any()
-    out, masks = motion.overlay(frames, objects[:1], rng(0), num_objects=3)  # picks with replacement
-    assert masks.shape[0] == 3
-    out, masks = motion.overlay(frames, objects, rng(0), num_objects=0)
+    out, footprints = motion.overlay(frames, objects, rng(0), size_range=(448, 448))  # larger than the frame
+    assert footprints.shape == (2, 4, 32, 48) and footprints.any()
+    out, footprints = motion.overlay(frames, objects[:1], rng(0), num_objects=3)  # picks with replacement
+    assert footprints.shape[0] == 3
+    out, footprints = motion.overlay(frames, objects, rng(0), num_objects=0)
     np.testing.assert_array_equal(out, frames)
     with pytest.raises(ValueError):
         motion.overlay(frames, [np.zeros((8, 8, 3), np.uint8)], rng(0))  # RGB, no alpha
@@ -292,8 +292,8 @@ def test_object_bank(tmp_path):
     a = bank[0]
     assert a.dtype == np.uint8 and a.shape == (120, 40, 4)  # cropped to alpha (240 x 80), capped at 120
     assert bank[1].shape == (20, 30, 4)
-    out, masks = motion.overlay(np.zeros((4, 64, 64, 3), np.uint8), bank, rng(0))
-    assert masks.any()
+    out, footprints = motion.overlay(np.zeros((4, 64, 64, 3), np.uint8), bank, rng(0))
+    assert footprints.any()
 
     Image.fromarray(np.zeros((8, 8, 3), np.uint8), "RGB").save(tmp_path / "dog" / "2.png")
     bank = motion.ObjectBank(tmp_path)

@@ -386,8 +386,10 @@ def test_timm_weights(tmp_path, monkeypatch):
 
     with pytest.raises(FileNotFoundError, match="'timm' = timm's pretrained weights"):
         small_timm(pretrained="openai")  # the open_clip tag is no timm weight
+    import timm
+
     import teacher as teacher_lib
-    calls, create = [], teacher_lib.timm.create_model
+    calls, create = [], timm.create_model
 
     def offline(name, pretrained=False, **kw):
         calls.append((name, pretrained))
@@ -395,7 +397,7 @@ def test_timm_weights(tmp_path, monkeypatch):
             raise OSError("cannot reach the hub")
         return create(name, pretrained=False, **kw)
     with monkeypatch.context() as m:
-        m.setattr(teacher_lib.timm, "create_model", offline)
+        m.setattr(timm, "create_model", offline)
         with pytest.raises(RuntimeError, match="could not load timm's pretrained weights.*local file"):
             teacher_lib._load_timm("vit_base_patch14_dinov2.lvd142m", "timm", 224, 16, {})
     assert calls[-1] == ("vit_base_patch14_dinov2.lvd142m", True)
@@ -428,7 +430,7 @@ def test_build_target(files):
     import train
     cfg_path, ckpt, _ = files
     args = argparse.Namespace(target="clip", teacher=cfg_path, teacher_weights=ckpt, teacher_norm="clip",
-                              tubelet=2, img_size=32, patch_size=16, norm_pix=True)
+                              tubelet=2, img_size=32, patch_size=16, norm_pix=True, compile=False)
     fn, dim = train.build_target(args, torch.device("cpu"), torch.bfloat16)
     assert dim == fn.out_dim == WIDTH and next(fn.parameters()).dtype == torch.bfloat16
     assert fn(rand_video(1, 2)).shape == (1, G * G, WIDTH)
