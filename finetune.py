@@ -1,25 +1,26 @@
 """Full finetuning of a SMILE encoder (paper Table 17) and the SEVERE benchmark (Table 6 / 14).
 
-    python finetune.py --preset tiny                                  # CPU demo: synthetic motion, minutes
+    python finetune.py --preset tiny        # CPU demo: synthetic motion, minutes
     python finetune.py --preset tiny --checkpoint out/tiny/checkpoint-latest.pth
     torchrun --nproc_per_node=8 finetune.py --dataset k400 --data-root /data/k400 --checkpoint smile_k400.pth
     python finetune.py --preset severe-fx --data-root /data/finegym --checkpoint smile_k400.pth
-    python finetune.py --severe-table out/severe/results.jsonl        # Table 6's columns and their mean
-    python finetune.py -h                                             # every flag, with the paper's values
+    python finetune.py --severe-table out/severe/results.jsonl   # Table 6's columns and their mean
+    python finetune.py -h                   # every flag, with the paper's values
 
-Recipe (Table 17): AdamW lr 1e-3 x batch/256, wd 0.05 (none on biases and 1-D params), betas (0.9, 0.999),
-layer-wise lr decay 0.75, cosine with 5 warm-up epochs, drop path 0.1, RandAug (9, 0.5) in timm's convention,
-mixup 0.8, cutmix 1.0, label smoothing 0.1, head init scale 0.001; as VideoMAE (SPEC 6), a random resized crop
-and random erasing (p 0.25). Test: softmax averaged over temporal clips x
-spatial crops (5x3 K400, 2x3 SSv2 with TSN-style segments). Tasks beside single-label classification
-(SEVERE): multi-label (Charades: sigmoid + BCE, mAP over classes) and repetition counting (UCFRep: one
-regression output on the pooled features, trained with MSE on standardised counts; metric UCFRep's "MAE",
-the absolute count error divided by the true count, lower is better; off-by-one accuracy beside it).
+Recipe (Table 17): AdamW lr 1e-3 x batch/256, wd 0.05 (none on biases and 1-D params), betas
+(0.9, 0.999), layer-wise lr decay 0.75, cosine with 5 warm-up epochs, drop path 0.1, RandAug
+(9, 0.5) in timm's convention, mixup 0.8, cutmix 1.0, label smoothing 0.1, head init scale 0.001; as
+VideoMAE (SPEC 6), a random resized crop and random erasing (p 0.25). Test: softmax averaged over
+temporal clips x spatial crops (5x3 K400, 2x3 SSv2 with TSN-style segments). Tasks beside
+single-label classification (SEVERE): multi-label (Charades: sigmoid + BCE, mAP over classes) and
+repetition counting (UCFRep: one regression output on the pooled features, trained with MSE on
+standardised counts; metric UCFRep's "MAE", the absolute count error divided by the true count,
+lower is better; off-by-one accuracy beside it).
 
-Datasets, multi-view testing and metrics are evaluation.py's; this file holds the recipe. Same order as
-train.py: args, dist, data, model, optimizer + schedule, resume, loop, test, teardown. --resume continues
-bit-identically: the data stream is a pure function of (seed, epoch, index), and mixup, cutmix and drop
-path draw from (seed, step, rank).
+Datasets, multi-view testing and metrics are evaluation.py's; this file holds the recipe. Same order
+as train.py: args, dist, data, model, optimizer + schedule, resume, loop, test, teardown. --resume
+continues bit-identically: the data stream is a pure function of (seed, epoch, index), and mixup,
+cutmix and drop path draw from (seed, step, rank).
 """
 import argparse
 import os
@@ -36,23 +37,24 @@ import data
 from evaluation import (DATASETS, add_data_args, build_classifier, build_datasets, check_data_args,
                         compute_metrics, eval_collate, per_video, read_checkpoint, severe_table,
                         write_results)
-from runtime import (Log, Preemption, adamw, all_reduce, amp_setup, apply_presets, check_resume_args,
-                     cosine_schedule, fail, fast_math, find_resume, fmt_time, make_out_dir,
-                     no_weight_decay, optimizer_step, resume_state, rng_state, save_args,
-                     save_checkpoint, set_lr, setup_dist, teardown, wrap_ddp)
+from runtime import (Log, Preemption, adamw, all_reduce, amp_setup, apply_presets,
+                     check_resume_args, cosine_schedule, fail, fast_math, find_resume, fmt_time,
+                     make_out_dir, no_weight_decay, optimizer_step, resume_state, rng_state,
+                     save_args, save_checkpoint, set_lr, setup_dist, teardown, wrap_ddp)
 
 # ============================================================================= presets
 
 # Finetuning schedules (Table 17); the datasets it does not list take K400's (ours).
 SCHEDULES = {"k400": dict(epochs=100, batch_size=16), "ssv2": dict(epochs=40, batch_size=32)}
 
-# SEVERE (Table 6 / 14): 8 settings, each finetuned with Table 17's SEVERE schedule (AdamW 1e-3, layer
-# decay 0.75, batch 16, 100 epochs, RandAug, mixup/cutmix, drop path 0.1; label smoothing single-label
-# only). Lists, one folder per source dataset given as --data-root:
-#   ssv2: train.csv val.csv | gym99: gym99_train.csv gym99_val.csv | ucf1k: <ucf101>/train.csv val.csv,
-#   1,000 stratified clips | gym1k: <finegym>/gym99_train.csv, 1,000 clips | fx: fx_s1_train.csv
-#   fx_s1_val.csv | ub: ub_s1_train.csv ub_s1_val.csv | ucfrc: ucfrep_train.csv ucfrep_val.csv (label =
-#   count) | charades: charades_train.csv charades_val.csv (label = comma-separated class ids).
+# SEVERE (Table 6 / 14): 8 settings, each finetuned with Table 17's SEVERE schedule (AdamW 1e-3,
+# layer decay 0.75, batch 16, 100 epochs, RandAug, mixup/cutmix, drop path 0.1; label smoothing
+# single-label only). Lists, one folder per source dataset given as --data-root:
+#   ssv2: train.csv val.csv | gym99: gym99_train.csv gym99_val.csv |
+#   ucf1k: <ucf101>/train.csv val.csv, 1,000 stratified clips | gym1k: <finegym>/gym99_train.csv,
+#   1,000 clips | fx: fx_s1_train.csv fx_s1_val.csv | ub: ub_s1_train.csv ub_s1_val.csv |
+#   ucfrc: ucfrep_train.csv ucfrep_val.csv (label = count) |
+#   charades: charades_train.csv charades_val.csv (label = comma-separated class ids).
 SEVERE_COMMON = dict(epochs=100, batch_size=16, lr=1e-3, layer_decay=0.75, drop_path=0.1)
 GYM = ["gym99_train.csv", "gym99_val.csv"]
 SEVERE = {
@@ -64,7 +66,8 @@ SEVERE = {
                       splits=["fx_s1_train.csv", "fx_s1_val.csv"]),
     "severe-ub": dict(dataset="gym99", num_classes=15, metric="mean_class_acc",
                       splits=["ub_s1_train.csv", "ub_s1_val.csv"]),
-    # counting needs the whole video in the clip: segment sampling; no mixup or smoothing for a count
+    # counting needs the whole video in the clip: segment sampling; no mixup or
+    # smoothing for a count
     "severe-ucfrc": dict(dataset="ucf101", task="count", metric="count_error", sampling="segment",
                          mixup=0.0, cutmix=0.0, label_smoothing=0.0, test_clips=1,
                          splits=["ucfrep_train.csv", "ucfrep_val.csv"]),
@@ -72,9 +75,9 @@ SEVERE = {
                             sampling="segment", label_smoothing=0.0, test_clips=2, test_crops=3,
                             splits=["charades_train.csv", "charades_val.csv"]),
 }
-# --preset tiny: the 2-core CPU demo on `motion`, on the grid of train.py's tiny pretraining. A higher lr
-# and no mixup / cutmix / RandAug / erasing / drop path / crop (motion clips as rendered): from scratch
-# at this size the paper's recipe needs far more steps (docs/demo.md).
+# --preset tiny: the 2-core CPU demo on `motion`, on the grid of train.py's tiny pretraining. A
+# higher lr and no mixup / cutmix / RandAug / erasing / drop path / crop (motion clips as rendered):
+# from scratch at this size the paper's recipe needs far more steps (docs/demo.md).
 PRESETS = {
     "tiny": dict(dataset="motion", model="tiny", patch_size=16, tubelet=2, img_size=64, num_frames=16,
                  motion_train=512, motion_val=256, epochs=20, warmup_epochs=1, batch_size=32, lr=4e-3,
@@ -83,17 +86,19 @@ PRESETS = {
     **{name: {**SEVERE_COMMON, **p, "out_dir": f"out/severe/{name[7:]}",
               "results_file": "out/severe/results.jsonl"} for name, p in SEVERE.items()},
 }
-# flags whose change makes a checkpoint unloadable / a resumed run another run (runtime.check_resume_args)
+# flags whose change makes a checkpoint unloadable / a resumed run another run
+# (runtime.check_resume_args)
 SHAPE_FLAGS = ("model", "img_size", "patch_size", "tubelet", "num_frames", "task", "num_classes")
-SCHEDULE_FLAGS = ("batch_size", "accum_iter", "epochs", "warmup_epochs", "lr", "min_lr", "layer_decay",
-                  "dataset", "train_list", "seed")
+SCHEDULE_FLAGS = ("batch_size", "accum_iter", "epochs", "warmup_epochs", "lr", "min_lr",
+                  "layer_decay", "dataset", "train_list", "seed")
 
 # ============================================================================= finetuning pieces
 
 
 def layer_decay_groups(model, weight_decay, layer_decay):
-    """AdamW groups with layer-wise lr decay (Table 17: 0.75). patch_embed = layer 0, block i = layer i + 1,
-    fc_norm / head = layer L + 1; lr_scale = decay^(L + 1 - layer). No weight decay on biases / 1-D params."""
+    """AdamW groups with layer-wise lr decay (Table 17: 0.75). patch_embed = layer 0, block i
+    = layer i + 1, fc_norm / head = layer L + 1; lr_scale = decay^(L + 1 - layer). No weight decay
+    on biases / 1-D params."""
     depth = len(model.blocks)
     groups = {}
     for name, p in model.named_parameters():
@@ -105,62 +110,68 @@ def layer_decay_groups(model, weight_decay, layer_decay):
         elif name.startswith("blocks."):
             layer = int(name.split(".")[1]) + 1
         no_wd = no_weight_decay(name, p)
-        g = groups.setdefault((layer, no_wd), {"params": [], "weight_decay": 0.0 if no_wd else weight_decay,
-                                               "lr_scale": layer_decay ** (depth + 1 - layer), "layer": layer})
+        g = groups.setdefault((layer, no_wd),
+                              {"params": [], "weight_decay": 0.0 if no_wd else weight_decay,
+                               "lr_scale": layer_decay ** (depth + 1 - layer), "layer": layer})
         g["params"].append(p)
     return [groups[k] for k in sorted(groups)]
 
 
 class RandAug(NamedTuple):
-    """timm's RandAugment settings (`rand-m{m}-n{n}-mstd{mstd}-inc1`, p 0.5 per op): Table 17's (9, 0.5)."""
+    """timm's RandAugment settings (`rand-m{m}-n{n}-mstd{mstd}-inc1`, p 0.5 per op): Table 17's
+    (9, 0.5)."""
     n: int = 2
     m: float = 9.0
     mstd: float = 0.5
     prob: float = 0.5
 
 
-# timm's _RAND_INCREASING_TRANSFORMS ("inc1"): the ops whose strength grows with the magnitude. Cutout is
-# not among them (timm and VideoMAE do it as random erasing, random_erase below).
-RANDAUG_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
-               "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
-               "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
-RANDAUG_FILL = (128, 128, 128)   # timm's _FILL (the reference passes no img_mean): grey outside the image
+# timm's _RAND_INCREASING_TRANSFORMS ("inc1"): the ops whose strength grows with the magnitude.
+# Cutout is not among them (timm and VideoMAE do it as random erasing, random_erase below).
+RANDAUG_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing",
+               "SolarizeIncreasing", "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing",
+               "BrightnessIncreasing", "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel",
+               "TranslateYRel")
+# timm's _FILL (the reference passes no img_mean): grey outside the image
+RANDAUG_FILL = (128, 128, 128)
 
 
 def randaug_level_args(name, magnitude, sign=1):
     """timm's level -> op argument (auto_augment.LEVEL_TO_ARG) for magnitude in [0, 10] (timm's
-    _LEVEL_DENOM = 10: m=9 is 9/10 of each range). sign (+1/-1) is timm's _randomly_negate of signed ops.
+    _LEVEL_DENOM = 10: m=9 is 9/10 of each range). sign (+1/-1) is timm's _randomly_negate
+    of signed ops.
     -> the op's arguments (a tuple, empty for the parameter-free ops)."""
     lvl = magnitude / 10.0
     if name in ("AutoContrast", "Equalize", "Invert"):
         return ()
     if name == "Rotate":
-        return (sign * lvl * 30.0,)                         # degrees, +-30 at m=10
+        return (sign * lvl * 30.0,)                     # degrees, +-30 at m=10
     if name == "PosterizeIncreasing":
-        return (4 - int(lvl * 4),)                          # bits kept: 4 down to 0
+        return (4 - int(lvl * 4),)                      # bits kept: 4 down to 0
     if name == "SolarizeIncreasing":
-        return (256 - min(256, int(lvl * 256)),)            # threshold: 256 (none) down to 0
+        return (256 - min(256, int(lvl * 256)),)        # threshold: 256 (none) down to 0
     if name == "SolarizeAdd":
-        return (min(128, int(lvl * 110)),)                  # added below 128: 0 .. 110
-    if name.endswith("Increasing"):                         # Color / Contrast / Brightness / Sharpness
-        return (max(0.1, 1.0 + sign * lvl * 0.9),)          # enhance factor 1 -+ 0.9
+        return (min(128, int(lvl * 110)),)              # added below 128: 0 .. 110
+    if name.endswith("Increasing"):                     # Color / Contrast / Brightness / Sharpness
+        return (max(0.1, 1.0 + sign * lvl * 0.9),)      # enhance factor 1 -+ 0.9
     if name in ("ShearX", "ShearY"):
-        return (sign * lvl * 0.3,)                          # +-0.3 at m=10
+        return (sign * lvl * 0.3,)                      # +-0.3 at m=10
     if name in ("TranslateXRel", "TranslateYRel"):
-        return (sign * lvl * 0.45,)                         # fraction of the side, +-0.45 at m=10
+        return (sign * lvl * 0.45,)                     # fraction of the side, +-0.45 at m=10
     raise ValueError(f"unknown RandAugment op {name}")
 
 
 def randaug_frame(img, name, args):
-    """One RandAugment op on one PIL RGB frame, as timm's NAME_TO_OP does it (geometric ops bicubic, as
-    the reference's --train_interpolation, grey fill)."""
+    """One RandAugment op on one PIL RGB frame, as timm's NAME_TO_OP does it (geometric ops bicubic,
+    as the reference's --train_interpolation, grey fill)."""
     from PIL import Image, ImageEnhance, ImageOps
     geo = dict(resample=Image.Resampling.BICUBIC, fillcolor=RANDAUG_FILL)
     affine = {"ShearX": lambda v: (1, v, 0, 0, 1, 0), "ShearY": lambda v: (1, 0, 0, v, 1, 0),
               "TranslateXRel": lambda v: (1, 0, v * img.size[0], 0, 1, 0),
               "TranslateYRel": lambda v: (1, 0, 0, 0, 1, v * img.size[1])}
     enhance = {"ColorIncreasing": ImageEnhance.Color, "ContrastIncreasing": ImageEnhance.Contrast,
-               "BrightnessIncreasing": ImageEnhance.Brightness, "SharpnessIncreasing": ImageEnhance.Sharpness}
+               "BrightnessIncreasing": ImageEnhance.Brightness,
+               "SharpnessIncreasing": ImageEnhance.Sharpness}
     if name in affine:
         return img.transform(img.size, Image.Transform.AFFINE, affine[name](*args), **geo)
     if name in enhance:
@@ -170,34 +181,36 @@ def randaug_frame(img, name, args):
     if name == "SolarizeAdd":                               # pixels below 128 brightened by args[0]
         lut = [min(255, i + args[0]) if i < 128 else i for i in range(256)]
         return img.point(lut * 3)
-    if name == "PosterizeIncreasing":                       # keep args[0] high bits: ImageOps.posterize's
-        lut = [i & ~(2 ** (8 - args[0]) - 1) for i in range(256)]   # LUT, also for 0 bits (m=10: black)
+    if name == "PosterizeIncreasing":
+        # keep args[0] high bits: ImageOps.posterize's LUT, also for 0 bits (m=10: black)
+        lut = [i & ~(2 ** (8 - args[0]) - 1) for i in range(256)]
         return img.point(lut * 3)
-    ops = {"AutoContrast": ImageOps.autocontrast, "Equalize": ImageOps.equalize, "Invert": ImageOps.invert,
-           "SolarizeIncreasing": ImageOps.solarize}
+    ops = {"AutoContrast": ImageOps.autocontrast, "Equalize": ImageOps.equalize,
+           "Invert": ImageOps.invert, "SolarizeIncreasing": ImageOps.solarize}
     return ops[name](img, *args)
 
 
 def randaug_draw(cfg, rng):
-    """One clip's RandAugment draw (timm's RandAugment + AugmentOp): n ops with replacement, each applied
-    with prob p, at magnitude m + N(0, mstd) clipped to [0, 10] (mstd > 100: uniform in [0, m], as timm),
-    with a random sign. -> [(name, args), ...] of the ops that apply."""
+    """One clip's RandAugment draw (timm's RandAugment + AugmentOp): n ops with replacement, each
+    applied with prob p, at magnitude m + N(0, mstd) clipped to [0, 10] (mstd > 100: uniform in
+    [0, m], as timm), with a random sign. -> [(name, args), ...] of the ops that apply."""
     chosen = []
     for k in rng.integers(len(RANDAUG_OPS), size=cfg.n):
         if rng.random() > cfg.prob:
             continue
         m = rng.uniform(0, cfg.m) if cfg.mstd > 100 else cfg.m + cfg.mstd * rng.standard_normal()
         sign = 1 if rng.random() < 0.5 else -1
-        chosen.append((RANDAUG_OPS[k], randaug_level_args(RANDAUG_OPS[k], float(np.clip(m, 0, 10)), sign)))
+        chosen.append((RANDAUG_OPS[k],
+                       randaug_level_args(RANDAUG_OPS[k], float(np.clip(m, 0, 10)), sign)))
     return chosen
 
 
 def randaugment_clip(cfg, frames, rng):
-    """RandAugment in timm's convention (Table 17: RandAug (9, 0.5); VideoMAE's video RandAugment): ONE
-    draw of ops, magnitudes and signs (from the sample's numpy rng; Python's and torch's global RNGs
-    untouched) applied to every frame, per frame with PIL as timm. cfg: RandAug. Runs after the crop
-    (the reference's before it, on the decoded frames; translations are relative to the side either way).
-    uint8 (T, H, W, 3) -> uint8 (T, H, W, 3)."""
+    """RandAugment in timm's convention (Table 17: RandAug (9, 0.5); VideoMAE's video RandAugment):
+    ONE draw of ops, magnitudes and signs (from the sample's numpy rng; Python's and torch's global
+    RNGs untouched) applied to every frame, per frame with PIL as timm. cfg: RandAug. Runs after the
+    crop (the reference's before it, on the decoded frames; translations are relative to the side
+    either way). uint8 (T, H, W, 3) -> uint8 (T, H, W, 3)."""
     from PIL import Image
     ops = randaug_draw(cfg, rng)
     if not ops:
@@ -211,13 +224,15 @@ def randaugment_clip(cfg, frames, rng):
     return np.stack(out)
 
 
-def random_erase(video, prob, rng, mode="pixel", count=1, area=(0.02, 1 / 3), aspect=(0.3, 1 / 0.3)):
-    """Random erasing after normalisation (VideoMAE finetuning: --reprob 0.25 --remode pixel --recount 1;
-    VideoMAE's random_erasing.py, cube=True). Per clip, with prob `prob`: `count` boxes, each of area
-    U(area) / count of a frame and aspect h / w log-uniform in `aspect` (timm's RandomErasing defaults; 100
-    tries for a box inside the frame), at the same place in every frame (one box per clip, not per frame),
-    filled with N(0, 1) per pixel and frame ("pixel"), per channel and frame ("rand") or 0 ("const").
-    Draws from the numpy rng (the noise from a generator seeded by it). video (B, C, T, H, W) -> new tensor."""
+def random_erase(video, prob, rng, mode="pixel", count=1, area=(0.02, 1 / 3),
+                 aspect=(0.3, 1 / 0.3)):
+    """Random erasing after normalisation (VideoMAE finetuning: --reprob 0.25 --remode pixel
+    --recount 1; VideoMAE's random_erasing.py, cube=True). Per clip, with prob `prob`: `count`
+    boxes, each of area U(area) / count of a frame and aspect h / w log-uniform in `aspect` (timm's
+    RandomErasing defaults; 100 tries for a box inside the frame), at the same place in every frame
+    (one box per clip, not per frame), filled with N(0, 1) per pixel and frame ("pixel"), per
+    channel and frame ("rand") or 0 ("const"). Draws from the numpy rng (the noise from a generator
+    seeded by it). video (B, C, T, H, W) -> new tensor."""
     if prob <= 0:
         return video
     B, C, T, H, W = video.shape
@@ -242,8 +257,9 @@ def random_erase(video, prob, rng, mode="pixel", count=1, area=(0.02, 1 / 3), as
 
 
 def mix_batch(video, target, rng, mixup, cutmix, switch_prob=0.5):
-    """Mixup (alpha 0.8) or CutMix (alpha 1.0), one lam per batch, each sample mixed with the batch reversed
-    (timm's batch mode); the CutMix box is the same in every frame. video (B, C, T, H, W), target (B, K) soft."""
+    """Mixup (alpha 0.8) or CutMix (alpha 1.0), one lam per batch, each sample mixed with the batch
+    reversed (timm's batch mode); the CutMix box is the same in every frame. video (B, C, T, H, W),
+    target (B, K) soft."""
     if mixup <= 0 and cutmix <= 0:
         return video, target
     use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < switch_prob)
@@ -252,7 +268,8 @@ def mix_batch(video, target, rng, mixup, cutmix, switch_prob=0.5):
         H, W = video.shape[-2:]
         ch, cw = int(H * np.sqrt(1 - lam)), int(W * np.sqrt(1 - lam))
         cy, cx = rng.integers(H), rng.integers(W)
-        y0, y1, x0, x1 = max(cy - ch // 2, 0), min(cy + ch // 2, H), max(cx - cw // 2, 0), min(cx + cw // 2, W)
+        y0, y1, x0, x1 = (max(cy - ch // 2, 0), min(cy + ch // 2, H), max(cx - cw // 2, 0),
+                          min(cx + cw // 2, W))
         video = video.clone()
         video[..., y0:y1, x0:x1] = video.flip(0)[..., y0:y1, x0:x1]
         lam = 1 - (y1 - y0) * (x1 - x0) / (H * W)   # the area actually pasted
@@ -262,15 +279,17 @@ def mix_batch(video, target, rng, mixup, cutmix, switch_prob=0.5):
 
 
 def soft_targets(labels, task, num_classes, smoothing):
-    """Targets as floats: one-hot with label smoothing (single), multi-hot (multi), the count (count)."""
+    """Targets as floats: one-hot with label smoothing (single), multi-hot (multi), the
+    count (count)."""
     if task == "single":
         return F.one_hot(labels, num_classes).float() * (1 - smoothing) + smoothing / num_classes
     return labels.float().view(len(labels), -1)
 
 
 def loss_fn(task, out, target):
-    """Soft-target cross-entropy (single), BCE on sigmoids (multi), MSE on standardised counts (count: the
-    normalised L1 of the metric itself has sign-only gradients and settles on the median count)."""
+    """Soft-target cross-entropy (single), BCE on sigmoids (multi), MSE on standardised counts
+    (count: the normalised L1 of the metric itself has sign-only gradients and settles on the
+    median count)."""
     if task == "single":
         return torch.sum(-target * F.log_softmax(out, dim=-1), dim=-1).mean()
     if task == "multi":
@@ -282,23 +301,31 @@ def loss_fn(task, out, target):
 
 
 def get_args(argv=None):
-    """Parse and check the flags; no side effects (folders are made and checkpoints read in main)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Parse and check the flags; no side effects (folders are made and checkpoints read
+    in main)."""
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--preset", choices=sorted(PRESETS), help="tiny = the 2-core CPU demo; severe-* = Table 6's settings")
-    a("--severe-table", metavar="RESULTS_JSONL", help="print Table 6 from a --results-file and exit")
+    a("--preset", choices=sorted(PRESETS),
+      help="tiny = the 2-core CPU demo; severe-* = Table 6's settings")
+    a("--severe-table", metavar="RESULTS_JSONL",
+      help="print Table 6 from a --results-file and exit")
     add_data_args(a)
     a("--metric", default=None, choices=["top1", "mean_class_acc", "map", "count_error"],
       help="headline metric (default: top1 / map / count_error by task)")
     # model and optimisation (Table 17)
     a("--drop-path", type=float, default=0.1, help="stochastic depth (Table 17: 0.1)")
-    a("--head-init-scale", type=float, default=0.001, help="head weights x this at init (Table 17: 0.001)")
+    a("--head-init-scale", type=float, default=0.001,
+      help="head weights x this at init (Table 17: 0.001)")
     a("--epochs", type=int, default=100, help="Table 17: 100 K400, 40 SSv2; SEVERE 100")
     a("--warmup-epochs", type=float, default=5, help="Table 17: 5")
-    a("--batch-size", type=int, default=16, help="total clips per optimizer step over all ranks and "
-      "--accum-iter micro-steps (Table 17: 16 K400, 32 SSv2)")
-    a("--accum-iter", type=int, default=1, help="micro-steps per optimizer step (gradient accumulation)")
-    a("--lr", type=float, default=1e-3, help="base lr for a batch of 256 (actual = lr * batch / 256)")
+    a("--batch-size", type=int, default=16,
+      help="total clips per optimizer step over all ranks and --accum-iter micro-steps "
+      "(Table 17: 16 K400, 32 SSv2)")
+    a("--accum-iter", type=int, default=1,
+      help="micro-steps per optimizer step (gradient accumulation)")
+    a("--lr", type=float, default=1e-3,
+      help="base lr for a batch of 256 (actual = lr * batch / 256)")
     a("--min-lr", type=float, default=1e-6,
       help="cosine floor for a batch of 256, scaled like --lr (VideoMAE: 1e-6)")
     a("--weight-decay", type=float, default=0.05)
@@ -308,50 +335,64 @@ def get_args(argv=None):
     a("--label-smoothing", type=float, default=0.1, help="Table 17: 0.1 (single-label only)")
     a("--mixup", type=float, default=0.8, help="mixup alpha (Table 17: 0.8); 0 = off")
     a("--cutmix", type=float, default=1.0, help="cutmix alpha (Table 17: 1.0); 0 = off")
-    a("--randaug-n", type=int, default=2, help="RandAugment ops per clip, timm's convention (Table 17's "
-      "RandAug (9, 0.5) = timm's rand-m9-mstd0.5-inc1, n defaulting to 2; the reference runs "
-      "rand-m7-n4-mstd0.5-inc1); 0 = off")
-    a("--randaug-m", type=float, default=9, help="RandAugment magnitude out of timm's 10 (Table 17: 9; "
-      "reference 7): m=9 rotates up to 27 degrees, shears up to 0.27")
-    a("--randaug-mstd", type=float, default=0.5, help="std of the Gaussian noise on the magnitude, drawn per "
-      "op and clip (Table 17: 0.5)")
-    a("--crop", default="rrc", choices=["rrc", "multiscale", "none"], help="training crop: rrc = VideoMAE's "
-      "random resized crop (SPEC 6), multiscale = MultiScaleCrop (pretraining's), none = the whole frame")
-    a("--crop-scale", type=float, nargs=2, default=[0.25, 1.0], metavar=("LO", "HI"), help="rrc: area "
-      "fraction range (the SMILE reference: 0.25 1.0; VideoMAE: 0.08 1.0)")
+    a("--randaug-n", type=int, default=2,
+      help="RandAugment ops per clip, timm's convention (Table 17's RandAug (9, 0.5) = timm's "
+      "rand-m9-mstd0.5-inc1, n defaulting to 2; the reference runs rand-m7-n4-mstd0.5-inc1); 0 "
+      "= off")
+    a("--randaug-m", type=float, default=9,
+      help="RandAugment magnitude out of timm's 10 (Table 17: 9; reference 7): m=9 rotates up "
+      "to 27 degrees, shears up to 0.27")
+    a("--randaug-mstd", type=float, default=0.5,
+      help="std of the Gaussian noise on the magnitude, drawn per op and clip (Table 17: 0.5)")
+    a("--crop", default="rrc", choices=["rrc", "multiscale", "none"],
+      help="training crop: rrc = VideoMAE's random resized crop (SPEC 6), multiscale "
+      "= MultiScaleCrop (pretraining's), none = the whole frame")
+    a("--crop-scale", type=float, nargs=2, default=[0.25, 1.0], metavar=("LO", "HI"),
+      help="rrc: area fraction range (the SMILE reference: 0.25 1.0; VideoMAE: 0.08 1.0)")
     a("--crop-ratio", type=float, nargs=2, default=[3 / 4, 4 / 3], metavar=("LO", "HI"),
       help="rrc: aspect (w / h) range (VideoMAE and the reference: 3/4 4/3)")
-    a("--reprob", type=float, default=0.25, help="random erasing probability per clip (VideoMAE: 0.25); 0 = off")
-    a("--remode", default="pixel", choices=["pixel", "rand", "const"], help="erased box filled with N(0, 1) "
-      "per pixel / per channel, or 0 (VideoMAE: pixel)")
+    a("--reprob", type=float, default=0.25,
+      help="random erasing probability per clip (VideoMAE: 0.25); 0 = off")
+    a("--remode", default="pixel", choices=["pixel", "rand", "const"],
+      help="erased box filled with N(0, 1) per pixel / per channel, or 0 (VideoMAE: pixel)")
     a("--recount", type=int, default=1, help="erased boxes per clip (VideoMAE: 1)")
-    a("--max-nonfinite", type=int, default=3, help="stop after this many non-finite losses in a row")
+    a("--max-nonfinite", type=int, default=3,
+      help="stop after this many non-finite losses in a row")
     # run
     a("--out-dir", default="out/finetune", help="everything a run writes goes here")
-    a("--results-file", default=None, help="append the result as a JSON row (keyed by setting) to this file")
-    a("--eval-only", action="store_true", help="test --checkpoint (a finetuned classifier) and exit")
+    a("--results-file", default=None,
+      help="append the result as a JSON row (keyed by setting) to this file")
+    a("--eval-only", action="store_true",
+      help="test --checkpoint (a finetuned classifier) and exit")
     a("--eval-every", type=int, default=0,
       help="epochs between validations during training; 0 = at the end only")
     a("--resume", nargs="?", const="auto", default=None,
       help="continue from <out-dir>/checkpoint-latest.pth or a path")
-    a("--accept-changes", action="store_true", help="--resume: continue although schedule or data flags "
-      "differ from the checkpoint's run (each change is printed)")
-    a("--steps", type=int, default=None, help="stop after this many optimizer steps (schedule unchanged)")
+    a("--accept-changes", action="store_true",
+      help="--resume: continue although schedule or data flags differ from the checkpoint's run "
+      "(each change is printed)")
+    a("--steps", type=int, default=None,
+      help="stop after this many optimizer steps (schedule unchanged)")
     a("--log-every", type=int, default=20)
-    a("--tensorboard", action="store_true", help="also write <out-dir>/tb (needs tensorboard installed)")
+    a("--tensorboard", action="store_true",
+      help="also write <out-dir>/tb (needs tensorboard installed)")
     a("--ckpt-every", type=int, default=200, help="steps between writes of checkpoint-latest.pth")
-    # dataset tables first, the preset last: a preset's values win over its dataset's; flags win over both
-    tables = [("preset", PRESETS), ("dataset", DATASETS), ("dataset", SCHEDULES), ("preset", PRESETS)]
+    # dataset tables first, the preset last: a preset's values win over its dataset's; flags
+    # win over both
+    tables = [("preset", PRESETS), ("dataset", DATASETS), ("dataset", SCHEDULES),
+              ("preset", PRESETS)]
     args = apply_presets(p, tables, argv)
     if args.severe_table:
         return args
-    args.metric = args.metric or {"single": "top1", "multi": "map", "count": "count_error"}[args.task]
+    args.metric = args.metric or {"single": "top1", "multi": "map",
+                                  "count": "count_error"}[args.task]
     check_data_args(args)
     return args
 
 
 def make_augment(args):
-    """The clip augmentation of the training set (Table 17: RandAugment, timm's convention), or None."""
+    """The clip augmentation of the training set (Table 17: RandAugment, timm's
+    convention), or None."""
     if not args.randaug_n:
         return None
     return partial(randaugment_clip, RandAug(args.randaug_n, args.randaug_m, args.randaug_mstd))
@@ -386,24 +427,27 @@ def main(argv=None):
     # ------------------------------------------------------------------ data
     try:
         train_set, val_set = build_datasets(args, make_augment(args), crop=crop_args(args))
-    except (OSError, ValueError) as e:   # missing list, malformed line, label out of range: before any work
+    except (OSError, ValueError) as e:
+        # missing list, malformed line, label out of range: before any work
         fail(str(e))
-    sampler = data.ResumableSampler(train_set, world, rank, seed=args.seed, shuffle=True, drop_last=True)
+    sampler = data.ResumableSampler(train_set, world, rank, seed=args.seed, shuffle=True,
+                                    drop_last=True)
     loader = data.loader(train_set, sampler, per_micro, args.workers, device, eval_collate)
     steps_per_epoch = len(train_set) // world // (per_micro * args.accum_iter)
     if steps_per_epoch == 0 and not args.eval_only:
-        fail(f"{len(train_set)} training clips cannot fill one step of {per_micro * args.accum_iter} "
-             f"on each of {world} ranks")
+        fail(f"{len(train_set)} training clips cannot fill one step of "
+             f"{per_micro * args.accum_iter} on each of {world} ranks")
     total_steps = args.epochs * steps_per_epoch
 
     # ------------------------------------------------------------------ model
     num_outputs = 1 if args.task == "count" else args.num_classes
     raw_model = build_classifier(args, num_outputs, state, verbose=master, drop_path=args.drop_path,
                                  head_init_scale=args.head_init_scale).to(device)
-    # counting: the head predicts (count - mean) / std of the training counts, so it starts near the mean
+    # counting: the head predicts (count - mean) / std of the training counts, so it starts
+    # near the mean
     targets = train_set.targets().float()
-    count_stats = (targets.mean().item(), targets.std().clamp(min=1).item()) if args.task == "count" \
-        else (0.0, 1.0)
+    count_stats = (targets.mean().item(), targets.std().clamp(min=1).item()) \
+        if args.task == "count" else (0.0, 1.0)
     if isinstance(state, dict) and "count_stats" in state:
         count_stats = tuple(state["count_stats"])
     model = wrap_ddp(raw_model, device, world)
@@ -417,13 +461,14 @@ def main(argv=None):
 
     def evaluate(what):
         raw_model.eval()
-        scores = per_video(predict, val_set, num_outputs, per_micro, args.workers, rank, world, device,
-                           log, what)
+        scores = per_video(predict, val_set, num_outputs, per_micro, args.workers, rank, world,
+                           device, log, what)
         raw_model.train()
         return compute_metrics(args.task, scores, val_set.targets())
 
     # ------------------------------------------------------------------ optimizer + schedule
-    optimizer = adamw(layer_decay_groups(raw_model, args.weight_decay, args.layer_decay), args.betas, device)
+    optimizer = adamw(layer_decay_groups(raw_model, args.weight_decay, args.layer_decay),
+                      args.betas, device)
     lr = args.lr * args.batch_size / 256           # linear scaling rule (Table 17)
     min_lr = args.min_lr * args.batch_size / 256   # scaled alike, as VideoMAE does
     lrs = cosine_schedule(lr, min_lr, total_steps, int(args.warmup_epochs * steps_per_epoch))
@@ -451,13 +496,15 @@ def main(argv=None):
     if master:
         save_args(args, args.out_dir)
         if end_step:
-            print(f"finetuning {args.model} on {args.dataset} ({len(train_set)} clips, task {args.task}, "
-                  f"{num_outputs} outputs) | {world} rank(s) on {device} | {total_steps} steps "
-                  f"({steps_per_epoch} per epoch), lr {lr:.2e} | running to step {end_step}", flush=True)
+            print(f"finetuning {args.model} on {args.dataset} ({len(train_set)} clips, task "
+                  f"{args.task}, {num_outputs} outputs) | {world} rank(s) on {device} | "
+                  f"{total_steps} steps ({steps_per_epoch} per epoch), lr {lr:.2e} | running to "
+                  f"step {end_step}", flush=True)
     loop = dict(args=args, model=model, loader=loader, sampler=sampler, train_set=train_set,
-                optimizer=optimizer, scaler=scaler, autocast=autocast, lrs=lrs, log=log, device=device,
-                rank=rank, world=world, count_stats=count_stats, num_outputs=num_outputs,
-                steps_per_epoch=steps_per_epoch, checkpoint=checkpoint, evaluate=evaluate)
+                optimizer=optimizer, scaler=scaler, autocast=autocast, lrs=lrs, log=log,
+                device=device, rank=rank, world=world, count_stats=count_stats,
+                num_outputs=num_outputs, steps_per_epoch=steps_per_epoch, checkpoint=checkpoint,
+                evaluate=evaluate)
     step = train_steps(step, end_step, **loop)
 
     # ------------------------------------------------------------------ test + teardown
@@ -469,11 +516,12 @@ def main(argv=None):
     return metrics
 
 
-def train_steps(step, end_step, *, args, model, loader, sampler, train_set, optimizer, scaler, autocast,
-                lrs, log, device, rank, world, count_stats, num_outputs, steps_per_epoch, checkpoint,
-                evaluate):
-    """The finetuning loop from `step` to `end_step`: every random draw of a step is a pure function of
-    (seed, step, rank), so --resume replays the same stream. SIGTERM / SIGUSR1 end it after a checkpoint.
+def train_steps(step, end_step, *, args, model, loader, sampler, train_set, optimizer, scaler,
+                autocast, lrs, log, device, rank, world, count_stats, num_outputs, steps_per_epoch,
+                checkpoint, evaluate):
+    """The finetuning loop from `step` to `end_step`: every random draw of a step is a pure function
+    of (seed, step, rank), so --resume replays the same stream. SIGTERM / SIGUSR1 end it after
+    a checkpoint.
     -> the step reached."""
     preempt, nonfinite = Preemption(), 0
     window = {"t0": time.time(), "clips": 0, "loss": torch.zeros((), device=device), "n": 0}
@@ -491,8 +539,10 @@ def train_steps(step, end_step, *, args, model, loader, sampler, train_set, opti
             set_lr(optimizer, lrs[step])
             loss = torch.zeros((), device=device)
             for i, batch in enumerate(micro):
-                video = data.normalize(batch["video"].to(device, non_blocking=True))   # (B, C, T, H, W)
-                video = random_erase(video, args.reprob, rng, args.remode, args.recount)   # before mixup
+                # (B, C, T, H, W)
+                video = data.normalize(batch["video"].to(device, non_blocking=True))
+                # before mixup
+                video = random_erase(video, args.reprob, rng, args.remode, args.recount)
                 target = soft_targets(batch["label"], args.task, num_outputs, args.label_smoothing)
                 target = target.to(device)
                 if args.task == "count":   # the head regresses standardised counts
@@ -506,14 +556,16 @@ def train_steps(step, end_step, *, args, model, loader, sampler, train_set, opti
                 loss += micro_loss.detach()
             # the step's one collective and host sync: skip a non-finite step on every rank alike
             flags = all_reduce(torch.stack([(~torch.isfinite(loss)).float(),
-                                            torch.tensor(float(preempt.signum > 0), device=device)]))
+                                            torch.tensor(float(preempt.signum > 0),
+                                                         device=device)]))
             nan_loss, stop_signal = flags.tolist()
             if nan_loss:
                 optimizer.zero_grad(set_to_none=True)
                 nonfinite += 1
                 if nonfinite >= args.max_nonfinite:
-                    raise SystemExit(f"error: {nonfinite} non-finite losses in a row at step {step}; the "
-                                     f"last good checkpoint is {args.out_dir}/checkpoint-latest.pth")
+                    raise SystemExit(f"error: {nonfinite} non-finite losses in a row at step "
+                                     f"{step}; the last good checkpoint is "
+                                     f"{args.out_dir}/checkpoint-latest.pth")
                 continue
             nonfinite = 0
             optimizer_step(optimizer, scaler)
@@ -528,17 +580,19 @@ def train_steps(step, end_step, *, args, model, loader, sampler, train_set, opti
                 rec = {"step": step, "epoch": round(step / steps_per_epoch, 3),
                        "loss": window["loss"].item() / n, "lr": float(lrs[step - 1]),
                        "clips_per_s": window["clips"] / dt, "time": time.time()}
-                log(rec, f"step {step}/{end_step} | ep {rec['epoch']:.2f} | loss {rec['loss']:.4f} | lr "
-                         f"{rec['lr']:.2e} | {rec['clips_per_s']:.1f} clips/s | eta "
+                log(rec, f"step {step}/{end_step} | ep {rec['epoch']:.2f} | loss {rec['loss']:.4f} "
+                         f"| lr {rec['lr']:.2e} | {rec['clips_per_s']:.1f} clips/s | eta "
                          f"{fmt_time((end_step - step) * dt / n)}")
-                window = {"t0": time.time(), "clips": 0, "loss": torch.zeros((), device=device), "n": 0}
+                window = {"t0": time.time(), "clips": 0, "loss": torch.zeros((), device=device),
+                          "n": 0}
             epoch_done = step % steps_per_epoch == 0
-            if rank == 0 and (step % args.ckpt_every == 0 or step == end_step or epoch_done or stop_signal):
+            if rank == 0 and (step % args.ckpt_every == 0 or step == end_step or epoch_done
+                              or stop_signal):
                 checkpoint()
             if stop_signal:
                 if rank == 0:
-                    print(f"preempted: step {step} saved to {args.out_dir}/checkpoint-latest.pth; continue "
-                          "with --resume", flush=True)
+                    print(f"preempted: step {step} saved to {args.out_dir}/checkpoint-latest.pth; "
+                          "continue with --resume", flush=True)
                 teardown(world, device)
                 raise SystemExit(0)
             if epoch_done and args.eval_every and (step // steps_per_epoch) % args.eval_every == 0 \

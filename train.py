@@ -1,11 +1,12 @@
-"""SMILE pretraining: motion-infused clips, trajectory masking, CLIP feature targets (Sec. 3, 4.1, F.3).
+"""SMILE pretraining: motion-infused clips, trajectory masking, CLIP feature targets
+(Sec. 3, 4.1, F.3).
 
-    python train.py --preset tiny                                  # CPU demo: synthetic data, minutes
+    python train.py --preset tiny     # CPU demo: synthetic data, minutes
     torchrun --nproc_per_node=8 train.py --dataset k400 --data-root /data/k400 --objects /data/pin
-    python train.py -h                                             # every flag, with the paper's values
+    python train.py -h                # every flag, with the paper's values
 
-One flat script in the order the method runs: args, dist, data, model + teacher, optimizer + schedule,
-resume, loop, teardown. The run plumbing (DDP, amp, checkpoints, the log) is runtime.py's.
+One flat script in the order the method runs: args, dist, data, model + teacher, optimizer +
+schedule, resume, loop, teardown. The run plumbing (DDP, amp, checkpoints, the log) is runtime.py's.
 """
 import argparse
 import os
@@ -21,20 +22,21 @@ import masking
 import motion
 import teacher as teacher_lib
 from model import MODEL_SIZES, PretrainModel, gather_tokens
-from runtime import (Log, Preemption, adamw, all_reduce, amp_setup, apply_presets, check_resume_args, cosine_schedule,
-                     fail, fast_math, find_resume, fmt_time, make_out_dir, no_weight_decay,
-                     optimizer_step, prune_checkpoints, resume_state, rng_state, save_args,
-                     save_checkpoint, set_lr, setup_dist, teardown, wrap_ddp)
+from runtime import (Log, Preemption, adamw, all_reduce, amp_setup, apply_presets,
+                     check_resume_args, cosine_schedule, fail, fast_math, find_resume, fmt_time,
+                     make_out_dir, no_weight_decay, optimizer_step, prune_checkpoints, resume_state,
+                     rng_state, save_args, save_checkpoint, set_lr, setup_dist, teardown, wrap_ddp)
 
 # ============================================================================= presets
 
-# Dataset presets (SPEC 5, Table 18): overrides applied right after parsing; command-line flags still win.
+# Dataset presets (SPEC 5, Table 18): overrides applied right after parsing; command-line
+# flags still win.
 DATASETS = {
     "k400": dict(source="video", stride=4, flip=True, epochs=600),
     "ssv2": dict(source="video", stride=2, flip=False, epochs=800),
     "list": dict(source="video"),
-    # Table 7 / Appendix D: no natural video. Progressive stage 2 would train on empty clips here, so
-    # motion is on throughout (strategy single) unless asked otherwise.
+    # Table 7 / Appendix D: no natural video. Progressive stage 2 would train on empty clips here,
+    # so motion is on throughout (strategy single) unless asked otherwise.
     "noise": dict(source="noise", strategy="single"),
     "black": dict(source="black", strategy="single"),
     "images": dict(source="images", strategy="single"),
@@ -51,34 +53,42 @@ PRESETS = {
     "ablation": dict(model="small", mask_ratio=0.9, strategy="single", epochs=400, num_objects=2,
                      masking="trajectory", target="clip", out_dir="out/ablation"),
 }
-# flags whose change makes a checkpoint unloadable / a resumed run another run (runtime.check_resume_args)
+# flags whose change makes a checkpoint unloadable / a resumed run another run
+# (runtime.check_resume_args)
 SHAPE_FLAGS = ("model", "img_size", "patch_size", "tubelet", "num_frames", "target", "teacher")
-SCHEDULE_FLAGS = ("batch_size", "accum_iter", "epochs", "stage1_epochs", "warmup_epochs", "lr", "min_lr",
-                  "dataset", "train_list", "num_sample", "strategy", "seed", "synthetic_length")
+SCHEDULE_FLAGS = ("batch_size", "accum_iter", "epochs", "stage1_epochs", "warmup_epochs", "lr",
+                  "min_lr", "dataset", "train_list", "num_sample", "strategy", "seed",
+                  "synthetic_length")
 
 
 def get_args(argv=None):
-    """Parse and check the flags; no side effects (folders are made and checkpoints read in main)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Parse and check the flags; no side effects (folders are made and checkpoints read
+    in main)."""
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS), help="bundle of overrides; tiny = the 2-core CPU demo, "
       "ablation = Table 4's base setting (ViT-S, mask 0.9, single, 400 epochs)")
     # data
-    a("--dataset", default="k400", choices=sorted(DATASETS), help="k400/ssv2 read <data-root>/train.csv; "
-      "list reads --train-list; noise/black/images/frames are Table 7's backgrounds")
+    a("--dataset", default="k400", choices=sorted(DATASETS),
+      help="k400/ssv2 read <data-root>/train.csv; list reads --train-list; "
+      "noise/black/images/frames are Table 7's backgrounds")
     a("--data-root", default="", help="folder that list paths are relative to")
-    a("--train-list", default=None, help="list file '<path> <label>' (default <data-root>/train.csv)")
+    a("--train-list", default=None,
+      help="list file '<path> <label>' (default <data-root>/train.csv)")
     a("--image-dir", default=None, help="folder of still images for --dataset images")
-    a("--synthetic-length", type=int, default=80000, help="clips per pass for noise/black backgrounds "
-      "(Table 7: 80K, the size of K400_m)")
-    a("--frame-pick", default="fixed", choices=["fixed", "per-pass"], help="--dataset frames: one frame "
-      "per video chosen once from the seed (Table 7's fixed K400m-1frm set), or a new one every pass")
+    a("--synthetic-length", type=int, default=80000,
+      help="clips per pass for noise/black backgrounds (Table 7: 80K, the size of K400_m)")
+    a("--frame-pick", default="fixed", choices=["fixed", "per-pass"],
+      help="--dataset frames: one frame per video chosen once from the seed (Table 7's fixed "
+      "K400m-1frm set), or a new one every pass")
     a("--num-frames", type=int, default=16, help="T, frames per clip (Sec. 4.1: 16)")
     a("--stride", type=int, default=4, help="temporal stride (Table 18: 4 for K400, 2 for SSv2)")
     a("--img-size", type=int, default=224)
     a("--flip", action=argparse.BooleanOptionalAction, default=True,
       help="horizontal flip (Table 18: K400 yes, SSv2 no)")
-    a("--num-sample", type=int, default=2, help="clips per decoded video, repeated sampling (F.3: 2)")
+    a("--num-sample", type=int, default=2,
+      help="clips per decoded video, repeated sampling (F.3: 2)")
     a("--workers", type=int, default=8, help="data loader processes per rank (docs/performance.md: "
       "how many a GPU needs)")
     a("--max-bad-fraction", type=float, default=0.01,
@@ -86,71 +96,89 @@ def get_args(argv=None):
     # motion (Sec. 3.3)
     a("--strategy", default="progressive", choices=["progressive", "mixed", "single", "none"],
       help="Table 4d: progressive 79.8 > mixed 79.5 > single 78.9; none = SMILE w/o motion")
-    a("--stage1-epochs", type=float, default=None, help="progressive: epochs with motion before plain "
-      "clips (default: half of --epochs, as the paper's 300 + 300 and 400 + 400)")
-    a("--stage2-schedule", default="restart", choices=["restart", "continue"], help="progressive: restart "
-      "the optimizer and warm-up + cosine for stage 2, as the paper's two-job runs did; or one schedule")
+    a("--stage1-epochs", type=float, default=None,
+      help="progressive: epochs with motion before plain clips (default: half of --epochs, as the "
+      "paper's 300 + 300 and 400 + 400)")
+    a("--stage2-schedule", default="restart", choices=["restart", "continue"],
+      help="progressive: restart the optimizer and warm-up + cosine for stage 2, as the paper's "
+      "two-job runs did; or one schedule")
     a("--objects", default=None,
       help="folder of RGBA object PNGs (PIN synthetic set); default: built-in shapes")
-    a("--object-list", default=None, help="file of PNG paths relative to --objects, one per line: the "
-      "subset the paper drew from (the reference's annotation_files/object_instances.txt)")
+    a("--object-list", default=None,
+      help="file of PNG paths relative to --objects, one per line: the subset the paper drew from "
+      "(the reference's annotation_files/object_instances.txt)")
     a("--num-objects", type=int, default=2, help="objects per clip (Table 4f: 1 < 2 ~ 3)")
-    a("--object-size", type=int, nargs=2, default=[32, 128], help="object side range in px at 224 (Sec. 4.1)")
+    a("--object-size", type=int, nargs=2, default=[32, 128],
+      help="object side range in px at 224 (Sec. 4.1)")
     a("--angle-range", type=float, nargs=2, default=[-90, 90], metavar=("LO", "HI"),
       help="keyframe rotation in degrees (Table 4c: 0 0 = scaling only)")
     a("--scale-range", type=float, nargs=2, default=[0.5, 1.5], metavar=("LO", "HI"),
       help="keyframe scale (Table 4c: 1 1 = rotation only; both = no transformation)")
-    a("--masking", default="trajectory", choices=["trajectory", "tube"], help="Table 4g: trajectory +~1%%")
+    a("--masking", default="trajectory", choices=["trajectory", "tube"],
+      help="Table 4g: trajectory +~1%%")
     a("--mask-ratio", type=float, default=0.8, help="Table 4e: 0.8 > 0.9 > 0.95")
     # model and target
-    a("--model", default="base", choices=["tiny", "small", "base"], help="ViT size (small = ViT-S, base = ViT-B)")
+    a("--model", default="base", choices=["tiny", "small", "base"],
+      help="ViT size (small = ViT-S, base = ViT-B)")
     a("--patch-size", type=int, default=16)
     a("--tubelet", type=int, default=2)
-    a("--target", default="clip", choices=["clip", "pixel"], help="Table 4b: CLIP features (default) or pixels")
+    a("--target", default="clip", choices=["clip", "pixel"],
+      help="Table 4b: CLIP features (default) or pixels")
     a("--teacher", default="ViT-B-16", help="open_clip model name (or a model-config JSON), or "
       "timm:<name> for a timm ViT (Table 4b): timm:vit_base_patch16_224.mae, "
       "timm:vit_base_patch16_224.dino, timm:vit_base_patch14_dinov2.lvd142m (run at the student's "
       "grid: 196 px under 224/16)")
-    a("--teacher-weights", default="openai", help="open_clip: a pretrained tag (openai) or a local file "
-      "(ViT-B-16.pt); timm: 'timm' = timm's own weights for the tag in the name, or a local file; "
-      "none = random weights, for smoke tests")
-    a("--teacher-norm", default="clip", choices=["clip", "imagenet"], help="clip: the teacher's own "
-      "mean/std (CLIP's for open_clip, pretrained_cfg's for timm); imagenet: feed the "
-      "ImageNet-normalised frames unchanged, as the reference code does")
+    a("--teacher-weights", default="openai",
+      help="open_clip: a pretrained tag (openai) or a local file (ViT-B-16.pt); timm: 'timm' "
+      "= timm's own weights for the tag in the name, or a local file; none = random weights, for "
+      "smoke tests")
+    a("--teacher-norm", default="clip", choices=["clip", "imagenet"],
+      help="clip: the teacher's own mean/std (CLIP's for open_clip, pretrained_cfg's for timm); "
+      "imagenet: feed the ImageNet-normalised frames unchanged, as the reference code does")
     a("--norm-pix", action=argparse.BooleanOptionalAction, default=True,
       help="pixel target: per-tubelet normalisation (VideoMAE)")
     # optimisation (SPEC 5, Table 18)
-    a("--epochs", type=int, default=600, help="effective epochs = passes x num-sample (K400 600, SSv2 800)")
+    a("--epochs", type=int, default=600,
+      help="effective epochs = passes x num-sample (K400 600, SSv2 800)")
     a("--warmup-epochs", type=float, default=40)
-    a("--batch-size", type=int, default=256, help="total clips per optimizer step over all ranks and "
-      "--accum-iter micro-steps (paper: 256)")
-    a("--accum-iter", type=int, default=1, help="micro-steps per optimizer step (gradient accumulation: "
-      "fewer GPUs, same total batch)")
-    a("--lr", type=float, default=1.5e-4, help="base lr for a total batch of 256 (actual = lr * batch / 256)")
+    a("--batch-size", type=int, default=256,
+      help="total clips per optimizer step over all ranks and --accum-iter micro-steps "
+      "(paper: 256)")
+    a("--accum-iter", type=int, default=1,
+      help="micro-steps per optimizer step (gradient accumulation: fewer GPUs, same total batch)")
+    a("--lr", type=float, default=1.5e-4,
+      help="base lr for a total batch of 256 (actual = lr * batch / 256)")
     a("--min-lr", type=float, default=1e-5, help="cosine floor, scaled like --lr")
     a("--weight-decay", type=float, default=0.05)
     a("--betas", type=float, nargs=2, default=[0.9, 0.95])
-    a("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"], help="auto: bf16 on GPUs of "
-      "compute capability >= 8 (A100, H100), fp16 + loss scaler on older ones (V100), fp32 on CPU")
+    a("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
+      help="auto: bf16 on GPUs of compute capability >= 8 (A100, H100), fp16 + loss scaler on "
+      "older ones (V100), fp32 on CPU")
     a("--compile", action="store_true", help="torch.compile the student and the teacher")
-    a("--grad-checkpointing", action="store_true", help="recompute activations in backward: less memory, slower")
+    a("--grad-checkpointing", action="store_true",
+      help="recompute activations in backward: less memory, slower")
     # run
     a("--out-dir", default="out/pretrain", help="everything a run writes goes here")
     a("--resume", nargs="?", const="auto", default=None,
       help="continue from <out-dir>/checkpoint-latest.pth or a path")
-    a("--accept-changes", action="store_true", help="--resume: continue although schedule or data flags "
-      "differ from the checkpoint's run (each change is printed)")
-    a("--steps", type=int, default=None, help="stop after this many optimizer steps (schedule unchanged)")
+    a("--accept-changes", action="store_true",
+      help="--resume: continue although schedule or data flags differ from the checkpoint's run "
+      "(each change is printed)")
+    a("--steps", type=int, default=None,
+      help="stop after this many optimizer steps (schedule unchanged)")
     a("--seed", type=int, default=0)
     a("--log-every", type=int, default=50)
-    a("--tensorboard", action="store_true", help="also write <out-dir>/tb (needs tensorboard installed)")
+    a("--tensorboard", action="store_true",
+      help="also write <out-dir>/tb (needs tensorboard installed)")
     a("--ckpt-every", type=int, default=500, help="steps between writes of checkpoint-latest.pth")
     a("--save-every", type=int, default=50, help="effective epochs between kept checkpoints")
     a("--keep", type=int, default=3, help="periodic checkpoints kept")
-    a("--max-nonfinite", type=int, default=3, help="stop after this many non-finite losses in a row")
+    a("--max-nonfinite", type=int, default=3,
+      help="stop after this many non-finite losses in a row")
     a("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    # A preset may name a dataset (tiny: black), so the dataset table is read once the preset is known,
-    # then the preset again so that its own values win over its dataset's; flags win over both.
+    # A preset may name a dataset (tiny: black), so the dataset table is read once the preset is
+    # known, then the preset again so that its own values win over its dataset's; flags
+    # win over both.
     args = apply_presets(p, [("preset", PRESETS), ("dataset", DATASETS), ("preset", PRESETS)], argv)
     check_args(args)
     return args
@@ -168,15 +196,19 @@ def check_args(args):
          f"--num-frames {args.num_frames} is not divisible by --tubelet {args.tubelet}"),
         (args.img_size % args.patch_size == 0,
          f"--img-size {args.img_size} is not divisible by --patch-size {args.patch_size}"),
-        (args.batch_size % (args.num_sample * args.accum_iter) == 0, f"--batch-size {args.batch_size} "
-         f"is not divisible by --num-sample {args.num_sample} x --accum-iter {args.accum_iter}"),
+        (args.batch_size % (args.num_sample * args.accum_iter) == 0,
+         f"--batch-size {args.batch_size} is not divisible by --num-sample {args.num_sample} x "
+         f"--accum-iter {args.accum_iter}"),
         (args.strategy != "mixed" or args.num_sample % 2 == 0,
          "--strategy mixed needs an even --num-sample (half the clips with motion, half without)"),
         (args.strategy != "progressive" or 0 < args.stage1_epochs < args.epochs,
-         f"--strategy progressive needs 0 < --stage1-epochs ({args.stage1_epochs:g}) < --epochs ({args.epochs})"),
+         f"--strategy progressive needs 0 < --stage1-epochs ({args.stage1_epochs:g}) < --epochs "
+         f"({args.epochs})"),
         (args.source != "images" or (args.image_dir and os.path.isdir(args.image_dir)),
-         f"--dataset images needs --image-dir pointing at a folder of images, got {args.image_dir}"),
-        (args.object_list is None or args.objects, "--object-list needs --objects (the folder it is relative to)"),
+         f"--dataset images needs --image-dir pointing at a folder of images, got "
+         f"{args.image_dir}"),
+        (args.object_list is None or args.objects,
+         "--object-list needs --objects (the folder it is relative to)"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -187,11 +219,12 @@ def check_args(args):
         args.train_list = os.path.join(args.data_root, "train.csv")
 
 
-# ============================================================================= data, target, schedule
+# =========================================================================== data, target, schedule
 
 
 def build_objects(args):
-    """The object bank O (Sec. 3.3): a folder of RGBA PNGs, or built-in textured shapes as a stand-in."""
+    """The object bank O (Sec. 3.3): a folder of RGBA PNGs, or built-in textured shapes as a
+    stand-in."""
     if args.objects:
         return motion.ObjectBank(args.objects, list_file=args.object_list)
     return motion.synthetic_objects(256, np.random.default_rng(args.seed), size=128)
@@ -206,15 +239,17 @@ def build_dataset(args):
     return data.PretrainDataset(
         args.source, items=items, length=args.synthetic_length, num_frames=args.num_frames,
         stride=args.stride, img_size=args.img_size, flip=args.flip, num_sample=args.num_sample,
-        objects=build_objects(args) if args.strategy != "none" else None, num_objects=args.num_objects,
-        motion=motion_for_stage(args.strategy, 1), masking=args.masking, mask_ratio=args.mask_ratio,
-        tubelet=args.tubelet, patch=args.patch_size, seed=args.seed, object_size=tuple(args.object_size),
+        objects=build_objects(args) if args.strategy != "none" else None,
+        num_objects=args.num_objects, motion=motion_for_stage(args.strategy, 1),
+        masking=args.masking, mask_ratio=args.mask_ratio, tubelet=args.tubelet,
+        patch=args.patch_size, seed=args.seed, object_size=tuple(args.object_size),
         angle_range=tuple(args.angle_range), scale_range=tuple(args.scale_range),
         frame_pick=args.frame_pick)
 
 
 def motion_for_stage(strategy, stage):
-    """Which clips get objects (Table 4d). Progressive: stage 1 motion-infused V', stage 2 plain V."""
+    """Which clips get objects (Table 4d). Progressive: stage 1 motion-infused V',
+    stage 2 plain V."""
     return {"progressive": "on" if stage == 1 else "off", "mixed": "mixed", "single": "on",
             "none": "off"}[strategy]
 
@@ -224,18 +259,22 @@ def build_target(args, device, dtype=None):
     dtype: the run's amp dtype (None = fp32); the frozen teacher's weights are cast to it once."""
     if args.target == "pixel":
         def fn(video):
-            return teacher_lib.pixel_targets(video, args.tubelet, args.patch_size, normalize=args.norm_pix)
+            return teacher_lib.pixel_targets(video, args.tubelet, args.patch_size,
+                                             normalize=args.norm_pix)
         return fn, teacher_lib.target_dim("pixel", tubelet=args.tubelet, patch=args.patch_size)
-    weights = None if args.teacher_weights.lower() == "none" else args.teacher_weights  # none: random
-    # built for the student's grid (a patch-14 teacher runs at grid * 14 px); raises if it cannot match
-    t = teacher_lib.Teacher(args.teacher, weights, input_norm=args.teacher_norm, tubelet=args.tubelet,
-                            img_size=args.img_size, patch_size=args.patch_size, dtype=dtype).to(device)
+    # none: random
+    weights = None if args.teacher_weights.lower() == "none" else args.teacher_weights
+    # built for the student's grid (a patch-14 teacher runs at grid * 14 px); raises if it
+    # cannot match
+    t = teacher_lib.Teacher(args.teacher, weights, input_norm=args.teacher_norm,
+                            tubelet=args.tubelet, img_size=args.img_size,
+                            patch_size=args.patch_size, dtype=dtype).to(device)
     return (torch.compile(t) if args.compile else t), teacher_lib.target_dim("clip", t)
 
 
 def lr_schedule(args, total_steps, stage1_steps, steps_per_epoch):
-    """Per-optimizer-step lr (linear scaling rule: lr x total batch / 256). Progressive with "restart":
-    two warm-up + cosine schedules, one per stage, as the paper's two jobs."""
+    """Per-optimizer-step lr (linear scaling rule: lr x total batch / 256). Progressive with
+    "restart": two warm-up + cosine schedules, one per stage, as the paper's two jobs."""
     lr, min_lr = args.lr * args.batch_size / 256, args.min_lr * args.batch_size / 256
     warmup = int(args.warmup_epochs * steps_per_epoch)
     if args.strategy == "progressive" and args.stage2_schedule == "restart":
@@ -245,29 +284,33 @@ def lr_schedule(args, total_steps, stage1_steps, steps_per_epoch):
 
 
 def to_device(batch, device):
-    """A loader batch on the device. From pinned memory the copy is asynchronous (non_blocking): the host
-    queues it and moves on; a uint8 16x224 batch of 32 clips is 77 MB, ~3 ms over PCIe 4, next to a
-    step of hundreds of ms, so no side stream is spent on overlapping it (docs/performance.md)."""
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    """A loader batch on the device. From pinned memory the copy is asynchronous (non_blocking): the
+    host queues it and moves on; a uint8 16x224 batch of 32 clips is 77 MB, ~3 ms over PCIe 4, next
+    to a step of hundreds of ms, so no side stream is spent on overlapping it
+    (docs/performance.md)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()}
 
 
 # ============================================================================= one optimizer step
 
 
 def train_step(model, target_fn, micro_batches, autocast, scaler, accum):
-    """Eq. 2 over `accum` micro-batches: forward, MSE on the masked tokens, backward (DDP all-reduces the
-    gradients on the last micro-step only). -> (summed loss, sums for the log floors), on the device."""
+    """Eq. 2 over `accum` micro-batches: forward, MSE on the masked tokens, backward (DDP
+    all-reduces the gradients on the last micro-step only). -> (summed loss, sums for the log
+    floors), on the device."""
     total = torch.zeros(3, device=micro_batches[0]["video"].device)   # loss, floor zero, floor mean
     for i, batch in enumerate(micro_batches):
-        video = data.normalize(batch["video"])                    # uint8 -> float (B, C, T, H, W), V'
-        vis_idx, mask_idx = batch["visible_idx"], batch["masked_idx"]   # (B, Nv), (B, Nm) token indices
+        video = data.normalize(batch["video"])                # uint8 -> float (B, C, T, H, W), V'
+        # (B, Nv), (B, Nm) token indices
+        vis_idx, mask_idx = batch["visible_idx"], batch["masked_idx"]
         with torch.no_grad(), autocast():
-            targets = target_fn(video).float()                    # (B, N, Dt); teacher sees V' (SPEC 2)
-        tgt = gather_tokens(targets, mask_idx)                    # (B, Nm, Dt), the predictions' order
+            targets = target_fn(video).float()                # (B, N, Dt); teacher sees V' (SPEC 2)
+        tgt = gather_tokens(targets, mask_idx)                # (B, Nm, Dt), the predictions' order
         sync = i == len(micro_batches) - 1 or not hasattr(model, "no_sync")
         with (nullcontext() if sync else model.no_sync()), autocast():
-            pred = model(video, (vis_idx, mask_idx))              # (B, Nm, Dt)
-            loss = F.mse_loss(pred.float(), tgt)                  # Eq. 2: MSE on masked tokens only
+            pred = model(video, (vis_idx, mask_idx))          # (B, Nm, Dt)
+            loss = F.mse_loss(pred.float(), tgt)              # Eq. 2: MSE on masked tokens only
         (scaler.scale(loss / accum) if scaler else loss / accum).backward()
         with torch.no_grad():   # trivial floors: predict zero; predict the visible tokens' mean
             vis_mean = gather_tokens(targets, vis_idx).mean(1, keepdim=True)
@@ -296,15 +339,19 @@ def main(argv=None):
     # ------------------------------------------------------------------ data
     try:
         dataset = build_dataset(args)
-    except (OSError, ValueError) as e:   # empty list, missing folder, malformed line: before any work
+    except (OSError, ValueError) as e:
+        # empty list, missing folder, malformed line: before any work
         fail(str(e))
-    sampler = data.ResumableSampler(dataset, world, rank, seed=args.seed, shuffle=True, drop_last=True)
+    sampler = data.ResumableSampler(dataset, world, rank, seed=args.seed, shuffle=True,
+                                    drop_last=True)
     loader = data.loader(dataset, sampler, videos_per_micro, args.workers, device, data.collate)
     videos_per_step = videos_per_micro * args.accum_iter
     steps_per_pass = len(dataset) // world // videos_per_step
     if steps_per_pass == 0:
-        fail(f"{len(dataset)} items cannot fill one step of {videos_per_step} videos on each of {world} ranks")
-    # one pass over the videos = num_sample effective epochs (SPEC 5 counts epochs x clips per video)
+        fail(f"{len(dataset)} items cannot fill one step of {videos_per_step} videos on each of "
+             f"{world} ranks")
+    # one pass over the videos = num_sample effective epochs (SPEC 5 counts epochs x
+    # clips per video)
     steps_per_epoch = steps_per_pass / args.num_sample
     total_steps = int(round(args.epochs * steps_per_epoch))
     progressive = args.strategy == "progressive"
@@ -341,8 +388,9 @@ def main(argv=None):
         resume_state(ckpt, raw_model, optimizer, scaler)
         step = ckpt["step"]
         if master:
-            print(f"resumed from {ckpt['path']} at step {step} (epoch {step / steps_per_epoch:.2f}, "
-                  f"stage {ckpt['stage']})" + "".join(f"\n  changed: {c}" for c in changes))
+            print(f"resumed from {ckpt['path']} at step {step} (epoch "
+                  f"{step / steps_per_epoch:.2f}, stage {ckpt['stage']})"
+                  + "".join(f"\n  changed: {c}" for c in changes))
 
     # ------------------------------------------------------------------ loop
     end_step = min(total_steps, args.steps) if args.steps else total_steps
@@ -353,16 +401,17 @@ def main(argv=None):
               f"({steps_per_pass} per pass of {args.num_sample} clips per video, {args.accum_iter} "
               f"micro-step(s) each), stage 2 from step {stage1_steps} | running to step {end_step}",
               flush=True)
-    plan = dict(steps_per_pass=steps_per_pass, steps_per_epoch=steps_per_epoch, stage1_steps=stage1_steps,
-                end_step=end_step, videos_per_step=videos_per_step)
+    plan = dict(steps_per_pass=steps_per_pass, steps_per_epoch=steps_per_epoch,
+                stage1_steps=stage1_steps, end_step=end_step, videos_per_step=videos_per_step)
     step = pretrain(step, plan, args=args, model=model, raw_model=raw_model, target_fn=target_fn,
                     dataset=dataset, sampler=sampler, loader=loader, optimizer=optimizer,
-                    make_optimizer=make_optimizer, scaler=scaler, autocast=autocast, lrs=lrs, log=log,
-                    device=device, rank=rank, world=world)
+                    make_optimizer=make_optimizer, scaler=scaler, autocast=autocast, lrs=lrs,
+                    log=log, device=device, rank=rank, world=world)
 
     # ------------------------------------------------------------------ teardown
     if master:
-        print(f"done: {step} steps, checkpoint {os.path.join(args.out_dir, 'checkpoint-latest.pth')}",
+        print(f"done: {step} steps, checkpoint "
+              f"{os.path.join(args.out_dir, 'checkpoint-latest.pth')}",
               flush=True)
     teardown(world, device)
 
@@ -370,7 +419,8 @@ def main(argv=None):
 def pretrain(step, plan, *, args, model, raw_model, target_fn, dataset, sampler, loader, optimizer,
              make_optimizer, scaler, autocast, lrs, log, device, rank, world):
     """The pretraining loop from `step` to plan["end_step"], pass by pass; the stage switch of the
-    progressive strategy; logs and checkpoints. SIGTERM / SIGUSR1 end it after a checkpoint. -> step."""
+    progressive strategy; logs and checkpoints. SIGTERM / SIGUSR1 end it after a
+    checkpoint. -> step."""
     master, progressive = rank == 0, args.strategy == "progressive"
     steps_per_pass, steps_per_epoch = plan["steps_per_pass"], plan["steps_per_epoch"]
     stage1_steps, end_step = plan["stage1_steps"], plan["end_step"]
@@ -385,15 +435,16 @@ def pretrain(step, plan, *, args, model, raw_model, target_fn, dataset, sampler,
     def checkpoint(path):
         save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict() if scaler is not None else {}, "step": step,
-                         "epoch": step / steps_per_epoch, "stage": stage_of(step), "rng": rng_state(),
-                         "args": vars(args)}, path)
+                         "epoch": step / steps_per_epoch, "stage": stage_of(step),
+                         "rng": rng_state(), "args": vars(args)}, path)
 
     preempt, bad_seen, bad_total, nonfinite = Preemption(), set(), 0, 0
     window = new_window(device)
     while step < end_step:
         stage = stage_of(step)
         if progressive and args.stage2_schedule == "restart" and step == stage1_steps:
-            optimizer = make_optimizer()   # stage 2 starts from stage 1's weights with a fresh optimizer
+            # stage 2 starts from stage 1's weights with a fresh optimizer
+            optimizer = make_optimizer()
         pass_index, offset = divmod(step, steps_per_pass)
         dataset.set_state(pass_index, motion=motion_for_stage(args.strategy, stage))
         sampler.set_epoch(pass_index, start=offset * plan["videos_per_step"])
@@ -415,28 +466,33 @@ def pretrain(step, plan, *, args, model, raw_model, target_fn, dataset, sampler,
             # the step's one collective and host sync: every rank decides alike (a rank stopping
             # alone would leave the others hanging)
             flags = torch.cat([(~torch.isfinite(sums[:1])).float(),   # on the device: no sync yet
-                               torch.tensor([len(bad), too_many, preempt.signum > 0], device=device)])
+                               torch.tensor([len(bad), too_many, preempt.signum > 0],
+                                            device=device)])
             nan_loss, n_bad, stop_bad, stop_signal = all_reduce(flags).tolist()
             bad_total += int(n_bad)
             if stop_bad:
-                raise SystemExit(f"error: {len(bad_seen)} of {len(dataset)} items unreadable on rank "
-                                 f"{rank} (past --max-bad-fraction {args.max_bad_fraction}):\n  "
+                raise SystemExit(f"error: {len(bad_seen)} of {len(dataset)} items unreadable on "
+                                 f"rank {rank} (past --max-bad-fraction "
+                                 f"{args.max_bad_fraction}):\n  "
                                  + "\n  ".join(sorted(bad_seen)))
             if nan_loss:   # a non-finite loss never reaches the weights
                 optimizer.zero_grad(set_to_none=True)
                 nonfinite += 1
                 if master:
-                    print(f"step {step}: non-finite loss, step skipped ({nonfinite} in a row)", flush=True)
+                    print(f"step {step}: non-finite loss, step skipped ({nonfinite} in a row)",
+                          flush=True)
                 if nonfinite >= args.max_nonfinite:
-                    raise SystemExit(f"error: {nonfinite} non-finite losses in a row at step {step}; "
-                                     f"stopping. The last good checkpoint is {latest} (untouched).")
+                    raise SystemExit(f"error: {nonfinite} non-finite losses in a row at step "
+                                     f"{step}; stopping. The last good checkpoint is {latest} "
+                                     f"(untouched).")
                 t_wait = time.time()
                 continue
             nonfinite = 0
             optimizer_step(optimizer, scaler)
             step += 1
 
-            # ---- logging: the loss beside its trivial floors, read from the device at log time only
+            # ---- logging: the loss beside its trivial floors, read from the device at
+            # log time only
             window["sums"] += sums
             window["n"] += 1
             window["clips"] += len(micro) * micro[0]["video"].shape[0] * world
@@ -445,7 +501,8 @@ def pretrain(step, plan, *, args, model, raw_model, target_fn, dataset, sampler,
                            step / steps_per_epoch, bad_total)
                 window = new_window(device)
 
-            # ---- checkpoints: latest (for --resume), periodic ones (kept), end of stage 1, preemption
+            # ---- checkpoints: latest (for --resume), periodic ones (kept), end of
+            # stage 1, preemption
             epoch_done = epoch_of(step) > epoch_of(step - 1)
             if master:
                 if step % args.ckpt_every == 0 or step == end_step or epoch_done or stop_signal:
@@ -457,7 +514,8 @@ def pretrain(step, plan, *, args, model, raw_model, target_fn, dataset, sampler,
                     checkpoint(os.path.join(args.out_dir, "checkpoint-stage1.pth"))
             if stop_signal:
                 if master:
-                    print(f"preempted: step {step} saved to {latest}; continue with --resume", flush=True)
+                    print(f"preempted: step {step} saved to {latest}; continue with --resume",
+                          flush=True)
                 teardown(world, device)
                 raise SystemExit(0)
             if step >= end_step or stage_of(step) != stage:
@@ -467,7 +525,8 @@ def pretrain(step, plan, *, args, model, raw_model, target_fn, dataset, sampler,
 
 
 def new_window(device):
-    return {"t0": time.time(), "wait": 0.0, "clips": 0, "n": 0, "sums": torch.zeros(3, device=device)}
+    return {"t0": time.time(), "wait": 0.0, "clips": 0, "n": 0,
+            "sums": torch.zeros(3, device=device)}
 
 
 def log_window(log, window, step, end_step, stage, lr, epoch, bad_total):
@@ -477,9 +536,10 @@ def log_window(log, window, step, end_step, stage, lr, epoch, bad_total):
     rec = {"step": step, "epoch": round(epoch, 3), "stage": stage, "loss": loss, "floor_zero": zero,
            "floor_mean": mean, "lr": float(lr), "clips_per_s": window["clips"] / dt,
            "data_wait": window["wait"] / dt, "bad": bad_total, "time": time.time()}
-    log(rec, f"step {step}/{end_step} | ep {rec['epoch']:.2f} | stage {stage} | loss {loss:.4f} (floors: "
-             f"zero {zero:.4f}, mean {mean:.4f}) | lr {lr:.2e} | {rec['clips_per_s']:.1f} clips/s | data "
-             f"wait {100 * rec['data_wait']:.0f}% | bad {bad_total} | eta {fmt_time((end_step - step) * dt / n)}")
+    log(rec, f"step {step}/{end_step} | ep {rec['epoch']:.2f} | stage {stage} | loss {loss:.4f} "
+             f"(floors: zero {zero:.4f}, mean {mean:.4f}) | lr {lr:.2e} | {rec['clips_per_s']:.1f} "
+             f"clips/s | data wait {100 * rec['data_wait']:.0f}% | bad {bad_total} | eta "
+             f"{fmt_time((end_step - step) * dt / n)}")
 
 
 if __name__ == "__main__":
