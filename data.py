@@ -260,16 +260,18 @@ def stratified_subset(items, n, seed):
     return [items[i] for i in sorted(keep)]
 
 
-def with_retries(make, index, length, rng, describe=str):
+def with_retries(make, index, length, rng, describe=None):
     """make(index) -> sample; a bad item (any exception) is replaced by another index drawn from
-    rng, up to 20 times. -> (sample, [error messages of the bad items])."""
+    rng, up to 20 times. -> (sample, [error messages of the bad items]). describe(index) names the
+    item in the message; without it the error must name its own file (a bad object PNG does, and
+    is then reported once however many items drew it)."""
     bad = []
     for _ in range(20):
         try:
             return make(index), bad
         except Exception as e:   # noqa: BLE001 -- any decode / read error makes the item bad
-            bad.append(str(e) if isinstance(e, BadItem)
-                       else f"{describe(index)}: {type(e).__name__}: {e}")
+            name = f"{describe(index)}: " if describe and not isinstance(e, BadItem) else ""
+            bad.append(str(e) if isinstance(e, BadItem) else f"{name}{type(e).__name__}: {e}")
             index = int(rng.integers(length))
     raise RuntimeError("20 bad items in a row:\n  " + "\n  ".join(bad))
 
@@ -326,8 +328,8 @@ class PretrainDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         rng = np.random.default_rng([self.seed, self.pass_index, index])
         # a bad item is replaced by another one, drawn from the same stream
-        (video, mask), bad = with_retries(lambda i: self.make_sample(i, rng), index, self.length,
-                                          rng, self.describe)
+        # (make_sample names the file when the background fails; an object PNG names itself)
+        (video, mask), bad = with_retries(lambda i: self.make_sample(i, rng), index, self.length, rng)
         return {"video": video, "mask": mask, "bad": bad}
 
     def describe(self, index):
