@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny videos written with PyAV, so no test needs data from outside the repository."""
+"""Shared fixtures: tiny videos written with PyAV, so no test needs data from outside the
+repository."""
 import json
 import os
 import subprocess
@@ -39,30 +40,34 @@ def video_list(tmp_path):
     return tmp_path / "train.csv"
 
 
-# ----------------------------------------------------------------------------- helpers shared by the tests
+# ---------------------------------------------------------------------- helpers shared by the tests
 
 ROOT = Path(__file__).resolve().parents[1]
-# train.py at 32 px, 4 frames: 8 tokens per clip. 16 videos per pass, 4 videos (8 clips) per step -> 4 steps
-# per pass, 2 steps per effective epoch, 8 steps in all.
-TINY = ["--dataset", "black", "--model", "tiny", "--img-size", "32", "--num-frames", "4", "--target", "pixel",
-        "--batch-size", "8", "--synthetic-length", "16", "--epochs", "4", "--warmup-epochs", "1", "--workers", "0",
-        "--log-every", "1", "--object-size", "64", "160", "--mask-ratio", "0.5"]
+# train.py at 32 px, 4 frames: 8 tokens per clip. 16 videos per pass, 4 videos (8 clips) per step
+# -> 4 steps per pass, 2 steps per effective epoch, 8 steps in all.
+TINY = ["--dataset", "black", "--model", "tiny", "--img-size", "32", "--num-frames", "4",
+        "--target", "pixel", "--batch-size", "8", "--synthetic-length", "16", "--epochs", "4",
+        "--warmup-epochs", "1", "--workers", "0", "--log-every", "1", "--object-size", "64", "160",
+        "--mask-ratio", "0.5"]
 
 
 def run(args, cwd=ROOT, **kw):
-    """python ARGS... in the repository; it must exit 0. -> the CompletedProcess (text stdout/stderr)."""
-    r = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300, **kw)
+    """python ARGS... in the repository; it must exit 0. -> the CompletedProcess (text
+    stdout/stderr)."""
+    r = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                       timeout=300, **kw)
     assert r.returncode == 0, r.stdout + r.stderr
     return r
 
 
 def fails_cleanly(args, match, script="train.py", **kw):
     """Exit code 2, one error line on stderr naming the problem, no traceback."""
-    r = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                       **kw)
+    r = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, **kw)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "Traceback" not in r.stderr and match in r.stderr, r.stderr
-    last = r.stderr.strip().splitlines()[-1]      # (a library may warn first, e.g. open_clip on random weights)
+    # (a library may warn first, e.g. open_clip on random weights)
+    last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and match in last, r.stderr
     return r
 

@@ -1,5 +1,6 @@
-"""bench.py: `python bench.py --quick` and `--gpu-check --dry-run` run end to end and print their tables (no
-speed assertions); the GPU rows' arithmetic (peaks, teacher FLOPs, the markdown table) checked by hand."""
+"""bench.py: `python bench.py --quick` and `--gpu-check --dry-run` run end to end and print their
+tables (no speed assertions); the GPU rows' arithmetic (peaks, teacher FLOPs, the markdown table)
+checked by hand."""
 import os
 import subprocess
 import sys
@@ -12,10 +13,11 @@ from conftest import ROOT
 
 def run_bench(tmp_path, *flags):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path)}
-    run = subprocess.run([sys.executable, str(ROOT / "bench.py"), *flags], capture_output=True, text=True,
-                         timeout=150, cwd=ROOT, env=env)
+    run = subprocess.run([sys.executable, str(ROOT / "bench.py"), *flags], capture_output=True,
+                         text=True, timeout=150, cwd=ROOT, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "cores" in run.stdout and "torch" in run.stdout and "threads" in run.stdout   # the machine line
+    # the machine line
+    assert "cores" in run.stdout and "torch" in run.stdout and "threads" in run.stdout
     assert "what" in run.stdout and "baseline" in run.stdout and "met?" in run.stdout
     return run.stdout
 
@@ -36,9 +38,10 @@ def test_bench_quick_prints_the_table(tmp_path):
     # one thread and one round: no speed is asserted, and one thread stays quick on a busy machine
     out = run_bench(tmp_path, "--quick", "--no-compile", "--rounds", "1", "--threads", "1",
                     "--only", "step,memory,teacher,gpu,data")
-    for what in ("explicit-attention reference", "achieved FLOP/s", "bf16 autocast vs fp32", "teacher",
-                 "decode 16 frames", "prepare.py encode", "overlay", "loader", "memory", "clips per 80 GB GPU",
-                 "bytes per 16x224 clip", "uint8 clips vs float32", "data.normalize"):
+    for what in ("explicit-attention reference", "achieved FLOP/s", "bf16 autocast vs fp32",
+                 "teacher", "decode 16 frames", "prepare.py encode", "overlay", "loader", "memory",
+                 "clips per 80 GB GPU", "bytes per 16x224 clip", "uint8 clips vs float32",
+                 "data.normalize"):
         assert what in out, what
     assert "2.41 MB" in out and "9.63 MB" in out   # 3 x 16 x 224 x 224 bytes, and 4x that
     assert "gpu step" not in out or torch.cuda.is_available()
@@ -46,10 +49,12 @@ def test_bench_quick_prints_the_table(tmp_path):
 
 def test_gpu_check_dry_run_runs_the_check_on_the_cpu(tmp_path):
     out = run_bench(tmp_path, "--gpu-check", "--dry-run", "--threads", "1")
-    assert "whole step" in out and "vs student alone" in out and "MFU -" in out   # no peak for a CPU
+    # no peak for a CPU
+    assert "whole step" in out and "vs student alone" in out and "MFU -" in out
     table = [ln for ln in out.splitlines() if ln.startswith("| ")]
     assert table[0].startswith("| GPU | run | step ms | clips/s | MFU | peak memory")
-    assert [ln.split(" | ")[1] for ln in table[1:]] == ["bench.py whole step, tiny + small CLIP 16x64 B4 bf16",
+    assert [ln.split(" | ")[1]
+            for ln in table[1:]] == ["bench.py whole step, tiny + small CLIP 16x64 B4 bf16",
                                                         "train.py, 4 steps, 0 workers"]
     assert "python train.py --dataset black --model tiny" in out and "--teacher-weights none" in out
 
@@ -65,8 +70,9 @@ def test_gpu_check_command_line():
             bench.get_args(bad)
     cfg = bench.gpu_config(SimpleNamespace(dry_run=False, quick=False, rounds=7))
     flags = bench.train_flags(cfg, "bf16", compile=True)
-    assert " ".join(flags) == ("--dataset black --model base --img-size 224 --target clip --teacher ViT-B-16 "
-                               "--teacher-weights none --amp bf16 --batch-size 32 --compile")
+    assert " ".join(flags) == ("--dataset black --model base --img-size 224 --target clip "
+                               "--teacher ViT-B-16 --teacher-weights none --amp bf16 --batch-size "
+                               "32 --compile")
     import train
     args = train.get_args(flags)   # train.py accepts them
     assert args.compile and args.model == "base" and args.batch_size == 32
@@ -74,28 +80,33 @@ def test_gpu_check_command_line():
 
 def test_gpu_peaks_and_teacher_flops_by_hand():
     import bench
-    for name, tflops in (("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA H200", 989),
-                         ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA L40S", 362), ("NVIDIA L4", 121),
-                         ("Tesla V100-SXM2-32GB", 125), ("NVIDIA A10", 125)):
+    for name, tflops in (("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756),
+                         ("NVIDIA H200", 989), ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA L40S", 362),
+                         ("NVIDIA L4", 121), ("Tesla V100-SXM2-32GB", 125), ("NVIDIA A10", 125)):
         assert bench.gpu_peak(name) == tflops * 1e12, name
     assert bench.gpu_peak("NVIDIA GeForce GTX 1080") is None
-    # CLIP ViT-B/16 at 224 as open_clip builds it: 12 blocks of width 768, MLP 3072, 196 patches + CLS
+    # CLIP ViT-B/16 at 224 as open_clip builds it: 12 blocks of width 768, MLP 3072, 196 patches +
+    # CLS
     block = SimpleNamespace(mlp=SimpleNamespace(c_fc=torch.nn.Linear(1, 3072)))
     clip = SimpleNamespace(backend="open_clip", grid=14, patch_size=16, tubelet=2,
-                           visual=SimpleNamespace(transformer=SimpleNamespace(width=768, resblocks=[block] * 12)))
+                           visual=SimpleNamespace(transformer=SimpleNamespace(width=768,
+                                                                              resblocks=[block] * 12)))
     per_frame = 12 * (197 * 12 * 768 ** 2 + 2 * 197 ** 2 * 768) + 196 * 3 * 16 * 16 * 768
     assert bench.teacher_flops(clip) == 2 * 8 * per_frame
-    assert 280e9 < bench.teacher_flops(clip) < 282e9 and 290e9 < bench.step_flops("base", 224) < 292e9
+    assert 280e9 < bench.teacher_flops(clip) < 282e9 and 290e9 < bench.step_flops("base",
+                                                                                  224) < 292e9
 
 
 def test_markdown_table_by_hand():
     import bench
     rows = [dict(run="eager", step_s=0.05, clips=640.0, peak=30 * 2**30, wait=None, speedup=None),
-            dict(run="train.py, --compile", step_s=0.04, clips=800.0, peak=None, wait=0.125, speedup=1.25)]
+            dict(run="train.py, --compile", step_s=0.04, clips=800.0, peak=None, wait=0.125,
+                 speedup=1.25)]
     results = {"gpu": "NVIDIA H200", "flops": 572e9, "peak_flops": 989e12, "rows": rows,
                "commands": ["python train.py --compile"]}
     lines = bench.markdown_table(results).splitlines()
     assert lines[2] == "| NVIDIA H200 | eager | 50 | 640.0 | 37% | 30.0 GiB | - | - |"
     assert lines[3] == "| NVIDIA H200 | train.py, --compile | 40 | 800.0 | 46% | - | 12% | 1.25x |"
     assert lines[-1] == "    python train.py --compile"
-    assert "| - |" in bench.markdown_table({**results, "peak_flops": None}).splitlines()[2]   # unknown GPU
+    # unknown GPU
+    assert "| - |" in bench.markdown_table({**results, "peak_flops": None}).splitlines()[2]

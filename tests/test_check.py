@@ -1,4 +1,5 @@
-"""prepare.py check (list preflight) and subset (stratified lists); lists saved on Windows (BOM, CRLF)."""
+"""prepare.py check (list preflight) and subset (stratified lists); lists saved on Windows (BOM,
+CRLF)."""
 import subprocess
 import sys
 from collections import Counter
@@ -25,13 +26,15 @@ def test_read_list_drops_the_byte_order_mark_and_crlf(video_list):
     assert data.read_list(lst) == [(str(video_list.parent / "clip 0.mp4"), 0),
                                    (str(video_list.parent / "clip 1.mp4"), 1)]
     entries = prepare.scan_list(lst)
-    assert [e["video"] for e in entries] == [str(video_list.parent / f"clip {i}.mp4") for i in (0, 1)]
+    assert [e["video"] for e in entries] == [str(video_list.parent / f"clip {i}.mp4")
+                                             for i in (0, 1)]
     assert [e["kind"] for e in entries] == [None, None]
 
 
 @pytest.fixture
 def bad_list(video_list):
-    """The 6 good clips of video_list, then one bad line of each kind (line numbers in the comments)."""
+    """The 6 good clips of video_list, then one bad line of each kind (line numbers in the
+    comments)."""
     root = video_list.parent
     (root / "empty.mp4").write_bytes(b"")
     (root / "garbage.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
@@ -61,15 +64,17 @@ def test_check_names_every_bad_line_and_writes_the_clean_list(bad_list, tmp_path
     r = prepare.check(lst, num_classes=3, workers=2, write_clean=clean)
     out = capsys.readouterr().out
     kinds = {e["line"]: e["kind"] for e in r["entries"]}
-    assert kinds == {1: None, 3: None, 5: "missing", 6: "unreadable", 7: "unreadable", 8: "too short",
-                     9: "duplicate", 10: "label", 11: "label", 12: "malformed", 13: None, 14: None, 15: None}
+    assert kinds == {1: None, 3: None, 5: "missing", 6: "unreadable", 7: "unreadable",
+                     8: "too short", 9: "duplicate", 10: "label", 11: "label", 12: "malformed",
+                     13: None, 14: None, 15: None}
     for n in (5, 6, 7, 8, 9, 10, 11, 12):
         assert f"{lst}:{n}: " in out
     assert f"{lst}:9: duplicate: duplicate of line 1" in out
     assert f"{lst}:10: label: label 7 is outside [0, 3)" in out
     assert f"{lst}:8: too short: {lst.parent / 'short.mp4'}: 8 frames, a clip needs 16" in out
     assert f"{lst}:6: unreadable: {lst.parent / 'empty.mp4'}: empty file (0 bytes)" in out
-    assert (f"{lst}: 13 lines, 5 good, 8 bad (duplicate 1, label 2, malformed 1, missing 1, too short 1, "
+    assert (f"{lst}: 13 lines, 5 good, 8 bad (duplicate 1, label 2, malformed 1, missing 1, too "
+            f"short 1, "
             "unreadable 2)") in out
     assert "frames      30 / 44 / 60" in out and "resolution  64x48 / 64x48 / 96x32" in out
     assert "fps         25.00 / 25.00 / 25.00" in out and "ms/clip median" in out and " p90 " in out
@@ -82,7 +87,8 @@ def test_check_command_line_exit_codes(bad_list, video_list, tmp_path):
     lst, _ = bad_list
     cmd = [sys.executable, str(ROOT / "prepare.py"), "check"]
     run = subprocess.run(cmd + [str(lst), "--num-classes", "3", "--workers", "2", "--write-clean",
-                                str(tmp_path / "clean.csv")], capture_output=True, text=True, timeout=120)
+                                str(tmp_path / "clean.csv")], capture_output=True, text=True,
+                         timeout=120)
     assert run.returncode == 1, run.stderr                              # some lines bad
     assert f"{lst}:5: missing: {lst.parent / 'nope.mp4'}: no such file" in run.stdout and "check 9/9" in run.stderr
     assert len(data.read_list(tmp_path / "clean.csv", data_root=lst.parent)) == 5
@@ -107,14 +113,17 @@ def test_subset_keeps_class_shares_and_is_seeded(tmp_path, capsys):
         out = prepare.subset(tmp_path / "full.csv", n, tmp_path / "sub.csv", seed=0)
         count = 82 if n == "0.5" else n
         assert len(out) == count and set(out) <= set(lines) and len(set(out)) == count
-        assert [x for x in (tmp_path / "sub.csv").read_text().splitlines() if not x.startswith("#")] == out
+        assert [x for x in (tmp_path / "sub.csv").read_text().splitlines()
+                if not x.startswith("#")] == out
         got = Counter(int(x.rsplit(None, 1)[1]) for x in out)
         assert all(abs(got[c] - count * k / sum(sizes)) < 1 for c, k in enumerate(sizes)), got
-        assert [x for x in lines if x in set(out)] == sorted(out, key=lines.index)   # input order kept
+        # input order kept
+        assert [x for x in lines if x in set(out)] == sorted(out, key=lines.index)
     a = prepare.subset(tmp_path / "full.csv", 20, tmp_path / "a.csv", seed=0)
     b = prepare.subset(tmp_path / "full.csv", 20, tmp_path / "b.csv", seed=1)
     assert a == prepare.subset(tmp_path / "full.csv", 20, tmp_path / "a2.csv", seed=0) and a != b
-    assert prepare.main(["subset", str(tmp_path / "full.csv"), "0.25", str(tmp_path / "q.csv")]) == 0
+    assert prepare.main(["subset", str(tmp_path / "full.csv"), "0.25",
+                         str(tmp_path / "q.csv")]) == 0
     assert len(data.read_list(tmp_path / "q.csv", data_root=tmp_path)) == 41
     for bad in ("0", "1.5", "200", "x"):
         with pytest.raises(SystemExit):

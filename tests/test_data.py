@@ -15,7 +15,8 @@ def test_read_list_conventions(tmp_path):
     assert items[0][0] == str(tmp_path / "a b c.mp4")
 
 
-@pytest.mark.parametrize("text,where", [("a.mp4 1\nb.mp4\n", ":2:"), ("a.mp4 x\n", ":1:"), ("a.mp4 1\nb.mp4 7\n", ":2:")])
+@pytest.mark.parametrize("text,where", [("a.mp4 1\nb.mp4\n", ":2:"), ("a.mp4 x\n", ":1:"),
+                                        ("a.mp4 1\nb.mp4 7\n", ":2:")])
 def test_read_list_errors_name_file_and_line(tmp_path, text, where):
     (tmp_path / "l.csv").write_text(text)
     with pytest.raises(ValueError, match=f"l.csv{where}"):
@@ -63,10 +64,11 @@ def test_multiscale_crop_boxes():
 def test_dataset_repeated_sampling_and_determinism(video_list):
     items = data.read_list(video_list)
     objs = [np.full((20, 20, 4), 255, np.uint8)] * 3
-    ds = data.PretrainDataset("video", items=items, num_frames=8, stride=2, img_size=32, num_sample=2,
-                              objects=objs, mask_ratio=0.75, seed=1)
+    ds = data.PretrainDataset("video", items=items, num_frames=8, stride=2, img_size=32,
+                              num_sample=2, objects=objs, mask_ratio=0.75, seed=1)
     s = ds[0]
-    assert s["video"].shape == (2, 3, 8, 32, 32) and s["mask"].shape == (2, 4 * 2 * 2) and s["bad"] == []
+    assert s["video"].shape == (2, 3, 8, 32,
+                                32) and s["mask"].shape == (2, 4 * 2 * 2) and s["bad"] == []
     assert s["video"].dtype == torch.uint8   # 4x less shared / pinned memory than float32; normalised on device
     assert (s["mask"].sum(1) == int(0.75 * 4) * 4).all()
     assert not torch.equal(s["video"][0], s["video"][1])            # own crop / overlay per clip
@@ -79,9 +81,10 @@ def test_dataset_mixed_motion(video_list):
     items = data.read_list(video_list)
     obj = np.zeros((24, 24, 4), np.uint8)
     obj[..., 0], obj[..., 3] = 255, 255                              # opaque pure red square
-    ds = data.PretrainDataset("video", items=items, num_frames=4, stride=1, img_size=32, num_sample=4,
-                              objects=[obj], motion="mixed", seed=0)
-    v = data.normalize(ds[2]["video"])                               # grey video: red only where objects are
+    ds = data.PretrainDataset("video", items=items, num_frames=4, stride=1, img_size=32,
+                              num_sample=4, objects=[obj], motion="mixed", seed=0)
+    # grey video: red only where objects are
+    v = data.normalize(ds[2]["video"])
     red = (v[:, 0] - v[:, 1]).amax(dim=(1, 2, 3))
     assert (red[::2] > 1).all() and (red[1::2] < 0.5).all()
 
@@ -89,7 +92,8 @@ def test_dataset_mixed_motion(video_list):
 def test_synthetic_sources():
     objs = [np.full((16, 16, 4), 255, np.uint8)]
     for src in ("noise", "black"):
-        ds = data.PretrainDataset(src, length=5, num_frames=4, img_size=32, num_sample=1, objects=objs, motion="off")
+        ds = data.PretrainDataset(src, length=5, num_frames=4, img_size=32, num_sample=1,
+                                  objects=objs, motion="off")
         v = ds[0]["video"][0]                                        # (C, T, H, W)
         torch.testing.assert_close(v[:, 0], v[:, 3])                 # a still background without motion
     assert len(ds) == 5
@@ -110,12 +114,14 @@ def test_resumable_sampler_matches_distributed_sampler():
 
 
 def test_resize_uint8_matches_float_resize():
-    """data.resize (torch's uint8 kernel) stays within 1 grey level of the float bilinear + antialias resize."""
+    """data.resize (torch's uint8 kernel) stays within 1 grey level of the float bilinear +
+    antialias resize."""
     import torch.nn.functional as F
     frames = np.random.default_rng(0).integers(0, 256, (4, 90, 70, 3), dtype=np.uint8)
     out = data.resize(frames, 32)
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    ref = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False).round().permute(0, 2, 3, 1)
+    ref = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True,
+                        align_corners=False).round().permute(0, 2, 3, 1)
     assert out.shape == (4, 32, 32, 3) and out.dtype == np.uint8 and out.flags["C_CONTIGUOUS"]
     assert np.abs(out.astype(int) - ref.numpy().astype(int)).max() <= 1
 
@@ -127,15 +133,18 @@ def test_normalize_on_device_matches_imagenet_statistics():
     out = data.normalize(v)
     assert out.dtype == torch.float32 and out.shape == v.shape
     for c in range(3):
-        torch.testing.assert_close(out[:, c], (v[:, c].float() / 255 - IMAGENET_MEAN[c]) / IMAGENET_STD[c])
+        torch.testing.assert_close(out[:, c],
+                                   (v[:, c].float() / 255 - IMAGENET_MEAN[c]) / IMAGENET_STD[c])
 
 
 def test_frames_source_fixed_frame_per_video(video_list):
-    """--dataset frames (Table 7's K400m-1frm): one frame per video chosen once from the seed, the same
-    in every pass; per-pass draws a new one each pass."""
+    """--dataset frames (Table 7's K400m-1frm): one frame per video chosen once from the seed, the
+    same in every pass; per-pass draws a new one each pass."""
     items = data.read_list(video_list)
-    kw = dict(items=items, num_frames=4, img_size=32, num_sample=1, motion="off", flip=False, seed=0)
-    fixed, per_pass = data.PretrainDataset("frames", **kw), data.PretrainDataset("frames", frame_pick="per-pass", **kw)
+    kw = dict(items=items, num_frames=4, img_size=32, num_sample=1, motion="off", flip=False,
+              seed=0)
+    fixed, per_pass = data.PretrainDataset("frames", **kw), data.PretrainDataset("frames",
+                                                                                 frame_pick="per-pass", **kw)
     level = {}   # grey level of frame i is 5 * i (conftest.write_video): which frame was picked
     for name, ds in (("fixed", fixed), ("per_pass", per_pass)):
         for p in range(4):

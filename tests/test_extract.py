@@ -57,7 +57,8 @@ def test_list_with_label_less_lines_and_bad_lines(tmp_path):
     lst.write_text("\ufeff# c\nx y.mp4 3\nz.mp4\nsub/w.mp4 3,17\n/abs/v.mp4 -\nq.mp4 2.5\n",
                    encoding="utf-8")
     items = extract.read_items(lst)
-    rel = [(p if p.startswith("/abs") else os.path.relpath(p, tmp_path), lab) for p, lab, _ in items]
+    rel = [(p if p.startswith("/abs") else os.path.relpath(p, tmp_path), lab)
+           for p, lab, _ in items]
     assert rel == [("x y.mp4", "3"), ("z.mp4", None), ("sub/w.mp4", "3,17"), ("/abs/v.mp4", "-"),
                    ("q.mp4", "2.5")]
     assert items[1][2] == f"{lst}:3"
@@ -155,8 +156,8 @@ def test_bad_videos_are_listed_and_skipped(clips, tmp_path, capsys):
     (tmp_path / "junk.mp4").write_bytes(b"not a video" * 100)
     lst = tmp_path / "with_bad.csv"
     lst.write_text(f"{root}/a.mp4 0\njunk.mp4 1\nmissing.mp4\n{root}/short.mp4 2\n")
-    s = extract.main(["--list", str(lst), "--checkpoint", str(ckpt), "--out-dir", str(tmp_path / "o"),
-                      *GRID])
+    s = extract.main(["--list", str(lst), "--checkpoint", str(ckpt), "--out-dir",
+                      str(tmp_path / "o"), *GRID])
     assert (s["extracted"], s["bad"]) == (2, 2)
     assert "bad 2 (see" in capsys.readouterr().out
     bad = (tmp_path / "o" / "bad.txt").read_text().splitlines()

@@ -1,6 +1,6 @@
-"""finetune.py (Table 17): checkpoint loading, layer-wise lr decay, clip RandAugment and mixup/cutmix,
-multi-view averaging and metrics on hand-made examples, end-to-end runs on `motion` and an mp4 list,
-bit-identical resume."""
+"""finetune.py (Table 17): checkpoint loading, layer-wise lr decay, clip RandAugment and
+mixup/cutmix, multi-view averaging and metrics on hand-made examples, end-to-end runs on `motion`
+and an mp4 list, bit-identical resume."""
 import argparse
 import json
 import os
@@ -21,14 +21,15 @@ from runtime import set_lr
 
 REF = Path(__file__).parent / "data" / "videomae_tiny_reference.pt"
 # 32 px, 8 frames: 16 tokens per clip; 64 training clips, batch 16 -> 4 steps per epoch.
-SMALL = ["--preset", "tiny", "--img-size", "32", "--num-frames", "8", "--motion-train", "64", "--motion-val", "32",
-         "--batch-size", "16", "--epochs", "2", "--warmup-epochs", "1", "--workers", "0", "--log-every", "1"]
+SMALL = ["--preset", "tiny", "--img-size", "32", "--num-frames", "8", "--motion-train", "64",
+         "--motion-val", "32", "--batch-size", "16", "--epochs", "2", "--warmup-epochs", "1",
+         "--workers", "0", "--log-every", "1"]
 
 
 def data_args(**kw):
     a = dict(img_size=32, num_frames=16, patch_size=None, tubelet=None, model=None, checkpoint=None,
-             num_classes=5, dataset="list", task="single", train_list="x", val_list="x", data_root="",
-             splits=["train.csv", "val.csv"])
+             num_classes=5, dataset="list", task="single", train_list="x", val_list="x",
+             data_root="", splits=["train.csv", "val.csv"])
     a.update(kw)
     return argparse.Namespace(**a)
 
@@ -37,14 +38,18 @@ def data_args(**kw):
 
 
 def test_train_py_checkpoint_gives_encoder_features(tmp_path):
-    """A train.py checkpoint names its model: --model/--patch/--tubelet come from it; the classifier's
-    pooled tokens equal the pretraining encoder's, also on another grid (position table rebuilt)."""
+    """A train.py checkpoint names its model: --model/--patch/--tubelet come from it; the
+    classifier's pooled tokens equal the pretraining encoder's, also on another grid (position table
+    rebuilt)."""
     torch.manual_seed(0)
     pre = PretrainModel(img_size=64, num_frames=16, **MODEL_SIZES["tiny"], out_dim=1536).eval()
     path = tmp_path / "checkpoint-latest.pth"
-    torch.save({"model": pre.state_dict(), "step": 3, "args": {"model": "tiny", "patch_size": 16, "tubelet": 2,
-                                                              "img_size": 64, "num_frames": 16}}, path)
-    args = data_args(checkpoint=str(path), img_size=32, num_frames=8)   # another grid than pretraining
+    torch.save({"model": pre.state_dict(), "step": 3,
+                "args": {"model": "tiny", "patch_size": 16, "tubelet": 2,
+                                                              "img_size": 64, "num_frames": 16}},
+               path)
+    # another grid than pretraining
+    args = data_args(checkpoint=str(path), img_size=32, num_frames=8)
     evaluation.check_data_args(args)
     state = evaluation.read_checkpoint(args)
     assert (args.model, args.patch_size, args.tubelet) == ("tiny", 16, 2)
@@ -64,21 +69,25 @@ def test_train_py_checkpoint_gives_encoder_features(tmp_path):
 
 
 def test_reference_checkpoint_loads_and_matches(monkeypatch, capsys):
-    """tests/data/videomae_tiny_reference.pt: the pretraining state dict loads as an encoder (fc_norm/head
-    missing, norm unexpected) and a finetuned classifier gives the reference features and logits."""
+    """tests/data/videomae_tiny_reference.pt: the pretraining state dict loads as an encoder
+    (fc_norm/head missing, norm unexpected) and a finetuned classifier gives the reference features
+    and logits."""
     ref = torch.load(REF, weights_only=True)
     c = ref["config"]
-    monkeypatch.setitem(MODEL_SIZES, "tiny", dict(embed_dim=c["encoder_embed_dim"], depth=c["encoder_depth"],
-                                                  num_heads=c["encoder_num_heads"], mlp_ratio=c["mlp_ratio"]))
-    args = data_args(model="tiny", img_size=c["img_size"], num_frames=c["num_frames"], patch_size=c["patch_size"],
-                     tubelet=c["tubelet_size"])
+    monkeypatch.setitem(MODEL_SIZES, "tiny",
+                        dict(embed_dim=c["encoder_embed_dim"], depth=c["encoder_depth"],
+                                                  num_heads=c["encoder_num_heads"],
+                             mlp_ratio=c["mlp_ratio"]))
+    args = data_args(model="tiny", img_size=c["img_size"], num_frames=c["num_frames"],
+                     patch_size=c["patch_size"], tubelet=c["tubelet_size"])
     evaluation.build_classifier(args, 5, {"model": ref["pretrain_state_dict"]})
     printed = capsys.readouterr().out
     for k in ref["finetune_missing"] + ref["finetune_unexpected"]:
         assert k in printed
     clf = evaluation.build_classifier(args, 5, {"module": ref["finetune_state_dict"]}).eval()
     with torch.no_grad():
-        torch.testing.assert_close(clf.forward_features(ref["video"]), ref["finetune_features"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(clf.forward_features(ref["video"]), ref["finetune_features"],
+                                   atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(clf(ref["video"]), ref["finetune_logits"], atol=1e-5, rtol=1e-5)
 
 
@@ -86,26 +95,33 @@ def test_reference_checkpoint_loads_and_matches(monkeypatch, capsys):
 
 
 def test_layer_decay_groups():
-    model = VideoClassifier(img_size=32, num_frames=4, num_classes=3, **MODEL_SIZES["tiny"])   # depth L = 4
+    # depth L = 4
+    model = VideoClassifier(img_size=32, num_frames=4, num_classes=3, **MODEL_SIZES["tiny"])
     groups = finetune.layer_decay_groups(model, 0.05, 0.75)
     seen = [id(p) for g in groups for p in g["params"]]
-    assert sorted(seen) == sorted(id(p) for p in model.parameters())           # each parameter exactly once
+    # each parameter exactly once
+    assert sorted(seen) == sorted(id(p) for p in model.parameters())
     where = {id(p): g for g in groups for p in g["params"]}
     named = dict(model.named_parameters())
     L = 4
-    for name, expect in [("patch_embed.proj.weight", 0.75 ** (L + 1)), ("blocks.0.attn.qkv.weight", 0.75 ** L),
-                         ("blocks.3.mlp.fc1.weight", 0.75 ** 1), ("head.weight", 1.0), ("fc_norm.weight", 1.0)]:
+    for name, expect in [("patch_embed.proj.weight", 0.75 ** (L + 1)),
+                         ("blocks.0.attn.qkv.weight", 0.75 ** L),
+                         ("blocks.3.mlp.fc1.weight", 0.75 ** 1), ("head.weight", 1.0),
+                         ("fc_norm.weight", 1.0)]:
         assert where[id(named[name])]["lr_scale"] == pytest.approx(expect), name
     assert where[id(named["blocks.2.attn.qkv.weight"])]["weight_decay"] == 0.05
-    for name in ("blocks.2.attn.q_bias", "blocks.2.norm1.weight", "head.bias", "patch_embed.proj.bias"):
+    for name in ("blocks.2.attn.q_bias", "blocks.2.norm1.weight", "head.bias",
+                 "patch_embed.proj.bias"):
         assert where[id(named[name])]["weight_decay"] == 0.0, name
     opt = torch.optim.AdamW(groups, lr=0.0)
     set_lr(opt, 1e-3)
-    assert {round(g["lr"] / 1e-3, 6) for g in opt.param_groups} == {round(0.75 ** k, 6) for k in range(L + 2)}
+    assert {round(g["lr"] / 1e-3, 6) for g in opt.param_groups} == {round(0.75 ** k, 6)
+                                                                    for k in range(L + 2)}
 
 
 def test_randaugment_applies_one_op_to_all_frames():
-    ra = finetune.RandAug(n=2, m=9, mstd=0.5)                             # timm's rand-m9-n2-mstd0.5-inc1
+    # timm's rand-m9-n2-mstd0.5-inc1
+    ra = finetune.RandAug(n=2, m=9, mstd=0.5)
     rng0 = np.random.default_rng(0)
     clip = rng0.integers(0, 256, (6, 24, 24, 3), dtype=np.uint8)
     changed = 0
@@ -115,7 +131,8 @@ def test_randaugment_applies_one_op_to_all_frames():
         assert torch.equal(torch.get_rng_state(), before)                    # global RNG untouched
         assert np.array_equal(out, finetune.randaugment_clip(ra, clip, np.random.default_rng(seed)))
         for t in (0, 5):   # frame t of the clip == frame t alone under the same draw: the same op everywhere
-            alone = finetune.randaugment_clip(ra, np.repeat(clip[t:t + 1], 2, 0), np.random.default_rng(seed))
+            alone = finetune.randaugment_clip(ra, np.repeat(clip[t:t + 1], 2, 0),
+                                              np.random.default_rng(seed))
             assert np.array_equal(out[t], alone[0]), (seed, t)
         changed += not np.array_equal(out, clip)
     assert changed >= 6
@@ -126,8 +143,9 @@ RANDAUG_M = (9, 7)   # Table 17's magnitude and the reference's (rand-m7-n4-mstd
 
 @pytest.mark.parametrize("m", RANDAUG_M)
 def test_randaug_levels_match_timm(monkeypatch, m):
-    """Every op of timm's "inc1" set maps magnitude m to timm's own argument (auto_augment.LEVEL_TO_ARG),
-    both signs of the signed ops (timm's _randomly_negate pinned to +1, then -1)."""
+    """Every op of timm's "inc1" set maps magnitude m to timm's own argument
+    (auto_augment.LEVEL_TO_ARG), both signs of the signed ops (timm's _randomly_negate pinned to +1,
+    then -1)."""
     aa = pytest.importorskip("timm.data.auto_augment")
     assert finetune.RANDAUG_OPS == tuple(aa._RAND_INCREASING_TRANSFORMS)
     for sign in (1, -1):
@@ -143,13 +161,16 @@ def test_randaug_levels_match_timm(monkeypatch, m):
 
 
 def test_randaug_ops_match_timm_on_a_frame():
-    """Each op on one PIL frame == timm's op (NAME_TO_OP) with the same argument, bicubic, grey fill."""
+    """Each op on one PIL frame == timm's op (NAME_TO_OP) with the same argument, bicubic, grey
+    fill."""
     aa = pytest.importorskip("timm.data.auto_augment")
     from PIL import Image
     rng = np.random.default_rng(0)
-    frame = (np.linspace(0, 255, 40)[None, :, None] * rng.uniform(0.3, 1, (1, 1, 3))).astype(np.uint8)
+    frame = (np.linspace(0, 255, 40)[None, :, None] * rng.uniform(0.3, 1,
+                                                                  (1, 1, 3))).astype(np.uint8)
     frame = np.repeat(frame, 32, 0)
-    frame[8:20, 10:30] = rng.integers(0, 256, (12, 20, 3))                  # a textured patch off-centre
+    # a textured patch off-centre
+    frame[8:20, 10:30] = rng.integers(0, 256, (12, 20, 3))
     img = Image.fromarray(frame)
     kw = dict(fillcolor=finetune.RANDAUG_FILL, resample=Image.Resampling.BICUBIC)
     for name in finetune.RANDAUG_OPS:
@@ -160,12 +181,14 @@ def test_randaug_ops_match_timm_on_a_frame():
         if name not in ("AutoContrast", "Equalize"):                           # (may leave a frame alone)
             assert not np.array_equal(got, frame), name
     zero_bits = finetune.randaug_level_args("PosterizeIncreasing", 10)               # m=10: keep 0 bits
-    assert zero_bits == (0,) and not np.asarray(finetune.randaug_frame(img, "PosterizeIncreasing", zero_bits)).any()
+    assert zero_bits == (0,) and not np.asarray(finetune.randaug_frame(img, "PosterizeIncreasing",
+                                                                       zero_bits)).any()
 
 
 def test_randaug_draw_statistics():
-    """n ops drawn with replacement, each kept with p 0.5, magnitude 9 + N(0, 0.5) clipped to [0, 10], signs
-    +-1 at random: read back from Rotate's angle (30 * m / 10) and ShearX (0.3 * m / 10)."""
+    """n ops drawn with replacement, each kept with p 0.5, magnitude 9 + N(0, 0.5) clipped to [0,
+    10], signs +-1 at random: read back from Rotate's angle (30 * m / 10) and ShearX (0.3 * m /
+    10)."""
     cfg = finetune.RandAug(n=2, m=9, mstd=0.5)
     rng = np.random.default_rng(1)
     draws = [finetune.randaug_draw(cfg, rng) for _ in range(4000)]
@@ -183,17 +206,21 @@ def test_randaug_draw_statistics():
 
 
 def test_random_resized_crop_box_statistics():
-    """One box per clip: inside the frame, area fraction in scale and log-aspect (w / h) in log ratio (up to
-    rounding), and the means of both, and of the position, equal torchvision's RandomResizedCrop.get_params
-    (the same rule as VideoMAE's _get_param_spatial_crop) over many draws."""
+    """One box per clip: inside the frame, area fraction in scale and log-aspect (w / h) in log
+    ratio (up to rounding), and the means of both, and of the position, equal torchvision's
+    RandomResizedCrop.get_params (the same rule as VideoMAE's _get_param_spatial_crop) over many
+    draws."""
     from torchvision.transforms import RandomResizedCrop
     H, W, n = 240, 320, 4000
-    for scale, ratio in [((0.25, 1.0), (3 / 4, 4 / 3)), ((0.08, 1.0), (3 / 4, 4 / 3)), ((0.5, 1.0), (0.5, 2))]:
+    for scale, ratio in [((0.25, 1.0), (3 / 4, 4 / 3)), ((0.08, 1.0), (3 / 4, 4 / 3)),
+                         ((0.5, 1.0), (0.5, 2))]:
         rng = np.random.default_rng(0)
-        ours = np.array([data.random_resized_crop_box(H, W, rng, scale, ratio) for _ in range(n)], float)
+        ours = np.array([data.random_resized_crop_box(H, W, rng, scale, ratio) for _ in range(n)],
+                        float)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            ref = np.array([RandomResizedCrop.get_params(torch.empty(1, H, W), scale, ratio) for _ in range(n)], float)
+            ref = np.array([RandomResizedCrop.get_params(torch.empty(1, H, W), scale, ratio)
+                            for _ in range(n)], float)
         for b in (ours, ref):
             y, x, h, w = b.T
             assert (y >= 0).all() and (x >= 0).all() and (y + h <= H).all() and (x + w <= W).all()
@@ -205,17 +232,19 @@ def test_random_resized_crop_box_statistics():
         for f in stats:   # 4000 draws: standard errors ~0.004 (area, centre), ~0.002 (log-aspect)
             assert f(ours).mean() == pytest.approx(f(ref).mean(), abs=0.02), scale
     # a frame far outside the ratio range: the fallback centre crop, clamped to the range
-    assert data.random_resized_crop_box(10, 200, np.random.default_rng(0), (0.9, 1.0), (3 / 4, 4 / 3)) == (0, 93, 10, 13)
+    assert data.random_resized_crop_box(10, 200, np.random.default_rng(0), (0.9, 1.0),
+                                        (3 / 4, 4 / 3)) == (0, 93, 10, 13)
 
 
 def test_rrc_in_the_datasets(video_list, monkeypatch):
-    """crop="rrc": one box per clip (its scale passed on), the clip at img_size; motion's default "none"
-    leaves clips as rendered."""
+    """crop="rrc": one box per clip (its scale passed on), the clip at img_size; motion's default
+    "none" leaves clips as rendered."""
     calls = []
     box = data.random_resized_crop_box
     monkeypatch.setattr(data, "random_resized_crop_box", lambda *a: calls.append(a[3:]) or box(*a))
     items = data.read_list(video_list)
-    ds = evaluation.VideoClipDataset(items, mode="train", num_classes=3, num_frames=8, img_size=32, crop="rrc",
+    ds = evaluation.VideoClipDataset(items, mode="train", num_classes=3, num_frames=8, img_size=32,
+                                     crop="rrc",
                                crop_scale=(0.08, 1.0))
     a = ds[1]["video"]
     assert a.shape == (3, 8, 32, 32) and torch.equal(ds[1]["video"], a)
@@ -227,17 +256,20 @@ def test_rrc_in_the_datasets(video_list, monkeypatch):
     plain = evaluation.MotionClassDataset("train", 8, img_size=32, num_frames=8)
     assert torch.equal(plain[3]["video"], data.to_tensor(plain.clip(3)[0]))
     rrc = evaluation.MotionClassDataset("train", 8, img_size=32, num_frames=8, crop="rrc")
-    assert rrc[3]["video"].shape == (3, 8, 32, 32) and not torch.equal(rrc[3]["video"], plain[3]["video"])
+    assert rrc[3]["video"].shape == (3, 8, 32, 32) and not torch.equal(rrc[3]["video"],
+                                                                       plain[3]["video"])
 
 
 def test_random_erase_statistics():
-    """VideoMAE's erasing (cube): about prob of the clips get one box, the same box in every frame and channel,
-    filled with N(0, 1) drawn anew per frame; box area and aspect as timm's rule (Monte-Carlo); rest untouched."""
+    """VideoMAE's erasing (cube): about prob of the clips get one box, the same box in every frame
+    and channel, filled with N(0, 1) drawn anew per frame; box area and aspect as timm's rule
+    (Monte-Carlo); rest untouched."""
     B, C, T, H, W = 400, 3, 4, 24, 32
     video = torch.full((B, C, T, H, W), 5.0)
     before = torch.get_rng_state()
     out = finetune.random_erase(video, 0.25, np.random.default_rng(0))
-    assert torch.equal(torch.get_rng_state(), before) and torch.equal(video, torch.full_like(video, 5.0))
+    assert torch.equal(torch.get_rng_state(), before) and torch.equal(video,
+                                                                      torch.full_like(video, 5.0))
     assert torch.equal(out, finetune.random_erase(video, 0.25, np.random.default_rng(0)))   # seeded by rng
     hit = out != 5.0                                                    # (B, C, T, H, W)
     erased = hit.flatten(1).any(1)
@@ -248,33 +280,38 @@ def test_random_erase_statistics():
         m = hit[b, 0, 0]
         rows, cols = m.any(1).nonzero().flatten(), m.any(0).nonzero().flatten()
         h, w = len(rows), len(cols)
-        assert m.sum() == h * w and rows[-1] - rows[0] == h - 1 and cols[-1] - cols[0] == w - 1   # a rectangle
+        # a rectangle
+        assert m.sum() == h * w and rows[-1] - rows[0] == h - 1 and cols[-1] - cols[0] == w - 1
         areas.append(h * w / (H * W))
         log_ar.append(np.log(h / w))
     vals = out[erased][hit[erased]]
     assert abs(vals.mean().item()) < 0.05 and vals.std().item() == pytest.approx(1.0, abs=0.05)
     b = torch.nonzero(erased).flatten()[0]
-    assert not torch.equal(out[b, :, 0][hit[b, :, 0]], out[b, :, 1][hit[b, :, 1]])   # fresh noise per frame
-    # the sampling rule by Monte-Carlo: area U(0.02, 1/3), log h / w U(log 0.3, -log 0.3), rounded, redrawn
-    # until the box fits strictly inside (100 tries)
+    # fresh noise per frame
+    assert not torch.equal(out[b, :, 0][hit[b, :, 0]], out[b, :, 1][hit[b, :, 1]])
+    # the sampling rule by Monte-Carlo: area U(0.02, 1/3), log h / w U(log 0.3, -log 0.3), rounded,
+    # redrawn until the box fits strictly inside (100 tries)
     g = np.random.default_rng(1)
-    a, r = g.uniform(0.02, 1 / 3, 200000) * H * W, np.exp(g.uniform(np.log(0.3), -np.log(0.3), 200000))
+    a, r = g.uniform(0.02, 1 / 3,
+                     200000) * H * W, np.exp(g.uniform(np.log(0.3), -np.log(0.3), 200000))
     h, w = np.round(np.sqrt(a * r)), np.round(np.sqrt(a / r))
     ok = (h < H) & (w < W)
     assert np.mean(areas) == pytest.approx((h * w)[ok].mean() / (H * W), abs=0.02)
     assert np.mean(log_ar) == pytest.approx(np.log(h / w)[ok].mean(), abs=0.1)
-    assert finetune.random_erase(video, 0.0, np.random.default_rng(0)) is video   # off: no copy, no draw
+    # off: no copy, no draw
+    assert finetune.random_erase(video, 0.0, np.random.default_rng(0)) is video
     const = finetune.random_erase(video, 1.0, np.random.default_rng(0), mode="const")
     assert ((const == 0) | (const == 5)).all() and (const == 0).flatten(1).any(1).all()
 
 
 def test_augment_flag_defaults(tmp_path):
-    """The paper's recipe: timm RandAug (2, 9, 0.5), rrc, erasing 0.25 pixel x 1; the tiny demo keeps none."""
-    args, _ = finetune.get_args(["--out-dir", str(tmp_path / "a")])
+    """The paper's recipe: timm RandAug (2, 9, 0.5), rrc, erasing 0.25 pixel x 1; the tiny demo
+    keeps none."""
+    args = finetune.get_args(["--out-dir", str(tmp_path / "a")])
     assert (args.randaug_n, args.randaug_m, args.randaug_mstd) == (2, 9, 0.5)
     assert (args.crop, args.crop_scale, args.crop_ratio) == ("rrc", [0.25, 1.0], [3 / 4, 4 / 3])
     assert (args.reprob, args.remode, args.recount) == (0.25, "pixel", 1)
-    args, _ = finetune.get_args(["--preset", "tiny", "--out-dir", str(tmp_path / "b")])
+    args = finetune.get_args(["--preset", "tiny", "--out-dir", str(tmp_path / "b")])
     assert (args.randaug_n, args.reprob, args.crop) == (0, 0.0, "none")
 
 
@@ -296,7 +333,8 @@ def test_mix_batch_cutmix_box_shared_by_frames():
 
 
 class HandViews(torch.utils.data.Dataset):
-    """5 items (temporal views) of 3 videos, 2 crops each; a view's score is its first two pixels."""
+    """5 items (temporal views) of 3 videos, 2 crops each; a view's score is its first two
+    pixels."""
     scores = torch.tensor([[[0.9, 0.1], [0.7, 0.3]], [[0.3, 0.7], [0.1, 0.9]],   # video 0: clips 0 and 1
                            [[0.2, 0.8], [0.4, 0.6]],                             # video 1: one clip
                            [[0.6, 0.4], [0.8, 0.2]], [[0.2, 0.8], [0.4, 0.6]]])  # video 2: clips 0 and 1
@@ -315,11 +353,14 @@ class HandViews(torch.utils.data.Dataset):
 
 
 def test_multiview_averaging_by_hand():
-    out = evaluation.per_video(lambda v: v.flatten(1), HandViews(), 2, batch_size=2, workers=0, rank=0, world=1,
+    out = evaluation.per_video(lambda v: v.flatten(1), HandViews(), 2, batch_size=2, workers=0,
+                               rank=0, world=1,
                              device=torch.device("cpu"))
     torch.testing.assert_close(out, torch.tensor([[0.5, 0.5], [0.3, 0.7], [0.5, 0.5]]))
-    # rank 1 of 2 sees items 1 and 3 only: video 0 from clip 1, video 2 from clip 0, video 1 not at all
-    part = evaluation.per_video(lambda v: v.flatten(1), HandViews(), 2, 2, 0, rank=1, world=2, device=torch.device("cpu"))
+    # rank 1 of 2 sees items 1 and 3 only: video 0 from clip 1, video 2 from clip 0, video 1 not at
+    # all
+    part = evaluation.per_video(lambda v: v.flatten(1), HandViews(), 2, 2, 0, rank=1, world=2,
+                                device=torch.device("cpu"))
     torch.testing.assert_close(part, torch.tensor([[0.2, 0.8], [0.0, 0.0], [0.7, 0.3]]))
 
 
@@ -328,13 +369,16 @@ def test_metrics_by_hand():
     labels = torch.tensor([0, 1, 1, 1])
     m = evaluation.compute_metrics("single", scores, labels)
     assert m["top1"] == pytest.approx(50.0)
-    assert m["mean_class_acc"] == pytest.approx(100 * (1 + 1 / 3) / 2)    # class 0: 1/1, class 1: 1/3
+    # class 0: 1/1, class 1: 1/3
+    assert m["mean_class_acc"] == pytest.approx(100 * (1 + 1 / 3) / 2)
     assert m["top5"] == pytest.approx(100.0)
-    # AP of one class, positives ranked 1st and 3rd: (1/1 + 2/3) / 2; a class without positives is skipped
+    # AP of one class, positives ranked 1st and 3rd: (1/1 + 2/3) / 2; a class without positives is
+    # skipped
     s = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.1, 0.4]])
     t = torch.tensor([[1, 0], [0, 0], [1, 0], [0, 0]])
     assert evaluation.mean_average_precision(s, t) == pytest.approx(100 * (1 + 2 / 3) / 2)
-    t[3, 1] = 1                                                          # class 1: its positive ranked 1st
+    # class 1: its positive ranked 1st
+    t[3, 1] = 1
     assert evaluation.mean_average_precision(s, t) == pytest.approx(100 * ((1 + 2 / 3) / 2 + 1) / 2)
     c = evaluation.counting_error(torch.tensor([2.0, 5.0, 9.0]), torch.tensor([4.0, 5.0, 6.0]))
     assert c["count_error"] == pytest.approx((0.5 + 0 + 0.5) / 3)
@@ -342,11 +386,13 @@ def test_metrics_by_hand():
 
 
 def test_severe_table_order_and_mean(tmp_path, capsys):
-    rows = [("severe-ucfrc", 0.25), ("severe-ssv2", 60.0), ("severe-charades", 20.0), ("severe-ssv2", 70.0)]
+    rows = [("severe-ucfrc", 0.25), ("severe-ssv2", 60.0), ("severe-charades", 20.0),
+            ("severe-ssv2", 70.0)]
     path = tmp_path / "r.jsonl"
     path.write_text("".join(json.dumps({"setting": s, "value": v}) + "\n" for s, v in rows))
     shown = evaluation.severe_table(str(path))
-    assert list(shown) == ["SSv2", "Gym99", "UCF (10^3)", "GYM (10^3)", "FX-S1", "UB-S1", "UCF-RC", "Charades", "Mean"]
+    assert list(shown) == ["SSv2", "Gym99", "UCF (10^3)", "GYM (10^3)", "FX-S1", "UB-S1", "UCF-RC",
+                           "Charades", "Mean"]
     assert shown["SSv2"] == "70.0"                                       # the last row of a setting counts
     assert shown["Mean"].startswith(f"{(70 + 75 + 20) / 3:.1f}")         # UCF-RC enters as 100 * (1 - error)
 
@@ -354,10 +400,11 @@ def test_severe_table_order_and_mean(tmp_path, capsys):
 # ----------------------------------------------------------------------------- end to end
 
 
-# 32 px, 8 frames, 8 px patches (4 x 4 x 4 tokens), black backgrounds: the quickest motion to learn from scratch
-LEARN = ["--preset", "tiny", "--img-size", "32", "--num-frames", "8", "--patch-size", "8", "--motion-backgrounds",
-         "black", "--motion-train", "512", "--motion-val", "256", "--epochs", "4", "--layer-decay", "1.0", "--lr", "8e-3",
-         "--workers", "0"]
+# 32 px, 8 frames, 8 px patches (4 x 4 x 4 tokens), black backgrounds: the quickest motion to learn
+# from scratch
+LEARN = ["--preset", "tiny", "--img-size", "32", "--num-frames", "8", "--patch-size", "8",
+         "--motion-backgrounds", "black", "--motion-train", "512", "--motion-val", "256",
+         "--epochs", "4", "--layer-decay", "1.0", "--lr", "8e-3", "--workers", "0"]
 
 
 def test_finetune_motion_learns(tmp_path):
@@ -367,7 +414,8 @@ def test_finetune_motion_learns(tmp_path):
     assert "clips/s" in r.stdout and "eta" in r.stdout and "top1" in r.stdout
     res = json.loads((out / "results.json").read_text())
     assert res["metric"] == "top1" and {"top1", "top5", "mean_class_acc"} <= set(res)
-    assert res["top1"] > 20.0, res                   # chance 12.5 (+-2.1 std over 256 clips); measured 30.9
+    # chance 12.5 (+-2.1 std over 256 clips); measured 30.9
+    assert res["top1"] > 20.0, res
     ckpt = torch.load(out / "checkpoint-latest.pth", weights_only=True)
     assert ckpt["step"] == 64 and set(ckpt) >= {"model", "optimizer", "scaler", "rng", "args"}
     # the finetuned classifier tests again with --eval-only: the same numbers
@@ -379,17 +427,21 @@ def test_finetune_motion_learns(tmp_path):
 def test_finetune_video_list_multiview(tmp_path, video_list):
     (video_list.parent / "val.csv").write_text(video_list.read_text())
     out = tmp_path / "ft"
-    run(["finetune.py", "--dataset", "list", "--data-root", str(video_list.parent), "--num-classes", "3",
+    run(["finetune.py", "--dataset", "list", "--data-root", str(video_list.parent), "--num-classes",
+         "3",
                         "--model", "tiny", "--img-size", "32", "--num-frames", "8", "--stride", "2",
-                        "--test-clips", "2", "--test-crops", "3", "--batch-size", "3", "--epochs", "1",
-                        "--workers", "0", "--out-dir", str(out), "--results-file", str(tmp_path / "all.jsonl")])
+                        "--test-clips", "2", "--test-crops", "3", "--batch-size", "3", "--epochs",
+         "1",
+                        "--workers", "0", "--out-dir", str(out), "--results-file",
+         str(tmp_path / "all.jsonl")])
     res = json.loads((out / "results.json").read_text())
     assert res["setting"] == "list" and 0 <= res["top1"] <= 100
     assert json.loads((tmp_path / "all.jsonl").read_text().splitlines()[-1])["top1"] == res["top1"]
 
 
 def test_resume_is_bit_identical(tmp_path):
-    """6 steps in one go == 3 steps, stop, --resume, 3 more steps (mixup, cutmix, RandAug, drop path on)."""
+    """6 steps in one go == 3 steps, stop, --resume, 3 more steps (mixup, cutmix, RandAug, drop path
+    on)."""
     args = SMALL + ["--mixup", "0.8", "--cutmix", "1.0", "--randaug-n", "2", "--drop-path", "0.1"]
     finetune.main(args + ["--out-dir", str(tmp_path / "a"), "--steps", "6"])
     finetune.main(args + ["--out-dir", str(tmp_path / "b"), "--steps", "3"])
@@ -400,18 +452,23 @@ def test_resume_is_bit_identical(tmp_path):
     assert a["step"] == b["step"] == 6
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    assert half["step"] == 3 and not torch.equal(half["model"]["head.weight"], b["model"]["head.weight"])
+    assert half["step"] == 3 and not torch.equal(half["model"]["head.weight"],
+                                                 b["model"]["head.weight"])
 
 
-# ----------------------------------------------------------------------------- evaluation datasets (data.py)
+# -------------------------------------------------------------------- evaluation datasets (data.py)
 
 
 def test_view_sampling_and_crops():
     assert evaluation.dense_indices(100, 4, 5, view=0, num_views=3).tolist() == [0, 5, 10, 15]
     assert evaluation.dense_indices(100, 4, 5, view=2, num_views=3).tolist() == [84, 89, 94, 99]     # evenly spaced
     assert evaluation.dense_indices(10, 4, 5).tolist() == [0, 3, 6, 9]                             # too short: cover it
-    seg = evaluation.segment_indices(80, 4, view=0, num_views=2).tolist(), evaluation.segment_indices(80, 4, view=1, num_views=2).tolist()
-    assert seg == ([5, 25, 45, 65], [15, 35, 55, 75])                                         # one frame per segment
+    seg = evaluation.segment_indices(80, 4, view=0,
+                                     num_views=2).tolist(), evaluation.segment_indices(80, 4,
+                                                                                       view=1,
+                                                                                       num_views=2).tolist()
+    # one frame per segment
+    assert seg == ([5, 25, 45, 65], [15, 35, 55, 75])
     r = evaluation.segment_indices(80, 4, np.random.default_rng(0))
     assert all(20 * i <= f < 20 * (i + 1) for i, f in enumerate(r))
     frames = np.zeros((2, 20, 40, 3), np.uint8)
@@ -422,21 +479,25 @@ def test_view_sampling_and_crops():
 
 
 def test_stratified_subset():
-    items = [(f"v{i}", i % 3 if i < 60 else 0) for i in range(90)]   # class 0: 50 clips, 1: 20, 2: 20
+    # class 0: 50 clips, 1: 20, 2: 20
+    items = [(f"v{i}", i % 3 if i < 60 else 0) for i in range(90)]
     sub = data.stratified_subset(items, 9, seed=0)
     labels = [label for _, label in sub]
     assert len(sub) == 9 and labels.count(0) == 5 and labels.count(1) == 2 and labels.count(2) == 2
-    assert sub == data.stratified_subset(items, 9, seed=0) != data.stratified_subset(items, 9, seed=1)
+    assert sub == data.stratified_subset(items, 9, seed=0) != data.stratified_subset(items, 9,
+                                                                                     seed=1)
 
 
 def test_video_list_dataset_views(video_list):
     items = data.read_list(video_list)
-    test = evaluation.VideoClipDataset(items, mode="test", num_classes=3, num_frames=8, stride=2, img_size=32,
+    test = evaluation.VideoClipDataset(items, mode="test", num_classes=3, num_frames=8, stride=2,
+                                       img_size=32,
                                  num_clips=2, num_crops=3)
     assert len(test) == 12
     s = test[3]
     assert s["video"].shape == (3, 3, 8, 32, 32) and s["video_id"] == 1 and s["label"] == 1
-    train = evaluation.VideoClipDataset(items, mode="train", num_classes=3, num_frames=8, sampling="segment", img_size=32)
+    train = evaluation.VideoClipDataset(items, mode="train", num_classes=3, num_frames=8,
+                                        sampling="segment", img_size=32)
     a = train[2]
     assert a["video"].shape == (3, 8, 32, 32) and torch.equal(train[2]["video"], a["video"])
     train.set_epoch(1)
@@ -449,7 +510,8 @@ def test_video_list_dataset_views(video_list):
 @pytest.mark.parametrize("task,metric", [("multi", "map"), ("count", "count_error")])
 def test_multi_label_and_counting_run(tmp_path, task, metric):
     out = tmp_path / task
-    res = finetune.main(SMALL + ["--task", task, "--out-dir", str(out), "--results-file", str(tmp_path / "r.jsonl")])
+    res = finetune.main(SMALL + ["--task", task, "--out-dir", str(out), "--results-file",
+                                 str(tmp_path / "r.jsonl")])
     row = json.loads((tmp_path / "r.jsonl").read_text())
     assert row["setting"] == "tiny" and row["metric"] == metric and row["value"] == res[metric]
     if task == "count":
@@ -457,19 +519,24 @@ def test_multi_label_and_counting_run(tmp_path, task, metric):
 
 
 def test_severe_presets(tmp_path):
-    """Each of the 8 settings carries its class count, task, metric, list files and Table 17's schedule."""
-    expect = {"severe-ssv2": (174, "single", "top1", "train.csv"), "severe-gym99": (99, "single", "top1", "gym99_train.csv"),
-              "severe-ucf1k": (101, "single", "top1", "train.csv"), "severe-gym1k": (99, "single", "top1", "gym99_train.csv"),
-              "severe-fx": (11, "single", "mean_class_acc", "fx_s1_train.csv"),
+    """Each of the 8 settings carries its class count, task, metric, list files and Table 17's
+    schedule."""
+    expect = {"severe-ssv2": (174, "single", "top1", "train.csv"),
+              "severe-gym99": (99, "single", "top1", "gym99_train.csv"),
+              "severe-ucf1k": (101, "single", "top1", "train.csv"), "severe-gym1k": (99, "single",
+                                                                                     "top1",
+                                                                                     "gym99_train.csv"), "severe-fx": (11, "single", "mean_class_acc", "fx_s1_train.csv"),
               "severe-ub": (15, "single", "mean_class_acc", "ub_s1_train.csv"),
               "severe-ucfrc": (101, "count", "count_error", "ucfrep_train.csv"),
               "severe-charades": (157, "multi", "map", "charades_train.csv")}
     assert set(expect) == set(finetune.SEVERE)
     for name, (classes, task, metric, train_file) in expect.items():
-        args = finetune.get_args(["--preset", name, "--data-root", "/data/x", "--out-dir", str(tmp_path)])
+        args = finetune.get_args(["--preset", name, "--data-root", "/data/x", "--out-dir",
+                                  str(tmp_path)])
         assert (args.num_classes, args.task, args.metric) == (classes, task, metric), name
         assert args.train_list == os.path.join("/data/x", train_file)
-        assert (args.epochs, args.batch_size, args.lr, args.layer_decay, args.drop_path) == (100, 16, 1e-3, 0.75, 0.1)
+        assert (args.epochs, args.batch_size, args.lr, args.layer_decay,
+                args.drop_path) == (100, 16, 1e-3, 0.75, 0.1)
         assert args.label_smoothing == (0.1 if task == "single" else 0.0)
         assert args.train_samples == (1000 if name in ("severe-ucf1k", "severe-gym1k") else 0)
         assert args.results_file.endswith("results.jsonl")
@@ -478,11 +545,14 @@ def test_severe_presets(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["multi", "count"])
 def test_severe_standins_learn(tmp_path, task):
-    """Multi-label motion (two objects, each its own motion) beats the mAP of random scores; counting motion
-    (out and back k = 1 or 2 times in 8 frames) beats the best constant count (1: error 0.25)."""
-    res = finetune.main(LEARN + ["--task", task, "--motion-train", "1024", "--epochs", "8", "--out-dir", str(tmp_path)])
+    """Multi-label motion (two objects, each its own motion) beats the mAP of random scores;
+    counting motion (out and back k = 1 or 2 times in 8 frames) beats the best constant count (1:
+    error 0.25)."""
+    res = finetune.main(LEARN + ["--task", task, "--motion-train", "1024", "--epochs", "8",
+                                 "--out-dir", str(tmp_path)])
     if task == "multi":
-        chance = 100 * evaluation.MotionClassDataset("val", 256, task="multi", img_size=32, num_frames=8).targets().mean().item()
+        chance = 100 * evaluation.MotionClassDataset("val", 256, task="multi", img_size=32,
+                                                     num_frames=8).targets().mean().item()
         assert res["map"] > chance + 8, (res, chance)              # measured 36.1 vs 23.8
     else:
         assert res["count_error"] < 0.15, res                      # measured 0.02
@@ -492,10 +562,11 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
     """finetune.py: SIGKILL after step 5 (latest checkpoint at step 4), then --resume to step 8:
     the same weights as an uninterrupted run (mixup, cutmix, RandAug and drop path on)."""
     import signal
-    args = SMALL + ["--mixup", "0.8", "--cutmix", "1.0", "--randaug-n", "2", "--drop-path", "0.1", "--steps", "8",
-                    "--epochs", "4", "--eval-every", "100"]
+    args = SMALL + ["--mixup", "0.8", "--cutmix", "1.0", "--randaug-n", "2", "--drop-path", "0.1",
+                    "--steps", "8", "--epochs", "4", "--eval-every", "100"]
     run(["finetune.py", *args, "--out-dir", str(tmp_path / "ref")])
-    p = subprocess.Popen([sys.executable, "finetune.py", *args, "--out-dir", str(tmp_path / "k"), "--ckpt-every", "2"],
+    p = subprocess.Popen([sys.executable, "finetune.py", *args, "--out-dir", str(tmp_path / "k"),
+                          "--ckpt-every", "2"],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in p.stdout:
         if line.startswith("step 5/"):
@@ -512,7 +583,8 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
 
 
 def test_nonfinite_loss_stops_with_checkpoint_named(tmp_path, monkeypatch):
-    """A NaN loss stops the run before the weights see it, naming the step; the message names the checkpoint."""
+    """A NaN loss stops the run before the weights see it, naming the step; the message names the
+    checkpoint."""
     monkeypatch.setattr(finetune, "loss_fn", lambda task, out, target: out.sum() * float("nan"))
     with pytest.raises(SystemExit, match="non-finite loss at step 0"):
         finetune.main(SMALL + ["--out-dir", str(tmp_path / "ft")])

@@ -1,4 +1,5 @@
-"""masking.py: exact mask counts, tube structure, object tokens, trajectory masking (True = masked)."""
+"""masking.py: exact mask counts, tube structure, object tokens, trajectory masking (True =
+masked)."""
 import subprocess
 import sys
 
@@ -18,7 +19,8 @@ def rng(seed=0):
 
 
 def random_objects(shape, kind, g):
-    """Object-token layouts: none, scattered tokens, moving boxes (like real objects), everywhere."""
+    """Object-token layouts: none, scattered tokens, moving boxes (like real objects),
+    everywhere."""
     t, h, w = shape
     if kind == "none":
         return np.zeros(shape, bool)
@@ -156,7 +158,8 @@ def test_masks_from_motion():
 
 def test_figure_script_runs(tmp_path):
     out = tmp_path / "footprints.png"
-    subprocess.run([sys.executable, "masking.py", "--out", str(out), "--size", "64", "--tile", "48"],
+    subprocess.run([sys.executable, "masking.py", "--out", str(out), "--size", "64", "--tile",
+                    "48"],
                    cwd=ROOT, check=True, capture_output=True)
     with Image.open(out) as im:
         assert im.size[0] > 8 * 48 and im.size[1] > 3 * 48

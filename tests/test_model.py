@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import (MODEL_SIZES, PretrainModel, VideoClassifier, classifier_state_dict, gather_tokens,
-                   load_encoder, mask_indices, sinusoid_table)
+from model import (MODEL_SIZES, PretrainModel, VideoClassifier, classifier_state_dict,
+                   gather_tokens, load_encoder, mask_indices, sinusoid_table)
 
 REF = Path(__file__).parent / "data" / "videomae_tiny_reference.pt"
 
@@ -17,22 +17,27 @@ def ref():
 
 def ref_kwargs(c):
     return dict(img_size=c["img_size"], patch_size=c["patch_size"], num_frames=c["num_frames"],
-                tubelet_size=c["tubelet_size"], embed_dim=c["encoder_embed_dim"], depth=c["encoder_depth"],
-                num_heads=c["encoder_num_heads"], mlp_ratio=c["mlp_ratio"])
+                tubelet_size=c["tubelet_size"], embed_dim=c["encoder_embed_dim"],
+                depth=c["encoder_depth"], num_heads=c["encoder_num_heads"],
+                mlp_ratio=c["mlp_ratio"])
 
 
 def test_sinusoid_tables_match_reference(ref):
     enc, dec = ref["sinusoid_table_encoder"], ref["sinusoid_table_decoder"]
-    torch.testing.assert_close(sinusoid_table(enc.shape[1], enc.shape[2]), enc.float(), atol=1e-6, rtol=0)
-    torch.testing.assert_close(sinusoid_table(dec.shape[1], dec.shape[2]), dec.float(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(sinusoid_table(enc.shape[1], enc.shape[2]), enc.float(), atol=1e-6,
+                               rtol=0)
+    torch.testing.assert_close(sinusoid_table(dec.shape[1], dec.shape[2]), dec.float(), atol=1e-6,
+                               rtol=0)
 
 
 def test_pretrain_model_matches_reference(ref):
     c = ref["config"]
     model = PretrainModel(**ref_kwargs(c), decoder_embed_dim=c["decoder_embed_dim"],
-                          decoder_depth=c["decoder_depth"], decoder_num_heads=c["decoder_num_heads"],
+                          decoder_depth=c["decoder_depth"],
+                          decoder_num_heads=c["decoder_num_heads"],
                           out_dim=c["decoder_num_classes"]).eval()
-    model.load_state_dict(ref["pretrain_state_dict"], strict=True)   # exact key layout, nothing extra
+    # exact key layout, nothing extra
+    model.load_state_dict(ref["pretrain_state_dict"], strict=True)
     with torch.no_grad():
         enc = model.encoder(ref["video"], ref["mask"])
         dec = model(ref["video"], ref["mask"])
@@ -46,7 +51,8 @@ def test_classifier_matches_reference(ref):
     clf = VideoClassifier(**ref_kwargs(c), num_classes=5).eval()
     clf.load_state_dict(ref["finetune_state_dict"], strict=True)
     with torch.no_grad():
-        torch.testing.assert_close(clf.forward_features(ref["video"]), ref["finetune_features"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(clf.forward_features(ref["video"]), ref["finetune_features"],
+                                   atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(clf(ref["video"]), ref["finetune_logits"], atol=1e-5, rtol=1e-5)
 
 
@@ -61,11 +67,13 @@ def test_pretrained_encoder_loads_into_classifier(ref, wrap):
     missing, unexpected = load_encoder(clf, ckpt, verbose=False)
     assert sorted(missing) == sorted(ref["finetune_missing"])
     assert sorted(unexpected) == sorted(ref["finetune_unexpected"])
-    torch.testing.assert_close(clf.blocks[1].attn.qkv.weight, ref["pretrain_state_dict"]["encoder.blocks.1.attn.qkv.weight"])
+    torch.testing.assert_close(clf.blocks[1].attn.qkv.weight,
+                               ref["pretrain_state_dict"]["encoder.blocks.1.attn.qkv.weight"])
 
 
 def test_load_encoder_from_file_other_grid(ref, tmp_path):
-    """A checkpoint made at 16 frames / 32 px evaluates at 8 frames / 64 px: the table is rebuilt."""
+    """A checkpoint made at 16 frames / 32 px evaluates at 8 frames / 64 px: the table is
+    rebuilt."""
     c = ref["config"]
     path = tmp_path / "ckpt.pth"
     torch.save({"model": ref["pretrain_state_dict"], "epoch": 3}, path)
@@ -76,8 +84,9 @@ def test_load_encoder_from_file_other_grid(ref, tmp_path):
 
 
 def test_state_dict_mapping_drops_decoder():
-    sd = {"encoder.blocks.0.norm1.weight": 1, "decoder.head.weight": 2, "encoder_to_decoder.weight": 3,
-          "mask_token": 4, "module.encoder.norm.weight": 5, "encoder.pos_embed": 6}
+    sd = {"encoder.blocks.0.norm1.weight": 1, "decoder.head.weight": 2,
+          "encoder_to_decoder.weight": 3, "mask_token": 4, "module.encoder.norm.weight": 5,
+          "encoder.pos_embed": 6}
     assert classifier_state_dict({"model": sd}) == {"blocks.0.norm1.weight": 1, "norm.weight": 5}
 
 
@@ -94,11 +103,11 @@ def test_any_grid_works(T, H, W):
 
 
 def test_decoder_predicts_masked_tokens_in_order():
-    """Changing the visible input changes predictions; the i-th output belongs to the i-th masked token:
-    permuting which tokens are masked permutes the position part the decoder sees."""
+    """Changing the visible input changes predictions; the i-th output belongs to the i-th masked
+    token: permuting which tokens are masked permutes the position part the decoder sees."""
     torch.manual_seed(0)
-    m = PretrainModel(img_size=32, num_frames=4, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
-                      decoder_depth=0, decoder_num_heads=2, out_dim=16).eval()
+    m = PretrainModel(img_size=32, num_frames=4, embed_dim=32, depth=1, num_heads=2,
+                      decoder_embed_dim=16, decoder_depth=0, decoder_num_heads=2, out_dim=16).eval()
     # with no decoder blocks, output i = head(norm(mask_token + pos[masked_i])): check against that
     mask = torch.tensor([[False, True, False, True, True, False, False, True]])
     out = m(torch.randn(1, 3, 4, 32, 32), mask)
@@ -109,8 +118,8 @@ def test_decoder_predicts_masked_tokens_in_order():
 
 def test_encoder_sees_only_visible_tokens():
     torch.manual_seed(0)
-    m = PretrainModel(img_size=32, num_frames=4, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16,
-                      decoder_depth=1, decoder_num_heads=2, out_dim=8).eval()
+    m = PretrainModel(img_size=32, num_frames=4, embed_dim=32, depth=2, num_heads=2,
+                      decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, out_dim=8).eval()
     video = torch.randn(1, 3, 4, 32, 32)
     mask = torch.zeros(1, 8, dtype=torch.bool)
     mask[0, 4:] = True                                  # tokens of time slice 1 are masked
@@ -122,29 +131,32 @@ def test_encoder_sees_only_visible_tokens():
 
 def test_presets_have_paper_shapes():
     s, b = MODEL_SIZES["small"], MODEL_SIZES["base"]
-    assert (s["embed_dim"], s["depth"], s["num_heads"], s["decoder_embed_dim"], s["decoder_num_heads"]) == (384, 12, 6, 192, 3)
-    assert (b["embed_dim"], b["depth"], b["num_heads"], b["decoder_embed_dim"], b["decoder_num_heads"]) == (768, 12, 12, 384, 6)
+    assert (s["embed_dim"], s["depth"], s["num_heads"], s["decoder_embed_dim"],
+            s["decoder_num_heads"]) == (384, 12, 6, 192, 3)
+    assert (b["embed_dim"], b["depth"], b["num_heads"], b["decoder_embed_dim"],
+            b["decoder_num_heads"]) == (768, 12, 12, 384, 6)
     assert s["decoder_depth"] == b["decoder_depth"] == 4
     clf = VideoClassifier(**s, num_classes=400)
     assert 21e6 < sum(p.numel() for p in clf.parameters()) < 23e6    # ViT-S/16 ~22M
 
 
 def test_head_init_scale_and_drop_path():
-    clf = VideoClassifier(img_size=32, num_frames=4, embed_dim=32, depth=3, num_heads=2, num_classes=5,
-                          drop_path=0.2, head_init_scale=0.001)
+    clf = VideoClassifier(img_size=32, num_frames=4, embed_dim=32, depth=3, num_heads=2,
+                          num_classes=5, drop_path=0.2, head_init_scale=0.001)
     assert 0 < clf.head.weight.abs().max() < 0.001 * 0.02 * 5   # 5 sigma of std 0.02, scaled
     assert [b.drop_path for b in clf.blocks] == pytest.approx([0.0, 0.1, 0.2])
     clf.train()
     x = torch.randn(4, 3, 4, 32, 32)
-    assert not torch.allclose(clf.forward_features(x), clf.forward_features(x))   # stochastic in train
+    # stochastic in train
+    assert not torch.allclose(clf.forward_features(x), clf.forward_features(x))
     clf.eval()
     torch.testing.assert_close(clf.forward_features(x), clf.forward_features(x))
 
 
 def test_grad_checkpointing_same_gradients():
     torch.manual_seed(0)
-    m = PretrainModel(img_size=32, num_frames=4, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16,
-                      decoder_depth=1, decoder_num_heads=2, out_dim=8)
+    m = PretrainModel(img_size=32, num_frames=4, embed_dim=32, depth=2, num_heads=2,
+                      decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, out_dim=8)
     video, mask = torch.randn(2, 3, 4, 32, 32), torch.tensor([[True, False] * 4] * 2)
     m(video, mask).square().mean().backward()
     g1 = [p.grad.clone() for p in m.parameters()]
@@ -165,7 +177,8 @@ def random_mask(B, N, nm, seed=0):
     return torch.rand(B, N, generator=g).argsort(1) < nm          # (B, N), nm True per row
 
 
-@pytest.mark.parametrize("B,N,nm", [(3, 16, 12), (2, 32, 20), (4, 7, 0), (2, 5, 5), (1, 1568, 1248)])
+@pytest.mark.parametrize("B,N,nm",
+                         [(3, 16, 12), (2, 32, 20), (4, 7, 0), (2, 5, 5), (1, 1568, 1248)])
 def test_mask_indices_order_equals_boolean_indexing(B, N, nm):
     mask = random_mask(B, N, nm, seed=N)
     visible_idx, masked_idx = mask_indices(mask)
@@ -175,9 +188,11 @@ def test_mask_indices_order_equals_boolean_indexing(B, N, nm):
     assert torch.equal(visible_idx, tokens[~mask].view(B, -1))
     assert torch.equal(masked_idx, tokens[mask].view(B, -1))
     x = torch.randn(B, N, 6)
-    assert torch.equal(gather_tokens(x, masked_idx), x[mask].view(B, nm, 6))      # train.py's targets
+    # train.py's targets
+    assert torch.equal(gather_tokens(x, masked_idx), x[mask].view(B, nm, 6))
     assert torch.equal(gather_tokens(x, visible_idx), x[~mask].view(B, N - nm, 6))
-    assert torch.equal(gather_tokens(x[:1], masked_idx), x[:1].expand(B, -1, -1)[mask].view(B, nm, 6))
+    assert torch.equal(gather_tokens(x[:1], masked_idx),
+                       x[:1].expand(B, -1, -1)[mask].view(B, nm, 6))
 
 
 def test_mask_indices_rejects_unequal_counts():
@@ -196,8 +211,9 @@ def test_index_pair_gives_the_same_outputs_as_the_mask():
 
 
 def test_forward_is_one_graph():
-    """No boolean indexing (nonzero: a host sync and a graph break each) in the forward: given the index
-    pair the whole pretraining forward, and the classifier's, trace to one graph (explain does not compile)."""
+    """No boolean indexing (nonzero: a host sync and a graph break each) in the forward: given the
+    index pair the whole pretraining forward, and the classifier's, trace to one graph (explain does
+    not compile)."""
     m, video = tiny_model(), torch.randn(2, 3, 8, 32, 32)
     clf = VideoClassifier(img_size=32, num_frames=8, num_classes=5, **MODEL_SIZES["tiny"]).eval()
     torch._dynamo.reset()
@@ -211,8 +227,9 @@ def test_forward_is_one_graph():
 
 
 def test_residual_stream_fp32_under_bf16_autocast():
-    """Under bf16 autocast the Linears give bf16, but the residual stream (the output of every block,
-    encoder and decoder) stays fp32 as in timm; the result stays close to the fp32 forward."""
+    """Under bf16 autocast the Linears give bf16, but the residual stream (the output of every
+    block, encoder and decoder) stays fp32 as in timm; the result stays close to the fp32
+    forward."""
     m = tiny_model()
     video, mask = torch.randn(2, 3, 8, 32, 32), random_mask(2, 16, 12)
     dtypes = []
@@ -223,7 +240,8 @@ def test_residual_stream_fp32_under_bf16_autocast():
         dtypes.clear()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = m(video, mask)
-            assert m.encoder.blocks[0].mlp.fc1(torch.randn(2, 192)).dtype == torch.bfloat16   # autocast on
+            # autocast on
+            assert m.encoder.blocks[0].mlp.fc1(torch.randn(2, 192)).dtype == torch.bfloat16
     # block inputs (block 0's: x after the position add) and outputs, 4 encoder + 2 decoder blocks
     assert dtypes == [(torch.float32, torch.float32)] * 6
     err = (out.float() - ref).norm() / ref.norm()
@@ -233,4 +251,5 @@ def test_residual_stream_fp32_under_bf16_autocast():
 def test_classifier_rejects_misspelt_keyword():
     with pytest.raises(TypeError):
         VideoClassifier(img_size=32, num_frames=4, embed_dim=32, depth=1, num_heads=2, num_clases=5)
-    VideoClassifier(img_size=32, num_frames=4, num_classes=5, **MODEL_SIZES["tiny"])   # presets still fit
+    # presets still fit
+    VideoClassifier(img_size=32, num_frames=4, num_classes=5, **MODEL_SIZES["tiny"])

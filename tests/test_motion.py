@@ -1,4 +1,5 @@
-"""motion.py: trajectories, keyframe transforms, alpha blending, footprints, object bank, backgrounds."""
+"""motion.py: trajectories, keyframe transforms, alpha blending, footprints, object bank,
+backgrounds."""
 import subprocess
 import sys
 
@@ -24,7 +25,8 @@ def solid(h, w, colour, alpha):
 
 
 def boxes(footprint):
-    """Per frame of a footprint (T, H, W): (area, bounding-box height and width, touches a border)."""
+    """Per frame of a footprint (T, H, W): (area, bounding-box height and width, touches a
+    border)."""
     out = []
     for m in footprint:
         ys, xs = np.nonzero(m)
@@ -126,7 +128,8 @@ def test_alpha_blend_exact_and_footprint_is_alpha():
     obj[:, :16] = (255, 0, 255, 0)
     frames = np.zeros((6, 224, 224, 3), np.uint8)
     for seed in range(5):
-        out, footprints = motion.overlay(frames, [obj], rng(seed), num_objects=1, size_range=(32, 32),
+        out, footprints = motion.overlay(frames, [obj], rng(seed), num_objects=1,
+                                         size_range=(32, 32),
                                     angle_range=(0, 0), scale_range=(1, 1))
         fp = footprints[0]
         expected = [101, 51, 26]  # round(obj * a) with a = 128 / 255 on black: 100.89, 50.70, 25.60
@@ -150,19 +153,22 @@ def test_no_colour_bleeds_from_transparent_pixels():
     obj = solid(40, 40, (0, 255, 0), 255)
     obj[::3] = (255, 0, 255, 0)
     obj[:, ::4] = (255, 0, 255, 0)
-    out, footprints = motion.overlay(np.zeros((8, 112, 112, 3), np.uint8), [obj], rng(1), num_objects=2)
+    out, footprints = motion.overlay(np.zeros((8, 112, 112, 3), np.uint8), [obj], rng(1),
+                                     num_objects=2)
     assert footprints.any() and out[..., 1].any()
     assert not out[..., 0].any() and not out[..., 2].any()
 
 
 def reference_paste(frame, obj, cx, cy, angle, scale):
-    """Independent check of motion._paste for one frame: torch's affine_grid over the whole frame."""
+    """Independent check of motion._paste for one frame: torch's affine_grid over the whole
+    frame."""
     import torch
     import torch.nn.functional as F
     H, W, _ = frame.shape
     _, P, Q = obj.shape
     c, s = np.cos(np.deg2rad(angle)) / scale, np.sin(np.deg2rad(angle)) / scale
-    # Frame pixel x = (xn + 1) * W / 2 - 0.5; object offset = R(-angle) (x - cx) / scale, in units of Q / 2.
+    # Frame pixel x = (xn + 1) * W / 2 - 0.5; object offset = R(-angle) (x - cx) / scale, in units
+    # of Q / 2.
     ox, oy = W / 2 - 0.5 - cx, H / 2 - 0.5 - cy
     theta = torch.tensor([[[c * W / Q, -s * H / Q, 2 / Q * (c * ox - s * oy)],
                            [s * W / P, c * H / P, 2 / P * (s * ox + c * oy)]]], dtype=torch.float64)
@@ -194,7 +200,8 @@ def test_paste_matches_full_frame_affine_grid():
 def test_rotation_is_counter_clockwise():
     obj = solid(21, 21, (255, 255, 255), 255)
     obj[:, -3:] = (255, 0, 0, 255)  # a red right edge ...
-    out, footprints = motion.overlay(np.zeros((2, 112, 112, 3), np.uint8), [obj], rng(0), num_objects=1,
+    out, footprints = motion.overlay(np.zeros((2, 112, 112, 3), np.uint8), [obj], rng(0),
+                                     num_objects=1,
                                 size_range=(42, 42), angle_range=(90, 90), scale_range=(1, 1))
     ys, xs = np.nonzero(footprints[0, 0])
     red = (out[0, ..., 0] == 255) & (out[0, ..., 1] == 0)
@@ -205,7 +212,8 @@ def test_opaque_rectangle_sizes_follow_size_range():
     frames = np.zeros((4, 224, 224, 3), np.uint8)
     seen = []
     for seed in range(15):
-        _, footprints = motion.overlay(frames, [solid(10, 30, (255, 0, 0), 255)], rng(seed), size_range=(32, 128),
+        _, footprints = motion.overlay(frames, [solid(10, 30, (255, 0, 0), 255)], rng(seed),
+                                       size_range=(32, 128),
                                   angle_range=(0, 0), scale_range=(1, 1))
         for fp in footprints:
             for area, h, w, border in boxes(fp):
@@ -221,10 +229,12 @@ def test_rotated_scaled_area(scale):
     frames = np.zeros((8, 224, 224, 3), np.uint8)
     side = 64 * scale
     for seed in range(5):
-        _, footprints = motion.overlay(frames, [solid(16, 16, (255, 255, 255), 255)], rng(seed), num_objects=1,
+        _, footprints = motion.overlay(frames, [solid(16, 16, (255, 255, 255), 255)], rng(seed),
+                                       num_objects=1,
                                   size_range=(64, 64), scale_range=(scale, scale))
         for area, _, _, border in boxes(footprints[0]):
-            if not border:  # rotation keeps the area; the 1 px anti-aliased rim adds about a perimeter
+            # rotation keeps the area; the 1 px anti-aliased rim adds about a perimeter
+            if not border:
                 assert side ** 2 <= area <= side ** 2 + 4 * side + 16
 
 
@@ -290,7 +300,8 @@ def test_object_bank(tmp_path):
     bank = motion.ObjectBank(tmp_path, max_side=120)
     assert len(bank) == 2
     a = bank[0]
-    assert a.dtype == np.uint8 and a.shape == (120, 40, 4)  # cropped to alpha (240 x 80), capped at 120
+    # cropped to alpha (240 x 80), capped at 120
+    assert a.dtype == np.uint8 and a.shape == (120, 40, 4)
     assert bank[1].shape == (20, 30, 4)
     out, footprints = motion.overlay(np.zeros((4, 64, 64, 3), np.uint8), bank, rng(0))
     assert footprints.any()

@@ -1,5 +1,5 @@
-"""Running at scale: gradient accumulation, preemption signals, resuming with other flags, the amp choice
-per GPU generation, NCCL-only collectives on GPU (CPU twins of the GPU paths)."""
+"""Running at scale: gradient accumulation, preemption signals, resuming with other flags, the amp
+choice per GPU generation, NCCL-only collectives on GPU (CPU twins of the GPU paths)."""
 import signal
 import subprocess
 import sys
@@ -17,7 +17,8 @@ def test_accumulation_matches_the_full_batch(tmp_path):
     run(["train.py", *TINY, "--out-dir", str(full), "--steps", "3"])
     run(["train.py", *TINY, "--accum-iter", "2", "--out-dir", str(accum), "--steps", "3"])
     assert_same_weights(weights(full), weights(accum), exact=False)
-    torch.testing.assert_close(read_log(full)[-1]["loss"], read_log(accum)[-1]["loss"], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(read_log(full)[-1]["loss"], read_log(accum)[-1]["loss"], rtol=1e-5,
+                               atol=1e-7)
 
 
 def test_accumulation_resumes_mid_run(tmp_path):
@@ -30,7 +31,8 @@ def test_accumulation_resumes_mid_run(tmp_path):
 
 def test_finetune_accumulation_matches_the_full_batch(tmp_path):
     small = ["--preset", "tiny", "--img-size", "32", "--num-frames", "8", "--motion-train", "32",
-             "--motion-val", "16", "--batch-size", "8", "--epochs", "1", "--workers", "0", "--steps", "2"]
+             "--motion-val", "16", "--batch-size", "8", "--epochs", "1", "--workers", "0",
+             "--steps", "2"]
     run(["finetune.py", *small, "--out-dir", str(tmp_path / "full")])
     run(["finetune.py", *small, "--accum-iter", "2", "--out-dir", str(tmp_path / "accum")])
     assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / "accum"), exact=False)
@@ -38,11 +40,12 @@ def test_finetune_accumulation_matches_the_full_batch(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
 def test_preemption_signal_saves_and_resume_is_exact(tmp_path, sig):
-    """SLURM's warning signal mid-run: the step finishes, checkpoint-latest is written, exit 0; --resume
-    then ends bit-identical to a run that was never interrupted."""
+    """SLURM's warning signal mid-run: the step finishes, checkpoint-latest is written, exit 0;
+    --resume then ends bit-identical to a run that was never interrupted."""
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     run(["train.py", *TINY, "--out-dir", str(ref)])
-    p = subprocess.Popen([sys.executable, "train.py", *TINY, "--out-dir", str(cut), "--ckpt-every", "1000"],
+    p = subprocess.Popen([sys.executable, "train.py", *TINY, "--out-dir", str(cut), "--ckpt-every",
+                          "1000"],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in p.stdout:
@@ -62,19 +65,24 @@ def test_resume_with_another_shape_or_schedule(tmp_path):
     out = tmp_path / "run"
     run(["train.py", *TINY, "--out-dir", str(out), "--steps", "2"])
     # a shape change cannot load: one line naming the flag and both values
-    fails_cleanly([*TINY, "--out-dir", str(out), "--resume", "--model", "small"], "--model tiny (this run: small)")
+    fails_cleanly([*TINY, "--out-dir", str(out), "--resume", "--model", "small"],
+                  "--model tiny (this run: small)")
     # a schedule change would continue another run silently: an error unless accepted, then printed
-    fails_cleanly([*TINY, "--out-dir", str(out), "--resume", "--batch-size", "16"], "--accept-changes")
-    r = run(["train.py", *TINY, "--out-dir", str(out), "--resume", "--batch-size", "16", "--accept-changes",
-             "--steps", "3"])
+    fails_cleanly([*TINY, "--out-dir", str(out), "--resume", "--batch-size", "16"],
+                  "--accept-changes")
+    r = run(["train.py", *TINY, "--out-dir", str(out), "--resume", "--batch-size", "16",
+             "--accept-changes", "--steps", "3"])
     assert "changed: --batch-size 8 -> 16" in r.stdout
 
 
-@pytest.mark.parametrize("capability,amp,dtype", [((7, 0), "auto", torch.float16), ((8, 0), "auto", torch.bfloat16),
-                                                  ((9, 0), "auto", torch.bfloat16), ((7, 5), "bf16", torch.bfloat16),
+@pytest.mark.parametrize("capability,amp,dtype",
+                         [((7, 0), "auto", torch.float16), ((8, 0), "auto", torch.bfloat16),
+                                                  ((9, 0), "auto", torch.bfloat16),
+                          ((7, 5), "bf16", torch.bfloat16),
                                                   ((8, 0), "none", None)])
 def test_amp_choice_by_compute_capability(monkeypatch, capability, amp, dtype):
-    """V100 / T4 (7.x) report bf16 "supported" but emulate it: auto picks fp16 + loss scaling there."""
+    """V100 / T4 (7.x) report bf16 "supported" but emulate it: auto picks fp16 + loss scaling
+    there."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert runtime.amp_dtype(torch.device("cuda", 0), amp) == dtype
@@ -82,8 +90,9 @@ def test_amp_choice_by_compute_capability(monkeypatch, capability, amp, dtype):
 
 
 def test_gpu_process_group_is_nccl_only(monkeypatch):
-    """The CPU twin of the GPU path: under torchrun with CUDA, setup_dist asks for plain NCCL bound to the
-    rank's device (every collective is a small CUDA tensor: no gloo, which multi-node clusters break)."""
+    """The CPU twin of the GPU path: under torchrun with CUDA, setup_dist asks for plain NCCL bound
+    to the rank's device (every collective is a small CUDA tensor: no gloo, which multi-node
+    clusters break)."""
     seen = {}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", lambda i: None)

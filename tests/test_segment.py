@@ -1,5 +1,5 @@
-"""segment.py (Table 10): the mIoU metric pinned by hand-made cases, k-means, feature upsampling, the
-synthetic and DAVIS-layout datasets, and `python segment.py --preset tiny` end to end."""
+"""segment.py (Table 10): the mIoU metric pinned by hand-made cases, k-means, feature upsampling,
+the synthetic and DAVIS-layout datasets, and `python segment.py --preset tiny` end to end."""
 import json
 import os
 import subprocess
@@ -22,8 +22,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def run(args, ok=True):
-    r = subprocess.run([sys.executable, "segment.py", *args], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300, env=ENV)
+    r = subprocess.run([sys.executable, "segment.py", *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env=ENV)
     if ok:
         assert r.returncode == 0, r.stdout + r.stderr
     return r
@@ -64,8 +64,8 @@ def test_overclustering_merges_many_clusters_into_one_label():
 
 def test_many_to_one_matches_on_precision_not_iou():
     # Cluster 1 holds 5 background and 3 object pixels: best IoU with the object (3 / 10), best
-    # precision with the background (5 / 8), so TimeTuning's precision-based matching gives it to the
-    # background. Cluster 2 = the other 2 object pixels.
+    # precision with the background (5 / 8), so TimeTuning's precision-based matching gives it to
+    # the background. Cluster 2 = the other 2 object pixels.
     gt = np.array([0] * 100 + [1] * 5)
     pred = np.array([0] * 95 + [1] * 5 + [1] * 3 + [2] * 2)
     gt_ids, conf = segment.confusion(gt, pred)
@@ -82,7 +82,8 @@ def test_kmeans_recovers_separated_blobs_deterministically():
     truth = torch.arange(3).repeat_interleave(200)
     x = centres[truth] + torch.randn(600, 5, generator=g)
     labels = segment.kmeans(x, 3, seed=1)
-    assert segment.clip_miou(truth, labels) == 1.0                    # the blobs, up to a permutation
+    # the blobs, up to a permutation
+    assert segment.clip_miou(truth, labels) == 1.0
     assert torch.equal(labels, segment.kmeans(x, 3, seed=1))
     # past 256 points per centroid it trains on a subsample (faiss' default) and still finds them
     assert segment.clip_miou(truth, segment.kmeans(x, 3, seed=2, max_points=50)) == 1.0
@@ -115,8 +116,8 @@ def test_synthetic_masks_are_motions_footprints():
         rng = np.random.default_rng([5, index])                     # the documented recipe
         kind = ("black", "noise", "image")[index]
         image = motion.still_image(48, 48, rng) if kind == "image" else None
-        ref, ref_fp = motion.overlay(motion.background(kind, 8, 48, 48, rng, image=image), objects, rng,
-                                     num_objects=2, size_range=(64, 160))
+        ref, ref_fp = motion.overlay(motion.background(kind, 8, 48, 48, rng, image=image), objects,
+                                     rng, num_objects=2, size_range=(64, 160))
         assert np.array_equal(frames, ref) and np.array_equal(fps, ref_fp)
         assert np.array_equal(labels == 0, ~ref_fp.any(0))
         assert np.array_equal(labels == 2, ref_fp[1])                # the later object occludes
@@ -124,8 +125,8 @@ def test_synthetic_masks_are_motions_footprints():
 
 
 def make_davis(root, videos=("bear", "car"), num_frames=4, size=(40, 32)):
-    """A DAVIS-2017 layout: JPEGs, palette PNGs (object 1 a left box, object 2 a right box moving down),
-    ImageSets/2017/val.txt listing the videos. -> {video: labels (T, H, W)}."""
+    """A DAVIS-2017 layout: JPEGs, palette PNGs (object 1 a left box, object 2 a right box moving
+    down), ImageSets/2017/val.txt listing the videos. -> {video: labels (T, H, W)}."""
     W, H = size
     truth = {}
     for v in videos:
@@ -135,14 +136,16 @@ def make_davis(root, videos=("bear", "car"), num_frames=4, size=(40, 32)):
         for t in range(num_frames):
             labels[t, 4:12, 2:10] = 1
             labels[t, 8 + 2 * t:20 + 2 * t, 20:36] = 2
-            frame = np.stack([labels[t] * 100, np.full((H, W), 30 * t), labels[t] * 50], -1).astype(np.uint8)
+            frame = np.stack([labels[t] * 100, np.full((H, W), 30 * t), labels[t] * 50],
+                             -1).astype(np.uint8)
             Image.fromarray(frame).save(root / "JPEGImages" / "480p" / v / f"{t:05d}.jpg")
             png = Image.fromarray(labels[t], mode="P")
             png.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (256 * 3 - 9))
             png.save(root / "Annotations" / "480p" / v / f"{t:05d}.png")
         truth[v] = labels.astype(np.int64)
     (root / "ImageSets" / "2017").mkdir(parents=True)
-    (root / "ImageSets" / "2017" / "val.txt").write_text("\n".join(videos[1:]) + "\n")   # not the first
+    # not the first
+    (root / "ImageSets" / "2017" / "val.txt").write_text("\n".join(videos[1:]) + "\n")
     return truth
 
 
@@ -153,7 +156,8 @@ def test_davis_layout_loads_with_the_right_labels(tmp_path):
     assert len(segment.folder_videos("davis", str(tmp_path), "test-dev")) == 2   # no such list: all folders
     frames, labels = segment.load_folder_clip(videos[0]["pairs"], 4, 32)
     assert frames.shape == (4, 32, 32, 3) and frames.dtype == np.uint8
-    ref = torch.nn.functional.interpolate(torch.from_numpy(truth["car"]).float()[:, None], size=(32, 32))
+    ref = torch.nn.functional.interpolate(torch.from_numpy(truth["car"]).float()[:, None],
+                                          size=(32, 32))
     assert np.array_equal(labels, ref[:, 0].long().numpy())         # palette indices, nearest resize
     assert sorted(np.unique(labels)) == [0, 1, 2]
     _, repeated = segment.load_folder_clip(videos[0]["pairs"], 8, 32)   # fewer frames than T: repeated
@@ -178,7 +182,8 @@ def test_tiny_preset_runs_end_to_end(tmp_path):
     r = run(["--preset", "tiny", "--num-videos", "3", "--out-dir", str(tmp_path / "random")])
     assert "mIoU clustering" in r.stdout and "videos/s" in r.stdout
     random = json.loads((tmp_path / "random" / "results.json").read_text())
-    assert random["num_videos"] == 3 and all(v["k"] == 3 for v in random["videos"])   # 2 objects + bg
+    # 2 objects + bg
+    assert random["num_videos"] == 3 and all(v["k"] == 3 for v in random["videos"])
     assert 0 < random["miou_clustering"] <= 1 and 0 < random["miou_overclustering"] <= 1
 
     # a checkpoint as train.py writes it (tiny preset: pixel target, 64 px, 16 frames)
@@ -190,7 +195,8 @@ def test_tiny_preset_runs_end_to_end(tmp_path):
     r = run(["--preset", "tiny", "--num-videos", "3", "--checkpoint", str(tmp_path / "ck.pth"),
              "--out-dir", str(tmp_path / "ck")])
     loaded = next(line for line in r.stdout.splitlines() if line.startswith("loaded encoder"))
-    assert "blocks." not in loaded.split("|")[0] and "patch_embed" not in loaded   # the encoder loaded
+    # the encoder loaded
+    assert "blocks." not in loaded.split("|")[0] and "patch_embed" not in loaded
     assert "mIoU clustering" in r.stdout
     trained = json.loads((tmp_path / "ck" / "results.json").read_text())
     assert trained["miou_clustering"] != random["miou_clustering"]
@@ -209,7 +215,8 @@ def test_torchrun_splits_videos_and_matches_one_process(tmp_path):
     """Two ranks take videos 0, 2 and 1, 3; the summed per-video scores equal one process's."""
     args = ["--preset", "tiny", "--num-videos", "4", "--kmeans-restarts", "2"]
     run([*args, "--out-dir", str(tmp_path / "one")])
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                "2"]
     r = subprocess.run([*torchrun, "segment.py", *args, "--out-dir", str(tmp_path / "two")],
                        cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert r.returncode == 0, r.stdout + r.stderr

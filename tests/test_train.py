@@ -1,5 +1,5 @@
-"""train.py end to end on tiny configurations: the demo learns, resume is exact, DDP matches one process,
-progressive training switches stage at the right step, list datasets of mp4s train."""
+"""train.py end to end on tiny configurations: the demo learns, resume is exact, DDP matches one
+process, progressive training switches stage at the right step, list datasets of mp4s train."""
 import json
 import os
 
@@ -43,26 +43,30 @@ def test_ddp_two_ranks_match_one_process(tmp_path):
          "--out-dir", str(two), "--steps", "2"], env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert_same_weights(weights(one), weights(two), exact=False)
     w0 = weights(tmp_path / "one")
-    assert not torch.equal(w0["decoder.head.weight"], train_initial_head())   # the step did change weights
+    # the step did change weights
+    assert not torch.equal(w0["decoder.head.weight"], train_initial_head())
 
 
 def train_initial_head():
     torch.manual_seed(0)
     from model import MODEL_SIZES, PretrainModel
-    return PretrainModel(img_size=32, num_frames=4, out_dim=1536, **MODEL_SIZES["tiny"]).state_dict()["decoder.head.weight"]
+    return PretrainModel(img_size=32, num_frames=4, out_dim=1536,
+                         **MODEL_SIZES["tiny"]).state_dict()["decoder.head.weight"]
 
 
 def test_list_dataset_of_mp4s_trains(tmp_path, video_list):
     out = tmp_path / "run"
-    run(["train.py", "--dataset", "list", "--train-list", str(video_list), "--model", "tiny", "--img-size", "32",
-         "--num-frames", "4", "--stride", "2", "--target", "pixel", "--batch-size", "4", "--workers", "1",
-         "--steps", "3", "--epochs", "2", "--stage1-epochs", "1", "--warmup-epochs", "0", "--log-every", "1", "--out-dir", str(out)])
+    run(["train.py", "--dataset", "list", "--train-list", str(video_list), "--model", "tiny",
+         "--img-size", "32", "--num-frames", "4", "--stride", "2", "--target", "pixel",
+         "--batch-size", "4", "--workers", "1", "--steps", "3", "--epochs", "2", "--stage1-epochs",
+         "1", "--warmup-epochs", "0", "--log-every", "1", "--out-dir", str(out)])
     log = read_log(out)
     assert [r["step"] for r in log] == [1, 2, 3] and all(r["bad"] == 0 for r in log)
 
 
 def test_progressive_switches_stage(tmp_path, monkeypatch):
-    """Stage 1: every clip has objects and trajectory masks; from step stage1_steps on: none, tube masks."""
+    """Stage 1: every clip has objects and trajectory masks; from step stage1_steps on: none, tube
+    masks."""
     seen, collate = [], data.collate
 
     def recording_collate(samples):
@@ -74,8 +78,8 @@ def test_progressive_switches_stage(tmp_path, monkeypatch):
         return batch
 
     monkeypatch.setattr(data, "collate", recording_collate)
-    train.main([*TINY, "--strategy", "progressive", "--stage1-epochs", "1", "--out-dir", str(tmp_path / "p"),
-                "--steps", "4"])
+    train.main([*TINY, "--strategy", "progressive", "--stage1-epochs", "1", "--out-dir",
+                str(tmp_path / "p"), "--steps", "4"])
     clips_per_step = 8
     stage1, stage2 = seen[: 2 * clips_per_step], seen[2 * clips_per_step:]
     assert len(stage2) == 2 * clips_per_step
@@ -91,13 +95,14 @@ def test_progressive_switches_stage(tmp_path, monkeypatch):
 def test_cosine_schedule_shape():
     s = runtime.cosine_schedule(1.0, 0.1, 100, 10)
     assert len(s) == 100 and s[0] == 0 and s[10] == pytest.approx(1.0) and s[-1] == pytest.approx(0.1, abs=1e-3)
-    assert all(a <= b for a, b in zip(s[:10], s[1:11])) and all(a >= b for a, b in zip(s[10:], s[11:]))
+    assert all(a <= b for a, b in zip(s[:10], s[1:11])) and all(a >= b
+                                                                for a, b in zip(s[10:], s[11:]))
 
 
 def test_no_weight_decay_on_norms_biases_and_mask_token():
     from model import PretrainModel
-    m = PretrainModel(img_size=32, num_frames=4, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16,
-                      decoder_depth=1, decoder_num_heads=2, out_dim=8)
+    m = PretrainModel(img_size=32, num_frames=4, embed_dim=32, depth=1, num_heads=2,
+                      decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, out_dim=8)
     skip = {n for n, p in m.named_parameters() if runtime.no_weight_decay(n, p, ["mask_token"])}
     assert "mask_token" in skip and "encoder.blocks.0.norm1.weight" in skip
     assert "encoder.blocks.0.attn.q_bias" in skip
@@ -106,23 +111,25 @@ def test_no_weight_decay_on_norms_biases_and_mask_token():
 
 
 def test_save_every_zero_keeps_only_latest(tmp_path):
-    """--save-every 0 turns periodic checkpoints off (it used to divide by zero at the first epoch end)."""
+    """--save-every 0 turns periodic checkpoints off (it used to divide by zero at the first epoch
+    end)."""
     out = tmp_path / "run"
     train.main([*TINY, "--out-dir", str(out), "--steps", "4", "--save-every", "0"])
     assert (out / "checkpoint-latest.pth").exists() and not list(out.glob("checkpoint-[0-9]*.pth"))
 
 
-# ----------------------------------------------------------------------------- presets and Table 4 flags
+# ------------------------------------------------------------------------ presets and Table 4 flags
 
 
 @pytest.mark.parametrize("dataset", ["list", "k400", "ssv2"])
 def test_tiny_preset_composes_with_every_video_dataset(tmp_path, video_list, dataset):
-    """`--preset tiny --dataset list|k400|ssv2` keeps tiny's grid and schedule; stage 1 is half of tiny's
-    epochs (it used to carry the dataset's absolute 300 or 400 and fail)."""
-    where = ["--train-list", str(video_list)] if dataset == "list" else ["--data-root", str(video_list.parent)]
+    """`--preset tiny --dataset list|k400|ssv2` keeps tiny's grid and schedule; stage 1 is half of
+    tiny's epochs (it used to carry the dataset's absolute 300 or 400 and fail)."""
+    where = ["--train-list", str(video_list)] if dataset == "list" else ["--data-root",
+                                                                         str(video_list.parent)]
     out = tmp_path / dataset
-    run(["train.py", "--preset", "tiny", "--dataset", dataset, *where, "--batch-size", "4", "--workers", "0",
-         "--steps", "2", "--log-every", "1", "--out-dir", str(out)])
+    run(["train.py", "--preset", "tiny", "--dataset", dataset, *where, "--batch-size", "4",
+         "--workers", "0", "--steps", "2", "--log-every", "1", "--out-dir", str(out)])
     args = json.loads((out / "args.json").read_text())
     assert (args["img_size"], args["num_frames"], args["epochs"]) == (64, 16, 12)
     assert args["strategy"] == "progressive" and args["stage1_epochs"] == 6
@@ -136,7 +143,8 @@ def test_stage1_is_half_of_the_epochs_unless_given():
 
 
 def test_ablation_preset_is_table4_base_setting():
-    """Sec. 4.3: ViT-S, mask 90%, single, 400 epochs, two objects, trajectory masking, CLIP targets."""
+    """Sec. 4.3: ViT-S, mask 90%, single, 400 epochs, two objects, trajectory masking, CLIP
+    targets."""
     a = train.get_args(["--preset", "ablation"])
     assert (a.model, a.mask_ratio, a.strategy, a.epochs) == ("small", 0.9, "single", 400)
     assert (a.num_objects, a.masking, a.target, a.dataset) == (2, "trajectory", "clip", "k400")
@@ -157,7 +165,8 @@ def test_rotation_and_scaling_flags_reach_the_overlay(monkeypatch):
 
 
 def test_object_list_selects_exactly_the_listed_pngs(tmp_path):
-    """--object-list (the paper's object_instances.txt): paths relative to --objects, nothing else."""
+    """--object-list (the paper's object_instances.txt): paths relative to --objects, nothing
+    else."""
     from PIL import Image
     import motion
     for cat in ("cat", "dog"):
