@@ -484,7 +484,7 @@ def main(argv=None):
             print(f"resumed from {ckpt['path']} at step {step} (epoch {step / steps_per_epoch:.2f})"
                   + "".join(f"\n  changed: {c}" for c in changes))
 
-    def checkpoint():
+    def checkpoint(step):
         save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict() if scaler is not None else {}, "step": step,
                          "epoch": step / steps_per_epoch, "rng": rng_state(),
@@ -588,7 +588,7 @@ def train_steps(step, end_step, *, args, model, loader, sampler, train_set, opti
             epoch_done = step % steps_per_epoch == 0
             if rank == 0 and (step % args.ckpt_every == 0 or step == end_step or epoch_done
                               or stop_signal):
-                checkpoint()
+                checkpoint(step)
             if stop_signal:
                 if rank == 0:
                     print(f"preempted: step {step} saved to {args.out_dir}/checkpoint-latest.pth; "
