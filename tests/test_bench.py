@@ -53,8 +53,8 @@ def test_gpu_check_dry_run_runs_the_check_on_the_cpu(tmp_path):
     assert "whole step" in out and "vs student alone" in out and "MFU -" in out
     table = [ln for ln in out.splitlines() if ln.startswith("| ")]
     assert table[0].startswith("| GPU | run | step ms | clips/s | MFU | peak memory")
-    assert [ln.split(" | ")[1]
-            for ln in table[1:]] == ["bench.py whole step, tiny + small CLIP 16x64 B4 bf16",
+    assert [ln.split(" | ")[1] for ln in table[1:]] == ["bench.py whole step, tiny + small "
+                                                        "CLIP 16x64 B4 bf16",
                                                         "train.py, 4 steps, 0 workers"]
     assert "python train.py --dataset black --model tiny" in out and "--teacher-weights none" in out
 
@@ -71,8 +71,8 @@ def test_gpu_check_command_line():
     cfg = bench.gpu_config(SimpleNamespace(dry_run=False, quick=False, rounds=7))
     flags = bench.train_flags(cfg, "bf16", compile=True)
     assert " ".join(flags) == ("--dataset black --model base --img-size 224 --target clip "
-                               "--teacher ViT-B-16 --teacher-weights none --amp bf16 --batch-size "
-                               "32 --compile")
+                               "--teacher ViT-B-16 --teacher-weights none --amp bf16 "
+                               "--batch-size 32 --compile")
     import train
     args = train.get_args(flags)   # train.py accepts them
     assert args.compile and args.model == "base" and args.batch_size == 32
@@ -85,16 +85,15 @@ def test_gpu_peaks_and_teacher_flops_by_hand():
                          ("NVIDIA L4", 121), ("Tesla V100-SXM2-32GB", 125), ("NVIDIA A10", 125)):
         assert bench.gpu_peak(name) == tflops * 1e12, name
     assert bench.gpu_peak("NVIDIA GeForce GTX 1080") is None
-    # CLIP ViT-B/16 at 224 as open_clip builds it: 12 blocks of width 768, MLP 3072, 196 patches +
-    # CLS
+    # CLIP ViT-B/16 at 224 as open_clip builds it: 12 blocks of width 768, MLP 3072, 196
+    # patches + CLS
     block = SimpleNamespace(mlp=SimpleNamespace(c_fc=torch.nn.Linear(1, 3072)))
     clip = SimpleNamespace(backend="open_clip", grid=14, patch_size=16, tubelet=2,
-                           visual=SimpleNamespace(transformer=SimpleNamespace(width=768,
-                                                                              resblocks=[block] * 12)))
+                           visual=SimpleNamespace(transformer=SimpleNamespace(width=768, resblocks=[block] * 12)))
     per_frame = 12 * (197 * 12 * 768 ** 2 + 2 * 197 ** 2 * 768) + 196 * 3 * 16 * 16 * 768
     assert bench.teacher_flops(clip) == 2 * 8 * per_frame
-    assert 280e9 < bench.teacher_flops(clip) < 282e9 and 290e9 < bench.step_flops("base",
-                                                                                  224) < 292e9
+    assert (280e9 < bench.teacher_flops(clip) < 282e9
+            and 290e9 < bench.step_flops("base", 224) < 292e9)
 
 
 def test_markdown_table_by_hand():

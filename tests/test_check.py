@@ -1,5 +1,5 @@
-"""prepare.py check (list preflight) and subset (stratified lists); lists saved on Windows (BOM,
-CRLF)."""
+"""prepare.py check (list preflight) and subset (stratified lists); lists saved on Windows
+(BOM, CRLF)."""
 import subprocess
 import sys
 from collections import Counter
@@ -90,7 +90,8 @@ def test_check_command_line_exit_codes(bad_list, video_list, tmp_path):
                                 str(tmp_path / "clean.csv")], capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 1, run.stderr                              # some lines bad
-    assert f"{lst}:5: missing: {lst.parent / 'nope.mp4'}: no such file" in run.stdout and "check 9/9" in run.stderr
+    assert (f"{lst}:5: missing: {lst.parent / 'nope.mp4'}: no such file" in run.stdout
+            and "check 9/9" in run.stderr)
     assert len(data.read_list(tmp_path / "clean.csv", data_root=lst.parent)) == 5
     assert prepare.main(["check", str(video_list), "--num-classes", "3", "--workers", "1"]) == 0
     with pytest.raises(SystemExit) as e:                                # unusable arguments: exit 2

@@ -67,8 +67,8 @@ def test_dataset_repeated_sampling_and_determinism(video_list):
     ds = data.PretrainDataset("video", items=items, num_frames=8, stride=2, img_size=32,
                               num_sample=2, objects=objs, mask_ratio=0.75, seed=1)
     s = ds[0]
-    assert s["video"].shape == (2, 3, 8, 32,
-                                32) and s["mask"].shape == (2, 4 * 2 * 2) and s["bad"] == []
+    assert (s["video"].shape == (2, 3, 8, 32, 32) and s["mask"].shape == (2, 4 * 2 * 2)
+            and s["bad"] == [])
     assert s["video"].dtype == torch.uint8   # 4x less shared / pinned memory than float32; normalised on device
     assert (s["mask"].sum(1) == int(0.75 * 4) * 4).all()
     assert not torch.equal(s["video"][0], s["video"][1])            # own crop / overlay per clip
@@ -120,8 +120,7 @@ def test_resize_uint8_matches_float_resize():
     frames = np.random.default_rng(0).integers(0, 256, (4, 90, 70, 3), dtype=np.uint8)
     out = data.resize(frames, 32)
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    ref = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True,
-                        align_corners=False).round().permute(0, 2, 3, 1)
+    ref = (F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False).round().permute(0, 2, 3, 1))
     assert out.shape == (4, 32, 32, 3) and out.dtype == np.uint8 and out.flags["C_CONTIGUOUS"]
     assert np.abs(out.astype(int) - ref.numpy().astype(int)).max() <= 1
 
@@ -143,8 +142,8 @@ def test_frames_source_fixed_frame_per_video(video_list):
     items = data.read_list(video_list)
     kw = dict(items=items, num_frames=4, img_size=32, num_sample=1, motion="off", flip=False,
               seed=0)
-    fixed, per_pass = data.PretrainDataset("frames", **kw), data.PretrainDataset("frames",
-                                                                                 frame_pick="per-pass", **kw)
+    fixed, per_pass = (data.PretrainDataset("frames", **kw),
+                       data.PretrainDataset("frames", frame_pick="per-pass", **kw))
     level = {}   # grey level of frame i is 5 * i (conftest.write_video): which frame was picked
     for name, ds in (("fixed", fixed), ("per_pass", per_pass)):
         for p in range(4):

@@ -12,7 +12,8 @@ import torch
 
 import runtime
 import train
-from conftest import ROOT, TINY, assert_same_weights, fails_cleanly, read_log, run, weights, write_video
+from conftest import (ROOT, TINY, assert_same_weights, fails_cleanly, read_log, run, weights,
+                      write_video)
 
 
 def test_kill_9_then_resume_is_bit_identical(tmp_path):
@@ -21,8 +22,8 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
     p = subprocess.Popen([sys.executable, "train.py", *TINY, "--out-dir", str(killed), "--steps",
                           "7", "--ckpt-every", "2"],
                          cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    # kill -9 as soon as step 5 is done (latest holds step 4)
     for line in p.stdout:
+        # kill -9 as soon as step 5 is done (latest holds step 4)
         if line.startswith("step 5/"):
             p.send_signal(signal.SIGKILL)
             break
@@ -144,8 +145,8 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
     out = tmp_path / "run"
     train.main([*TINY, "--out-dir", str(out), "--steps", "2"])
     before = (out / "checkpoint-latest.pth").read_bytes()
-    monkeypatch.setattr(teacher, "pixel_targets", lambda v, *a,
-                        **k: torch.full((v.shape[0], 8, 1536), float("nan")))
+    monkeypatch.setattr(teacher, "pixel_targets",
+                        lambda v, *a, **k: torch.full((v.shape[0], 8, 1536), float("nan")))
     with pytest.raises(SystemExit, match="3 non-finite losses in a row at step 2"):
         train.main([*TINY, "--out-dir", str(out), "--steps", "6", "--resume"])
     assert (out / "checkpoint-latest.pth").read_bytes() == before
@@ -157,8 +158,8 @@ def test_nonfinite_step_is_not_applied(tmp_path, monkeypatch):
     out = tmp_path / "run"
     train.main([*TINY, "--out-dir", str(out), "--steps", "1"])
     w1 = weights(out)
-    monkeypatch.setattr(teacher, "pixel_targets", lambda v, *a,
-                        **k: torch.full((v.shape[0], 8, 1536), float("nan")))
+    monkeypatch.setattr(teacher, "pixel_targets",
+                        lambda v, *a, **k: torch.full((v.shape[0], 8, 1536), float("nan")))
     with pytest.raises(SystemExit):
         train.main([*TINY, "--out-dir", str(out), "--steps", "6", "--resume", "--max-nonfinite",
                     "1"])
@@ -202,8 +203,8 @@ def find_rank_process(tag, rank):
         if f"SMILE_TEST_TAG={tag}".encode() in env and f"RANK={rank}".encode() in env and b"train.py" in cmd \
                 and b"torch.distributed.run" not in cmd:
             ppid = open(f"/proc/{pid}/status").read().split("PPid:")[1].split()[0]
-            # the rank, not a worker
             if b"torch.distributed.run" in open(f"/proc/{ppid}/cmdline", "rb").read():
+                # the rank, not a worker
                 return int(pid)
     return None
 

@@ -1,5 +1,5 @@
-"""masking.py: exact mask counts, tube structure, object tokens, trajectory masking (True =
-masked)."""
+"""masking.py: exact mask counts, tube structure, object tokens, trajectory masking (True
+= masked)."""
 import subprocess
 import sys
 

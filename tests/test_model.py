@@ -72,8 +72,8 @@ def test_pretrained_encoder_loads_into_classifier(ref, wrap):
 
 
 def test_load_encoder_from_file_other_grid(ref, tmp_path):
-    """A checkpoint made at 16 frames / 32 px evaluates at 8 frames / 64 px: the table is
-    rebuilt."""
+    """A checkpoint made at 16 frames / 32 px evaluates at 8 frames / 64 px: the table
+    is rebuilt."""
     c = ref["config"]
     path = tmp_path / "ckpt.pth"
     torch.save({"model": ref["pretrain_state_dict"], "epoch": 3}, path)
@@ -131,10 +131,8 @@ def test_encoder_sees_only_visible_tokens():
 
 def test_presets_have_paper_shapes():
     s, b = MODEL_SIZES["small"], MODEL_SIZES["base"]
-    assert (s["embed_dim"], s["depth"], s["num_heads"], s["decoder_embed_dim"],
-            s["decoder_num_heads"]) == (384, 12, 6, 192, 3)
-    assert (b["embed_dim"], b["depth"], b["num_heads"], b["decoder_embed_dim"],
-            b["decoder_num_heads"]) == (768, 12, 12, 384, 6)
+    assert ((s["embed_dim"], s["depth"], s["num_heads"], s["decoder_embed_dim"], s["decoder_num_heads"]) == (384, 12, 6, 192, 3))
+    assert ((b["embed_dim"], b["depth"], b["num_heads"], b["decoder_embed_dim"], b["decoder_num_heads"]) == (768, 12, 12, 384, 6))
     assert s["decoder_depth"] == b["decoder_depth"] == 4
     clf = VideoClassifier(**s, num_classes=400)
     assert 21e6 < sum(p.numel() for p in clf.parameters()) < 23e6    # ViT-S/16 ~22M
@@ -228,8 +226,8 @@ def test_forward_is_one_graph():
 
 def test_residual_stream_fp32_under_bf16_autocast():
     """Under bf16 autocast the Linears give bf16, but the residual stream (the output of every
-    block, encoder and decoder) stays fp32 as in timm; the result stays close to the fp32
-    forward."""
+    block, encoder and decoder) stays fp32 as in timm; the result stays close to the
+    fp32 forward."""
     m = tiny_model()
     video, mask = torch.randn(2, 3, 8, 32, 32), random_mask(2, 16, 12)
     dtypes = []

@@ -25,15 +25,16 @@ def solid(h, w, colour, alpha):
 
 
 def boxes(footprint):
-    """Per frame of a footprint (T, H, W): (area, bounding-box height and width, touches a
-    border)."""
+    """Per frame of a footprint (T, H, W): (area, bounding-box height and width, touches
+    a border)."""
     out = []
     for m in footprint:
         ys, xs = np.nonzero(m)
         if len(ys) == 0:
             out.append((0, 0, 0, True))
             continue
-        border = ys.min() == 0 or xs.min() == 0 or ys.max() == m.shape[0] - 1 or xs.max() == m.shape[1] - 1
+        border = (ys.min() == 0 or xs.min() == 0 or ys.max() == m.shape[0] - 1
+                  or xs.max() == m.shape[1] - 1)
         out.append((len(ys), ys.max() - ys.min() + 1, xs.max() - xs.min() + 1, border))
     return out
 
@@ -129,8 +130,8 @@ def test_alpha_blend_exact_and_footprint_is_alpha():
     frames = np.zeros((6, 224, 224, 3), np.uint8)
     for seed in range(5):
         out, footprints = motion.overlay(frames, [obj], rng(seed), num_objects=1,
-                                         size_range=(32, 32),
-                                    angle_range=(0, 0), scale_range=(1, 1))
+                                         size_range=(32, 32), angle_range=(0, 0),
+                                         scale_range=(1, 1))
         fp = footprints[0]
         expected = [101, 51, 26]  # round(obj * a) with a = 128 / 255 on black: 100.89, 50.70, 25.60
         np.testing.assert_array_equal(out[fp], np.broadcast_to(expected, out[fp].shape))
@@ -160,15 +161,15 @@ def test_no_colour_bleeds_from_transparent_pixels():
 
 
 def reference_paste(frame, obj, cx, cy, angle, scale):
-    """Independent check of motion._paste for one frame: torch's affine_grid over the whole
-    frame."""
+    """Independent check of motion._paste for one frame: torch's affine_grid over the
+    whole frame."""
     import torch
     import torch.nn.functional as F
     H, W, _ = frame.shape
     _, P, Q = obj.shape
     c, s = np.cos(np.deg2rad(angle)) / scale, np.sin(np.deg2rad(angle)) / scale
-    # Frame pixel x = (xn + 1) * W / 2 - 0.5; object offset = R(-angle) (x - cx) / scale, in units
-    # of Q / 2.
+    # Frame pixel x = (xn + 1) * W / 2 - 0.5; object offset = R(-angle) (x - cx) / scale, in
+    # units of Q / 2.
     ox, oy = W / 2 - 0.5 - cx, H / 2 - 0.5 - cy
     theta = torch.tensor([[[c * W / Q, -s * H / Q, 2 / Q * (c * ox - s * oy)],
                            [s * W / P, c * H / P, 2 / P * (s * ox + c * oy)]]], dtype=torch.float64)
@@ -201,8 +202,8 @@ def test_rotation_is_counter_clockwise():
     obj = solid(21, 21, (255, 255, 255), 255)
     obj[:, -3:] = (255, 0, 0, 255)  # a red right edge ...
     out, footprints = motion.overlay(np.zeros((2, 112, 112, 3), np.uint8), [obj], rng(0),
-                                     num_objects=1,
-                                size_range=(42, 42), angle_range=(90, 90), scale_range=(1, 1))
+                                     num_objects=1, size_range=(42, 42), angle_range=(90, 90),
+                                     scale_range=(1, 1))
     ys, xs = np.nonzero(footprints[0, 0])
     red = (out[0, ..., 0] == 255) & (out[0, ..., 1] == 0)
     assert np.nonzero(red)[0].max() <= ys.min() + 3  # ... is on top after +90 degrees
@@ -213,8 +214,7 @@ def test_opaque_rectangle_sizes_follow_size_range():
     seen = []
     for seed in range(15):
         _, footprints = motion.overlay(frames, [solid(10, 30, (255, 0, 0), 255)], rng(seed),
-                                       size_range=(32, 128),
-                                  angle_range=(0, 0), scale_range=(1, 1))
+                                       size_range=(32, 128), angle_range=(0, 0), scale_range=(1, 1))
         for fp in footprints:
             for area, h, w, border in boxes(fp):
                 assert area == h * w  # no rotation: an axis-aligned rectangle
@@ -230,11 +230,11 @@ def test_rotated_scaled_area(scale):
     side = 64 * scale
     for seed in range(5):
         _, footprints = motion.overlay(frames, [solid(16, 16, (255, 255, 255), 255)], rng(seed),
-                                       num_objects=1,
-                                  size_range=(64, 64), scale_range=(scale, scale))
+                                       num_objects=1, size_range=(64, 64),
+                                       scale_range=(scale, scale))
         for area, _, _, border in boxes(footprints[0]):
-            # rotation keeps the area; the 1 px anti-aliased rim adds about a perimeter
             if not border:
+                # rotation keeps the area; the 1 px anti-aliased rim adds about a perimeter
                 assert side ** 2 <= area <= side ** 2 + 4 * side + 16
 
 

@@ -1,5 +1,5 @@
-"""prepare.py encode: re-encoding a list once (new list, sizes, frame rate, resumability, bad
-videos)."""
+"""prepare.py encode: re-encoding a list once (new list, sizes, frame rate, resumability,
+bad videos)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -42,8 +42,8 @@ def test_prepare_list_sizes_resume_and_bad_video(video_list, tmp_path):
     assert r["list"] == str(out / "train.csv")
     old = {Path(p).stem: lab for p, lab in data.read_list(video_list)}
     new = data.read_list(r["list"])
-    assert len(new) == 7 and {Path(p).stem: lab for p, lab in new} == {k: v for k, v in old.items()
-                                                                       if k != "broken"}
+    assert (len(new) == 7 and {Path(p).stem: lab for p, lab in new}
+            == {k: v for k, v in old.items() if k != "broken"})
     assert str(out / "sub" / "wide.mp4") in [p for p, _ in new]          # folders are kept
     assert video_size(out / "clip 0.mp4") == (42, 32, 25.0)               # 64x48 -> short side 32
     assert video_size(out / "sub" / "wide.mp4") == (48, 32, 30.0)         # frame rate kept
@@ -53,8 +53,8 @@ def test_prepare_list_sizes_resume_and_bad_video(video_list, tmp_path):
     # the right frames, in order
     assert abs(levels[1] - 50) < 6 and abs(levels[2] - 5 * 59 % 250) < 6
 
-    # Resumable: a second run re-encodes nothing (and still reports the bad one); a lost output is
-    # redone.
+    # Resumable: a second run re-encodes nothing (and still reports the bad one); a lost
+    # output is redone.
     (out / "clip 3.mp4").unlink()
     r2 = prepare.encode(video_list, out, short_side=32, workers=1, quiet=True)
     assert (r2["done"], r2["skipped"], len(r2["bad"])) == (1, 6, 1)
@@ -70,7 +70,8 @@ def test_prepare_command_line(video_list, tmp_path):
                           str(out), "--short-side", "24", "--workers", "2"], capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert "6 of 7 videos" in run.stdout and "1 bad video(s) left out" in run.stdout and "broken.mp4" in run.stdout
+    assert ("6 of 7 videos" in run.stdout and "1 bad video(s) left out" in run.stdout
+            and "broken.mp4" in run.stdout)
     assert "prepare 7/7" in run.stderr and "eta" in run.stderr
     assert len(data.read_list(out / "train.csv")) == 6
 

@@ -77,12 +77,11 @@ def test_resume_with_another_shape_or_schedule(tmp_path):
 
 @pytest.mark.parametrize("capability,amp,dtype",
                          [((7, 0), "auto", torch.float16), ((8, 0), "auto", torch.bfloat16),
-                                                  ((9, 0), "auto", torch.bfloat16),
-                          ((7, 5), "bf16", torch.bfloat16),
-                                                  ((8, 0), "none", None)])
+                          ((9, 0), "auto", torch.bfloat16), ((7, 5), "bf16", torch.bfloat16),
+                          ((8, 0), "none", None)])
 def test_amp_choice_by_compute_capability(monkeypatch, capability, amp, dtype):
-    """V100 / T4 (7.x) report bf16 "supported" but emulate it: auto picks fp16 + loss scaling
-    there."""
+    """V100 / T4 (7.x) report bf16 "supported" but emulate it: auto picks fp16 + loss
+    scaling there."""
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert runtime.amp_dtype(torch.device("cuda", 0), amp) == dtype
@@ -105,7 +104,8 @@ def test_gpu_process_group_is_nccl_only(monkeypatch):
     monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
     rank, world, device = runtime.setup_dist()
     assert (rank, world, str(device)) == (1, 2, "cuda:1")
-    assert seen["backend"] == "nccl" and str(seen["device_id"]) == "cuda:1" and seen["world_size"] == 2
+    assert (seen["backend"] == "nccl" and str(seen["device_id"]) == "cuda:1"
+            and seen["world_size"] == 2)
 
 
 def test_log_without_tensorboard_still_writes_jsonl(tmp_path, capsys, monkeypatch):

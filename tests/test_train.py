@@ -50,8 +50,7 @@ def test_ddp_two_ranks_match_one_process(tmp_path):
 def train_initial_head():
     torch.manual_seed(0)
     from model import MODEL_SIZES, PretrainModel
-    return PretrainModel(img_size=32, num_frames=4, out_dim=1536,
-                         **MODEL_SIZES["tiny"]).state_dict()["decoder.head.weight"]
+    return PretrainModel(img_size=32, num_frames=4, out_dim=1536, **MODEL_SIZES["tiny"]).state_dict()["decoder.head.weight"]
 
 
 def test_list_dataset_of_mp4s_trains(tmp_path, video_list):
@@ -65,8 +64,8 @@ def test_list_dataset_of_mp4s_trains(tmp_path, video_list):
 
 
 def test_progressive_switches_stage(tmp_path, monkeypatch):
-    """Stage 1: every clip has objects and trajectory masks; from step stage1_steps on: none, tube
-    masks."""
+    """Stage 1: every clip has objects and trajectory masks; from step stage1_steps on: none,
+    tube masks."""
     seen, collate = [], data.collate
 
     def recording_collate(samples):
@@ -111,8 +110,8 @@ def test_no_weight_decay_on_norms_biases_and_mask_token():
 
 
 def test_save_every_zero_keeps_only_latest(tmp_path):
-    """--save-every 0 turns periodic checkpoints off (it used to divide by zero at the first epoch
-    end)."""
+    """--save-every 0 turns periodic checkpoints off (it used to divide by zero at the first
+    epoch end)."""
     out = tmp_path / "run"
     train.main([*TINY, "--out-dir", str(out), "--steps", "4", "--save-every", "0"])
     assert (out / "checkpoint-latest.pth").exists() and not list(out.glob("checkpoint-[0-9]*.pth"))
@@ -125,8 +124,7 @@ def test_save_every_zero_keeps_only_latest(tmp_path):
 def test_tiny_preset_composes_with_every_video_dataset(tmp_path, video_list, dataset):
     """`--preset tiny --dataset list|k400|ssv2` keeps tiny's grid and schedule; stage 1 is half of
     tiny's epochs (it used to carry the dataset's absolute 300 or 400 and fail)."""
-    where = ["--train-list", str(video_list)] if dataset == "list" else ["--data-root",
-                                                                         str(video_list.parent)]
+    where = ["--train-list", str(video_list)] if dataset == "list" else ["--data-root", str(video_list.parent)]
     out = tmp_path / dataset
     run(["train.py", "--preset", "tiny", "--dataset", dataset, *where, "--batch-size", "4",
          "--workers", "0", "--steps", "2", "--log-every", "1", "--out-dir", str(out)])
@@ -143,8 +141,8 @@ def test_stage1_is_half_of_the_epochs_unless_given():
 
 
 def test_ablation_preset_is_table4_base_setting():
-    """Sec. 4.3: ViT-S, mask 90%, single, 400 epochs, two objects, trajectory masking, CLIP
-    targets."""
+    """Sec. 4.3: ViT-S, mask 90%, single, 400 epochs, two objects, trajectory masking,
+    CLIP targets."""
     a = train.get_args(["--preset", "ablation"])
     assert (a.model, a.mask_ratio, a.strategy, a.epochs) == ("small", 0.9, "single", 400)
     assert (a.num_objects, a.masking, a.target, a.dataset) == (2, "trajectory", "clip", "k400")
@@ -165,8 +163,8 @@ def test_rotation_and_scaling_flags_reach_the_overlay(monkeypatch):
 
 
 def test_object_list_selects_exactly_the_listed_pngs(tmp_path):
-    """--object-list (the paper's object_instances.txt): paths relative to --objects, nothing
-    else."""
+    """--object-list (the paper's object_instances.txt): paths relative to --objects,
+    nothing else."""
     from PIL import Image
     import motion
     for cat in ("cat", "dog"):
