@@ -26,7 +26,8 @@ def test_reference_student_matches_model():
     import bench
     ours, ref = bench.student("tiny", 32, out_dim=16, ref=True)   # asserts equal outputs itself
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
-    assert bench.step_flops("small", 224) > 3 * 2 * 12 * 320 * 12 * 384 ** 2   # at least the encoder's Linears
+    # at least the encoder's Linears
+    assert bench.step_flops("small", 224) > 3 * 2 * 12 * 320 * 12 * 384 ** 2
     video, mask, target = bench.batch(2, 32, out_dim=16)
     assert mask.shape == (2, 32) and (mask.sum(1) == 24).all() and target.shape == (2, 24, 16)
     before = ours.decoder.head.weight.clone()
@@ -53,9 +54,8 @@ def test_gpu_check_dry_run_runs_the_check_on_the_cpu(tmp_path):
     assert "whole step" in out and "vs student alone" in out and "MFU -" in out
     table = [ln for ln in out.splitlines() if ln.startswith("| ")]
     assert table[0].startswith("| GPU | run | step ms | clips/s | MFU | peak memory")
-    assert [ln.split(" | ")[1] for ln in table[1:]] == ["bench.py whole step, tiny + small "
-                                                        "CLIP 16x64 B4 bf16",
-                                                        "train.py, 4 steps, 0 workers"]
+    assert [ln.split(" | ")[1] for ln in table[1:]] == [
+        "bench.py whole step, tiny + small CLIP 16x64 B4 bf16", "train.py, 4 steps, 0 workers"]
     assert "python train.py --dataset black --model tiny" in out and "--teacher-weights none" in out
 
 
@@ -89,7 +89,8 @@ def test_gpu_peaks_and_teacher_flops_by_hand():
     # patches + CLS
     block = SimpleNamespace(mlp=SimpleNamespace(c_fc=torch.nn.Linear(1, 3072)))
     clip = SimpleNamespace(backend="open_clip", grid=14, patch_size=16, tubelet=2,
-                           visual=SimpleNamespace(transformer=SimpleNamespace(width=768, resblocks=[block] * 12)))
+                           visual=SimpleNamespace(
+                               transformer=SimpleNamespace(width=768, resblocks=[block] * 12)))
     per_frame = 12 * (197 * 12 * 768 ** 2 + 2 * 197 ** 2 * 768) + 196 * 3 * 16 * 16 * 768
     assert bench.teacher_flops(clip) == 2 * 8 * per_frame
     assert (280e9 < bench.teacher_flops(clip) < 282e9

@@ -26,8 +26,8 @@ def test_read_list_drops_the_byte_order_mark_and_crlf(video_list):
     assert data.read_list(lst) == [(str(video_list.parent / "clip 0.mp4"), 0),
                                    (str(video_list.parent / "clip 1.mp4"), 1)]
     entries = prepare.scan_list(lst)
-    assert [e["video"] for e in entries] == [str(video_list.parent / f"clip {i}.mp4")
-                                             for i in (0, 1)]
+    assert ([e["video"] for e in entries]
+            == [str(video_list.parent / f"clip {i}.mp4") for i in (0, 1)])
     assert [e["kind"] for e in entries] == [None, None]
 
 
@@ -73,9 +73,8 @@ def test_check_names_every_bad_line_and_writes_the_clean_list(bad_list, tmp_path
     assert f"{lst}:10: label: label 7 is outside [0, 3)" in out
     assert f"{lst}:8: too short: {lst.parent / 'short.mp4'}: 8 frames, a clip needs 16" in out
     assert f"{lst}:6: unreadable: {lst.parent / 'empty.mp4'}: empty file (0 bytes)" in out
-    assert (f"{lst}: 13 lines, 5 good, 8 bad (duplicate 1, label 2, malformed 1, missing 1, too "
-            f"short 1, "
-            "unreadable 2)") in out
+    assert (f"{lst}: 13 lines, 5 good, 8 bad (duplicate 1, label 2, malformed 1, missing 1, "
+            "too short 1, unreadable 2)") in out
     assert "frames      30 / 44 / 60" in out and "resolution  64x48 / 64x48 / 96x32" in out
     assert "fps         25.00 / 25.00 / 25.00" in out and "ms/clip median" in out and " p90 " in out
     assert "5 video(s) shorter than 61 frames" in out
@@ -114,8 +113,8 @@ def test_subset_keeps_class_shares_and_is_seeded(tmp_path, capsys):
         out = prepare.subset(tmp_path / "full.csv", n, tmp_path / "sub.csv", seed=0)
         count = 82 if n == "0.5" else n
         assert len(out) == count and set(out) <= set(lines) and len(set(out)) == count
-        assert [x for x in (tmp_path / "sub.csv").read_text().splitlines()
-                if not x.startswith("#")] == out
+        assert ([x for x in (tmp_path / "sub.csv").read_text().splitlines()
+                 if not x.startswith("#")] == out)
         got = Counter(int(x.rsplit(None, 1)[1]) for x in out)
         assert all(abs(got[c] - count * k / sum(sizes)) < 1 for c, k in enumerate(sizes)), got
         # input order kept

@@ -69,22 +69,22 @@ def test_dataset_repeated_sampling_and_determinism(video_list):
     s = ds[0]
     assert (s["video"].shape == (2, 3, 8, 32, 32) and s["mask"].shape == (2, 4 * 2 * 2)
             and s["bad"] == [])
-    assert s["video"].dtype == torch.uint8   # 4x less shared / pinned memory than float32; normalised on device
+    # 4x less shared / pinned memory than float32; normalised on device
+    assert s["video"].dtype == torch.uint8
     assert (s["mask"].sum(1) == int(0.75 * 4) * 4).all()
-    assert not torch.equal(s["video"][0], s["video"][1])            # own crop / overlay per clip
-    torch.testing.assert_close(ds[0]["video"], s["video"])          # pure function of (seed, pass, index)
+    assert not torch.equal(s["video"][0], s["video"][1])     # own crop / overlay per clip
+    torch.testing.assert_close(ds[0]["video"], s["video"])   # pure function of (seed, pass, index)
     ds.set_state(1)
-    assert not torch.equal(ds[0]["video"], s["video"])              # a new pass draws anew
+    assert not torch.equal(ds[0]["video"], s["video"])       # a new pass draws anew
 
 
 def test_dataset_mixed_motion(video_list):
     items = data.read_list(video_list)
     obj = np.zeros((24, 24, 4), np.uint8)
-    obj[..., 0], obj[..., 3] = 255, 255                              # opaque pure red square
+    obj[..., 0], obj[..., 3] = 255, 255   # opaque pure red square
     ds = data.PretrainDataset("video", items=items, num_frames=4, stride=1, img_size=32,
                               num_sample=4, objects=[obj], motion="mixed", seed=0)
-    # grey video: red only where objects are
-    v = data.normalize(ds[2]["video"])
+    v = data.normalize(ds[2]["video"])    # grey video: red only where objects are
     red = (v[:, 0] - v[:, 1]).amax(dim=(1, 2, 3))
     assert (red[::2] > 1).all() and (red[1::2] < 0.5).all()
 
@@ -94,8 +94,8 @@ def test_synthetic_sources():
     for src in ("noise", "black"):
         ds = data.PretrainDataset(src, length=5, num_frames=4, img_size=32, num_sample=1,
                                   objects=objs, motion="off")
-        v = ds[0]["video"][0]                                        # (C, T, H, W)
-        torch.testing.assert_close(v[:, 0], v[:, 3])                 # a still background without motion
+        v = ds[0]["video"][0]                          # (C, T, H, W)
+        torch.testing.assert_close(v[:, 0], v[:, 3])   # a still background without motion
     assert len(ds) == 5
 
 
@@ -120,7 +120,8 @@ def test_resize_uint8_matches_float_resize():
     frames = np.random.default_rng(0).integers(0, 256, (4, 90, 70, 3), dtype=np.uint8)
     out = data.resize(frames, 32)
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    ref = (F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False).round().permute(0, 2, 3, 1))
+    ref = (F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
+           .round().permute(0, 2, 3, 1))
     assert out.shape == (4, 32, 32, 3) and out.dtype == np.uint8 and out.flags["C_CONTIGUOUS"]
     assert np.abs(out.astype(int) - ref.numpy().astype(int)).max() <= 1
 

@@ -156,8 +156,8 @@ def test_bad_videos_are_listed_and_skipped(clips, tmp_path, capsys):
     (tmp_path / "junk.mp4").write_bytes(b"not a video" * 100)
     lst = tmp_path / "with_bad.csv"
     lst.write_text(f"{root}/a.mp4 0\njunk.mp4 1\nmissing.mp4\n{root}/short.mp4 2\n")
-    s = extract.main(["--list", str(lst), "--checkpoint", str(ckpt), "--out-dir",
-                      str(tmp_path / "o"), *GRID])
+    s = extract.main(["--list", str(lst), "--checkpoint", str(ckpt),
+                      "--out-dir", str(tmp_path / "o"), *GRID])
     assert (s["extracted"], s["bad"]) == (2, 2)
     assert "bad 2 (see" in capsys.readouterr().out
     bad = (tmp_path / "o" / "bad.txt").read_text().splitlines()

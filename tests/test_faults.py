@@ -19,8 +19,8 @@ from conftest import (ROOT, TINY, assert_same_weights, fails_cleanly, read_log, 
 def test_kill_9_then_resume_is_bit_identical(tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     run(["train.py", *TINY, "--out-dir", str(ref), "--steps", "7"])
-    p = subprocess.Popen([sys.executable, "train.py", *TINY, "--out-dir", str(killed), "--steps",
-                          "7", "--ckpt-every", "2"],
+    p = subprocess.Popen([sys.executable, "train.py", *TINY, "--out-dir", str(killed),
+                          "--steps", "7", "--ckpt-every", "2"],
                          cwd=ROOT, stdout=subprocess.PIPE, text=True)
     for line in p.stdout:
         # kill -9 as soon as step 5 is done (latest holds step 4)
@@ -69,9 +69,9 @@ def test_bad_videos_are_skipped_counted_and_named_once(tmp_path):
 
 def test_too_many_bad_items_stop_with_a_list(tmp_path):
     lst = bad_video_list(tmp_path)
-    r = subprocess.run([sys.executable, "train.py", *LIST_ARGS, "--train-list", str(lst), "--steps",
-                        "8", "--out-dir", str(tmp_path / "run")], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run([sys.executable, "train.py", *LIST_ARGS, "--train-list", str(lst),
+                        "--steps", "8", "--out-dir", str(tmp_path / "run")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "unreadable" in r.stderr and "--max-bad-fraction" in r.stderr
     assert any(b in r.stderr for b in ("missing.mp4", "empty.mp4", "truncated.mp4", "short.mp4"))
     assert "Traceback" not in r.stderr
@@ -88,11 +88,11 @@ def test_unreadable_image_and_rgb_object_are_skipped(tmp_path):
         Image.fromarray(np.full((20, 20, 4), 200, np.uint8)).save(objs / f"{i}.png")
     (imgs / "broken.jpg").write_bytes(b"not an image")
     Image.fromarray(np.full((20, 20, 3), 9, np.uint8)).save(objs / "rgb.png")   # no alpha channel
-    r = run(["train.py", "--dataset", "images", "--image-dir", str(imgs), "--objects",
-             str(tmp_path / "objects"), "--model", "tiny", "--img-size", "32", "--num-frames", "4",
-             "--target", "pixel", "--batch-size", "4", "--workers", "0", "--epochs", "40",
-             "--warmup-epochs", "0", "--log-every", "1", "--steps", "10", "--max-bad-fraction",
-             "0.9", "--num-objects", "2", "--out-dir", str(tmp_path / "run")])
+    r = run(["train.py", "--dataset", "images", "--image-dir", str(imgs),
+             "--objects", str(tmp_path / "objects"), "--model", "tiny", "--img-size", "32",
+             "--num-frames", "4", "--target", "pixel", "--batch-size", "4", "--workers", "0",
+             "--epochs", "40", "--warmup-epochs", "0", "--log-every", "1", "--steps", "10",
+             "--max-bad-fraction", "0.9", "--num-objects", "2", "--out-dir", str(tmp_path / "run")])
     assert "broken.jpg" in r.stdout and "rgb.png" in r.stdout and "no alpha" in r.stdout
     assert read_log(tmp_path / "run")[-1]["step"] == 10
 
@@ -133,11 +133,11 @@ def test_bad_arguments_fail_in_one_line(tmp_path, args, match):
 
 def test_malformed_list_names_file_and_line(tmp_path):
     (tmp_path / "train.csv").write_text("a.mp4 0\nb.mp4\n")
-    fails_cleanly([*LIST_ARGS, "--train-list", str(tmp_path / "train.csv"), "--out-dir",
-                   str(tmp_path / "r")], "train.csv:2")
+    fails_cleanly([*LIST_ARGS, "--train-list", str(tmp_path / "train.csv"),
+                   "--out-dir", str(tmp_path / "r")], "train.csv:2")
     (tmp_path / "empty.csv").write_text("# nothing here\n")
-    fails_cleanly([*LIST_ARGS, "--train-list", str(tmp_path / "empty.csv"), "--out-dir",
-                   str(tmp_path / "r")], "no entries")
+    fails_cleanly([*LIST_ARGS, "--train-list", str(tmp_path / "empty.csv"),
+                   "--out-dir", str(tmp_path / "r")], "no entries")
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -161,8 +161,8 @@ def test_nonfinite_step_is_not_applied(tmp_path, monkeypatch):
     monkeypatch.setattr(teacher, "pixel_targets",
                         lambda v, *a, **k: torch.full((v.shape[0], 8, 1536), float("nan")))
     with pytest.raises(SystemExit):
-        train.main([*TINY, "--out-dir", str(out), "--steps", "6", "--resume", "--max-nonfinite",
-                    "1"])
+        train.main([*TINY, "--out-dir", str(out), "--steps", "6", "--resume",
+                    "--max-nonfinite", "1"])
     assert_same_weights(w1, weights(out))
 
 
@@ -200,8 +200,8 @@ def find_rank_process(tag, rank):
             cmd = open(f"/proc/{pid}/cmdline", "rb").read()
         except OSError:
             continue
-        if f"SMILE_TEST_TAG={tag}".encode() in env and f"RANK={rank}".encode() in env and b"train.py" in cmd \
-                and b"torch.distributed.run" not in cmd:
+        if f"SMILE_TEST_TAG={tag}".encode() in env and f"RANK={rank}".encode() in env \
+                and b"train.py" in cmd and b"torch.distributed.run" not in cmd:
             ppid = open(f"/proc/{pid}/status").read().split("PPid:")[1].split()[0]
             if b"torch.distributed.run" in open(f"/proc/{ppid}/cmdline", "rb").read():
                 # the rank, not a worker
@@ -215,9 +215,10 @@ def test_ddp_rank_death_restarts_and_resumes(tmp_path):
     tag, out = uuid.uuid4().hex, tmp_path / "run"
     env = {**os.environ, "SMILE_TEST_TAG": tag, "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node=2", "--max-restarts=1", "train.py", *TINY, "--out-dir",
-                          str(out), "--steps", "8", "--ckpt-every", "1", "--resume"], cwd=ROOT,
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          "--nproc_per_node=2", "--max-restarts=1", "train.py", *TINY,
+                          "--out-dir", str(out), "--steps", "8", "--ckpt-every", "1", "--resume"],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
     t0, killed, lines = time.time(), False, []
     for line in p.stdout:
         lines.append(line)

@@ -128,7 +128,8 @@ def test_randaugment_applies_one_op_to_all_frames():
         out = finetune.randaugment_clip(ra, clip, np.random.default_rng(seed))
         assert torch.equal(torch.get_rng_state(), before)                    # global RNG untouched
         assert np.array_equal(out, finetune.randaugment_clip(ra, clip, np.random.default_rng(seed)))
-        for t in (0, 5):   # frame t of the clip == frame t alone under the same draw: the same op everywhere
+        for t in (0, 5):
+            # frame t of the clip == frame t alone under the same draw: the same op everywhere
             alone = finetune.randaugment_clip(ra, np.repeat(clip[t:t + 1], 2, 0),
                                               np.random.default_rng(seed))
             assert np.array_equal(out[t], alone[0]), (seed, t)
@@ -154,7 +155,8 @@ def test_randaug_levels_match_timm(monkeypatch, m):
             got = finetune.randaug_level_args(name, m, sign)
             assert got == pytest.approx(want, abs=1e-12), (name, sign)
             assert [type(v) for v in got] == [type(v) for v in want], name          # ints stay ints
-    assert finetune.randaug_level_args("Rotate", 9) == pytest.approx((27.0,))      # torchvision's m=9: 9 degrees
+    # torchvision's m=9: 9 degrees
+    assert finetune.randaug_level_args("Rotate", 9) == pytest.approx((27.0,))
     assert finetune.randaug_level_args("ShearX", 9) == pytest.approx((0.27,))
 
 
@@ -164,7 +166,8 @@ def test_randaug_ops_match_timm_on_a_frame():
     aa = pytest.importorskip("timm.data.auto_augment")
     from PIL import Image
     rng = np.random.default_rng(0)
-    frame = ((np.linspace(0, 255, 40)[None, :, None] * rng.uniform(0.3, 1, (1, 1, 3))).astype(np.uint8))
+    frame = (np.linspace(0, 255, 40)[None, :, None]
+             * rng.uniform(0.3, 1, (1, 1, 3))).astype(np.uint8)
     frame = np.repeat(frame, 32, 0)
     # a textured patch off-centre
     frame[8:20, 10:30] = rng.integers(0, 256, (12, 20, 3))
@@ -175,9 +178,11 @@ def test_randaug_ops_match_timm_on_a_frame():
         want = np.asarray(aa.NAME_TO_OP[name](img, *args, **kw))
         got = np.asarray(finetune.randaug_frame(img, name, args))
         assert np.array_equal(got, want), name
-        if name not in ("AutoContrast", "Equalize"):                           # (may leave a frame alone)
+        # (may leave a frame alone)
+        if name not in ("AutoContrast", "Equalize"):
             assert not np.array_equal(got, frame), name
-    zero_bits = finetune.randaug_level_args("PosterizeIncreasing", 10)               # m=10: keep 0 bits
+    # m=10: keep 0 bits
+    zero_bits = finetune.randaug_level_args("PosterizeIncreasing", 10)
     assert (zero_bits == (0,)
             and not np.asarray(finetune.randaug_frame(img, "PosterizeIncreasing", zero_bits)).any())
 
@@ -247,9 +252,9 @@ def test_rrc_in_the_datasets(video_list, monkeypatch):
     assert a.shape == (3, 8, 32, 32) and torch.equal(ds[1]["video"], a)
     assert calls == [((0.08, 1.0), (3 / 4, 4 / 3))] * 2
     frames = np.zeros((4, 48, 64, 3), np.uint8)
-    frames[:, 20:28, 28:36] = 255                                        # a white square, same in all frames
+    frames[:, 20:28, 28:36] = 255                        # a white square, same in all frames
     out = data.crop_and_flip(frames, 16, np.random.default_rng(3), False, crop="rrc")
-    assert all(np.array_equal(out[0], f) for f in out)                   # the same box in every frame
+    assert all(np.array_equal(out[0], f) for f in out)   # the same box in every frame
     plain = evaluation.MotionClassDataset("train", 8, img_size=32, num_frames=8)
     assert torch.equal(plain[3]["video"], data.to_tensor(plain.clip(3)[0]))
     rrc = evaluation.MotionClassDataset("train", 8, img_size=32, num_frames=8, crop="rrc")
@@ -267,11 +272,12 @@ def test_random_erase_statistics():
     out = finetune.random_erase(video, 0.25, np.random.default_rng(0))
     assert (torch.equal(torch.get_rng_state(), before)
             and torch.equal(video, torch.full_like(video, 5.0)))
-    assert torch.equal(out, finetune.random_erase(video, 0.25, np.random.default_rng(0)))   # seeded by rng
-    hit = out != 5.0                                                    # (B, C, T, H, W)
+    # seeded by rng
+    assert torch.equal(out, finetune.random_erase(video, 0.25, np.random.default_rng(0)))
+    hit = out != 5.0                                         # (B, C, T, H, W)
     erased = hit.flatten(1).any(1)
     assert erased.float().mean().item() == pytest.approx(0.25, abs=0.07)   # binomial std 0.022
-    assert torch.equal(hit, hit[:, :1, :1].expand_as(hit))              # one box for all frames and channels
+    assert torch.equal(hit, hit[:, :1, :1].expand_as(hit))   # one box for all frames and channels
     areas, log_ar = [], []
     for b in torch.nonzero(erased).flatten():
         m = hit[b, 0, 0]
@@ -317,9 +323,11 @@ def test_mix_batch_cutmix_box_shared_by_frames():
     target = torch.eye(4)
     for seed in range(10):
         v, t = finetune.mix_batch(video, target, np.random.default_rng(seed), mixup=0.0, cutmix=1.0)
-        pasted = (v[0] != 0).float()                                     # sample 0 got sample 3's pixels
-        assert torch.equal(pasted, pasted[:, :1].expand_as(pasted))       # same box in every frame and channel
-        torch.testing.assert_close(t[0, 3], pasted.mean())                # soft target = pasted area
+        # sample 0 got sample 3's pixels
+        pasted = (v[0] != 0).float()
+        # same box in every frame and channel
+        assert torch.equal(pasted, pasted[:, :1].expand_as(pasted))
+        torch.testing.assert_close(t[0, 3], pasted.mean())   # soft target = pasted area
         torch.testing.assert_close(t.sum(1), torch.ones(4))
         v, t = finetune.mix_batch(video, target, np.random.default_rng(seed), mixup=0.8, cutmix=0.0)
         lam = t[0, 0]
@@ -332,9 +340,10 @@ def test_mix_batch_cutmix_box_shared_by_frames():
 class HandViews(torch.utils.data.Dataset):
     """5 items (temporal views) of 3 videos, 2 crops each; a view's score is its first
     two pixels."""
-    scores = torch.tensor([[[0.9, 0.1], [0.7, 0.3]], [[0.3, 0.7], [0.1, 0.9]],   # video 0: clips 0 and 1
-                           [[0.2, 0.8], [0.4, 0.6]],                             # video 1: one clip
-                           [[0.6, 0.4], [0.8, 0.2]], [[0.2, 0.8], [0.4, 0.6]]])  # video 2: clips 0 and 1
+    scores = torch.tensor([
+        [[0.9, 0.1], [0.7, 0.3]], [[0.3, 0.7], [0.1, 0.9]],   # video 0: clips 0 and 1
+        [[0.2, 0.8], [0.4, 0.6]],                             # video 1: one clip
+        [[0.6, 0.4], [0.8, 0.2]], [[0.2, 0.8], [0.4, 0.6]]])  # video 2: clips 0 and 1
     ids = [0, 0, 1, 2, 2]
 
     def __len__(self):
@@ -389,8 +398,9 @@ def test_severe_table_order_and_mean(tmp_path, capsys):
     shown = evaluation.severe_table(str(path))
     assert list(shown) == ["SSv2", "Gym99", "UCF (10^3)", "GYM (10^3)", "FX-S1", "UB-S1", "UCF-RC",
                            "Charades", "Mean"]
-    assert shown["SSv2"] == "70.0"                                       # the last row of a setting counts
-    assert shown["Mean"].startswith(f"{(70 + 75 + 20) / 3:.1f}")         # UCF-RC enters as 100 * (1 - error)
+    assert shown["SSv2"] == "70.0"   # the last row of a setting counts
+    # UCF-RC enters as 100 * (1 - error)
+    assert shown["Mean"].startswith(f"{(70 + 75 + 20) / 3:.1f}")
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -424,10 +434,11 @@ def test_finetune_motion_learns(tmp_path):
 def test_finetune_video_list_multiview(tmp_path, video_list):
     (video_list.parent / "val.csv").write_text(video_list.read_text())
     out = tmp_path / "ft"
-    run(["finetune.py", "--dataset", "list", "--data-root", str(video_list.parent), "--num-classes",
-         "3", "--model", "tiny", "--img-size", "32", "--num-frames", "8", "--stride", "2",
-         "--test-clips", "2", "--test-crops", "3", "--batch-size", "3", "--epochs", "1",
-         "--workers", "0", "--out-dir", str(out), "--results-file", str(tmp_path / "all.jsonl")])
+    run(["finetune.py", "--dataset", "list", "--data-root", str(video_list.parent),
+         "--num-classes", "3", "--model", "tiny", "--img-size", "32", "--num-frames", "8",
+         "--stride", "2", "--test-clips", "2", "--test-crops", "3", "--batch-size", "3",
+         "--epochs", "1", "--workers", "0", "--out-dir", str(out),
+         "--results-file", str(tmp_path / "all.jsonl")])
     res = json.loads((out / "results.json").read_text())
     assert res["setting"] == "list" and 0 <= res["top1"] <= 100
     assert json.loads((tmp_path / "all.jsonl").read_text().splitlines()[-1])["top1"] == res["top1"]
@@ -446,8 +457,8 @@ def test_resume_is_bit_identical(tmp_path):
     assert a["step"] == b["step"] == 6
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    assert half["step"] == 3 and not torch.equal(half["model"]["head.weight"],
-                                                 b["model"]["head.weight"])
+    assert (half["step"] == 3
+            and not torch.equal(half["model"]["head.weight"], b["model"]["head.weight"]))
 
 
 # -------------------------------------------------------------------- evaluation datasets (data.py)
@@ -455,8 +466,10 @@ def test_resume_is_bit_identical(tmp_path):
 
 def test_view_sampling_and_crops():
     assert evaluation.dense_indices(100, 4, 5, view=0, num_views=3).tolist() == [0, 5, 10, 15]
-    assert evaluation.dense_indices(100, 4, 5, view=2, num_views=3).tolist() == [84, 89, 94, 99]     # evenly spaced
-    assert evaluation.dense_indices(10, 4, 5).tolist() == [0, 3, 6, 9]                             # too short: cover it
+    # evenly spaced
+    assert evaluation.dense_indices(100, 4, 5, view=2, num_views=3).tolist() == [84, 89, 94, 99]
+    # too short: cover it
+    assert evaluation.dense_indices(10, 4, 5).tolist() == [0, 3, 6, 9]
     seg = (evaluation.segment_indices(80, 4, view=0, num_views=2).tolist(),
            evaluation.segment_indices(80, 4, view=1, num_views=2).tolist())
     # one frame per segment
@@ -464,10 +477,12 @@ def test_view_sampling_and_crops():
     r = evaluation.segment_indices(80, 4, np.random.default_rng(0))
     assert all(20 * i <= f < 20 * (i + 1) for i, f in enumerate(r))
     frames = np.zeros((2, 20, 40, 3), np.uint8)
-    frames[:, :, :, 0] = np.arange(40)[None, None, :] * 6                                     # red ramp along x
-    crops = evaluation.three_crops(frames, 10, 3)                                                   # -> 10 x 20, 3 crops
+    frames[:, :, :, 0] = np.arange(40)[None, None, :] * 6   # red ramp along x
+    # -> 10 x 20, 3 crops
+    crops = evaluation.three_crops(frames, 10, 3)
     assert [c.shape for c in crops] == [(2, 10, 10, 3)] * 3
-    assert crops[0][0, 5, 0, 0] < crops[1][0, 5, 0, 0] < crops[2][0, 5, 0, 0]                 # left, centre, right
+    # left, centre, right
+    assert crops[0][0, 5, 0, 0] < crops[1][0, 5, 0, 0] < crops[2][0, 5, 0, 0]
 
 
 def test_stratified_subset():
@@ -501,8 +516,8 @@ def test_video_list_dataset_views(video_list):
 @pytest.mark.parametrize("task,metric", [("multi", "map"), ("count", "count_error")])
 def test_multi_label_and_counting_run(tmp_path, task, metric):
     out = tmp_path / task
-    res = finetune.main(SMALL + ["--task", task, "--out-dir", str(out), "--results-file",
-                                 str(tmp_path / "r.jsonl")])
+    res = finetune.main(SMALL + ["--task", task, "--out-dir", str(out),
+                                 "--results-file", str(tmp_path / "r.jsonl")])
     row = json.loads((tmp_path / "r.jsonl").read_text())
     assert row["setting"] == "tiny" and row["metric"] == metric and row["value"] == res[metric]
     if task == "count":
@@ -522,12 +537,12 @@ def test_severe_presets(tmp_path):
               "severe-charades": (157, "multi", "map", "charades_train.csv")}
     assert set(expect) == set(finetune.SEVERE)
     for name, (classes, task, metric, train_file) in expect.items():
-        args = finetune.get_args(["--preset", name, "--data-root", "/data/x", "--out-dir",
-                                  str(tmp_path)])
+        args = finetune.get_args(["--preset", name, "--data-root", "/data/x",
+                                  "--out-dir", str(tmp_path)])
         assert (args.num_classes, args.task, args.metric) == (classes, task, metric), name
         assert args.train_list == os.path.join("/data/x", train_file)
-        assert ((args.epochs, args.batch_size, args.lr, args.layer_decay, args.drop_path)
-                == (100, 16, 1e-3, 0.75, 0.1))
+        assert (args.epochs, args.batch_size, args.lr, args.layer_decay,
+                args.drop_path) == (100, 16, 1e-3, 0.75, 0.1)
         assert args.label_smoothing == (0.1 if task == "single" else 0.0)
         assert args.train_samples == (1000 if name in ("severe-ucf1k", "severe-gym1k") else 0)
         assert args.results_file.endswith("results.jsonl")
@@ -542,7 +557,8 @@ def test_severe_standins_learn(tmp_path, task):
     res = finetune.main(LEARN + ["--task", task, "--motion-train", "1024", "--epochs", "8",
                                  "--out-dir", str(tmp_path)])
     if task == "multi":
-        chance = (100 * evaluation.MotionClassDataset("val", 256, task="multi", img_size=32, num_frames=8).targets().mean().item())
+        chance = 100 * evaluation.MotionClassDataset("val", 256, task="multi", img_size=32,
+                                                     num_frames=8).targets().mean().item()
         assert res["map"] > chance + 8, (res, chance)              # measured 36.1 vs 23.8
     else:
         assert res["count_error"] < 0.15, res                      # measured 0.02

@@ -1,5 +1,5 @@
-"""masking.py: exact mask counts, tube structure, object tokens, trajectory masking (True
-= masked)."""
+"""masking.py: exact mask counts, tube structure, object tokens, trajectory masking
+(True = masked)."""
 import subprocess
 import sys
 
@@ -76,7 +76,8 @@ def test_object_tokens_hand_made():
     assert sorted(map(tuple, np.argwhere(tok))) == [(0, 2, 4), (0, 2, 5), (1, 1, 1), (1, 7, 0)]
     assert not masking.object_tokens(np.zeros((0, 4, 32, 32), bool)).any()  # no objects at all
     with pytest.raises(ValueError):
-        masking.object_tokens(np.zeros((1, 3, 32, 32), bool))  # 3 frames do not split into tubelets of 2
+        # 3 frames do not split into tubelets of 2
+        masking.object_tokens(np.zeros((1, 3, 32, 32), bool))
 
 
 @pytest.mark.parametrize("kind", ["none", "scattered", "boxes", "all"])
@@ -96,7 +97,8 @@ def test_trajectory_mask_counts_and_structure(kind):
                 if n - want <= free.sum():
                     assert (m & objs).sum() == want  # object tokens masked at the given ratio
                 else:
-                    assert (m & free).sum() == free.sum()  # all others masked, then more object tokens
+                    # all others masked, then more object tokens
+                    assert (m & free).sum() == free.sum()
                 # Tube structure where there are no objects: per position, the non-object tokens are
                 # all masked or all visible, except at most one partly filled position.
                 hit = (m & free).sum(0)
@@ -158,8 +160,8 @@ def test_masks_from_motion():
 
 def test_figure_script_runs(tmp_path):
     out = tmp_path / "footprints.png"
-    subprocess.run([sys.executable, "masking.py", "--out", str(out), "--size", "64", "--tile",
-                    "48"],
+    subprocess.run([sys.executable, "masking.py", "--out", str(out), "--size", "64",
+                    "--tile", "48"],
                    cwd=ROOT, check=True, capture_output=True)
     with Image.open(out) as im:
         assert im.size[0] > 8 * 48 and im.size[1] > 3 * 48

@@ -131,8 +131,10 @@ def test_encoder_sees_only_visible_tokens():
 
 def test_presets_have_paper_shapes():
     s, b = MODEL_SIZES["small"], MODEL_SIZES["base"]
-    assert ((s["embed_dim"], s["depth"], s["num_heads"], s["decoder_embed_dim"], s["decoder_num_heads"]) == (384, 12, 6, 192, 3))
-    assert ((b["embed_dim"], b["depth"], b["num_heads"], b["decoder_embed_dim"], b["decoder_num_heads"]) == (768, 12, 12, 384, 6))
+    assert (s["embed_dim"], s["depth"], s["num_heads"], s["decoder_embed_dim"],
+            s["decoder_num_heads"]) == (384, 12, 6, 192, 3)
+    assert (b["embed_dim"], b["depth"], b["num_heads"], b["decoder_embed_dim"],
+            b["decoder_num_heads"]) == (768, 12, 12, 384, 6)
     assert s["decoder_depth"] == b["decoder_depth"] == 4
     clf = VideoClassifier(**s, num_classes=400)
     assert 21e6 < sum(p.numel() for p in clf.parameters()) < 23e6    # ViT-S/16 ~22M

@@ -246,14 +246,16 @@ def test_footprint_matches_changed_pixels(objects):
         covered = footprints.any(0)
         assert covered.any()
         assert not (changed & ~covered).any()  # nothing changes outside the footprints
-        assert (changed & covered).sum() > 0.8 * covered.sum()  # the few left are faint soft-edge pixels
+        # the few left are faint soft-edge pixels
+        assert (changed & covered).sum() > 0.8 * covered.sum()
 
 
 def test_later_objects_drawn_over_earlier():
     frames = np.zeros((4, 112, 112, 3), np.uint8)
     objs = [solid(20, 20, (255, 0, 0), 255), solid(20, 20, (0, 0, 255), 255)]
     for seed in range(5):
-        out, footprints = motion.overlay(frames, objs, rng(seed), size_range=(180, 200))  # big: they overlap
+        # big: they overlap
+        out, footprints = motion.overlay(frames, objs, rng(seed), size_range=(180, 200))
         top = out[footprints[1] & ~footprints[0]]
         colour = top[np.argmax(top.sum(-1))]  # the second object's colour
         inner = ndimage.binary_erosion(footprints[1], structure=np.ones((1, 5, 5), bool))
@@ -264,9 +266,11 @@ def test_later_objects_drawn_over_earlier():
 
 def test_overlay_edge_cases(objects):
     frames = motion.background("black", 4, 32, 48, rng(0))
-    out, footprints = motion.overlay(frames, objects, rng(0), size_range=(448, 448))  # larger than the frame
+    # larger than the frame
+    out, footprints = motion.overlay(frames, objects, rng(0), size_range=(448, 448))
     assert footprints.shape == (2, 4, 32, 48) and footprints.any()
-    out, footprints = motion.overlay(frames, objects[:1], rng(0), num_objects=3)  # picks with replacement
+    # picks with replacement
+    out, footprints = motion.overlay(frames, objects[:1], rng(0), num_objects=3)
     assert footprints.shape[0] == 3
     out, footprints = motion.overlay(frames, objects, rng(0), num_objects=0)
     np.testing.assert_array_equal(out, frames)

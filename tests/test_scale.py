@@ -44,8 +44,8 @@ def test_preemption_signal_saves_and_resume_is_exact(tmp_path, sig):
     --resume then ends bit-identical to a run that was never interrupted."""
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     run(["train.py", *TINY, "--out-dir", str(ref)])
-    p = subprocess.Popen([sys.executable, "train.py", *TINY, "--out-dir", str(cut), "--ckpt-every",
-                          "1000"],
+    p = subprocess.Popen([sys.executable, "train.py", *TINY, "--out-dir", str(cut),
+                          "--ckpt-every", "1000"],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in p.stdout:

@@ -111,9 +111,9 @@ def test_upsample_shape_and_tubelet_repeat():
 
 def test_synthetic_masks_are_motions_footprints():
     objects = motion.synthetic_objects(4, np.random.default_rng(0))
-    for index in range(3):                                          # black, noise, image backgrounds
+    for index in range(3):                        # black, noise, image backgrounds
         frames, labels, fps = segment.synthetic_video(index, 5, objects, 8, 48, 2, (64, 160))
-        rng = np.random.default_rng([5, index])                     # the documented recipe
+        rng = np.random.default_rng([5, index])   # the documented recipe
         kind = ("black", "noise", "image")[index]
         image = motion.still_image(48, 48, rng) if kind == "image" else None
         ref, ref_fp = motion.overlay(motion.background(kind, 8, 48, 48, rng, image=image), objects,
@@ -136,8 +136,8 @@ def make_davis(root, videos=("bear", "car"), num_frames=4, size=(40, 32)):
         for t in range(num_frames):
             labels[t, 4:12, 2:10] = 1
             labels[t, 8 + 2 * t:20 + 2 * t, 20:36] = 2
-            frame = np.stack([labels[t] * 100, np.full((H, W), 30 * t), labels[t] * 50],
-                             -1).astype(np.uint8)
+            frame = (np.stack([labels[t] * 100, np.full((H, W), 30 * t), labels[t] * 50], -1)
+                     .astype(np.uint8))
             Image.fromarray(frame).save(root / "JPEGImages" / "480p" / v / f"{t:05d}.jpg")
             png = Image.fromarray(labels[t], mode="P")
             png.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (256 * 3 - 9))
@@ -153,14 +153,17 @@ def test_davis_layout_loads_with_the_right_labels(tmp_path):
     truth = make_davis(tmp_path)
     videos = segment.folder_videos("davis", str(tmp_path), "val")
     assert [v["name"] for v in videos] == ["car"]                   # from ImageSets/2017/val.txt
-    assert len(segment.folder_videos("davis", str(tmp_path), "test-dev")) == 2   # no such list: all folders
+    # no such list: all folders
+    assert len(segment.folder_videos("davis", str(tmp_path), "test-dev")) == 2
     frames, labels = segment.load_folder_clip(videos[0]["pairs"], 4, 32)
     assert frames.shape == (4, 32, 32, 3) and frames.dtype == np.uint8
     ref = torch.nn.functional.interpolate(torch.from_numpy(truth["car"]).float()[:, None],
                                           size=(32, 32))
-    assert np.array_equal(labels, ref[:, 0].long().numpy())         # palette indices, nearest resize
+    # palette indices, nearest resize
+    assert np.array_equal(labels, ref[:, 0].long().numpy())
     assert sorted(np.unique(labels)) == [0, 1, 2]
-    _, repeated = segment.load_folder_clip(videos[0]["pairs"], 8, 32)   # fewer frames than T: repeated
+    # fewer frames than T: repeated
+    _, repeated = segment.load_folder_clip(videos[0]["pairs"], 8, 32)
     assert np.array_equal(repeated[[0, 7]], labels[[0, 3]])
 
 
@@ -215,8 +218,8 @@ def test_torchrun_splits_videos_and_matches_one_process(tmp_path):
     """Two ranks take videos 0, 2 and 1, 3; the summed per-video scores equal one process's."""
     args = ["--preset", "tiny", "--num-videos", "4", "--kmeans-restarts", "2"]
     run([*args, "--out-dir", str(tmp_path / "one")])
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                "2"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2"]
     r = subprocess.run([*torchrun, "segment.py", *args, "--out-dir", str(tmp_path / "two")],
                        cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert r.returncode == 0, r.stdout + r.stderr

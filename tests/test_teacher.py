@@ -18,7 +18,8 @@ from teacher import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Teacher, 
                      target_dim)
 
 CFG = {"embed_dim": 32,
-       "vision_cfg": {"image_size": 32, "patch_size": 16, "width": 64, "head_width": 32, "layers": 2},
+       "vision_cfg": {"image_size": 32, "patch_size": 16, "width": 64, "head_width": 32,
+                      "layers": 2},
        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}}
 WIDTH, G = 64, 2  # token width and grid side (32 / 16)
 
@@ -44,17 +45,21 @@ def teacher(files):
 
 
 def clip_tokens(model, frames, proj=False, ln_post=True):
-    """Independent path: open_clip's own forward_intermediates on (n, 3, H, W) CLIP-normalised frames."""
+    """Independent path: open_clip's own forward_intermediates on (n, 3, H, W)
+    CLIP-normalised frames."""
     v = model.visual
     with torch.no_grad():
-        out = v.forward_intermediates(frames, indices=1, normalize_intermediates=ln_post, output_fmt="NLC")
+        out = v.forward_intermediates(frames, indices=1, normalize_intermediates=ln_post,
+                                      output_fmt="NLC")
         tok = out["image_intermediates"][-1]  # (n, h*w, D), CLS dropped, row-major (h, w)
         return tok @ v.proj if proj else tok
 
 
 def to_clip_norm(video):
-    im_m, im_s = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
-    cl_m, cl_s = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1, 1)
+    im_m, im_s = (torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1),
+                  torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1))
+    cl_m, cl_s = (torch.tensor(CLIP_MEAN).view(1, 3, 1, 1, 1),
+                  torch.tensor(CLIP_STD).view(1, 3, 1, 1, 1))
     return (video * im_s + im_m - cl_m) / cl_s
 
 
@@ -77,7 +82,8 @@ def test_weights_loaded_from_file(files, teacher):
     _, _, model = files
     for k, v in model.visual.state_dict().items():
         torch.testing.assert_close(teacher.visual.state_dict()[k], v, atol=0, rtol=0)
-    assert not hasattr(teacher, "transformer") and not hasattr(teacher, "token_embedding")  # no text tower
+    # no text tower
+    assert not hasattr(teacher, "transformer") and not hasattr(teacher, "token_embedding")
 
 
 def test_pinned_to_open_clip_and_token_order(files, teacher):
@@ -91,12 +97,14 @@ def test_pinned_to_open_clip_and_token_order(files, teacher):
         torch.testing.assert_close(raw[:, i * G * G:(i + 1) * G * G], ref, atol=1e-5, rtol=1e-5)
         # patches row-major: token (i, r, c) is open_clip's spatial map at row r, column c
         with torch.no_grad():
-            fmap = model.visual.forward_intermediates(frames[:, :, i], indices=1, normalize_intermediates=True,
+            fmap = model.visual.forward_intermediates(frames[:, :, i], indices=1,
+                                                      normalize_intermediates=True,
                                                       output_fmt="NCHW")["image_intermediates"][-1]
         assert fmap.shape == (B, WIDTH, G, G)
         for r in range(G):
             for c in range(G):
-                torch.testing.assert_close(raw[:, i * G * G + r * G + c], fmap[:, :, r, c], atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(raw[:, i * G * G + r * G + c], fmap[:, :, r, c],
+                                           atol=1e-5, rtol=1e-5)
 
 
 def test_wrong_layer_would_be_detected(files, teacher):
@@ -129,7 +137,8 @@ def test_reads_first_frame_of_each_tubelet(teacher):
 def test_target_normalisation(teacher):
     out = teacher(rand_video(3, 8) * 2 + 0.5)
     torch.testing.assert_close(out.mean(dim=1), torch.zeros(3, WIDTH), atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.std(dim=1, unbiased=True), torch.ones(3, WIDTH), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.std(dim=1, unbiased=True), torch.ones(3, WIDTH), atol=1e-4,
+                               rtol=0)
     raw = teacher.features(rand_video(3, 8) * 2 + 0.5)
     assert (raw.std(dim=1) - 1).abs().max() > 1e-2  # raw features are not normalised already
 
@@ -140,7 +149,8 @@ def test_input_normalisation(files, teacher):
     video = rand_video(2, 4)
     assert not torch.allclose(teacher.features(video), im.features(video), atol=1e-3)
     # "clip" == feeding the re-normalised frames to the ImageNet-as-is teacher
-    torch.testing.assert_close(teacher.features(video), im.features(to_clip_norm(video)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(teacher.features(video), im.features(to_clip_norm(video)), atol=1e-5,
+                               rtol=1e-5)
     with pytest.raises(ValueError):
         Teacher(model_name=cfg_path, pretrained=ckpt, input_norm="none")
 
@@ -182,8 +192,8 @@ def test_errors(files, teacher, tmp_path):
 
 
 def _openai_style_archive(model, path):
-    """A TorchScript archive holding only the model's tensors (fp16) plus OpenAI's three extra entries,
-    like OpenAI's released ViT-B-16.pt."""
+    """A TorchScript archive holding only the model's tensors (fp16) plus OpenAI's three extra
+    entries, like OpenAI's released ViT-B-16.pt."""
     root = nn.Module()
     for key, value in model.state_dict().items():
         *parents, leaf = key.split(".")
@@ -198,7 +208,8 @@ def _openai_style_archive(model, path):
     torch.jit.script(root).save(str(path))
 
 
-@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")  # torch.jit deprecation notes
+# torch.jit deprecation notes
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 def test_openai_torchscript_archive(files, tmp_path):
     cfg_path, _, model = files
     path = tmp_path / "ViT-B-16.pt"
@@ -206,15 +217,17 @@ def test_openai_torchscript_archive(files, tmp_path):
     t = Teacher(model_name=cfg_path, pretrained=str(path))
     # OpenAI's weights were trained with QuickGELU: an archive switches it on
     assert isinstance(t.visual.transformer.resblocks[0].mlp.gelu, open_clip.model.QuickGELU)
-    torch.testing.assert_close(t.visual.conv1.weight, model.visual.conv1.weight.half().float(), atol=0, rtol=0)
+    torch.testing.assert_close(t.visual.conv1.weight, model.visual.conv1.weight.half().float(),
+                               atol=0, rtol=0)
     assert t(rand_video(1, 2)).shape == (1, G * G, WIDTH)
 
 
 def test_pretrained_tag(files, monkeypatch):
-    """A tag goes through open_clip's download (faked here) and takes QuickGELU from the tag's config;
-    a failed download names the way out."""
+    """A tag goes through open_clip's download (faked here) and takes QuickGELU from the tag's
+    config; a failed download names the way out."""
     cfg_path, ckpt, model = files
-    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda name, tag: {"hf_hub": "x/", "quick_gelu": True})
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg",
+                        lambda name, tag: {"hf_hub": "x/", "quick_gelu": True})
     monkeypatch.setattr(open_clip, "download_pretrained", lambda cfg, **kw: ckpt)
     t = Teacher(model_name=cfg_path, pretrained="openai")
     assert isinstance(t.visual.transformer.resblocks[0].mlp.gelu, open_clip.model.QuickGELU)
@@ -233,14 +246,16 @@ def test_pixel_targets():
     assert pixel_targets(video).shape == (2, 12, 1536)
     # a hand-made clip: pixel value encodes (channel, frame, row, col); read back token (1, 1, 2)
     C, T, H, W = 3, 4, 32, 48
-    c, f, y, x = torch.meshgrid(torch.arange(C), torch.arange(T), torch.arange(H), torch.arange(W), indexing="ij")
+    c, f, y, x = torch.meshgrid(torch.arange(C), torch.arange(T), torch.arange(H), torch.arange(W),
+                                indexing="ij")
     pix = (c * 1e6 + f * 1e4 + y * 1e2 + x).double()[None]
     mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     out = pixel_targets(pix, mean=mean, std=std, normalize=False)
     n = 1 * 6 + 1 * 3 + 2  # (t=1, h=1, w=2) in (t, h, w) order
     want = [cc * 1e6 + (2 + dt) * 1e4 + (16 + dy) * 1e2 + (32 + dx)
             for dt in range(2) for dy in range(16) for dx in range(16) for cc in range(3)]
-    torch.testing.assert_close(out[0, n].double(), torch.tensor(want, dtype=torch.float64), atol=0.5, rtol=0)
+    torch.testing.assert_close(out[0, n].double(), torch.tensor(want, dtype=torch.float64),
+                               atol=0.5, rtol=0)
     # un-normalisation: ImageNet-normalised zeros are the ImageNet mean in [0, 1]
     zero = pixel_targets(torch.zeros(1, 3, 2, 16, 16), normalize=False).view(-1, 3)
     torch.testing.assert_close(zero, torch.tensor(IMAGENET_MEAN).expand(512, 3))
@@ -250,7 +265,7 @@ def test_pixel_targets():
     torch.testing.assert_close(norm.std(2, unbiased=True), torch.ones(2, 12, 3), atol=1e-4, rtol=0)
 
 
-# ----------------------------------------------------------------------------- timm teachers (Table 4b)
+# ------------------------------------------------------------------------- timm teachers (Table 4b)
 # Small random-weight timm ViTs (depth 1, width 32) stand in for the ViT-B teachers; the names keep
 # each model's patch, prefix tokens and pretrained_cfg (mean/std). Nothing is downloaded.
 SMALL = dict(depth=1, embed_dim=32, num_heads=2)
@@ -270,8 +285,8 @@ def rand_frames(n, size, seed=1):
 
 @pytest.mark.parametrize("name,patch,prefix", [(DINOV2, 14, 1), (REG4, 14, 5), (DINOV3, 16, 5)])
 def test_timm_tokens_pinned_and_order(name, patch, prefix):
-    """Native resolution (a 2x2 grid of the teacher's patch): time slice i is timm's forward_features
-    on frame 2i with the class (and register) tokens dropped, patches row-major."""
+    """Native resolution (a 2x2 grid of the teacher's patch): time slice i is timm's
+    forward_features on frame 2i with the class (and register) tokens dropped, patches row-major."""
     S = G * patch
     t = small_timm(name, img_size=S, patch_size=patch)
     assert (t.backend, t.image_size, t.patch_size, t.grid, t.out_dim) == ("timm", S, patch, G, 32)
@@ -286,10 +301,12 @@ def test_timm_tokens_pinned_and_order(name, patch, prefix):
             fmap = t.visual.forward_intermediates(frames[:, :, i], indices=1, norm=True,
                                                   intermediates_only=True)[-1]  # (B, D, 2, 2)
         assert full.shape[1] == prefix + G * G
-        torch.testing.assert_close(raw[:, i * G * G:(i + 1) * G * G], full[:, -G * G:], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(raw[:, i * G * G:(i + 1) * G * G], full[:, -G * G:], atol=1e-5,
+                                   rtol=1e-5)
         for r in range(G):
             for c in range(G):
-                torch.testing.assert_close(raw[:, i * G * G + r * G + c], fmap[:, :, r, c], atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(raw[:, i * G * G + r * G + c], fmap[:, :, r, c],
+                                           atol=1e-5, rtol=1e-5)
     # the normalised targets: per clip and channel over the N patch tokens only
     out = t(video)
     torch.testing.assert_close(out.mean(1), torch.zeros(2, 32), atol=1e-5, rtol=0)
@@ -317,8 +334,9 @@ def test_grid_rule(files):
     cfg_path, ckpt, _ = files
     t = small_timm(img_size=224, patch_size=16)
     t.check_grid(224, 16)
-    with pytest.raises(ValueError, match=r"teacher grid 14x14 \(image 196, patch 14\) cannot match student "
-                                         r"grid 16x16 \(image 224x224, patch 14\)"):
+    with pytest.raises(ValueError,
+                       match=r"teacher grid 14x14 \(image 196, patch 14\) cannot match student "
+                       r"grid 16x16 \(image 224x224, patch 14\)"):
         t.check_grid(224, 14)
     with pytest.raises(ValueError, match="cannot match student grid 12.25x12.25"):
         t(torch.randn(1, 3, 2, 196, 196))  # frames of another size than the student's
@@ -341,14 +359,17 @@ def test_input_mean_std_per_teacher(files, teacher):
     assert (own.mean, own.std) == ((0.5,) * 3, (0.5,) * 3)
     assert (im.mean, im.std) == (IMAGENET_MEAN, IMAGENET_STD)
     video = rand_video(2, 4)
-    im_m, im_s = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
+    im_m, im_s = (torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1),
+                  torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1))
     pixels = video * im_s + im_m
-    torch.testing.assert_close(own.features(video), im.features((pixels - 0.5) / 0.5), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(own.features(video), im.features((pixels - 0.5) / 0.5), atol=1e-5,
+                               rtol=1e-5)
     assert not torch.allclose(own.features(video), im.features(video), atol=1e-3)
 
 
 def test_open_clip_timm_tower(tmp_path):
-    """open_clip names whose tower is a timm ViT (SigLIP, EVA-CLIP) take their tokens from the trunk."""
+    """open_clip names whose tower is a timm ViT (SigLIP, EVA-CLIP) take their tokens from
+    the trunk."""
     vision = {"image_size": 160, "timm_model_name": "test_vit",  # timm's own tiny test ViT
               "timm_model_pretrained": False, "timm_pool": "map", "timm_proj": "none"}
     cfg = {"embed_dim": 32, "vision_cfg": vision, "text_cfg": CFG["text_cfg"]}
@@ -356,7 +377,8 @@ def test_open_clip_timm_tower(tmp_path):
     path.write_text(json.dumps(cfg))
     t = Teacher(str(path), None)
     assert (t.backend, t.image_size, t.patch_size, t.out_dim) == ("timm", 160, 16, 64)
-    assert (t.mean, t.std) == (CLIP_MEAN, CLIP_STD)  # open_clip's record (OpenAI's for random weights)
+    # open_clip's record (OpenAI's for random weights)
+    assert (t.mean, t.std) == (CLIP_MEAN, CLIP_STD)
     video = torch.randn(1, 3, 2, 160, 160)
     with torch.no_grad():
         ref = t.visual.forward_features(to_clip_norm(video)[:, :, 0])[:, 1:]
@@ -398,7 +420,8 @@ def test_timm_weights(tmp_path, monkeypatch):
         return create(name, pretrained=False, **kw)
     with monkeypatch.context() as m:
         m.setattr(timm, "create_model", offline)
-        with pytest.raises(RuntimeError, match="could not load timm's pretrained weights.*local file"):
+        with pytest.raises(RuntimeError,
+                           match="could not load timm's pretrained weights.*local file"):
             teacher_lib._load_timm("vit_base_patch14_dinov2.lvd142m", "timm", 224, 16, {})
     assert calls[-1] == ("vit_base_patch14_dinov2.lvd142m", True)
     with pytest.raises(ValueError, match="unknown timm model"):
@@ -429,29 +452,32 @@ def test_build_target(files):
 
     import train
     cfg_path, ckpt, _ = files
-    args = argparse.Namespace(target="clip", teacher=cfg_path, teacher_weights=ckpt, teacher_norm="clip",
-                              tubelet=2, img_size=32, patch_size=16, norm_pix=True, compile=False)
+    args = argparse.Namespace(target="clip", teacher=cfg_path, teacher_weights=ckpt,
+                              teacher_norm="clip", tubelet=2, img_size=32, patch_size=16,
+                              norm_pix=True, compile=False)
     fn, dim = train.build_target(args, torch.device("cpu"), torch.bfloat16)
     assert dim == fn.out_dim == WIDTH and next(fn.parameters()).dtype == torch.bfloat16
     assert fn(rand_video(1, 2)).shape == (1, G * G, WIDTH)
     fn, dim = train.build_target(args, torch.device("cpu"))  # dtype None: fp32
     assert next(fn.parameters()).dtype == torch.float32
     with pytest.raises(ValueError, match="cannot match student grid"):
-        train.build_target(argparse.Namespace(**{**vars(args), "img_size": 64}), torch.device("cpu"))
+        train.build_target(argparse.Namespace(**{**vars(args), "img_size": 64}),
+                           torch.device("cpu"))
     pix = argparse.Namespace(**{**vars(args), "target": "pixel"})
     assert train.build_target(pix, torch.device("cpu"))[1] == 1536
 
 
 def test_train_with_dinov2_teacher(tmp_path):
-    """End to end: one step of train.py with a random-weight ViT-B/14 DINOv2 at 196 px (Table 4b)."""
+    """End to end: one step of train.py with a random-weight ViT-B/14 DINOv2 at 196 px
+    (Table 4b)."""
     import math
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = tmp_path / "run"
     cmd = [sys.executable, "train.py", "--preset", "tiny", "--img-size", "224", "--num-frames", "4",
-           "--target", "clip", "--teacher", "timm:vit_base_patch14_dinov2.lvd142m", "--teacher-weights",
-           "none", "--steps", "1", "--batch-size", "4", "--out-dir", str(out)]
+           "--target", "clip", "--teacher", "timm:vit_base_patch14_dinov2.lvd142m",
+           "--teacher-weights", "none", "--steps", "1", "--batch-size", "4", "--out-dir", str(out)]
     r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stdout + r.stderr

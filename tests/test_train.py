@@ -50,15 +50,16 @@ def test_ddp_two_ranks_match_one_process(tmp_path):
 def train_initial_head():
     torch.manual_seed(0)
     from model import MODEL_SIZES, PretrainModel
-    return PretrainModel(img_size=32, num_frames=4, out_dim=1536, **MODEL_SIZES["tiny"]).state_dict()["decoder.head.weight"]
+    return PretrainModel(img_size=32, num_frames=4, out_dim=1536,
+                         **MODEL_SIZES["tiny"]).state_dict()["decoder.head.weight"]
 
 
 def test_list_dataset_of_mp4s_trains(tmp_path, video_list):
     out = tmp_path / "run"
     run(["train.py", "--dataset", "list", "--train-list", str(video_list), "--model", "tiny",
          "--img-size", "32", "--num-frames", "4", "--stride", "2", "--target", "pixel",
-         "--batch-size", "4", "--workers", "1", "--steps", "3", "--epochs", "2", "--stage1-epochs",
-         "1", "--warmup-epochs", "0", "--log-every", "1", "--out-dir", str(out)])
+         "--batch-size", "4", "--workers", "1", "--steps", "3", "--epochs", "2",
+         "--stage1-epochs", "1", "--warmup-epochs", "0", "--log-every", "1", "--out-dir", str(out)])
     log = read_log(out)
     assert [r["step"] for r in log] == [1, 2, 3] and all(r["bad"] == 0 for r in log)
 
@@ -71,14 +72,16 @@ def test_progressive_switches_stage(tmp_path, monkeypatch):
     def recording_collate(samples):
         batch = collate(samples)
         for v, m in zip(batch["video"], batch["mask"]):
-            has_objects = bool(v.float().flatten(1).std(1).max() > 1e-4)                     # black: only objects vary
-            tube = bool((m.view(2, -1) == m.view(2, -1)[0]).all())  # (t=2, h*w): every slice the same
+            # black: only objects vary
+            has_objects = bool(v.float().flatten(1).std(1).max() > 1e-4)
+            # (t=2, h*w): every slice the same
+            tube = bool((m.view(2, -1) == m.view(2, -1)[0]).all())
             seen.append((has_objects, tube))
         return batch
 
     monkeypatch.setattr(data, "collate", recording_collate)
-    train.main([*TINY, "--strategy", "progressive", "--stage1-epochs", "1", "--out-dir",
-                str(tmp_path / "p"), "--steps", "4"])
+    train.main([*TINY, "--strategy", "progressive", "--stage1-epochs", "1",
+                "--out-dir", str(tmp_path / "p"), "--steps", "4"])
     clips_per_step = 8
     stage1, stage2 = seen[: 2 * clips_per_step], seen[2 * clips_per_step:]
     assert len(stage2) == 2 * clips_per_step
@@ -93,9 +96,10 @@ def test_progressive_switches_stage(tmp_path, monkeypatch):
 
 def test_cosine_schedule_shape():
     s = runtime.cosine_schedule(1.0, 0.1, 100, 10)
-    assert len(s) == 100 and s[0] == 0 and s[10] == pytest.approx(1.0) and s[-1] == pytest.approx(0.1, abs=1e-3)
-    assert all(a <= b for a, b in zip(s[:10], s[1:11])) and all(a >= b
-                                                                for a, b in zip(s[10:], s[11:]))
+    assert (len(s) == 100 and s[0] == 0 and s[10] == pytest.approx(1.0)
+            and s[-1] == pytest.approx(0.1, abs=1e-3))
+    assert (all(a <= b for a, b in zip(s[:10], s[1:11]))
+            and all(a >= b for a, b in zip(s[10:], s[11:])))
 
 
 def test_no_weight_decay_on_norms_biases_and_mask_token():
@@ -124,7 +128,8 @@ def test_save_every_zero_keeps_only_latest(tmp_path):
 def test_tiny_preset_composes_with_every_video_dataset(tmp_path, video_list, dataset):
     """`--preset tiny --dataset list|k400|ssv2` keeps tiny's grid and schedule; stage 1 is half of
     tiny's epochs (it used to carry the dataset's absolute 300 or 400 and fail)."""
-    where = ["--train-list", str(video_list)] if dataset == "list" else ["--data-root", str(video_list.parent)]
+    where = (["--train-list", str(video_list)] if dataset == "list"
+             else ["--data-root", str(video_list.parent)])
     out = tmp_path / dataset
     run(["train.py", "--preset", "tiny", "--dataset", dataset, *where, "--batch-size", "4",
          "--workers", "0", "--steps", "2", "--log-every", "1", "--out-dir", str(out)])
