@@ -37,10 +37,9 @@ import data
 from evaluation import (DATASETS, add_data_args, build_classifier, build_datasets, check_data_args,
                         compute_metrics, eval_collate, per_video, read_checkpoint, severe_table,
                         write_results)
-from runtime import (Log, Preemption, adamw, all_reduce, amp_setup, apply_presets,
-                     check_resume_args, cosine_schedule, fail, fast_math, find_resume, fmt_time,
-                     make_out_dir, no_weight_decay, optimizer_step, resume_state, rng_state,
-                     save_args, save_checkpoint, set_lr, setup_dist, teardown, wrap_ddp)
+from runtime import (Log, Preemption, adamw, all_reduce, amp_setup, apply_presets, cosine_schedule,
+                     fail, fast_math, fmt_time, make_out_dir, no_weight_decay, optimizer_step, resume,
+                     rng_state, save_args, save_checkpoint, set_lr, setup_dist, teardown, wrap_ddp)
 
 # ============================================================================= presets
 
@@ -474,15 +473,8 @@ def main(argv=None):
     lrs = cosine_schedule(lr, min_lr, total_steps, int(args.warmup_epochs * steps_per_epoch))
 
     # ------------------------------------------------------------------ resume
-    ckpt = find_resume(args.resume, args.out_dir, master)
-    step = 0
-    if ckpt:
-        changes = check_resume_args(ckpt["args"], args, SHAPE_FLAGS, SCHEDULE_FLAGS, world)
-        resume_state(ckpt, raw_model, optimizer, scaler)
-        step = ckpt["step"]
-        if master:
-            print(f"resumed from {ckpt['path']} at step {step} (epoch {step / steps_per_epoch:.2f})"
-                  + "".join(f"\n  changed: {c}" for c in changes))
+    step, _ = resume(args, master, raw_model, optimizer, scaler, SHAPE_FLAGS, SCHEDULE_FLAGS,
+                     steps_per_epoch)
 
     def checkpoint(step):
         save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),

@@ -241,7 +241,7 @@ def find_resume(resume, out_dir, master):
     return ckpt
 
 
-def check_resume_args(saved, args, shape_keys, schedule_keys, world):
+def check_resume_args(saved, args, shape_keys, schedule_keys):
     """--resume with other flags than the checkpoint's run. A different shape (model, grid, target)
     cannot load: one-line error. A different schedule or data stream (batch, epochs, lr, dataset)
     would silently continue another run: an error unless --accept-changes, then each change is
@@ -269,6 +269,23 @@ def resume_state(ckpt, model, optimizer, scaler):
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
+
+
+def resume(args, master, model, optimizer, scaler, shape_keys, schedule_keys, steps_per_epoch):
+    """--resume in one call: find the checkpoint, refuse another shape or (unless --accept-changes)
+    another schedule, restore model, optimizer, scaler and RNG states, say so.
+    -> (the step to continue from, the checkpoint dict or None)."""
+    ckpt = find_resume(args.resume, args.out_dir, master)
+    if ckpt is None:
+        return 0, None
+    changes = check_resume_args(ckpt["args"], args, shape_keys, schedule_keys)
+    resume_state(ckpt, model, optimizer, scaler)
+    if master:
+        stage = f", stage {ckpt['stage']}" if "stage" in ckpt else ""
+        print(f"resumed from {ckpt['path']} at step {ckpt['step']} (epoch "
+              f"{ckpt['step'] / steps_per_epoch:.2f}{stage})"
+              + "".join(f"\n  changed: {c}" for c in changes), flush=True)
+    return ckpt["step"], ckpt
 
 
 class Preemption:

@@ -22,10 +22,10 @@ import masking
 import motion
 import teacher as teacher_lib
 from model import MODEL_SIZES, PretrainModel, gather_tokens
-from runtime import (Log, Preemption, adamw, all_reduce, amp_setup, apply_presets,
-                     check_resume_args, cosine_schedule, fail, fast_math, find_resume, fmt_time,
-                     make_out_dir, no_weight_decay, optimizer_step, prune_checkpoints, resume_state,
-                     rng_state, save_args, save_checkpoint, set_lr, setup_dist, teardown, wrap_ddp)
+from runtime import (Log, Preemption, adamw, all_reduce, amp_setup, apply_presets, cosine_schedule,
+                     fail, fast_math, fmt_time, make_out_dir, no_weight_decay, optimizer_step,
+                     prune_checkpoints, resume, rng_state, save_args, save_checkpoint, set_lr,
+                     setup_dist, teardown, wrap_ddp)
 
 # ============================================================================= presets
 
@@ -381,16 +381,8 @@ def main(argv=None):
     lrs = lr_schedule(args, total_steps, stage1_steps, steps_per_epoch)
 
     # ------------------------------------------------------------------ resume
-    ckpt = find_resume(args.resume, args.out_dir, master)
-    step = 0
-    if ckpt:
-        changes = check_resume_args(ckpt["args"], args, SHAPE_FLAGS, SCHEDULE_FLAGS, world)
-        resume_state(ckpt, raw_model, optimizer, scaler)
-        step = ckpt["step"]
-        if master:
-            print(f"resumed from {ckpt['path']} at step {step} (epoch "
-                  f"{step / steps_per_epoch:.2f}, stage {ckpt['stage']})"
-                  + "".join(f"\n  changed: {c}" for c in changes))
+    step, _ = resume(args, master, raw_model, optimizer, scaler, SHAPE_FLAGS, SCHEDULE_FLAGS,
+                     steps_per_epoch)
 
     # ------------------------------------------------------------------ loop
     end_step = min(total_steps, args.steps) if args.steps else total_steps
