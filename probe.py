@@ -38,7 +38,7 @@ PROBE_EPOCHS = {"k400": dict(epochs=30), "ucf101": dict(epochs=100), "hmdb51": d
 # --preset tiny: the 2-core CPU demo, the grid of train.py's tiny pretraining (64 px, 16 frames, 2x16x16).
 # Measured: 22.7% top-1 (chance 12.5%) from a random encoder, ~12 s on 2 cores.
 PRESETS = {
-    "tiny": dict(dataset="motion", model="tiny", patch_size=16, tubelet=2, img_size=64, num_frames=16,
+    "tiny": dict(dataset="motion", model="tiny", patch_size=8, tubelet=2, img_size=32, num_frames=8,
                  motion_train=1024, motion_val=256, epochs=100, workers=1, out_dir="out/probe-tiny"),
 }
 

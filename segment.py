@@ -79,7 +79,7 @@ DATASETS = {
 # --preset tiny: the grid of train.py's tiny preset (model tiny, 64 px, 16 frames, 2x16x16 tubelets), so
 # out/tiny/checkpoint-latest.pth loads; objects as large as in that pretraining (object_size 64-160).
 PRESETS = {
-    "tiny": dict(model="tiny", img_size=64, num_frames=16, patch_size=16, tubelet=2, object_size=[64, 160],
+    "tiny": dict(model="tiny", img_size=32, num_frames=8, patch_size=8, tubelet=2, object_size=[64, 160],
                  out_dir="out/segment-tiny"),
 }
 # The encoder shape: a flag wins, then the checkpoint's args, then the preset, then these.
