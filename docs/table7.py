@@ -1,6 +1,6 @@
 """A miniature of the paper's Table 7 (learning without natural video), and of Table 4g, on a 2-core CPU.
 
-    python docs/table7.py                           # 5 seeds, all rows, ~1 hour on 2 quiet cores
+    python docs/table7.py                           # 5 seeds, all rows, ~1 hour on 2 quiet cores (estimate)
     python docs/table7.py --seeds 0 1 2 --rows motion nomotion none      # a subset: the rows by tag
     python docs/table7.py --seeds 0 --quick         # one seed, 2 pretraining / 1 finetuning epochs: a smoke run
     python docs/table7.py --table-only              # redraw the table from out/table7/table7.json
@@ -116,8 +116,8 @@ def main():
     p.add_argument("--rows", nargs="+", default=[t for _, t, _ in ROWS], choices=[t for _, t, _ in ROWS],
                    help="which rows to run, by tag (default: all)")
     p.add_argument("--out-dir", default="out/table7")
-    p.add_argument("--pretrain-epochs", type=int, default=16, help="effective epochs of 1024 items x 2 clips "
-                   "(32 steps each); the demo itself runs 48")
+    p.add_argument("--pretrain-epochs", type=int, default=8, help="effective epochs of 1024 items x 2 clips "
+                   "(32 steps each); half the demo's 16, so that 5 seeds x 5 pretrainings fit in about an hour")
     p.add_argument("--finetune-epochs", type=int, default=10, help="finetune.py --epochs (its preset: 20)")
     p.add_argument("--pretrain-lr", type=float, default=None, help="train.py --lr (base lr for 256 clips); "
                    f"default: the tiny preset's {tiny['lr']:g}")
