@@ -92,14 +92,15 @@ def heatmap(sim, title, lo, cell=36):
 
 
 def figure4(checkpoint, out, num_clips=16, seed=0):
-    from data import MotionClassDataset, eval_collate
+    from data import normalize
+    from evaluation import MotionClassDataset, eval_collate
     from model import MODEL_SIZES, VideoClassifier, load_encoder
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     a = ckpt.get("args", {})
     kw = dict(img_size=a.get("img_size", 64), patch_size=a.get("patch_size", 16), num_frames=a.get("num_frames", 16),
               tubelet_size=a.get("tubelet", 2), num_classes=1, **MODEL_SIZES[a.get("model", "tiny")])
     ds = MotionClassDataset("val", num_clips, mode="train", num_frames=kw["num_frames"], img_size=kw["img_size"], seed=seed)
-    video = eval_collate([ds[i] for i in range(num_clips)])["video"]
+    video = normalize(eval_collate([ds[i] for i in range(num_clips)])["video"])   # uint8 -> ImageNet-normalised
     torch.manual_seed(seed)
     random_model = VideoClassifier(**kw).eval()
     trained = VideoClassifier(**kw).eval()
