@@ -115,7 +115,7 @@ def figure4(checkpoint, out, num_clips=16, seed=0):
               f"token RMS {rms:.2f}")
     lo = min(s.min() for s in sims.values())   # one colour scale for both panels
     panels = [heatmap(s, title, lo) for title, s in sims.items()]
-    W = sum(p.width for p in panels) + 10
+    W = max(sum(p.width for p in panels) + 10, 560)   # wide enough for the caption
     img = Image.new("RGB", (W, max(p.height for p in panels) + 20), "white")
     x = 0
     for p in panels:
