@@ -78,10 +78,10 @@ SEVERE = {
 # higher lr and no mixup / cutmix / RandAug / erasing / drop path / crop (motion clips as rendered):
 # from scratch at this size the paper's recipe needs far more steps (docs/demo.md).
 PRESETS = {
-    "tiny": dict(dataset="motion", model="tiny", patch_size=16, tubelet=2, img_size=64, num_frames=16,
-                 motion_train=512, motion_val=256, epochs=20, warmup_epochs=1, batch_size=32, lr=4e-3,
-                 layer_decay=0.75, mixup=0.0, cutmix=0.0, randaug_n=0, reprob=0.0, crop="none", drop_path=0.0,
-                 workers=1, log_every=8, out_dir="out/finetune-tiny"),
+    "tiny": dict(dataset="motion", model="tiny", patch_size=8, tubelet=2, img_size=32, num_frames=8,
+                 motion_train=512, motion_val=256, epochs=10, warmup_epochs=1, batch_size=32, lr=4e-3,
+                 layer_decay=0.75, mixup=0.0, cutmix=0.0, randaug_n=0, reprob=0.0, crop="none",
+                 drop_path=0.0, workers=1, log_every=8, out_dir="out/finetune-tiny"),
     **{name: {**SEVERE_COMMON, **p, "out_dir": f"out/severe/{name[7:]}",
               "results_file": "out/severe/results.jsonl"} for name, p in SEVERE.items()},
 }

@@ -60,12 +60,11 @@ PROBE_EPOCHS = {"k400": dict(epochs=30), "ucf101": dict(epochs=100), "hmdb51": d
 HEADS = {"linear": {},
          "attentive": dict(epochs=20, batch_size=256, lr=1e-3, min_lr=0.0, weight_decay=0.01,
                            warmup_epochs=0, betas=[0.9, 0.999], clip_grad=1.0)}
-# --preset tiny: the 2-core CPU demo, the grid of train.py's tiny pretraining (64 px, 16 frames,
-# 2x16x16). Measured from a random encoder (chance 12.5%): linear 23.0% top-1 in ~12 s on 2 cores.
+# --preset tiny: the 2-core CPU demo, the grid of train.py's tiny pretraining (32 px, 8 frames,
+# 2x8x8 tubelets). Its numbers, pretrained and random, over seeds: docs/demo.md.
 PRESETS = {
-    "tiny": dict(dataset="motion", model="tiny", patch_size=16, tubelet=2, img_size=64,
-                 num_frames=16, motion_train=1024, motion_val=256, epochs=100, workers=1,
-                 out_dir="out/probe-tiny"),
+    "tiny": dict(dataset="motion", model="tiny", patch_size=8, tubelet=2, img_size=32, num_frames=8,
+                 motion_train=1024, motion_val=256, epochs=100, workers=1, out_dir="out/probe-tiny"),
 }
 # The tiny preset's attentive run, shortened to fit the demo's minute: 10 epochs of 64 clips, 160
 # steps in all, where V-JEPA's base lr 1e-3 barely moves the head (measured 17-20% top-1); 3e-2

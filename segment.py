@@ -85,11 +85,11 @@ DATASETS = {
     "davis": dict(num_frames=16, split="val"),
     "ytvos": dict(num_frames=4, split="train"),
 }
-# --preset tiny: the grid of train.py's tiny preset (model tiny, 64 px, 16 frames, 2x16x16
+# --preset tiny: the grid of train.py's tiny preset (model tiny, 32 px, 8 frames, 2x8x8
 # tubelets), so out/tiny/checkpoint-latest.pth loads; objects as large as in that pretraining
 # (object_size 64-160).
 PRESETS = {
-    "tiny": dict(model="tiny", img_size=64, num_frames=16, patch_size=16, tubelet=2,
+    "tiny": dict(model="tiny", img_size=32, num_frames=8, patch_size=8, tubelet=2,
                  object_size=[64, 160], out_dir="out/segment-tiny"),
 }
 # The encoder shape: a flag wins, then the checkpoint's args, then the preset, then these.

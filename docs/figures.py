@@ -107,9 +107,15 @@ def figure4(checkpoint, out, num_clips=16, seed=0):
     load_encoder(trained, ckpt)
     sims = {"pretrained: " + os.path.basename(checkpoint): frame_similarity(trained, video, kw["tubelet_size"]),
             "random init": frame_similarity(random_model, video, kw["tubelet_size"])}
+    for (title, s), m in zip(sims.items(), (trained, random_model)):   # the numbers the picture shows
+        with torch.no_grad():
+            rms = m.forward_tokens(video).pow(2).mean().sqrt().item()
+        off = s[~np.eye(len(s), dtype=bool)]
+        print(f"{title}: off-diagonal cosine mean {off.mean():.3f} (min {off.min():.3f}, max {off.max():.3f}), "
+              f"token RMS {rms:.2f}")
     lo = min(s.min() for s in sims.values())   # one colour scale for both panels
     panels = [heatmap(s, title, lo) for title, s in sims.items()]
-    W = sum(p.width for p in panels) + 10
+    W = max(sum(p.width for p in panels) + 10, 560)   # wide enough for the caption
     img = Image.new("RGB", (W, max(p.height for p in panels) + 20), "white")
     x = 0
     for p in panels:

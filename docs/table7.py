@@ -1,18 +1,28 @@
-"""A miniature of the paper's Table 7 (learning without natural video) on a 2-core CPU.
+"""A miniature of the paper's Table 7 (learning without natural video), and of Table 4g, on a 2-core CPU.
 
-    python docs/table7.py                      # 2 seeds, ~30 minutes on 2 cores; writes out/table7/table7.md
-    python docs/table7.py --seeds 0 --quick    # one seed, shorter budgets: a smoke run of the protocol
-    python docs/table7.py --grid 64 16 16 --pretrain-epochs 12 --out-dir out/table7-64   # the demo's grid
+    python docs/table7.py                           # 5 seeds, all rows, ~1 hour on 2 quiet cores (estimate)
+    python docs/table7.py --seeds 0 1 2 --rows motion nomotion none      # a subset: the rows by tag
+    python docs/table7.py --seeds 0 --quick         # one seed, 2 pretraining / 1 finetuning epochs: a smoke run
+    python docs/table7.py --table-only              # redraw the table from out/table7/table7.json
 
-Rows: the tiny model pretrained (pixel targets, Table 7's "no natural video" setting) on synthetic still
-images WITH synthetic motion (objects pasted along trajectories, trajectory masking), on the same stills
-WITHOUT motion (tube masking), and not pretrained at all. Each encoder is evaluated twice, as Table 7 does
-and as a second view: full finetuning on the synthetic `motion` dataset (8 classes that only the motion
-tells apart) and the mean-pooled linear probe (Table 16) on the same data. Same seeds, same budgets.
+Rows (tags in brackets), all pretrained with `train.py --preset tiny` (the demo's model, grid, lr and
+pixel targets; Table 7's "no natural video" setting) for --pretrain-epochs on a different background:
+  stills + motion [motion]       synthetic landscape stills, objects pasted along trajectories, trajectory masking
+  stills, no motion [nomotion]   the same stills, no objects (tube masking)
+  stills + motion, tube masking [tube]   Table 4g: the motion row with --masking tube
+  noise + motion [noise]         uniform-noise background + objects (the paper's headline row)
+  black + motion [black]         black background + objects (the demo's own data)
+  not pretrained [none]          a random encoder
+Each encoder is evaluated twice, as Table 7 does and as a second view: full finetuning on the synthetic
+`motion` dataset (8 classes that only the motion tells apart) and the mean-pooled linear probe (Table 16)
+on the same data. Same seeds, same budgets for every row; the seed sets the initialisation, the
+pretraining stream and the `motion` data. Below the table, a paired comparison: per seed, the difference
+between two rows, its mean ± std, and in how many seeds it has the sign of the mean.
 
-Every step is a plain command of this repository (printed before it runs), so any row can be rerun by
-hand. The stills are motion.still_image landscapes written to out/table7/stills/ (the same generator
-that draws the `motion` dataset's image backgrounds), so nothing is downloaded.
+Every step is a plain command of this repository (printed before it runs), so any cell can be rerun by
+hand; a step whose output is already in --out-dir is not run again, so an interrupted run continues where
+it stopped. The stills are motion.still_image landscapes written to out/table7/stills/ (the generator that
+draws the `motion` dataset's image backgrounds), so nothing is downloaded.
 """
 import argparse
 import json
@@ -27,6 +37,28 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+STILLS = "{stills}"   # replaced by the stills folder
+# (name, tag, train.py flags on top of --preset tiny); None = not pretrained
+ROWS = [
+    ("stills + motion", "motion", ["--dataset", "images", "--image-dir", STILLS, "--strategy", "single"]),
+    ("stills, no motion", "nomotion", ["--dataset", "images", "--image-dir", STILLS, "--strategy", "none"]),
+    ("stills + motion, tube masking", "tube", ["--dataset", "images", "--image-dir", STILLS, "--strategy", "single",
+                                               "--masking", "tube"]),
+    ("noise + motion", "noise", ["--dataset", "noise"]),
+    ("black + motion", "black", ["--dataset", "black"]),
+    ("not pretrained", "none", None),
+]
+# paired comparisons (a - b, per seed) and what each one asks
+COMPARISONS = [
+    ("stills + motion", "stills, no motion", "Table 7: motion vs no motion"),
+    ("stills + motion", "not pretrained", "motion pretraining vs none"),
+    ("stills, no motion", "not pretrained", "pretraining without motion vs none"),
+    ("noise + motion", "not pretrained", "noise + motion vs none"),
+    ("black + motion", "not pretrained", "black + motion vs none"),
+    ("stills + motion", "stills + motion, tube masking", "Table 4g: trajectory vs tube masking"),
+]
+METRICS = (("finetune", "finetune top-1"), ("probe", "linear probe top-1"))
+
 
 def run(cmd, log):
     print("$ " + " ".join(cmd), flush=True)
@@ -38,9 +70,16 @@ def run(cmd, log):
     print(f"  done in {time.time() - t:.0f} s", flush=True)
 
 
+def finished(log):
+    """A train.py run is complete when its output ends with 'done: N steps'."""
+    return os.path.isfile(log) and "\ndone: " in open(log).read()
+
+
 def write_stills(folder, n, size, seed):
     import motion
     os.makedirs(folder, exist_ok=True)
+    if len(os.listdir(folder)) >= n:
+        return
     rng = np.random.default_rng([seed, 99])
     for i in range(n):
         Image.fromarray(motion.still_image(size, size, rng)).save(os.path.join(folder, f"{i:04d}.png"))
@@ -70,74 +109,115 @@ def token_rms(checkpoint, size, frames, patch):
 
 
 def main():
+    import train
+    tiny = train.PRESETS["tiny"]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--rows", nargs="+", default=[t for _, t, _ in ROWS], choices=[t for _, t, _ in ROWS],
+                   help="which rows to run, by tag (default: all)")
     p.add_argument("--out-dir", default="out/table7")
-    p.add_argument("--pretrain-epochs", type=int, default=48, help="effective epochs of 1024 stills x 2 clips")
-    p.add_argument("--finetune-epochs", type=int, default=20)
-    p.add_argument("--pretrain-lr", type=float, default=4e-3, help="train.py --lr (base lr for 256 clips): 4e-3 "
-                   "(5e-4 at batch 32); the demo preset's 1.6e-2 grows the token scale 7-13x and hurts finetuning")
-    p.add_argument("--grid", nargs=3, type=int, default=[32, 8, 8], metavar=("SIZE", "FRAMES", "PATCH"),
-                   help="clip size, frames and patch of every run (tubelet 2); see the README for why 32/8/8")
+    p.add_argument("--pretrain-epochs", type=int, default=8, help="effective epochs of 1024 items x 2 clips "
+                   "(32 steps each); half the demo's 16, so that 5 seeds x 5 pretrainings fit in about an hour")
+    p.add_argument("--finetune-epochs", type=int, default=10, help="finetune.py --epochs (its preset: 20)")
+    p.add_argument("--pretrain-lr", type=float, default=None, help="train.py --lr (base lr for 256 clips); "
+                   f"default: the tiny preset's {tiny['lr']:g}")
+    p.add_argument("--grid", nargs=3, type=int, default=None, metavar=("SIZE", "FRAMES", "PATCH"),
+                   help="clip size, frames and patch of every run (tubelet 2); default: the tiny presets' "
+                   f"{tiny['img_size']} {tiny['num_frames']} {tiny['patch_size']}")
     p.add_argument("--table-only", action="store_true", help="print the table of a finished run in --out-dir")
     p.add_argument("--quick", action="store_true", help="2 pretraining epochs, 1 finetuning epoch")
     args = p.parse_args()
+    args.grid = args.grid or [tiny["img_size"], tiny["num_frames"], tiny["patch_size"]]
+    args.pretrain_lr = args.pretrain_lr or tiny["lr"]
     if args.quick:
         args.pretrain_epochs, args.finetune_epochs = 2, 1
     out = args.out_dir
+    os.makedirs(out, exist_ok=True)
     if args.table_only:                                          # redraw the table from a finished run
-        return write_table(json.load(open(os.path.join(out, "table7.json"))), args)
+        saved = json.load(open(os.path.join(out, "table7.json")))
+        args.seeds = saved.get("seeds", args.seeds)
+        return write_table(saved["rows"], args)
     stills = os.path.join(out, "stills")
-    write_stills(stills, 1024, 2 * args.grid[0], 0)                            # 1024 stills x 2 clips: the demo's steps per epoch
+    write_stills(stills, 1024, 2 * args.grid[0], 0)              # 1024 stills x 2 clips, as the demo's 1024 items
 
-    # the demo's optimizer settings (train.py --preset tiny) on --grid: 32 px, 8 frames, 2x8x8 tubelets = 64
-    # tokens by default, where the `motion` task is learnable from scratch in minutes (README, Table 7)
     grid = ["--img-size", str(args.grid[0]), "--num-frames", str(args.grid[1]), "--patch-size", str(args.grid[2])]
-    common = ["--preset", "tiny", *grid, "--dataset", "images", "--image-dir", stills, "--log-every", "50",
-              "--epochs", str(args.pretrain_epochs), "--save-every", "0"]
-    rows = {}
+    common = ["--preset", "tiny", *grid, "--log-every", "32", "--epochs", str(args.pretrain_epochs), "--save-every",
+              "0", "--lr", str(args.pretrain_lr)]
+    rows = {name: {} for name, tag, _ in ROWS if tag in args.rows}
     for seed in args.seeds:
-        pre = [("stills + motion", "motion", ["--strategy", "single"]),
-               ("stills, no motion", "nomotion", ["--strategy", "none"])]
-        ckpts = {"not pretrained": None}
-        for name, tag, extra in pre:
-            d = os.path.join(out, f"pretrain-{tag}-s{seed}")
-            lr = ["--lr", str(args.pretrain_lr)] if args.pretrain_lr else []
-            run(["train.py", *common, *extra, *lr, "--seed", str(seed), "--out-dir", d], d + ".log")
-            ckpts[name] = os.path.join(d, "checkpoint-latest.pth")
-            rows.setdefault(name, {}).setdefault("pretrain", []).append(last_loss(os.path.join(d, "log.jsonl")))
-        for name, ckpt in ckpts.items():
-            tag = name.replace(" ", "_").replace(",", "").replace("+", "plus")
-            ck = ["--checkpoint", ckpt] if ckpt else ["--model", "tiny"]
+        for name, tag, flags in ROWS:
+            if tag not in args.rows:
+                continue
+            ckpt = None
+            r = rows[name]
+            if flags is not None:
+                d = os.path.join(out, f"pretrain-{tag}-s{seed}")
+                if not finished(d + ".log"):
+                    run(["train.py", *common, *[stills if f == STILLS else f for f in flags], "--seed", str(seed),
+                         "--out-dir", d, "--resume"], d + ".log")
+                ckpt = os.path.join(d, "checkpoint-latest.pth")
+                r.setdefault("pretrain", []).append(last_loss(os.path.join(d, "log.jsonl")))
+            ck = ["--checkpoint", ckpt] if ckpt else []
             ft, pr = os.path.join(out, f"ft-{tag}-s{seed}"), os.path.join(out, f"probe-{tag}-s{seed}")
-            run(["finetune.py", "--preset", "tiny", *grid, *ck, "--seed", str(seed), "--epochs", str(args.finetune_epochs),
-                 "--out-dir", ft], ft + ".log")
-            run(["probe.py", "--preset", "tiny", *grid, *ck, "--seed", str(seed), "--out-dir", pr], pr + ".log")
-            r = rows.setdefault(name, {})
+            if not os.path.isfile(os.path.join(ft, "results.json")):
+                run(["finetune.py", "--preset", "tiny", *grid, *ck, "--seed", str(seed), "--epochs",
+                     str(args.finetune_epochs), "--out-dir", ft], ft + ".log")
+            if not os.path.isfile(os.path.join(pr, "results.json")):
+                run(["probe.py", "--preset", "tiny", *grid, *ck, "--seed", str(seed), "--out-dir", pr], pr + ".log")
             r.setdefault("token_rms", []).append(token_rms(ckpt, *args.grid))
             r.setdefault("finetune", []).append(json.load(open(os.path.join(ft, "results.json")))["top1"])
             r.setdefault("probe", []).append(json.load(open(os.path.join(pr, "results.json")))["top1"])
-
+        with open(os.path.join(out, "table7.json"), "w") as f:          # after every seed: a partial table
+            json.dump({"seeds": args.seeds[:args.seeds.index(seed) + 1], "rows": rows}, f, indent=1)
     write_table(rows, args)
 
 
-def write_table(rows, args):
-    def cell(v, digits=1):
-        return f"{np.mean(v):.{digits}f} ± {np.std(v):.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f}"
+def cell(v, digits=1):
+    return f"{np.mean(v):.{digits}f} ± {np.std(v):.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f}"
 
+
+def paired(a, b):
+    """Per-seed differences a - b -> (differences, 'mean ± std', 'k/n'): k = seeds with the mean's sign."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    sign = np.sign(d.mean())
+    return d, cell(d), f"{int((np.sign(d) == sign).sum())}/{len(d)}" if sign else "—"
+
+
+def format_table(rows, seeds, pretrain_epochs, finetune_epochs, pretrain_lr, grid):
+    """The markdown of the table, the per-seed values and the paired comparisons."""
     lines = ["| pretraining (tiny, pixel targets) | loss / mean floor | finetune top-1 | linear probe top-1 | token RMS |",
              "|---|---|---|---|---|"]
     for name, r in rows.items():
         ratio = cell([x["loss"] / x["floor_mean"] for x in r["pretrain"]], 2) if "pretrain" in r else "—"
         lines.append(f"| {name} | {ratio} | {cell(r['finetune'])} | {cell(r['probe'])} | {cell(r['token_rms'])} |")
-    lines.append(f"\n`motion` dataset, 8 classes (chance 12.5%); mean ± std over seeds {args.seeds}; pretraining "
-                 f"{args.pretrain_epochs} epochs at lr {args.pretrain_lr or 1.6e-2} (per 256), finetuning {args.finetune_epochs} "
-                 f"epochs; grid {args.grid}.")
-    text = "\n".join(lines)
+    lines.append(f"\n`motion` dataset, 8 classes (chance 12.5%); mean ± std over seeds {', '.join(map(str, seeds))}; "
+                 f"pretraining {pretrain_epochs} epochs at lr {pretrain_lr:g} (per 256 clips), finetuning "
+                 f"{finetune_epochs} epochs; grid {grid[0]} px, {grid[1]} frames, 2x{grid[2]}x{grid[2]} tubelets.")
+    lines += ["", "Per seed (" + ", ".join(f"seed {s}" for s in seeds) + "):", "",
+              "| pretraining | finetune top-1 | linear probe top-1 |", "|---|---|---|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {' / '.join(f'{v:.1f}' for v in r['finetune'])} | "
+                     f"{' / '.join(f'{v:.1f}' for v in r['probe'])} |")
+    lines += ["", "Paired by seed (row a minus row b, the same seed; 'agree' = seeds with the sign of the mean):", "",
+              "| comparison | a − b | finetune: per seed | mean ± std | agree | probe: per seed | mean ± std | agree |",
+              "|---|---|---|---|---|---|---|---|"]
+    for a, b, what in COMPARISONS:
+        if a not in rows or b not in rows:
+            continue
+        cells = []
+        for metric, _ in METRICS:
+            d, ms, agree = paired(rows[a][metric], rows[b][metric])
+            cells += [" / ".join(f"{x:+.1f}" for x in d), ms, agree]
+        lines.append(f"| {what} | {a} − {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_table(rows, args):
+    text = format_table(rows, args.seeds, args.pretrain_epochs, args.finetune_epochs, args.pretrain_lr, args.grid)
     with open(os.path.join(args.out_dir, "table7.md"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(args.out_dir, "table7.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+        json.dump({"seeds": args.seeds, "rows": rows}, f, indent=1)
     print(text)
 
 

@@ -1,5 +1,6 @@
 """The README's pictures and miniature Table 7 (docs/figures.py, docs/table7.py) on tiny inputs."""
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -44,12 +45,32 @@ def test_figures_draw_from_a_real_run(tmp_path):
 
 def test_table7_table_by_hand(tmp_path):
     rows = {"stills + motion": {"pretrain": [{"loss": 1.0, "floor_zero": 4.0, "floor_mean": 2.0},
-                                             {"loss": 1.5, "floor_zero": 4.0, "floor_mean": 2.0}],
-                                "finetune": [30.0, 40.0], "probe": [20.0, 22.0], "token_rms": [2.0, 2.0]},
-            "not pretrained": {"finetune": [50.0, 50.0], "probe": [10.0, 30.0], "token_rms": [1.0, 1.0]}}
-    args = argparse.Namespace(out_dir=str(tmp_path), seeds=[0, 1], pretrain_epochs=1, finetune_epochs=1,
-                              grid=[32, 8, 8], pretrain_lr=None)
+                                             {"loss": 1.5, "floor_zero": 4.0, "floor_mean": 2.0},
+                                             {"loss": 1.0, "floor_zero": 4.0, "floor_mean": 2.0}],
+                                "finetune": [30.0, 40.0, 50.0], "probe": [20.0, 22.0, 24.0], "token_rms": [2.0, 2.0, 2.0]},
+            "stills, no motion": {"pretrain": [{"loss": 1.0, "floor_zero": 4.0, "floor_mean": 4.0}] * 3,
+                                  "finetune": [20.0, 45.0, 40.0], "probe": [20.0, 22.0, 24.0], "token_rms": [3.0] * 3},
+            "not pretrained": {"finetune": [50.0, 50.0, 50.0], "probe": [10.0, 30.0, 20.0], "token_rms": [1.0] * 3}}
+    args = argparse.Namespace(out_dir=str(tmp_path), seeds=[0, 1, 2], pretrain_epochs=1, finetune_epochs=1,
+                              grid=[32, 8, 8], pretrain_lr=4e-3)
     table7.write_table(rows, args)
-    lines = (tmp_path / "table7.md").read_text().splitlines()
-    assert lines[2] == "| stills + motion | 0.62 ± 0.12 | 35.0 ± 5.0 | 21.0 ± 1.0 | 2.0 ± 0.0 |"
-    assert lines[3] == "| not pretrained | — | 50.0 ± 0.0 | 20.0 ± 10.0 | 1.0 ± 0.0 |"
+    text = (tmp_path / "table7.md").read_text()
+    lines = text.splitlines()
+    assert lines[2] == "| stills + motion | 0.58 ± 0.12 | 40.0 ± 8.2 | 22.0 ± 1.6 | 2.0 ± 0.0 |"
+    assert lines[3] == "| stills, no motion | 0.25 ± 0.00 | 35.0 ± 10.8 | 22.0 ± 1.6 | 3.0 ± 0.0 |"
+    assert lines[4] == "| not pretrained | — | 50.0 ± 0.0 | 20.0 ± 8.2 | 1.0 ± 0.0 |"
+    assert "seeds 0, 1, 2" in text and "2x8x8 tubelets" in text
+    assert "| stills, no motion | 20.0 / 45.0 / 40.0 | 20.0 / 22.0 / 24.0 |" in lines
+    # paired by seed: motion - no motion = +10 / -5 / +10 (2 of 3 agree with the mean +5); probe ties everywhere
+    assert ("| Table 7: motion vs no motion | stills + motion − stills, no motion | +10.0 / -5.0 / +10.0 | 5.0 ± 7.1 "
+            "| 2/3 | +0.0 / +0.0 / +0.0 | 0.0 ± 0.0 | — |") in lines
+    # motion - none: -20 / -10 / 0 -> mean -10, 2 of 3 seeds below zero; probe +10 / -8 / +4
+    assert ("| motion pretraining vs none | stills + motion − not pretrained | -20.0 / -10.0 / +0.0 | -10.0 ± 8.2 "
+            "| 2/3 | +10.0 / -8.0 / +4.0 | 2.0 ± 7.5 | 2/3 |") in lines
+    assert not any("noise" in line or "tube masking" in line for line in lines)   # comparisons of rows that did not run
+    assert json.loads((tmp_path / "table7.json").read_text())["seeds"] == [0, 1, 2]
+
+
+def test_table7_paired_signs():
+    d, ms, agree = table7.paired([1.0, 2.0, 3.0, 4.0, 5.0], [0.0, 0.0, 4.0, 0.0, 0.0])
+    assert list(d) == [1.0, 2.0, -1.0, 4.0, 5.0] and ms == "2.2 ± 2.1" and agree == "4/5"

@@ -13,16 +13,19 @@ import train
 from conftest import TINY, assert_same_weights, read_log, run, weights
 
 def test_demo_preset_learns(tmp_path):
-    """The README's first command, shortened: the loss falls and goes below the predict-zero floor."""
+    """The README's first command, shortened to 96 of its 1536 steps (3 of 48 epochs, ~30 s on 2 cores): the
+    loss falls and goes below the predict-zero floor (the predict-the-mean floor takes ~200 steps)."""
     out = tmp_path / "demo"
-    r = run(["train.py", "--preset", "tiny", "--steps", "30", "--out-dir", str(out)])
+    r = run(["train.py", "--preset", "tiny", "--steps", "96", "--out-dir", str(out)])
     assert "clips/s" in r.stdout and "eta" in r.stdout
     log = read_log(out)
-    assert log[-1]["step"] == 30 and log[-1]["loss"] < 0.7 * log[0]["loss"]
+    assert [x["step"] for x in log] == [32, 64, 96]                  # log_every 32: one line per epoch
+    assert log[-1]["loss"] < 0.5 * log[0]["loss"]
     assert log[-1]["loss"] < log[-1]["floor_zero"]
     assert (out / "checkpoint-latest.pth").exists() and (out / "args.json").exists()
     ckpt = torch.load(out / "checkpoint-latest.pth", weights_only=True)   # only plain types inside
-    assert ckpt["step"] == 30 and ckpt["args"]["preset"] == "tiny"
+    assert ckpt["step"] == 96 and ckpt["args"]["preset"] == "tiny"
+    assert (ckpt["args"]["img_size"], ckpt["args"]["num_frames"], ckpt["args"]["patch_size"]) == (32, 8, 8)
 
 
 def test_resume_is_exact(tmp_path):
