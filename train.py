@@ -157,7 +157,17 @@ def get_args(argv=None):
     a("--compile", action="store_true", help="torch.compile the student and the teacher")
     a("--grad-checkpointing", action="store_true",
       help="recompute activations in backward: less memory, slower")
-    # run
+    add_run_args(a)
+    # A preset may name a dataset (tiny: black), so the dataset table is read once the preset is
+    # known, then the preset again so that its own values win over its dataset's; flags
+    # win over both.
+    args = apply_presets(p, [("preset", PRESETS), ("dataset", DATASETS), ("preset", PRESETS)], argv)
+    check_args(args)
+    return args
+
+
+def add_run_args(a):
+    """Flags of the run itself: output, resume, logging, checkpoints, device."""
     a("--out-dir", default="out/pretrain", help="everything a run writes goes here")
     a("--resume", nargs="?", const="auto", default=None,
       help="continue from <out-dir>/checkpoint-latest.pth or a path")
@@ -176,12 +186,6 @@ def get_args(argv=None):
     a("--max-nonfinite", type=int, default=3,
       help="stop after this many non-finite losses in a row")
     a("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    # A preset may name a dataset (tiny: black), so the dataset table is read once the preset is
-    # known, then the preset again so that its own values win over its dataset's; flags
-    # win over both.
-    args = apply_presets(p, [("preset", PRESETS), ("dataset", DATASETS), ("preset", PRESETS)], argv)
-    check_args(args)
-    return args
 
 
 def check_args(args):
