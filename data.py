@@ -286,7 +286,8 @@ class PretrainDataset(torch.utils.data.Dataset):
     """Motion-infused, masked clips for pretraining (Sec. 3.3-3.4).
 
     source: "video" (decode each listed video), "frames" (one frame of each listed video, repeated),
-    "images" (a still image repeated), "noise" or "black" (Table 7: no natural video at all).
+    "images" (a still image repeated), "stills" (procedural landscapes, motion.still_image, one per
+    item: images without a download), "noise" or "black" (Table 7: no natural video at all).
     items: list of video/image paths for the first three; length: clips per pass for the
     synthetic ones.
     motion: "on" (every clip), "off" (none) or "mixed" (clip k of a sample gets objects iff k
@@ -304,7 +305,7 @@ class PretrainDataset(torch.utils.data.Dataset):
                  masking="trajectory", mask_ratio=0.8, tubelet=2, patch=16, seed=0,
                  object_size=(32, 128), angle_range=(-90, 90), scale_range=(0.5, 1.5),
                  frame_pick="fixed"):
-        assert source in ("video", "frames", "images", "noise", "black"), source
+        assert source in ("video", "frames", "images", "stills", "noise", "black"), source
         assert frame_pick in ("fixed", "per-pass"), frame_pick
         self.source, self.items = source, items
         self.length = len(items) if items is not None else length
@@ -340,6 +341,9 @@ class PretrainDataset(torch.utils.data.Dataset):
         T, S = self.num_frames, self.img_size
         if self.source in ("noise", "black"):
             return motion.background(self.source, T, S, S, rng)
+        if self.source == "stills":   # a fixed set of procedural stills: image `index` in every pass
+            still = motion.still_image(S, S, np.random.default_rng([self.seed, index, 11]))
+            return motion.background("image", T, S, S, rng, image=still)
         path = self.items[index][0]
         if self.source == "images":
             return np.repeat(load_image(path)[None], T, axis=0)

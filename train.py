@@ -40,6 +40,8 @@ DATASETS = {
     "noise": dict(source="noise", strategy="single"),
     "black": dict(source="black", strategy="single"),
     "images": dict(source="images", strategy="single"),
+    # procedural landscape stills (motion.still_image), one fixed image per item: images with no download
+    "stills": dict(source="stills", strategy="single"),
     "frames": dict(source="frames", strategy="single"),
 }
 PRESETS = {
@@ -72,7 +74,7 @@ def get_args(argv=None):
     # data
     a("--dataset", default="k400", choices=sorted(DATASETS),
       help="k400/ssv2 read <data-root>/train.csv; list reads --train-list; "
-      "noise/black/images/frames are Table 7's backgrounds")
+      "noise/black/images/frames are Table 7's backgrounds; stills = procedural landscape images")
     a("--data-root", default="", help="folder that list paths are relative to")
     a("--train-list", default=None,
       help="list file '<path> <label>' (default <data-root>/train.csv)")
