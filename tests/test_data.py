@@ -152,3 +152,13 @@ def test_frames_source_fixed_frame_per_video(video_list):
             level.setdefault(name, []).append(int(ds[5]["video"][0, 0, 0, -1, -1]))
     assert len(set(level["fixed"])) == 1
     assert len(set(level["per_pass"])) > 1
+
+
+def test_stills_source_is_a_fixed_set_of_procedural_images():
+    """--dataset stills: item i is the same landscape in every pass (a fixed image set, as Places),
+    different items are different images, and every frame of a clip is that still."""
+    ds = data.PretrainDataset("stills", length=4, num_frames=4, img_size=32, num_sample=1, motion="off")
+    a = ds.background(1, np.random.default_rng(0))
+    assert a.shape == (4, 32, 32, 3) and a.dtype == np.uint8 and (a == a[0]).all()
+    assert np.array_equal(a, ds.background(1, np.random.default_rng(5)))     # not drawn per pass
+    assert not np.array_equal(a, ds.background(2, np.random.default_rng(0)))
