@@ -1,10 +1,12 @@
 """Pictures for the README, drawn from a run's own outputs (PIL only, no plotting library).
 
     python docs/figures.py loss out/tiny/log.jsonl --out docs/demo_loss.png
-        the demo's loss against its two trivial floors (predict zero; predict the visible tokens' mean)
+        the demo's loss against its two trivial floors (predict zero; predict the visible
+        tokens' mean)
     python docs/figures.py figure4 out/tiny/checkpoint-latest.pth --out docs/figure4.png
-        the paper's Figure 4: cosine similarity between the per-frame features of a clip (mean over each
-        time slice's tokens), for the checkpoint against a randomly initialised encoder of the same shape
+        the paper's Figure 4: cosine similarity between the per-frame features of a clip (mean
+        over each time slice's tokens), for the checkpoint against a randomly initialised
+        encoder of the same shape
 
 Figures 3 and the mask picture are drawn by `python motion.py` and `python masking.py`.
 """
@@ -51,7 +53,8 @@ def line_plot(series, title, xlabel, size=(640, 360), margin=(60, 30, 20, 45)):
     for i, (name, (xs, ys)) in enumerate(series.items()):
         colour = COLOURS.get(name, (0, 0, 0))
         d.line([px(x, y) for x, y in zip(xs, ys)], fill=colour, width=2)
-        d.line([W - right - 150, top + 12 + 14 * i, W - right - 130, top + 12 + 14 * i], fill=colour, width=2)
+        d.line([W - right - 150, top + 12 + 14 * i, W - right - 130, top + 12 + 14 * i],
+               fill=colour, width=2)
         d.text((W - right - 125, top + 6 + 14 * i), name, fill="black")
     return img
 
@@ -61,7 +64,8 @@ def loss_figure(log_path, out):
         rows = [r for r in map(json.loads, f) if "loss" in r and "floor_zero" in r]
     steps = [r["step"] for r in rows]
     series = {k: (steps, [r[k] for r in rows]) for k in ("loss", "floor_zero", "floor_mean")}
-    line_plot(series, f"pretraining loss vs trivial floors ({os.path.basename(os.path.dirname(log_path))})",
+    line_plot(series,
+              f"pretraining loss vs trivial floors ({os.path.basename(os.path.dirname(log_path))})",
               "step").save(out)
 
 
@@ -97,21 +101,27 @@ def figure4(checkpoint, out, num_clips=16, seed=0):
     from model import MODEL_SIZES, VideoClassifier, load_encoder
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     a = ckpt.get("args", {})
-    kw = dict(img_size=a.get("img_size", 64), patch_size=a.get("patch_size", 16), num_frames=a.get("num_frames", 16),
-              tubelet_size=a.get("tubelet", 2), num_classes=1, **MODEL_SIZES[a.get("model", "tiny")])
-    ds = MotionClassDataset("val", num_clips, mode="train", num_frames=kw["num_frames"], img_size=kw["img_size"], seed=seed)
+    kw = dict(img_size=a.get("img_size", 64), patch_size=a.get("patch_size", 16),
+              num_frames=a.get("num_frames", 16),
+              tubelet_size=a.get("tubelet", 2), num_classes=1,
+              **MODEL_SIZES[a.get("model", "tiny")])
+    ds = MotionClassDataset("val", num_clips, mode="train", num_frames=kw["num_frames"],
+                            img_size=kw["img_size"], seed=seed)
     video = data.normalize(eval_collate([ds[i] for i in range(num_clips)])["video"])
     torch.manual_seed(seed)
     random_model = VideoClassifier(**kw).eval()
     trained = VideoClassifier(**kw).eval()
     load_encoder(trained, ckpt)
-    sims = {"pretrained: " + os.path.basename(checkpoint): frame_similarity(trained, video, kw["tubelet_size"]),
+    sims = {"pretrained: " + os.path.basename(checkpoint):
+            frame_similarity(trained, video, kw["tubelet_size"]),
             "random init": frame_similarity(random_model, video, kw["tubelet_size"])}
-    for (title, s), m in zip(sims.items(), (trained, random_model)):   # the numbers the picture shows
+    # the numbers the picture shows
+    for (title, s), m in zip(sims.items(), (trained, random_model)):
         with torch.no_grad():
             rms = m.forward_tokens(video).pow(2).mean().sqrt().item()
         off = s[~np.eye(len(s), dtype=bool)]
-        print(f"{title}: off-diagonal cosine mean {off.mean():.3f} (min {off.min():.3f}, max {off.max():.3f}), "
+        print(f"{title}: off-diagonal cosine mean {off.mean():.3f} "
+              f"(min {off.min():.3f}, max {off.max():.3f}), "
               f"token RMS {rms:.2f}")
     lo = min(s.min() for s in sims.values())   # one colour scale for both panels
     panels = [heatmap(s, title, lo) for title, s in sims.items()]
@@ -121,13 +131,15 @@ def figure4(checkpoint, out, num_clips=16, seed=0):
     for p in panels:
         img.paste(p, (x, 0))
         x += p.width + 10
-    ImageDraw.Draw(img).text((10, img.height - 16), "cosine similarity of per-frame features (time slice x time slice), "
+    ImageDraw.Draw(img).text((10, img.height - 16),
+                             "cosine similarity of per-frame features (time slice x time slice), "
                              f"mean over {num_clips} motion clips", fill="black")
     img.save(out)
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["loss", "figure4"])
     p.add_argument("path", help="log.jsonl (loss) or a checkpoint (figure4)")
     p.add_argument("--out", required=True)

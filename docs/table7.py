@@ -1,28 +1,34 @@
-"""A miniature of the paper's Table 7 (learning without natural video), and of Table 4g, on a 2-core CPU.
+"""A miniature of the paper's Table 7 (learning without natural video), and of Table 4g, on a
+2-core CPU.
 
-    python docs/table7.py                           # 5 seeds, all rows, ~1 hour on 2 quiet cores (estimate)
+    python docs/table7.py                 # 5 seeds, all rows, ~1 hour on 2 quiet cores (estimate)
     python docs/table7.py --seeds 0 1 2 --rows motion nomotion none      # a subset: the rows by tag
-    python docs/table7.py --seeds 0 --quick         # one seed, 2 pretraining / 1 finetuning epochs: a smoke run
+    python docs/table7.py --seeds 0 --quick   # one seed, 2 pretraining / 1 finetuning epochs:
+                                              # a smoke run
     python docs/table7.py --table-only              # redraw the table from out/table7/table7.json
 
-Rows (tags in brackets), all pretrained with `train.py --preset tiny` (the demo's model, grid, lr and
-pixel targets; Table 7's "no natural video" setting) for --pretrain-epochs on a different background:
-  stills + motion [motion]       synthetic landscape stills, objects pasted along trajectories, trajectory masking
+Rows (tags in brackets), all pretrained with `train.py --preset tiny` (the demo's model, grid, lr
+and pixel targets; Table 7's "no natural video" setting) for --pretrain-epochs on a different
+background:
+  stills + motion [motion]       synthetic landscape stills, objects pasted along trajectories,
+                                 trajectory masking
   stills, no motion [nomotion]   the same stills, no objects (tube masking)
   stills + motion, tube masking [tube]   Table 4g: the motion row with --masking tube
   noise + motion [noise]         uniform-noise background + objects (the paper's headline row)
   black + motion [black]         black background + objects (the demo's own data)
   not pretrained [none]          a random encoder
-Each encoder is evaluated twice, as Table 7 does and as a second view: full finetuning on the synthetic
-`motion` dataset (8 classes that only the motion tells apart) and the mean-pooled linear probe (Table 16)
-on the same data. Same seeds, same budgets for every row; the seed sets the initialisation, the
-pretraining stream and the `motion` data. Below the table, a paired comparison: per seed, the difference
-between two rows, its mean ± std, and in how many seeds it has the sign of the mean.
+Each encoder is evaluated twice, as Table 7 does and as a second view: full finetuning on the
+synthetic `motion` dataset (8 classes that only the motion tells apart) and the mean-pooled linear
+probe (Table 16) on the same data. Same seeds, same budgets for every row; the seed sets the
+initialisation, the pretraining stream and the `motion` data. Below the table, a paired comparison:
+per seed, the difference between two rows, its mean ± std, and in how many seeds it has the sign of
+the mean.
 
-Every step is a plain command of this repository (printed before it runs), so any cell can be rerun by
-hand; a step whose output is already in --out-dir is not run again, so an interrupted run continues where
-it stopped. The stills are motion.still_image landscapes written to out/table7/stills/ (the generator that
-draws the `motion` dataset's image backgrounds), so nothing is downloaded.
+Every step is a plain command of this repository (printed before it runs), so any cell can be rerun
+by hand; a step whose output is already in --out-dir is not run again, so an interrupted run
+continues where it stopped. The stills are motion.still_image landscapes written to
+out/table7/stills/ (the generator that draws the `motion` dataset's image backgrounds), so nothing
+is downloaded.
 """
 import argparse
 import json
@@ -40,10 +46,12 @@ sys.path.insert(0, ROOT)
 STILLS = "{stills}"   # replaced by the stills folder
 # (name, tag, train.py flags on top of --preset tiny); None = not pretrained
 ROWS = [
-    ("stills + motion", "motion", ["--dataset", "images", "--image-dir", STILLS, "--strategy", "single"]),
-    ("stills, no motion", "nomotion", ["--dataset", "images", "--image-dir", STILLS, "--strategy", "none"]),
-    ("stills + motion, tube masking", "tube", ["--dataset", "images", "--image-dir", STILLS, "--strategy", "single",
-                                               "--masking", "tube"]),
+    ("stills + motion", "motion",
+     ["--dataset", "images", "--image-dir", STILLS, "--strategy", "single"]),
+    ("stills, no motion", "nomotion",
+     ["--dataset", "images", "--image-dir", STILLS, "--strategy", "none"]),
+    ("stills + motion, tube masking", "tube",
+     ["--dataset", "images", "--image-dir", STILLS, "--strategy", "single", "--masking", "tube"]),
     ("noise + motion", "noise", ["--dataset", "noise"]),
     ("black + motion", "black", ["--dataset", "black"]),
     ("not pretrained", "none", None),
@@ -82,26 +90,28 @@ def write_stills(folder, n, size, seed):
         return
     rng = np.random.default_rng([seed, 99])
     for i in range(n):
-        Image.fromarray(motion.still_image(size, size, rng)).save(os.path.join(folder, f"{i:04d}.png"))
+        Image.fromarray(motion.still_image(size, size, rng)).save(
+            os.path.join(folder, f"{i:04d}.png"))
 
 
 def last_loss(log_path):
     rows = [json.loads(line) for line in open(log_path) if line.strip()]
     rows = [r for r in rows if "loss" in r]
-    tail = rows[-max(1, len(rows) // 10):]                      # mean over the last tenth of the log
+    tail = rows[-max(1, len(rows) // 10):]         # mean over the last tenth of the log
     return {k: float(np.mean([r[k] for r in tail])) for k in ("loss", "floor_zero", "floor_mean")}
 
 
 def token_rms(checkpoint, size, frames, patch):
-    """RMS of the encoder's output tokens on 64 `motion` validation clips: how far pretraining grew the
-    residual stream (a random init gives ~2)."""
+    """RMS of the encoder's output tokens on 64 `motion` validation clips: how far pretraining grew
+    the residual stream (a random init gives ~2)."""
     import torch
     import data
     import evaluation
     from model import MODEL_SIZES, VideoClassifier, load_encoder
     ds = evaluation.MotionClassDataset("val", 64, mode="test", img_size=size, num_frames=frames)
     video = data.normalize(torch.stack([ds[i]["video"][0] for i in range(64)]))
-    model = VideoClassifier(img_size=size, patch_size=patch, num_frames=frames, num_classes=8, **MODEL_SIZES["tiny"])
+    model = VideoClassifier(img_size=size, patch_size=patch, num_frames=frames, num_classes=8,
+                            **MODEL_SIZES["tiny"])
     if checkpoint:
         load_encoder(model, checkpoint, verbose=False)
     with torch.no_grad():
@@ -111,20 +121,28 @@ def token_rms(checkpoint, size, frames, patch):
 def main():
     import train
     tiny = train.PRESETS["tiny"]
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--rows", nargs="+", default=[t for _, t, _ in ROWS], choices=[t for _, t, _ in ROWS],
+    p.add_argument("--rows", nargs="+", default=[t for _, t, _ in ROWS],
+                   choices=[t for _, t, _ in ROWS],
                    help="which rows to run, by tag (default: all)")
     p.add_argument("--out-dir", default="out/table7")
-    p.add_argument("--pretrain-epochs", type=int, default=8, help="effective epochs of 1024 items x 2 clips "
-                   "(32 steps each); half the demo's 16, so that 5 seeds x 5 pretrainings fit in about an hour")
-    p.add_argument("--finetune-epochs", type=int, default=10, help="finetune.py --epochs (its preset: 20)")
-    p.add_argument("--pretrain-lr", type=float, default=None, help="train.py --lr (base lr for 256 clips); "
+    p.add_argument("--pretrain-epochs", type=int, default=8,
+                   help="effective epochs of 1024 items x 2 clips "
+                   "(32 steps each); half the demo's 16, "
+                   "so that 5 seeds x 5 pretrainings fit in about an hour")
+    p.add_argument("--finetune-epochs", type=int, default=10,
+                   help="finetune.py --epochs (its preset: 20)")
+    p.add_argument("--pretrain-lr", type=float, default=None,
+                   help="train.py --lr (base lr for 256 clips); "
                    f"default: the tiny preset's {tiny['lr']:g}")
     p.add_argument("--grid", nargs=3, type=int, default=None, metavar=("SIZE", "FRAMES", "PATCH"),
-                   help="clip size, frames and patch of every run (tubelet 2); default: the tiny presets' "
+                   help="clip size, frames and patch of every run (tubelet 2); "
+                   "default: the tiny presets' "
                    f"{tiny['img_size']} {tiny['num_frames']} {tiny['patch_size']}")
-    p.add_argument("--table-only", action="store_true", help="print the table of a finished run in --out-dir")
+    p.add_argument("--table-only", action="store_true",
+                   help="print the table of a finished run in --out-dir")
     p.add_argument("--quick", action="store_true", help="2 pretraining epochs, 1 finetuning epoch")
     args = p.parse_args()
     args.grid = args.grid or [tiny["img_size"], tiny["num_frames"], tiny["patch_size"]]
@@ -133,16 +151,18 @@ def main():
         args.pretrain_epochs, args.finetune_epochs = 2, 1
     out = args.out_dir
     os.makedirs(out, exist_ok=True)
-    if args.table_only:                                          # redraw the table from a finished run
+    if args.table_only:                         # redraw the table from a finished run
         saved = json.load(open(os.path.join(out, "table7.json")))
         args.seeds = saved.get("seeds", args.seeds)
         return write_table(saved["rows"], args)
     stills = os.path.join(out, "stills")
-    write_stills(stills, 1024, 2 * args.grid[0], 0)              # 1024 stills x 2 clips, as the demo's 1024 items
+    # 1024 stills x 2 clips, as the demo's 1024 items
+    write_stills(stills, 1024, 2 * args.grid[0], 0)
 
-    grid = ["--img-size", str(args.grid[0]), "--num-frames", str(args.grid[1]), "--patch-size", str(args.grid[2])]
-    common = ["--preset", "tiny", *grid, "--log-every", "32", "--epochs", str(args.pretrain_epochs), "--save-every",
-              "0", "--lr", str(args.pretrain_lr)]
+    grid = ["--img-size", str(args.grid[0]), "--num-frames", str(args.grid[1]),
+            "--patch-size", str(args.grid[2])]
+    common = ["--preset", "tiny", *grid, "--log-every", "32", "--epochs", str(args.pretrain_epochs),
+              "--save-every", "0", "--lr", str(args.pretrain_lr)]
     rows = {name: {} for name, tag, _ in ROWS if tag in args.rows}
     for seed in args.seeds:
         for name, tag, flags in ROWS:
@@ -153,31 +173,38 @@ def main():
             if flags is not None:
                 d = os.path.join(out, f"pretrain-{tag}-s{seed}")
                 if not finished(d + ".log"):
-                    run(["train.py", *common, *[stills if f == STILLS else f for f in flags], "--seed", str(seed),
-                         "--out-dir", d, "--resume"], d + ".log")
+                    run(["train.py", *common, *[stills if f == STILLS else f for f in flags],
+                         "--seed", str(seed), "--out-dir", d, "--resume"], d + ".log")
                 ckpt = os.path.join(d, "checkpoint-latest.pth")
                 r.setdefault("pretrain", []).append(last_loss(os.path.join(d, "log.jsonl")))
             ck = ["--checkpoint", ckpt] if ckpt else []
-            ft, pr = os.path.join(out, f"ft-{tag}-s{seed}"), os.path.join(out, f"probe-{tag}-s{seed}")
+            ft, pr = (os.path.join(out, f"ft-{tag}-s{seed}"),
+                      os.path.join(out, f"probe-{tag}-s{seed}"))
             if not os.path.isfile(os.path.join(ft, "results.json")):
                 run(["finetune.py", "--preset", "tiny", *grid, *ck, "--seed", str(seed), "--epochs",
                      str(args.finetune_epochs), "--out-dir", ft], ft + ".log")
             if not os.path.isfile(os.path.join(pr, "results.json")):
-                run(["probe.py", "--preset", "tiny", *grid, *ck, "--seed", str(seed), "--out-dir", pr], pr + ".log")
+                run(["probe.py", "--preset", "tiny", *grid, *ck, "--seed", str(seed),
+                     "--out-dir", pr], pr + ".log")
             r.setdefault("token_rms", []).append(token_rms(ckpt, *args.grid))
-            r.setdefault("finetune", []).append(json.load(open(os.path.join(ft, "results.json")))["top1"])
-            r.setdefault("probe", []).append(json.load(open(os.path.join(pr, "results.json")))["top1"])
-        with open(os.path.join(out, "table7.json"), "w") as f:          # after every seed: a partial table
+            r.setdefault("finetune", []).append(
+                json.load(open(os.path.join(ft, "results.json")))["top1"])
+            r.setdefault("probe", []).append(
+                json.load(open(os.path.join(pr, "results.json")))["top1"])
+        # after every seed: a partial table
+        with open(os.path.join(out, "table7.json"), "w") as f:
             json.dump({"seeds": args.seeds[:args.seeds.index(seed) + 1], "rows": rows}, f, indent=1)
     write_table(rows, args)
 
 
 def cell(v, digits=1):
-    return f"{np.mean(v):.{digits}f} ± {np.std(v):.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f}"
+    return (f"{np.mean(v):.{digits}f} ± {np.std(v):.{digits}f}" if len(v) > 1
+            else f"{v[0]:.{digits}f}")
 
 
 def paired(a, b):
-    """Per-seed differences a - b -> (differences, 'mean ± std', 'k/n'): k = seeds with the mean's sign."""
+    """Per-seed differences a - b -> (differences, 'mean ± std', 'k/n'): k = seeds with the mean's
+    sign."""
     d = np.asarray(a, float) - np.asarray(b, float)
     sign = np.sign(d.mean())
     return d, cell(d), f"{int((np.sign(d) == sign).sum())}/{len(d)}" if sign else "—"
@@ -185,21 +212,31 @@ def paired(a, b):
 
 def format_table(rows, seeds, pretrain_epochs, finetune_epochs, pretrain_lr, grid):
     """The markdown of the table, the per-seed values and the paired comparisons."""
-    lines = ["| pretraining (tiny, pixel targets) | loss / mean floor | finetune top-1 | linear probe top-1 | token RMS |",
+    lines = ["| pretraining (tiny, pixel targets) | loss / mean floor | finetune top-1 | "
+             "linear probe top-1 | token RMS |",
              "|---|---|---|---|---|"]
     for name, r in rows.items():
-        ratio = cell([x["loss"] / x["floor_mean"] for x in r["pretrain"]], 2) if "pretrain" in r else "—"
-        lines.append(f"| {name} | {ratio} | {cell(r['finetune'])} | {cell(r['probe'])} | {cell(r['token_rms'])} |")
-    lines.append(f"\n`motion` dataset, 8 classes (chance 12.5%); mean ± std over seeds {', '.join(map(str, seeds))}; "
-                 f"pretraining {pretrain_epochs} epochs at lr {pretrain_lr:g} (per 256 clips), finetuning "
-                 f"{finetune_epochs} epochs; grid {grid[0]} px, {grid[1]} frames, 2x{grid[2]}x{grid[2]} tubelets.")
+        ratio = (cell([x["loss"] / x["floor_mean"] for x in r["pretrain"]], 2) if "pretrain" in r
+                 else "—")
+        lines.append(f"| {name} | {ratio} | {cell(r['finetune'])} | {cell(r['probe'])} | "
+                     f"{cell(r['token_rms'])} |")
+    lines.append(f"\n`motion` dataset, 8 classes (chance 12.5%); "
+                 f"mean ± std over seeds {', '.join(map(str, seeds))}; "
+                 f"pretraining {pretrain_epochs} epochs at lr {pretrain_lr:g} (per 256 clips), "
+                 f"finetuning "
+                 f"{finetune_epochs} epochs; grid {grid[0]} px, {grid[1]} frames, "
+                 f"2x{grid[2]}x{grid[2]} tubelets.")
     lines += ["", "Per seed (" + ", ".join(f"seed {s}" for s in seeds) + "):", "",
               "| pretraining | finetune top-1 | linear probe top-1 |", "|---|---|---|"]
     for name, r in rows.items():
         lines.append(f"| {name} | {' / '.join(f'{v:.1f}' for v in r['finetune'])} | "
                      f"{' / '.join(f'{v:.1f}' for v in r['probe'])} |")
-    lines += ["", "Paired by seed (row a minus row b, the same seed; 'agree' = seeds with the sign of the mean):", "",
-              "| comparison | a − b | finetune: per seed | mean ± std | agree | probe: per seed | mean ± std | agree |",
+    lines += ["",
+              "Paired by seed (row a minus row b, the same seed; "
+              "'agree' = seeds with the sign of the mean):",
+              "",
+              "| comparison | a − b | finetune: per seed | mean ± std | agree | "
+              "probe: per seed | mean ± std | agree |",
               "|---|---|---|---|---|---|---|---|"]
     for a, b, what in COMPARISONS:
         if a not in rows or b not in rows:
@@ -213,7 +250,8 @@ def format_table(rows, seeds, pretrain_epochs, finetune_epochs, pretrain_lr, gri
 
 
 def write_table(rows, args):
-    text = format_table(rows, args.seeds, args.pretrain_epochs, args.finetune_epochs, args.pretrain_lr, args.grid)
+    text = format_table(rows, args.seeds, args.pretrain_epochs, args.finetune_epochs,
+                        args.pretrain_lr, args.grid)
     with open(os.path.join(args.out_dir, "table7.md"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(args.out_dir, "table7.json"), "w") as f:

@@ -1,4 +1,5 @@
-"""The README's pictures and miniature Table 7 (docs/figures.py, docs/table7.py) on tiny inputs."""
+"""The README's pictures and miniature Table 7 (docs/figures.py, docs/table7.py) on tiny
+inputs."""
 import argparse
 import json
 import os
@@ -17,12 +18,14 @@ import table7   # noqa: E402
 
 
 class FakeEncoder:
-    """forward_tokens returns fixed tokens: time slice 0 along e0, slice 1 along e0 + e1, slice 2 along e1."""
+    """forward_tokens returns fixed tokens: time slice 0 along e0, slice 1 along e0 + e1, slice 2
+    along e1."""
 
     def forward_tokens(self, video):
         e = torch.eye(4)
         slices = [e[0], (e[0] + e[1]) / 2, e[1]]
-        return torch.stack([s.expand(2, 4) for s in slices]).reshape(1, 6, 4)   # (B=1, N = 3 slices x 2 tokens, D)
+        # (B=1, N = 3 slices x 2 tokens, D)
+        return torch.stack([s.expand(2, 4) for s in slices]).reshape(1, 6, 4)
 
 
 def test_frame_similarity_by_hand():
@@ -33,12 +36,12 @@ def test_frame_similarity_by_hand():
 
 def test_figures_draw_from_a_real_run(tmp_path):
     out = tmp_path / "run"
-    subprocess.run([sys.executable, "train.py", *TINY, "--out-dir", str(out), "--steps", "3"], cwd=ROOT, check=True,
-                   capture_output=True)
+    subprocess.run([sys.executable, "train.py", *TINY, "--out-dir", str(out), "--steps", "3"],
+                   cwd=ROOT, check=True, capture_output=True)
     for what, src in (("loss", out / "log.jsonl"), ("figure4", out / "checkpoint-latest.pth")):
         png = tmp_path / f"{what}.png"
-        r = subprocess.run([sys.executable, "docs/figures.py", what, str(src), "--out", str(png)], cwd=ROOT,
-                           capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "docs/figures.py", what, str(src), "--out", str(png)],
+                           cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         assert min(Image.open(png).size) > 100
 
@@ -47,27 +50,36 @@ def test_table7_table_by_hand(tmp_path):
     rows = {"stills + motion": {"pretrain": [{"loss": 1.0, "floor_zero": 4.0, "floor_mean": 2.0},
                                              {"loss": 1.5, "floor_zero": 4.0, "floor_mean": 2.0},
                                              {"loss": 1.0, "floor_zero": 4.0, "floor_mean": 2.0}],
-                                "finetune": [30.0, 40.0, 50.0], "probe": [20.0, 22.0, 24.0], "token_rms": [2.0, 2.0, 2.0]},
-            "stills, no motion": {"pretrain": [{"loss": 1.0, "floor_zero": 4.0, "floor_mean": 4.0}] * 3,
-                                  "finetune": [20.0, 45.0, 40.0], "probe": [20.0, 22.0, 24.0], "token_rms": [3.0] * 3},
-            "not pretrained": {"finetune": [50.0, 50.0, 50.0], "probe": [10.0, 30.0, 20.0], "token_rms": [1.0] * 3}}
-    args = argparse.Namespace(out_dir=str(tmp_path), seeds=[0, 1, 2], pretrain_epochs=1, finetune_epochs=1,
-                              grid=[32, 8, 8], pretrain_lr=4e-3)
+                                "finetune": [30.0, 40.0, 50.0], "probe": [20.0, 22.0, 24.0],
+                                "token_rms": [2.0, 2.0, 2.0]},
+            "stills, no motion": {"pretrain": [{"loss": 1.0, "floor_zero": 4.0,
+                                                "floor_mean": 4.0}] * 3,
+                                  "finetune": [20.0, 45.0, 40.0], "probe": [20.0, 22.0, 24.0],
+                                  "token_rms": [3.0] * 3},
+            "not pretrained": {"finetune": [50.0, 50.0, 50.0], "probe": [10.0, 30.0, 20.0],
+                               "token_rms": [1.0] * 3}}
+    args = argparse.Namespace(out_dir=str(tmp_path), seeds=[0, 1, 2], pretrain_epochs=1,
+                              finetune_epochs=1, grid=[32, 8, 8], pretrain_lr=4e-3)
     table7.write_table(rows, args)
     text = (tmp_path / "table7.md").read_text()
     lines = text.splitlines()
     assert lines[2] == "| stills + motion | 0.58 ± 0.12 | 40.0 ± 8.2 | 22.0 ± 1.6 | 2.0 ± 0.0 |"
-    assert lines[3] == "| stills, no motion | 0.25 ± 0.00 | 35.0 ± 10.8 | 22.0 ± 1.6 | 3.0 ± 0.0 |"
+    assert lines[3] == ("| stills, no motion | 0.25 ± 0.00 | 35.0 ± 10.8 | 22.0 ± 1.6 | "
+                        "3.0 ± 0.0 |")
     assert lines[4] == "| not pretrained | — | 50.0 ± 0.0 | 20.0 ± 8.2 | 1.0 ± 0.0 |"
     assert "seeds 0, 1, 2" in text and "2x8x8 tubelets" in text
     assert "| stills, no motion | 20.0 / 45.0 / 40.0 | 20.0 / 22.0 / 24.0 |" in lines
-    # paired by seed: motion - no motion = +10 / -5 / +10 (2 of 3 agree with the mean +5); probe ties everywhere
-    assert ("| Table 7: motion vs no motion | stills + motion − stills, no motion | +10.0 / -5.0 / +10.0 | 5.0 ± 7.1 "
+    # paired by seed: motion - no motion = +10 / -5 / +10 (2 of 3 agree with the mean +5);
+    # probe ties everywhere
+    assert ("| Table 7: motion vs no motion | stills + motion − stills, no motion | "
+            "+10.0 / -5.0 / +10.0 | 5.0 ± 7.1 "
             "| 2/3 | +0.0 / +0.0 / +0.0 | 0.0 ± 0.0 | — |") in lines
     # motion - none: -20 / -10 / 0 -> mean -10, 2 of 3 seeds below zero; probe +10 / -8 / +4
-    assert ("| motion pretraining vs none | stills + motion − not pretrained | -20.0 / -10.0 / +0.0 | -10.0 ± 8.2 "
+    assert ("| motion pretraining vs none | stills + motion − not pretrained | "
+            "-20.0 / -10.0 / +0.0 | -10.0 ± 8.2 "
             "| 2/3 | +10.0 / -8.0 / +4.0 | 2.0 ± 7.5 | 2/3 |") in lines
-    assert not any("noise" in line or "tube masking" in line for line in lines)   # comparisons of rows that did not run
+    # comparisons of rows that did not run
+    assert not any("noise" in line or "tube masking" in line for line in lines)
     assert json.loads((tmp_path / "table7.json").read_text())["seeds"] == [0, 1, 2]
 
 
