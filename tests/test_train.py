@@ -137,8 +137,10 @@ def test_tiny_preset_composes_with_every_video_dataset(tmp_path, video_list, dat
     run(["train.py", "--preset", "tiny", "--dataset", dataset, *where, "--batch-size", "4",
          "--workers", "0", "--steps", "2", "--log-every", "1", "--out-dir", str(out)])
     args = json.loads((out / "args.json").read_text())
-    assert (args["img_size"], args["num_frames"], args["epochs"]) == (64, 16, 12)
-    assert args["strategy"] == "progressive" and args["stage1_epochs"] == 6
+    tiny = train.PRESETS["tiny"]
+    assert (args["img_size"], args["num_frames"], args["epochs"]) == (tiny["img_size"],
+                                                                       tiny["num_frames"], tiny["epochs"])
+    assert args["strategy"] == "progressive" and args["stage1_epochs"] == tiny["epochs"] / 2
     assert [r["step"] for r in read_log(out)] == [1, 2]
 
 
