@@ -449,31 +449,43 @@ def train_flags(cfg, amp, compile=False):
 
 
 class WholeStep:
-    """train.py's optimizer step, assembled from train.py's own functions and flags: to_device
-    (pinned -> device, non-blocking), train_step (data.normalize on the device, the teacher under
-    no_grad, the student on index masks, MSE, backward), the step's flag read (train.py's host sync)
-    and optimizer_step (fused AdamW on a GPU). Called with a batch as data.collate makes it;
-    teacher=False uses targets computed once (the student alone). peak_base: the device memory in
-    use before it was built."""
+    """train.py's optimizer step, assembled from the library calls train.train_step makes (bench.py
+    is an entry script and imports none: the two must be kept alike): the batch to the device
+    (pinned, non-blocking), data.normalize on the device, the teacher under no_grad (cast once to
+    the amp dtype, as train.build_target does), the student on index masks, MSE, backward, the
+    step's one flag read (train.py's host sync) and runtime.optimizer_step (fused AdamW on a GPU).
+    Called with a batch as data.collate makes it; teacher=False uses targets computed once (the
+    student alone). argv: train.py's flags (train_flags). peak_base: the device memory in use before
+    it was built."""
 
     def __init__(self, argv, device):
         import runtime
-        import train
-        self.train, self.runtime, self.device = train, runtime, device
+        import teacher as teacher_lib
+        self.runtime, self.device = runtime, device
         self.peak_base = torch.cuda.memory_allocated() if device.type == "cuda" else 0
-        args = self.args = train.get_args(argv)
+        compile = "--compile" in argv
+        flags = dict(zip(argv[0:-1:2], argv[1::2])) if not compile else \
+            dict(zip(argv[0:-2:2], argv[1:-1:2]))
+        args = self.args = argparse.Namespace(   # train.py's defaults for what the flags leave
+            model=flags["--model"], img_size=int(flags["--img-size"]), num_frames=16,
+            patch_size=16, tubelet=2, mask_ratio=0.8, amp=flags["--amp"], weight_decay=0.05,
+            betas=(0.9, 0.95), compile=compile)
         self.autocast, self.scaler, self.dtype = runtime.amp_setup(device, args.amp)
-        self.teacher, out_dim = train.build_target(args, device, self.dtype)
+        teacher = teacher_lib.Teacher(flags["--teacher"], None, tubelet=args.tubelet,
+                                      img_size=args.img_size, patch_size=args.patch_size,
+                                      dtype=self.dtype).to(device)
+        out_dim = teacher.out_dim
+        self.teacher = torch.compile(teacher) if compile else teacher
         model = PretrainModel(img_size=args.img_size, patch_size=args.patch_size,
                               num_frames=args.num_frames, tubelet_size=args.tubelet,
                               out_dim=out_dim, **MODEL_SIZES[args.model]).to(device)
-        self.model = torch.compile(model) if args.compile else model
+        self.model = torch.compile(model) if compile else model
         self.opt = runtime.adamw([{"params": list(model.parameters()),
                                    "weight_decay": args.weight_decay}],
                                  args.betas, device)
         runtime.set_lr(self.opt, 1e-4)
         self.student_flops = step_flops(args.model, args.img_size, out_dim, args.mask_ratio)
-        self.teacher_flops = teacher_flops(self.teacher)
+        self.teacher_flops = teacher_flops(teacher)
         self.cached = None
 
     def batch(self, B):
@@ -492,18 +504,24 @@ class WholeStep:
         return {**out, "bad": []}
 
     def __call__(self, batch, teacher=True):
-        target_fn = self.teacher
-        if not teacher:
-            if self.cached is None:
-                with torch.no_grad(), self.autocast():
-                    self.cached = self.teacher(
-                        self.train.data.normalize(batch["video"].to(self.device)))
-            target_fn = lambda video: self.cached   # noqa: E731
-        micro = [self.train.to_device(batch, self.device)]
-        sums = self.train.train_step(self.model, target_fn, micro, self.autocast, self.scaler, 1)
+        import data
+        from model import gather_tokens
+        b = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+             for k, v in batch.items()}
+        video = data.normalize(b["video"])                       # uint8 -> float, on the device
+        if teacher or self.cached is None:
+            with torch.no_grad(), self.autocast():
+                targets = self.teacher(video).float()            # (B, N, Dt)
+            self.cached = targets if not teacher else self.cached
+        targets = targets if teacher else self.cached
+        tgt = gather_tokens(targets, b["masked_idx"])
+        with self.autocast():
+            pred = self.model(video, (b["visible_idx"], b["masked_idx"]))
+            loss = F.mse_loss(pred.float(), tgt)
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
         # as train.py builds and reads its flags (the step's all-reduce; a no-op on one process)
-        flags = torch.tensor([float(not torch.isfinite(sums[0])), 0, False, False],
-                             device=self.device)
+        flags = torch.cat([(~torch.isfinite(loss.detach()[None])).float(),
+                           torch.zeros(3, device=self.device)])
         self.runtime.all_reduce(flags).tolist()
         self.runtime.optimizer_step(self.opt, self.scaler)
 
