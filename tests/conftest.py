@@ -11,6 +11,10 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")   # never let open_clip wait on the network
+# pytest.ini runs the tests on 2 processes (pytest-xdist): one thread each, and in the scripts the
+# tests start, so that 2 cores are not oversubscribed (many small matmuls slow down 10x then)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def write_video(path, num_frames=40, height=48, width=64, fps=25, codec="libx264"):
