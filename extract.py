@@ -52,8 +52,8 @@ VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", 
 # a list line's last field is a label when it looks like one: a number, class ids "3,17,42", "-"
 LABEL = re.compile(r"-|[+-]?\d+(\.\d+)?(,[+-]?\d+(\.\d+)?)*")
 PRESETS = {
-    # the demo's grid (train.py / probe.py --preset tiny): ViT-tiny, 64 px, 16 frames, 2x16x16
-    "tiny": dict(model="tiny", img_size=64, num_frames=16, patch_size=16, tubelet=2, workers=1,
+    # the demo's grid (train.py / probe.py --preset tiny): ViT-tiny, 32 px, 8 frames, 2x8x8
+    "tiny": dict(model="tiny", img_size=32, num_frames=8, patch_size=8, tubelet=2, workers=1,
                  out_dir="out/extract-tiny"),
     # THUMOS-14 as VideoMAEv2's extract_tad_feature.py and OpenTAD's VideoMAE features ("16x4x1"):
     # 16 consecutive frames every 4 frames at the videos' own frame rate, 224 px

@@ -187,3 +187,15 @@ def test_object_list_selects_exactly_the_listed_pngs(tmp_path):
     (tmp_path / "bad.txt").write_text("cat/1.png\ncat/9.png\n")
     with pytest.raises(ValueError, match="bad.txt:2"):
         motion.ObjectBank(tmp_path, list_file=tmp_path / "bad.txt")
+
+
+def test_every_tiny_preset_shares_the_demo_grid():
+    """The demo checkpoint (train.py --preset tiny) must load in every script's tiny preset."""
+    import extract
+    import finetune
+    import probe
+    import segment
+    grid = ("model", "img_size", "num_frames", "patch_size", "tubelet")
+    demo = [train.PRESETS["tiny"][k] for k in grid]
+    for script in (finetune, probe, segment, extract):
+        assert [script.PRESETS["tiny"][k] for k in grid] == demo, script.__name__
