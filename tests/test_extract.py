@@ -180,7 +180,7 @@ def test_video_dir_with_clashing_stems(clips, tmp_path):
 
 
 def test_torchrun_two_ranks_give_the_files_of_one_process(clips, tmp_path):
-    """--preset tiny (64 px, 16 frames), a random encoder (seeded: the same on both ranks), one
+    """--preset tiny (the demo's grid), a random encoder (seeded: the same on both ranks), one
     loader worker per rank against none in the single process."""
     root, _ = clips
     flags = ["--preset", "tiny", "--list", str(root / "list.csv"), "--stride", "1",
@@ -195,7 +195,8 @@ def test_torchrun_two_ranks_give_the_files_of_one_process(clips, tmp_path):
     assert "extracted 3, skipped 0" in r.stdout
     one, two = tmp_path / "one", tmp_path / "two"
     assert sorted(p.name for p in two.glob("parts/*")) == ["index.0.jsonl", "index.1.jsonl"]
-    assert index(one) == index(two) and index(one)[0]["shape"] == [(40 - 16) // 8 + 1, D]
+    T = extract.PRESETS["tiny"]["num_frames"]                 # windows of T frames every 8 frames
+    assert index(one) == index(two) and index(one)[0]["shape"] == [(40 - T) // 8 + 1, D]
     for name in ("a", "b c", "short"):
         a, b = np.load(one / f"{name}.npy"), np.load(two / f"{name}.npy")
         np.testing.assert_allclose(a, b, atol=1e-6)
