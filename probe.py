@@ -64,7 +64,7 @@ HEADS = {"linear": {},
 # 2x8x8 tubelets). Its numbers, pretrained and random, over seeds: docs/demo.md.
 PRESETS = {
     "tiny": dict(dataset="motion", model="tiny", patch_size=8, tubelet=2, img_size=32, num_frames=8,
-                 motion_train=1024, motion_val=256, epochs=100, workers=1, out_dir="out/probe-tiny"),
+                 motion_train=1024, motion_val=1024, epochs=100, workers=1, out_dir="out/probe-tiny"),
 }
 # The tiny preset's attentive run, shortened to fit the demo's minute: 10 epochs of 64 clips, 160
 # steps in all, where V-JEPA's base lr 1e-3 barely moves the head (measured 17-20% top-1); 3e-2

@@ -46,9 +46,9 @@ DATASETS = {
 }
 PRESETS = {
     # the CPU demo (README's first command), chosen by measurement on 2 cores: see docs/demo.md
-    "tiny": dict(dataset="black", model="tiny", img_size=32, num_frames=8, patch_size=8, tubelet=2,
-                 target="pixel", norm_pix=False, batch_size=32, lr=4e-3, min_lr=1e-4, warmup_epochs=1,
-                 epochs=16, synthetic_length=1024, object_size=[64, 160], workers=1, log_every=32,
+    "tiny": dict(dataset="stills", model="tiny", img_size=32, num_frames=8, patch_size=8, tubelet=2,
+                 target="pixel", batch_size=32, lr=4e-3, min_lr=1e-4, warmup_epochs=1,
+                 epochs=32, synthetic_length=1024, object_size=[64, 160], workers=1, log_every=32,
                  save_every=16, out_dir="out/tiny"),
     # Table 4's base setting (Sec. 4.3): ViT-S, mask 90%, motion on throughout, 400 epochs of K400_m,
     # two objects, trajectory masking, CLIP targets. The README's ablation table adds one flag per row.
@@ -401,6 +401,7 @@ def main(argv=None):
               flush=True)
     plan = dict(steps_per_pass=steps_per_pass, steps_per_epoch=steps_per_epoch,
                 stage1_steps=stage1_steps, end_step=end_step, videos_per_step=videos_per_step)
+    t_start = time.time()
     step = pretrain(step, plan, args=args, model=model, raw_model=raw_model, target_fn=target_fn,
                     dataset=dataset, sampler=sampler, loader=loader, optimizer=optimizer,
                     make_optimizer=make_optimizer, scaler=scaler, autocast=autocast, lrs=lrs,
@@ -408,7 +409,7 @@ def main(argv=None):
 
     # ------------------------------------------------------------------ teardown
     if master:
-        print(f"done: {step} steps, checkpoint "
+        print(f"done: {step} steps in {fmt_time(time.time() - t_start)}, checkpoint "
               f"{os.path.join(args.out_dir, 'checkpoint-latest.pth')}",
               flush=True)
     teardown(world, device)

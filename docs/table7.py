@@ -26,11 +26,12 @@ the mean.
 
 Every step is a plain command of this repository (printed before it runs), so any cell can be rerun
 by hand; a step whose output is already in --out-dir is not run again, so an interrupted run
-continues where it stopped. The stills are motion.still_image landscapes written to
-out/table7/stills/ (the generator that draws the `motion` dataset's image backgrounds), so nothing
-is downloaded.
+continues where it stopped. The stills are train.py's `--dataset stills`: motion.still_image
+landscapes (the generator that draws the `motion` dataset's image backgrounds), so nothing is
+downloaded. Two (seed, row) cells run at a time (--jobs), each on one thread.
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -38,20 +39,18 @@ import sys
 import time
 
 import numpy as np
-from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-STILLS = "{stills}"   # replaced by the stills folder
 # (name, tag, train.py flags on top of --preset tiny); None = not pretrained
 ROWS = [
     ("stills + motion", "motion",
-     ["--dataset", "images", "--image-dir", STILLS, "--strategy", "single"]),
+     ["--dataset", "stills", "--strategy", "single"]),
     ("stills, no motion", "nomotion",
-     ["--dataset", "images", "--image-dir", STILLS, "--strategy", "none"]),
+     ["--dataset", "stills", "--strategy", "none"]),
     ("stills + motion, tube masking", "tube",
-     ["--dataset", "images", "--image-dir", STILLS, "--strategy", "single", "--masking", "tube"]),
+     ["--dataset", "stills", "--strategy", "single", "--masking", "tube"]),
     ("noise + motion", "noise", ["--dataset", "noise"]),
     ("black + motion", "black", ["--dataset", "black"]),
     ("not pretrained", "none", None),
@@ -68,30 +67,22 @@ COMPARISONS = [
 METRICS = (("finetune", "finetune top-1"), ("probe", "linear probe top-1"))
 
 
-def run(cmd, log):
+def run(cmd, log, threads=None):
+    """Run one command of this repository, its output to log; threads: OMP/torch threads."""
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     print("$ " + " ".join(cmd), flush=True)
     t = time.time()
     with open(log, "w") as f:
-        r = subprocess.run([sys.executable, *cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        r = subprocess.run([sys.executable, *cmd], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                           env=env)
     if r.returncode:
-        sys.exit(f"failed ({r.returncode}); see {log}")
-    print(f"  done in {time.time() - t:.0f} s", flush=True)
+        raise RuntimeError(f"failed ({r.returncode}): {' '.join(cmd)}; see {log}")
+    print(f"  done in {time.time() - t:.0f} s: {log}", flush=True)
 
 
 def finished(log):
     """A train.py run is complete when its output ends with 'done: N steps'."""
     return os.path.isfile(log) and "\ndone: " in open(log).read()
-
-
-def write_stills(folder, n, size, seed):
-    import motion
-    os.makedirs(folder, exist_ok=True)
-    if len(os.listdir(folder)) >= n:
-        return
-    rng = np.random.default_rng([seed, 99])
-    for i in range(n):
-        Image.fromarray(motion.still_image(size, size, rng)).save(
-            os.path.join(folder, f"{i:04d}.png"))
 
 
 def last_loss(log_path):
@@ -119,8 +110,9 @@ def token_rms(checkpoint, size, frames, patch):
 
 
 def main():
+    import finetune
     import train
-    tiny = train.PRESETS["tiny"]
+    tiny, finetune_tiny = train.PRESETS["tiny"], finetune.PRESETS["tiny"]
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -129,11 +121,11 @@ def main():
                    help="which rows to run, by tag (default: all)")
     p.add_argument("--out-dir", default="out/table7")
     p.add_argument("--pretrain-epochs", type=int, default=8,
-                   help="effective epochs of 1024 items x 2 clips "
-                   "(32 steps each); half the demo's 16, "
-                   "so that 5 seeds x 5 pretrainings fit in about an hour")
-    p.add_argument("--finetune-epochs", type=int, default=10,
-                   help="finetune.py --epochs (its preset: 20)")
+                   help="train.py --epochs (32 steps each); a quarter of the demo's "
+                   f"{tiny['epochs']}, so that 5 seeds fit in about an hour")
+    p.add_argument("--finetune-epochs", type=int, default=3,
+                   help="finetune.py --epochs (its tiny preset: "
+                   f"{finetune_tiny['epochs']} of {finetune_tiny['motion_train']} clips)")
     p.add_argument("--pretrain-lr", type=float, default=None,
                    help="train.py --lr (base lr for 256 clips); "
                    f"default: the tiny preset's {tiny['lr']:g}")
@@ -141,6 +133,9 @@ def main():
                    help="clip size, frames and patch of every run (tubelet 2); "
                    "default: the tiny presets' "
                    f"{tiny['img_size']} {tiny['num_frames']} {tiny['patch_size']}")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="(seed, row) cells run at a time, each on 1 thread (default 2: on 2 cores "
+                   "the tiny model runs ~2x faster as two 1-thread jobs than as one 2-thread job)")
     p.add_argument("--table-only", action="store_true",
                    help="print the table of a finished run in --out-dir")
     p.add_argument("--quick", action="store_true", help="2 pretraining epochs, 1 finetuning epoch")
@@ -155,45 +150,52 @@ def main():
         saved = json.load(open(os.path.join(out, "table7.json")))
         args.seeds = saved.get("seeds", args.seeds)
         return write_table(saved["rows"], args)
-    stills = os.path.join(out, "stills")
-    # 1024 stills x 2 clips, as the demo's 1024 items
-    write_stills(stills, 1024, 2 * args.grid[0], 0)
-
     grid = ["--img-size", str(args.grid[0]), "--num-frames", str(args.grid[1]),
             "--patch-size", str(args.grid[2])]
     common = ["--preset", "tiny", *grid, "--log-every", "32", "--epochs", str(args.pretrain_epochs),
               "--save-every", "0", "--lr", str(args.pretrain_lr)]
-    rows = {name: {} for name, tag, _ in ROWS if tag in args.rows}
+    tags = [(name, tag, flags) for name, tag, flags in ROWS if tag in args.rows]
+
+    def cell_runs(seed, tag, flags):
+        """One (seed, row): pretrain (unless not pretrained), finetune, probe; a step whose output
+        exists is skipped."""
+        threads = 1 if args.jobs > 1 else None   # 1 thread a job: 2 jobs on 2 cores ~ 2x one
+        ckpt = None
+        if flags is not None:
+            d = os.path.join(out, f"pretrain-{tag}-s{seed}")
+            if not finished(d + ".log"):
+                run(["train.py", *common, *flags, "--seed", str(seed), "--out-dir", d, "--resume"],
+                    d + ".log", threads)
+            ckpt = os.path.join(d, "checkpoint-latest.pth")
+        ck = ["--checkpoint", ckpt] if ckpt else []
+        ft, pr = os.path.join(out, f"ft-{tag}-s{seed}"), os.path.join(out, f"probe-{tag}-s{seed}")
+        if not os.path.isfile(os.path.join(ft, "results.json")):
+            run(["finetune.py", "--preset", "tiny", *grid, *ck, "--seed", str(seed), "--epochs",
+                 str(args.finetune_epochs), "--out-dir", ft], ft + ".log", threads)
+        if not os.path.isfile(os.path.join(pr, "results.json")):
+            run(["probe.py", "--preset", "tiny", *grid, *ck, "--seed", str(seed),
+                 "--out-dir", pr], pr + ".log", threads)
+
+    t0 = time.time()
+    # --jobs cells at a time, in seed order, so an interrupted run holds whole seeds
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(cell_runs, seed, tag, flags)
+                   for seed in args.seeds for _, tag, flags in tags]
+        for f in futures:
+            f.result()                                   # re-raises a failed step
+    print(f"all runs done in {(time.time() - t0) / 60:.1f} min", flush=True)
+    rows = {name: {} for name, _, _ in tags}
     for seed in args.seeds:
-        for name, tag, flags in ROWS:
-            if tag not in args.rows:
-                continue
-            ckpt = None
-            r = rows[name]
+        for name, tag, flags in tags:
+            r, ckpt = rows[name], None
             if flags is not None:
                 d = os.path.join(out, f"pretrain-{tag}-s{seed}")
-                if not finished(d + ".log"):
-                    run(["train.py", *common, *[stills if f == STILLS else f for f in flags],
-                         "--seed", str(seed), "--out-dir", d, "--resume"], d + ".log")
                 ckpt = os.path.join(d, "checkpoint-latest.pth")
                 r.setdefault("pretrain", []).append(last_loss(os.path.join(d, "log.jsonl")))
-            ck = ["--checkpoint", ckpt] if ckpt else []
-            ft, pr = (os.path.join(out, f"ft-{tag}-s{seed}"),
-                      os.path.join(out, f"probe-{tag}-s{seed}"))
-            if not os.path.isfile(os.path.join(ft, "results.json")):
-                run(["finetune.py", "--preset", "tiny", *grid, *ck, "--seed", str(seed), "--epochs",
-                     str(args.finetune_epochs), "--out-dir", ft], ft + ".log")
-            if not os.path.isfile(os.path.join(pr, "results.json")):
-                run(["probe.py", "--preset", "tiny", *grid, *ck, "--seed", str(seed),
-                     "--out-dir", pr], pr + ".log")
             r.setdefault("token_rms", []).append(token_rms(ckpt, *args.grid))
-            r.setdefault("finetune", []).append(
-                json.load(open(os.path.join(ft, "results.json")))["top1"])
-            r.setdefault("probe", []).append(
-                json.load(open(os.path.join(pr, "results.json")))["top1"])
-        # after every seed: a partial table
-        with open(os.path.join(out, "table7.json"), "w") as f:
-            json.dump({"seeds": args.seeds[:args.seeds.index(seed) + 1], "rows": rows}, f, indent=1)
+            for metric, folder in (("finetune", "ft"), ("probe", "probe")):
+                r.setdefault(metric, []).append(json.load(open(os.path.join(
+                    out, f"{folder}-{tag}-s{seed}", "results.json")))["top1"])
     write_table(rows, args)
 
 
