@@ -5,7 +5,7 @@
     python docs/table7.py --seeds 0 1 2 --rows motion nomotion none      # a subset: the rows by tag
     python docs/table7.py --seeds 0 --quick   # one seed, 2 pretraining / 1 finetuning epochs:
                                               # a smoke run
-    python docs/table7.py --table-only              # redraw the table from out/table7/table7.json
+    python docs/table7.py --table-only        # the table of the seeds finished in out/table7
 
 Rows (tags in brackets), all pretrained with `train.py --preset tiny` (the demo's model, grid, lr
 and pixel targets; Table 7's "no natural video" setting) for --pretrain-epochs on a different
@@ -109,6 +109,28 @@ def token_rms(checkpoint, size, frames, patch):
         return model.eval().forward_tokens(video).pow(2).mean().sqrt().item()
 
 
+def collect(out, seeds, tags, grid):
+    """The table's rows from the run folders: every seed whose cells have all finished (a run
+    interrupted mid-seed gives the table of its finished seeds) -> (rows, those seeds)."""
+    def paths(seed, tag):
+        return (os.path.join(out, f"pretrain-{tag}-s{seed}"),
+                *(os.path.join(out, f"{k}-{tag}-s{seed}", "results.json") for k in ("ft", "probe")))
+    done = [s for s in seeds if all(os.path.isfile(ft) and os.path.isfile(pr) for _, tag, _ in tags
+                                    for _, ft, pr in [paths(s, tag)])]
+    rows = {name: {} for name, _, _ in tags}
+    for seed in done:
+        for name, tag, flags in tags:
+            r, ckpt = rows[name], None
+            d, ft, pr = paths(seed, tag)
+            if flags is not None:
+                ckpt = os.path.join(d, "checkpoint-latest.pth")
+                r.setdefault("pretrain", []).append(last_loss(os.path.join(d, "log.jsonl")))
+            r.setdefault("token_rms", []).append(token_rms(ckpt, *grid))
+            r.setdefault("finetune", []).append(json.load(open(ft))["top1"])
+            r.setdefault("probe", []).append(json.load(open(pr))["top1"])
+    return rows, done
+
+
 def main():
     import finetune
     import train
@@ -146,15 +168,14 @@ def main():
         args.pretrain_epochs, args.finetune_epochs = 2, 1
     out = args.out_dir
     os.makedirs(out, exist_ok=True)
-    if args.table_only:                         # redraw the table from a finished run
-        saved = json.load(open(os.path.join(out, "table7.json")))
-        args.seeds = saved.get("seeds", args.seeds)
-        return write_table(saved["rows"], args)
     grid = ["--img-size", str(args.grid[0]), "--num-frames", str(args.grid[1]),
             "--patch-size", str(args.grid[2])]
     common = ["--preset", "tiny", *grid, "--log-every", "32", "--epochs", str(args.pretrain_epochs),
               "--save-every", "0", "--lr", str(args.pretrain_lr)]
     tags = [(name, tag, flags) for name, tag, flags in ROWS if tag in args.rows]
+    if args.table_only:          # the table of the finished seeds in --out-dir, nothing run
+        rows, args.seeds = collect(out, args.seeds, tags, args.grid)
+        return write_table(rows, args)
 
     def cell_runs(seed, tag, flags):
         """One (seed, row): pretrain (unless not pretrained), finetune, probe; a step whose output
@@ -184,18 +205,7 @@ def main():
         for f in futures:
             f.result()                                   # re-raises a failed step
     print(f"all runs done in {(time.time() - t0) / 60:.1f} min", flush=True)
-    rows = {name: {} for name, _, _ in tags}
-    for seed in args.seeds:
-        for name, tag, flags in tags:
-            r, ckpt = rows[name], None
-            if flags is not None:
-                d = os.path.join(out, f"pretrain-{tag}-s{seed}")
-                ckpt = os.path.join(d, "checkpoint-latest.pth")
-                r.setdefault("pretrain", []).append(last_loss(os.path.join(d, "log.jsonl")))
-            r.setdefault("token_rms", []).append(token_rms(ckpt, *args.grid))
-            for metric, folder in (("finetune", "ft"), ("probe", "probe")):
-                r.setdefault(metric, []).append(json.load(open(os.path.join(
-                    out, f"{folder}-{tag}-s{seed}", "results.json")))["top1"])
+    rows, args.seeds = collect(out, args.seeds, tags, args.grid)
     write_table(rows, args)
 
 

@@ -86,3 +86,18 @@ def test_table7_table_by_hand(tmp_path):
 def test_table7_paired_signs():
     d, ms, agree = table7.paired([1.0, 2.0, 3.0, 4.0, 5.0], [0.0, 0.0, 4.0, 0.0, 0.0])
     assert list(d) == [1.0, 2.0, -1.0, 4.0, 5.0] and ms == "2.2 ± 2.1" and agree == "4/5"
+
+
+def test_table7_collects_only_finished_seeds(tmp_path):
+    """An interrupted run gives the table of its finished seeds: seed 1 lacks its probe, so only
+    seed 0 is read."""
+    for seed, kinds in ((0, ("ft", "probe")), (1, ("ft",))):
+        for k in kinds:
+            d = tmp_path / f"{k}-none-s{seed}"
+            d.mkdir()
+            (d / "results.json").write_text(json.dumps({"top1": 30.0 + seed + (k == "probe")}))
+    tags = [("not pretrained", "none", None)]
+    rows, seeds = table7.collect(str(tmp_path), [0, 1], tags, [32, 8, 8])
+    assert seeds == [0]
+    assert rows["not pretrained"]["finetune"] == [30.0] and rows["not pretrained"]["probe"] == [31.0]
+    assert 0.5 < rows["not pretrained"]["token_rms"][0] < 5.0        # a random encoder: ~1.8
