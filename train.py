@@ -160,7 +160,7 @@ def get_args(argv=None):
     a("--grad-checkpointing", action="store_true",
       help="recompute activations in backward: less memory, slower")
     add_run_args(a)
-    # A preset may name a dataset (tiny: black), so the dataset table is read once the preset is
+    # A preset may name a dataset (tiny: stills), so the dataset table is read once the preset is
     # known, then the preset again so that its own values win over its dataset's; flags
     # win over both.
     args = apply_presets(p, [("preset", PRESETS), ("dataset", DATASETS), ("preset", PRESETS)], argv)
