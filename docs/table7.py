@@ -1,7 +1,7 @@
 """A miniature of the paper's Table 7 (learning without natural video), and of Table 4g, on a
 2-core CPU.
 
-    python docs/table7.py                 # 5 seeds, all rows, ~1 hour on 2 quiet cores (estimate)
+    python docs/table7.py                 # 5 seeds, all rows: 75 min measured on 2 cores
     python docs/table7.py --seeds 0 1 2 --rows motion nomotion none      # a subset: the rows by tag
     python docs/table7.py --seeds 0 --quick   # one seed, 2 pretraining / 1 finetuning epochs:
                                               # a smoke run
