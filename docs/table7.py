@@ -144,7 +144,7 @@ def main():
     p.add_argument("--out-dir", default="out/table7")
     p.add_argument("--pretrain-epochs", type=int, default=8,
                    help="train.py --epochs (32 steps each); a quarter of the demo's "
-                   f"{tiny['epochs']}, so that 5 seeds fit in about an hour")
+                   f"{tiny['epochs']}, so that 5 seeds fit in 75 min on 2 cores (measured)")
     p.add_argument("--finetune-epochs", type=int, default=3,
                    help="finetune.py --epochs (its tiny preset: "
                    f"{finetune_tiny['epochs']} of {finetune_tiny['motion_train']} clips)")
