@@ -421,7 +421,7 @@ def main(argv=None):
     make_out_dir(args.out_dir)
     state = read_checkpoint(args)
     torch.manual_seed(args.seed)
-    fast_math(device)
+    fast_math(device, args.workers)
     log = Log(args.out_dir, master, args.tensorboard)
 
     # ------------------------------------------------------------------ data

@@ -135,9 +135,15 @@ def amp_setup(device, amp):
     return (lambda: torch.autocast(device.type, dtype=dtype)), scaler, dtype
 
 
-def fast_math(device):
+def fast_math(device, workers=0):
     """On GPU: cuDNN autotuning for the fixed clip shape, TF32 matmuls for fp32 runs (amp runs are
-    bf16)."""
+    bf16). On CPU: the loader's `workers` processes need cores too, so the step gets the others
+    (torch's default takes every core and the two fight: on 2 cores the demo, 1 worker, runs 1.4x
+    faster with one compute thread than with two; docs/performance.md). OMP_NUM_THREADS, when
+    set, wins (torchrun sets it to 1 per rank)."""
+    if device.type == "cpu" and workers and "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), cores - workers)))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True

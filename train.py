@@ -339,7 +339,7 @@ def main(argv=None):
     videos_per_micro = args.batch_size // world // args.accum_iter // args.num_sample   # per rank
     make_out_dir(args.out_dir)
     torch.manual_seed(args.seed)   # same initial weights on every rank
-    fast_math(device)
+    fast_math(device, args.workers)
     log = Log(args.out_dir, master, args.tensorboard)
 
     # ------------------------------------------------------------------ data

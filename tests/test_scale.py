@@ -88,6 +88,24 @@ def test_amp_choice_by_compute_capability(monkeypatch, capability, amp, dtype):
     assert runtime.amp_dtype(torch.device("cpu"), "auto") is None
 
 
+@pytest.mark.parametrize("cores,workers,env,want",
+                         [(2, 1, None, 1), (16, 8, None, 8), (2, 8, None, 1), (2, 0, None, 2),
+                          (2, 1, "2", 2)])
+def test_cpu_threads_leave_the_loader_its_cores(monkeypatch, cores, workers, env, want):
+    """On CPU the step's threads are the cores the loader's workers leave (never more than torch's
+    default, never 0); OMP_NUM_THREADS, when set, wins. The thread count changes no number."""
+    calls = []
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: cores)
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    runtime.fast_math(torch.device("cpu"), workers)
+    assert (calls[-1] if calls else cores) == want
+
+
 def test_gpu_process_group_is_nccl_only(monkeypatch):
     """The CPU twin of the GPU path: under torchrun with CUDA, setup_dist asks for plain NCCL bound
     to the rank's device (every collective is a small CUDA tensor: no gloo, which multi-node
