@@ -93,7 +93,7 @@ def test_amp_choice_by_compute_capability(monkeypatch, capability, amp, dtype):
                           (2, 1, "2", 2)])
 def test_cpu_threads_leave_the_loader_its_cores(monkeypatch, cores, workers, env, want):
     """On CPU the step's threads are the cores the loader's workers leave (never more than torch's
-    default, never 0); OMP_NUM_THREADS, when set, wins. The thread count changes no number."""
+    default, never 0); OMP_NUM_THREADS, when set, wins."""
     calls = []
     monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: cores)
