@@ -95,7 +95,8 @@ def test_cpu_threads_leave_the_loader_its_cores(monkeypatch, cores, workers, env
     """On CPU the step's threads are the cores the loader's workers leave (never more than torch's
     default, never 0); OMP_NUM_THREADS, when set, wins."""
     calls = []
-    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(cores)),
+                        raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: cores)
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
     if env is None:
