@@ -45,8 +45,8 @@ import data
 from evaluation import (VideoClipDataset, add_data_args, build_classifier, read_checkpoint,
                         three_crops)
 from model import MODEL_SIZES, classifier_state_dict, position_table
-from runtime import (Log, all_reduce, amp_setup, apply_presets, fail, fast_math, fmt_time,
-                     make_out_dir, save_args, setup_dist, teardown)
+from runtime import (Log, all_reduce, amp_setup, apply_presets, fail, fmt_time, make_out_dir,
+                     save_args, setup_dist, teardown)
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
 # a list line's last field is a label when it looks like one: a number, class ids "3,17,42", "-"
@@ -448,7 +448,6 @@ def main(argv=None):
     args = get_args(argv)
     rank, world, device = setup_dist()
     device = torch.device(args.device) if args.device else device
-    fast_math(device, args.workers)
     master = rank == 0
     make_out_dir(args.out_dir)
     os.makedirs(os.path.join(args.out_dir, "parts"), exist_ok=True)
