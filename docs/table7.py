@@ -148,9 +148,15 @@ def main():
     p.add_argument("--finetune-epochs", type=int, default=3,
                    help="finetune.py --epochs (its tiny preset: "
                    f"{finetune_tiny['epochs']} of {finetune_tiny['motion_train']} clips)")
-    p.add_argument("--pretrain-lr", type=float, default=None,
-                   help="train.py --lr (base lr for 256 clips); "
-                   f"default: the tiny preset's {tiny['lr']:g}")
+    p.add_argument("--pretrain-lr", type=float, default=4e-3,
+                   help="train.py --lr (base lr for 256 clips; the tiny preset's is "
+                   f"{tiny['lr']:g})")
+    p.add_argument("--pretrain-batch", type=int, default=32,
+                   help="train.py --batch-size; the table in docs/table7.md ran at 32, the demo's "
+                   f"batch before it moved to {tiny['batch_size']}")
+    p.add_argument("--finetune-lr", type=float, default=1.6e-2,
+                   help="finetune.py --lr (per 256); the table in docs/table7.md ran at 1.6e-2, "
+                   f"the tiny preset's before it moved to {finetune_tiny['lr']:g}")
     p.add_argument("--grid", nargs=3, type=int, default=None, metavar=("SIZE", "FRAMES", "PATCH"),
                    help="clip size, frames and patch of every run (tubelet 2); "
                    "default: the tiny presets' "
@@ -163,7 +169,6 @@ def main():
     p.add_argument("--quick", action="store_true", help="2 pretraining epochs, 1 finetuning epoch")
     args = p.parse_args()
     args.grid = args.grid or [tiny["img_size"], tiny["num_frames"], tiny["patch_size"]]
-    args.pretrain_lr = args.pretrain_lr or tiny["lr"]
     if args.quick:
         args.pretrain_epochs, args.finetune_epochs = 2, 1
     out = args.out_dir
@@ -171,7 +176,8 @@ def main():
     grid = ["--img-size", str(args.grid[0]), "--num-frames", str(args.grid[1]),
             "--patch-size", str(args.grid[2])]
     common = ["--preset", "tiny", *grid, "--log-every", "32", "--epochs", str(args.pretrain_epochs),
-              "--save-every", "0", "--lr", str(args.pretrain_lr)]
+              "--save-every", "0", "--lr", str(args.pretrain_lr),
+              "--batch-size", str(args.pretrain_batch)]
     tags = [(name, tag, flags) for name, tag, flags in ROWS if tag in args.rows]
     if args.table_only:          # the table of the finished seeds in --out-dir, nothing run
         rows, args.seeds = collect(out, args.seeds, tags, args.grid)
@@ -192,7 +198,8 @@ def main():
         ft, pr = os.path.join(out, f"ft-{tag}-s{seed}"), os.path.join(out, f"probe-{tag}-s{seed}")
         if not os.path.isfile(os.path.join(ft, "results.json")):
             run(["finetune.py", "--preset", "tiny", *grid, *ck, "--seed", str(seed), "--epochs",
-                 str(args.finetune_epochs), "--out-dir", ft], ft + ".log", threads)
+                 str(args.finetune_epochs), "--lr", str(args.finetune_lr), "--out-dir", ft],
+                ft + ".log", threads)
         if not os.path.isfile(os.path.join(pr, "results.json")):
             run(["probe.py", "--preset", "tiny", *grid, *ck, "--seed", str(seed),
                  "--out-dir", pr], pr + ".log", threads)
