@@ -77,7 +77,7 @@ SEVERE = {
 # --preset tiny: the 2-core CPU demo on `motion`, on the grid of train.py's tiny pretraining: 640
 # steps, no mixup / cutmix / RandAug / erasing / drop path / crop (motion clips as rendered), and
 # lr 4e-3 per 256, where every start trains, random initialisation included (at 1.6e-2 a random
-# start mostly stalls, at 1e-3 nothing trains in this many steps: docs/demo.md).
+# start mostly stalls; at 1e-3, 320 steps left even the demo's encoder at 26-32%: docs/demo.md).
 PRESETS = {
     "tiny": dict(dataset="motion", model="tiny", patch_size=8, tubelet=2, img_size=32, num_frames=8,
                  motion_train=2048, motion_val=1024, epochs=10, warmup_epochs=1, batch_size=32, lr=4e-3,

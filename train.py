@@ -46,6 +46,7 @@ DATASETS = {
 }
 PRESETS = {
     # the CPU demo (README's first command), chosen by measurement on 2 cores: see docs/demo.md
+    # (batch 16: at 5e-4 per step or more the encoder transferred worse than a random one)
     "tiny": dict(dataset="stills", model="tiny", img_size=32, num_frames=8, patch_size=8, tubelet=2,
                  target="pixel", batch_size=16, lr=4e-3, min_lr=1e-4, warmup_epochs=1,
                  epochs=32, synthetic_length=1024, object_size=[64, 160], workers=1, log_every=32,
