@@ -1,11 +1,15 @@
 """A miniature of the paper's Table 7 (learning without natural video), and of Table 4g, on a
 2-core CPU.
 
-    python docs/table7.py                 # 5 seeds, all rows: 75 min measured on 2 cores
+    python docs/table7.py                 # 5 seeds, all rows, a quarter of the budget: ~70 min
+                                          # on 2 cores, and its rows cannot be told apart
+    python docs/table7.py --budget demo   # 5 seeds, all rows at the demo's own budget (the tiny
+                                          # presets unchanged): TIME_DEMO on 2 cores
     python docs/table7.py --seeds 0 1 2 --rows motion nomotion none      # a subset: the rows by tag
     python docs/table7.py --seeds 0 --quick   # one seed, 2 pretraining / 1 finetuning epochs:
                                               # a smoke run
     python docs/table7.py --table-only        # the table of the seeds finished in out/table7
+                                              # (with --budget demo: in out/table7-demo)
 
 Rows (tags in brackets), all pretrained with `train.py --preset tiny` (the demo's model, grid, lr
 and pixel targets; Table 7's "no natural video" setting) for --pretrain-epochs on a different
@@ -15,7 +19,7 @@ background:
   stills, no motion [nomotion]   the same stills, no objects (tube masking)
   stills + motion, tube masking [tube]   Table 4g: the motion row with --masking tube
   noise + motion [noise]         uniform-noise background + objects (the paper's headline row)
-  black + motion [black]         black background + objects (the demo's own data)
+  black + motion [black]         black background + objects
   not pretrained [none]          a random encoder
 Each encoder is evaluated twice, as Table 7 does and as a second view: full finetuning on the
 synthetic `motion` dataset (8 classes that only the motion tells apart) and the mean-pooled linear
@@ -131,7 +135,18 @@ def collect(out, seeds, tags, grid):
     return rows, done
 
 
-def main():
+# --budget: the per-seed budgets of a whole table; explicit flags win. quarter fits 5 seeds x 6
+# rows in about an hour on 2 cores and cannot tell its rows apart; demo is the README demo's own
+# budget (train.py / finetune.py --preset tiny as they are), ~2 hours for 5 seeds x 6 rows.
+BUDGETS = {
+    "quarter": dict(pretrain_epochs=8, pretrain_batch=32, finetune_epochs=3, finetune_lr=1.6e-2,
+                    out_dir="out/table7"),
+    "demo": dict(pretrain_epochs=32, pretrain_batch=16, finetune_epochs=10, finetune_lr=4e-3,
+                 out_dir="out/table7-demo"),
+}
+
+
+def get_args(argv=None):
     import finetune
     import train
     tiny, finetune_tiny = train.PRESETS["tiny"], finetune.PRESETS["tiny"]
@@ -141,22 +156,25 @@ def main():
     p.add_argument("--rows", nargs="+", default=[t for _, t, _ in ROWS],
                    choices=[t for _, t, _ in ROWS],
                    help="which rows to run, by tag (default: all)")
-    p.add_argument("--out-dir", default="out/table7")
-    p.add_argument("--pretrain-epochs", type=int, default=8,
-                   help="train.py --epochs (32 steps each); a quarter of the demo's "
-                   f"{tiny['epochs']}, so that 5 seeds fit in 75 min on 2 cores (measured)")
-    p.add_argument("--finetune-epochs", type=int, default=3,
+    p.add_argument("--budget", default="quarter", choices=sorted(BUDGETS),
+                   help="per-seed budgets (the flags below override them): quarter = "
+                   f"{BUDGETS['quarter']}; demo = {BUDGETS['demo']}, the tiny presets' own")
+    p.add_argument("--out-dir", default=None, help="default: by --budget")
+    p.add_argument("--pretrain-epochs", type=int, default=None,
+                   help="train.py --epochs (1,024 clips each); quarter: 8, a quarter of the "
+                   f"previous demo's steps; demo: the tiny preset's {tiny['epochs']}")
+    p.add_argument("--finetune-epochs", type=int, default=None,
                    help="finetune.py --epochs (its tiny preset: "
                    f"{finetune_tiny['epochs']} of {finetune_tiny['motion_train']} clips)")
     p.add_argument("--pretrain-lr", type=float, default=4e-3,
                    help="train.py --lr (base lr for 256 clips; the tiny preset's is "
                    f"{tiny['lr']:g})")
-    p.add_argument("--pretrain-batch", type=int, default=32,
-                   help="train.py --batch-size; the table in docs/table7.md ran at 32, the demo's "
-                   f"batch before it moved to {tiny['batch_size']}")
-    p.add_argument("--finetune-lr", type=float, default=1.6e-2,
-                   help="finetune.py --lr (per 256); the table in docs/table7.md ran at 1.6e-2, "
-                   f"the tiny preset's before it moved to {finetune_tiny['lr']:g}")
+    p.add_argument("--pretrain-batch", type=int, default=None,
+                   help="train.py --batch-size; quarter: 32, the demo's batch before it moved to "
+                   f"{tiny['batch_size']}")
+    p.add_argument("--finetune-lr", type=float, default=None,
+                   help="finetune.py --lr (per 256); quarter: 1.6e-2, the tiny preset's before it "
+                   f"moved to {finetune_tiny['lr']:g}")
     p.add_argument("--grid", nargs=3, type=int, default=None, metavar=("SIZE", "FRAMES", "PATCH"),
                    help="clip size, frames and patch of every run (tubelet 2); "
                    "default: the tiny presets' "
@@ -167,10 +185,18 @@ def main():
     p.add_argument("--table-only", action="store_true",
                    help="print the table of a finished run in --out-dir")
     p.add_argument("--quick", action="store_true", help="2 pretraining epochs, 1 finetuning epoch")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    for k, v in BUDGETS[args.budget].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     args.grid = args.grid or [tiny["img_size"], tiny["num_frames"], tiny["patch_size"]]
     if args.quick:
         args.pretrain_epochs, args.finetune_epochs = 2, 1
+    return args
+
+
+def main():
+    args = get_args()
     out = args.out_dir
     os.makedirs(out, exist_ok=True)
     grid = ["--img-size", str(args.grid[0]), "--num-frames", str(args.grid[1]),

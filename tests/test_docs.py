@@ -101,3 +101,22 @@ def test_table7_collects_only_finished_seeds(tmp_path):
     assert seeds == [0]
     assert rows["not pretrained"]["finetune"] == [30.0] and rows["not pretrained"]["probe"] == [31.0]
     assert 0.5 < rows["not pretrained"]["token_rms"][0] < 5.0        # a random encoder: ~1.8
+
+
+def test_table7_budgets_resolve_and_flags_win():
+    """--budget sets the per-seed budgets; the demo budget is the tiny presets' own, so its
+    stills + motion and not-pretrained cells are the README's demo commands; explicit flags win."""
+    import finetune
+    import train
+    q = table7.get_args([])
+    assert (q.pretrain_epochs, q.pretrain_batch, q.finetune_epochs, q.finetune_lr, q.out_dir) == \
+        (8, 32, 3, 1.6e-2, "out/table7")
+    d = table7.get_args(["--budget", "demo"])
+    tiny, ft = train.PRESETS["tiny"], finetune.PRESETS["tiny"]
+    assert (d.pretrain_epochs, d.pretrain_batch, d.pretrain_lr) == \
+        (tiny["epochs"], tiny["batch_size"], tiny["lr"])
+    assert (d.finetune_epochs, d.finetune_lr, d.out_dir) == (ft["epochs"], ft["lr"],
+                                                            "out/table7-demo")
+    o = table7.get_args(["--budget", "demo", "--pretrain-epochs", "4", "--out-dir", "x"])
+    assert (o.pretrain_epochs, o.pretrain_batch, o.out_dir) == (4, tiny["batch_size"], "x")
+    assert table7.get_args(["--quick"]).pretrain_epochs == 2
