@@ -207,6 +207,9 @@ def main():
     tags = [(name, tag, flags) for name, tag, flags in ROWS if tag in args.rows]
     if args.table_only:          # the table of the finished seeds in --out-dir, nothing run
         rows, args.seeds = collect(out, args.seeds, tags, args.grid)
+        if not args.seeds:
+            sys.exit(f"table7.py --table-only: no seed has finished every row in {out} "
+                     "(a seed counts once its finetune and probe results.json exist for every row)")
         return write_table(rows, args)
 
     def cell_runs(seed, tag, flags):

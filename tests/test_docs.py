@@ -120,3 +120,10 @@ def test_table7_budgets_resolve_and_flags_win():
     o = table7.get_args(["--budget", "demo", "--pretrain-epochs", "4", "--out-dir", "x"])
     assert (o.pretrain_epochs, o.pretrain_batch, o.out_dir) == (4, tiny["batch_size"], "x")
     assert table7.get_args(["--quick"]).pretrain_epochs == 2
+
+
+def test_table7_table_only_without_finished_seeds_says_so(tmp_path):
+    r = subprocess.run([sys.executable, "docs/table7.py", "--table-only", "--out-dir",
+                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and "no seed has finished" in r.stderr and str(tmp_path) in r.stderr
+    assert "Traceback" not in r.stderr
