@@ -4,7 +4,8 @@
     python docs/table7.py                 # 5 seeds, all rows, a quarter of the budget: ~70 min
                                           # on 2 cores, and its rows cannot be told apart
     python docs/table7.py --budget demo   # 5 seeds, all rows at the demo's own budget (the tiny
-                                          # presets unchanged): TIME_DEMO on 2 cores
+                                          # presets unchanged): 132 min measured
+                                          # on a fast 2-core machine
     python docs/table7.py --seeds 0 1 2 --rows motion nomotion none      # a subset: the rows by tag
     python docs/table7.py --seeds 0 --quick   # one seed, 2 pretraining / 1 finetuning epochs:
                                               # a smoke run
