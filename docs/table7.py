@@ -136,30 +136,33 @@ def collect(out, seeds, tags, grid):
     return rows, done
 
 
-# --budget: the per-seed budgets of a whole table; explicit flags win. quarter fits 5 seeds x 6
-# rows in about an hour on 2 cores and cannot tell its rows apart; demo is the README demo's own
-# budget (train.py / finetune.py --preset tiny as they are), ~2 hours for 5 seeds x 6 rows.
-BUDGETS = {
-    "quarter": dict(pretrain_epochs=8, pretrain_batch=32, finetune_epochs=3, finetune_lr=1.6e-2,
-                    out_dir="out/table7"),
-    "demo": dict(pretrain_epochs=32, pretrain_batch=16, finetune_epochs=10, finetune_lr=4e-3,
-                 out_dir="out/table7-demo"),
-}
+def budgets(tiny, finetune_tiny):
+    """--budget: the per-seed budgets of a whole table; explicit flags win. quarter fits 5 seeds x
+    6 rows in about an hour on 2 cores and cannot tell its rows apart; demo is the README demo's
+    own budget, read from the tiny presets of train.py and finetune.py (~2 hours for 5 x 6)."""
+    return {
+        "quarter": dict(pretrain_epochs=8, pretrain_batch=32, finetune_epochs=3,
+                        finetune_lr=1.6e-2, out_dir="out/table7"),
+        "demo": dict(pretrain_epochs=tiny["epochs"], pretrain_batch=tiny["batch_size"],
+                     finetune_epochs=finetune_tiny["epochs"], finetune_lr=finetune_tiny["lr"],
+                     out_dir="out/table7-demo"),
+    }
 
 
 def get_args(argv=None):
     import finetune
     import train
     tiny, finetune_tiny = train.PRESETS["tiny"], finetune.PRESETS["tiny"]
+    budget_table = budgets(tiny, finetune_tiny)
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--rows", nargs="+", default=[t for _, t, _ in ROWS],
                    choices=[t for _, t, _ in ROWS],
                    help="which rows to run, by tag (default: all)")
-    p.add_argument("--budget", default="quarter", choices=sorted(BUDGETS),
+    p.add_argument("--budget", default="quarter", choices=sorted(budget_table),
                    help="per-seed budgets (the flags below override them): quarter = "
-                   f"{BUDGETS['quarter']}; demo = {BUDGETS['demo']}, the tiny presets' own")
+                   f"{budget_table['quarter']}; demo = {budget_table['demo']}, the tiny presets' own")
     p.add_argument("--out-dir", default=None, help="default: by --budget")
     p.add_argument("--pretrain-epochs", type=int, default=None,
                    help="train.py --epochs (1,024 clips each); quarter: 8, a quarter of the "
@@ -187,7 +190,7 @@ def get_args(argv=None):
                    help="print the table of a finished run in --out-dir")
     p.add_argument("--quick", action="store_true", help="2 pretraining epochs, 1 finetuning epoch")
     args = p.parse_args(argv)
-    for k, v in BUDGETS[args.budget].items():
+    for k, v in budget_table[args.budget].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.grid = args.grid or [tiny["img_size"], tiny["num_frames"], tiny["patch_size"]]
