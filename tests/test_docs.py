@@ -117,6 +117,10 @@ def test_table7_budgets_resolve_and_flags_win():
         (tiny["epochs"], tiny["batch_size"], tiny["lr"])
     assert (d.finetune_epochs, d.finetune_lr, d.out_dir) == (ft["epochs"], ft["lr"],
                                                             "out/table7-demo")
+    # the previous demo's budget stays pinned: docs/table7.md's 5 x 6 table was measured at it
+    d32 = table7.get_args(["--budget", "demo32"])
+    assert (d32.pretrain_epochs, d32.pretrain_batch, d32.pretrain_lr, d32.finetune_epochs,
+            d32.finetune_lr, d32.out_dir) == (32, 16, 4e-3, 10, 4e-3, "out/table7-demo32")
     o = table7.get_args(["--budget", "demo", "--pretrain-epochs", "4", "--out-dir", "x"])
     assert (o.pretrain_epochs, o.pretrain_batch, o.out_dir) == (4, tiny["batch_size"], "x")
     assert table7.get_args(["--quick"]).pretrain_epochs == 2

@@ -13,7 +13,7 @@ import train
 from conftest import TINY, assert_same_weights, read_log, run, weights
 
 def test_demo_preset_learns(tmp_path):
-    """The README's first command, shortened to 128 of its 2048 steps (2 of 32 epochs, ~20 s on 2 cores):
+    """The README's first command, shortened to 128 of its 4096 steps (2 of 64 epochs, ~20 s on 2 cores):
     the loss falls and goes below both floors (normalised pixel targets: predicting zero scores ~1)."""
     out = tmp_path / "demo"
     r = run(["train.py", "--preset", "tiny", "--steps", "128", "--out-dir", str(out)])
