@@ -172,7 +172,7 @@ def get_args(argv=None):
     p.add_argument("--out-dir", default=None, help="default: by --budget")
     p.add_argument("--pretrain-epochs", type=int, default=None,
                    help="train.py --epochs (1,024 clips each); quarter: 8, a quarter of the "
-                   f"previous demo's steps; demo: the tiny preset's {tiny['epochs']}")
+                   f"previous demo's steps; demo32: 32; demo: the tiny preset's {tiny['epochs']}")
     p.add_argument("--finetune-epochs", type=int, default=None,
                    help="finetune.py --epochs (its tiny preset: "
                    f"{finetune_tiny['epochs']} of {finetune_tiny['motion_train']} clips)")
