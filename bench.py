@@ -44,6 +44,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -402,11 +403,12 @@ def bench_teacher(a, rate):
 
 # Dense (no sparsity) tensor-core peaks in TFLOP/s from the vendors' data sheets, bf16 (fp16 where
 # the GPU has no bf16 tensor cores: V100, T4; there --amp auto runs fp16), by a piece of
-# torch.cuda.get_device_name(). The first match wins: longer names before the names they contain.
+# torch.cuda.get_device_name(), matched as whole words ("A10" is not "A10G"). The first match wins:
+# longer names before the names they contain.
 GPU_PEAKS = [("GH200", 989), ("H200", 989), ("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989),
              ("H800", 989), ("B200", 2250), ("A100", 312), ("A800", 312), ("A30", 165),
-             ("L40S", 362), ("L40", 181), ("L4", 121), ("A10", 125), ("V100-PCIE", 112),
-             ("V100", 125), ("T4", 65)]
+             ("L40S", 362), ("L40", 181), ("L4", 121), ("A10G", 70), ("A10", 125),
+             ("V100-PCIE", 112), ("V100", 125), ("T4", 65)]
 
 
 def flop_s(x):
@@ -417,7 +419,14 @@ def flop_s(x):
 def gpu_peak(name):
     """Dense bf16/fp16 tensor-core peak in FLOP/s of the GPU called `name`, or None for one not in
     GPU_PEAKS."""
-    return next((tf * 1e12 for key, tf in GPU_PEAKS if key.lower() in name.lower()), None)
+    def words(s):
+        return re.split(r"[\s_-]+", s.lower())
+    have = words(name)
+    for key, tf in GPU_PEAKS:
+        k = words(key)
+        if any(have[i:i + len(k)] == k for i in range(len(have))):
+            return tf * 1e12
+    return None
 
 
 def teacher_flops(t):
@@ -702,7 +711,7 @@ def train_run(flags, timeout):
 
 def gpu_check(a, rate):
     """--gpu-check's second half: `train.py --model base --target clip --teacher-weights none
-    --amp bf16 --dataset black --steps 30 --batch-size 32 --workers 8`, eager and --compile
+    --amp auto --dataset black --steps 30 --batch-size 32 --workers 8`, eager and --compile
     (--dry-run: the tiny CPU variant, eager only), added to rate["gpu_results"]."""
     results = rate.get("gpu_results")
     if results is None:
@@ -710,7 +719,7 @@ def gpu_check(a, rate):
                            "train.py with")
     cfg = gpu_config(a)
     steps, workers, every = (4, 0, 2) if a.dry_run else (30, 8, 10)
-    base = train_flags(cfg, "bf16") + ["--steps", str(steps), "--workers", str(workers),
+    base = train_flags(cfg, cfg["amp"]) + ["--steps", str(steps), "--workers", str(workers),
                                        "--log-every", str(every)]
     eager_clips = None
     for compile in (False, True):

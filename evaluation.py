@@ -208,7 +208,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
             return data.clip_indices(n, T, self.stride, rng)
         return dense_indices(n, T, self.stride, view, self.num_clips)
 
-    def __getitem__(self, index):
+    def __getitem__(self, key):
+        index = data.unkey(key, self.set_epoch)   # the epoch comes with the index
         if self.mode == "test":
             vid, view = divmod(index, self.num_clips)
             path, label = self.items[vid]
@@ -331,7 +332,8 @@ class MotionClassDataset(torch.utils.data.Dataset):
             scale = s0 * grow ** (t if cls == 6 else -t)
         return np.stack([cx, cy], 1), angle, scale
 
-    def __getitem__(self, index):
+    def __getitem__(self, key):
+        index = data.unkey(key, self.set_epoch)   # the epoch comes with the index
         frames, label = self.clip(index)
         target = make_target(label, self.task, self.num_classes)
         if self.mode == "test":
@@ -346,7 +348,7 @@ class MotionClassDataset(torch.utils.data.Dataset):
 
 def eval_collate(samples):
     """Stack a batch; test-mode items keep their views: video (B, V, C, T, H, W)."""
-    out = {k: torch.stack([s[k] for s in samples]) for k in ("video", "label")}
+    out = {k: data.cat([s[k] for s in samples], stack=True) for k in ("video", "label")}
     for k in ("index", "video_id"):
         if k in samples[0]:
             out[k] = torch.tensor([s[k] for s in samples])

@@ -446,8 +446,7 @@ def run_shard(model, todo, items, names, args, device, fc_norm, log, rank, world
 
 def main(argv=None):
     args = get_args(argv)
-    rank, world, device = setup_dist()
-    device = torch.device(args.device) if args.device else device
+    rank, world, device = setup_dist(args.device)
     master = rank == 0
     make_out_dir(args.out_dir)
     os.makedirs(os.path.join(args.out_dir, "parts"), exist_ok=True)

@@ -37,9 +37,10 @@ import data
 from evaluation import (DATASETS, add_data_args, build_classifier, build_datasets, check_data_args,
                         compute_metrics, eval_collate, per_video, read_checkpoint, severe_table,
                         write_results)
-from runtime import (Log, Preemption, adamw, all_reduce, amp_setup, apply_presets, cosine_schedule,
-                     fail, fast_math, fmt_time, make_out_dir, no_weight_decay, optimizer_step, resume,
-                     rng_state, save_args, save_checkpoint, set_lr, setup_dist, teardown, wrap_ddp)
+from runtime import (CheckpointClock, Log, Preemption, adamw, all_reduce_flags, amp_setup,
+                     apply_presets, check_ranks_agree, cosine_schedule, fail, fast_math, fmt_time,
+                     make_out_dir, no_weight_decay, optimizer_step, resume, rng_state, save_args,
+                     save_checkpoint, set_lr, setup_dist, teardown, wrap_model)
 
 # ============================================================================= presets
 
@@ -330,6 +331,8 @@ def get_args(argv=None):
       help="cosine floor for a batch of 256, scaled like --lr (VideoMAE: 1e-6)")
     a("--weight-decay", type=float, default=0.05)
     a("--betas", type=float, nargs=2, default=[0.9, 0.999])
+    a("--compile", action="store_true",
+      help="torch.compile the classifier for training (after DDP: the all-reduce overlaps)")
     a("--layer-decay", type=float, default=0.75, help="layer-wise lr decay (Table 17: 0.75; the "
       "reference's SSv2 script: 0.7)")
     a("--label-smoothing", type=float, default=0.1, help="Table 17: 0.1 (single-label only)")
@@ -376,7 +379,11 @@ def get_args(argv=None):
     a("--log-every", type=int, default=20)
     a("--tensorboard", action="store_true",
       help="also write <out-dir>/tb (needs tensorboard installed)")
-    a("--ckpt-every", type=int, default=200, help="steps between writes of checkpoint-latest.pth")
+    a("--ckpt-minutes", type=float, default=30,
+      help="minutes between writes of checkpoint-latest.pth (also written at the end and on "
+      "preemption)")
+    a("--ckpt-every", type=int, default=0,
+      help="also write checkpoint-latest.pth every this many steps (0: by time only)")
     # dataset tables first, the preset last: a preset's values win over its dataset's; flags
     # win over both
     tables = [("preset", PRESETS), ("dataset", DATASETS), ("dataset", SCHEDULES),
@@ -411,8 +418,7 @@ def main(argv=None):
     args = get_args(argv)
     if args.severe_table:
         return severe_table(args.severe_table)
-    rank, world, device = setup_dist()
-    device = torch.device(args.device) if args.device else device
+    rank, world, device = setup_dist(args.device)
     master = rank == 0
     if args.batch_size % (world * args.accum_iter):
         fail(f"--batch-size {args.batch_size} does not split over {world} ranks x --accum-iter "
@@ -450,7 +456,7 @@ def main(argv=None):
         if args.task == "count" else (0.0, 1.0)
     if isinstance(state, dict) and "count_stats" in state:
         count_stats = tuple(state["count_stats"])
-    model = wrap_ddp(raw_model, device, world)
+    model = wrap_model(raw_model, device, world, args.compile)   # DDP, then compile
     autocast, scaler, _ = amp_setup(device, args.amp)
 
     def predict(video):   # -> per-view scores: softmax (single), sigmoid (multi), count (count)
@@ -476,6 +482,7 @@ def main(argv=None):
     # ------------------------------------------------------------------ resume
     step, _ = resume(args, master, raw_model, optimizer, scaler, SHAPE_FLAGS, SCHEDULE_FLAGS,
                      steps_per_epoch)
+    check_ranks_agree(step, {k: getattr(args, k) for k in SHAPE_FLAGS}, device)
 
     def checkpoint(step):
         save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -517,11 +524,12 @@ def train_steps(step, end_step, *, args, model, loader, sampler, train_set, opti
     a checkpoint.
     -> the step reached."""
     preempt, nonfinite = Preemption(), 0
+    saver = CheckpointClock(args.ckpt_minutes, args.ckpt_every)
     window = {"t0": time.time(), "clips": 0, "loss": torch.zeros((), device=device), "n": 0}
     while step < end_step:
         epoch, offset = divmod(step, steps_per_epoch)
-        train_set.set_epoch(epoch)
-        sampler.set_epoch(epoch, start=offset * args.batch_size // world)
+        sampler.set_epoch(epoch, start=offset * args.batch_size // world,   # -> train_set.set_epoch
+                          state=dict(epoch=epoch))
         batches = iter(loader)
         for _ in range(offset, steps_per_epoch):
             micro = [next(batches) for _ in range(args.accum_iter)]
@@ -537,7 +545,7 @@ def train_steps(step, end_step, *, args, model, loader, sampler, train_set, opti
                 # before mixup
                 video = random_erase(video, args.reprob, rng, args.remode, args.recount)
                 target = soft_targets(batch["label"], args.task, num_outputs, args.label_smoothing)
-                target = target.to(device)
+                target = target.to(device, non_blocking=True)
                 if args.task == "count":   # the head regresses standardised counts
                     target = (target - count_stats[0]) / count_stats[1]
                 else:
@@ -548,10 +556,8 @@ def train_steps(step, end_step, *, args, model, loader, sampler, train_set, opti
                 (scaler.scale(micro_loss) if scaler else micro_loss).backward()
                 loss += micro_loss.detach()
             # the step's one collective and host sync: skip a non-finite step on every rank alike
-            flags = all_reduce(torch.stack([(~torch.isfinite(loss)).float(),
-                                            torch.tensor(float(preempt.signum > 0),
-                                                         device=device)]))
-            nan_loss, stop_signal = flags.tolist()
+            nan_loss, stop_signal = all_reduce_flags(~torch.isfinite(loss[None]),
+                                                     [preempt.signum > 0])
             if nan_loss:
                 optimizer.zero_grad(set_to_none=True)
                 nonfinite += 1
@@ -579,9 +585,9 @@ def train_steps(step, end_step, *, args, model, loader, sampler, train_set, opti
                 window = {"t0": time.time(), "clips": 0, "loss": torch.zeros((), device=device),
                           "n": 0}
             epoch_done = step % steps_per_epoch == 0
-            if rank == 0 and (step % args.ckpt_every == 0 or step == end_step or epoch_done
-                              or stop_signal):
+            if rank == 0 and (saver.due(step) or step == end_step or stop_signal):
                 checkpoint(step)
+                saver.done()
             if stop_signal:
                 if rank == 0:
                     print(f"preempted: step {step} saved to {args.out_dir}/checkpoint-latest.pth; "

@@ -340,10 +340,12 @@ class VideoClassifier(nn.Module):
             self.head.weight.mul_(head_init_scale)
             self.head.bias.mul_(head_init_scale)
 
-    def forward_tokens(self, video):           # video (B, C, T, H, W) -> (B, N, D), before pooling
+    def forward_tokens(self, video, layer=None):
+        """video (B, C, T, H, W) -> (B, N, D) tokens before pooling: the last block's output, or
+        block `layer`'s (1-based; segment.py reads an inner one)."""
         x = self.patch_embed(video)                # (B, N, D), bf16 under autocast
         x = x + position_table(self.pos_embed, x.shape[1])  # fp32 residual stream (Encoder.forward)
-        return run_blocks(self.blocks, x, self.grad_checkpointing)
+        return run_blocks(self.blocks[:layer], x, self.grad_checkpointing)
 
     def forward_features(self, video):             # -> (B, D)
         return self.fc_norm(self.forward_tokens(video).mean(dim=1))

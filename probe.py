@@ -126,8 +126,7 @@ def get_args(argv=None):
 def main(argv=None):
     # ------------------------------------------------------------------ args, dist, data
     args = get_args(argv)
-    rank, world, device = setup_dist()
-    device = torch.device(args.device) if args.device else device
+    rank, world, device = setup_dist(args.device)
     master = rank == 0
     make_out_dir(args.out_dir)
     state = read_checkpoint(args)

@@ -11,8 +11,11 @@ import glob
 import json
 import os
 import re
+import shutil
 import signal
 import sys
+import time
+import zlib
 from contextlib import nullcontext
 
 import numpy as np
@@ -55,18 +58,62 @@ def apply_presets(parser, presets, argv=None):
 # ============================================================================= distributed
 
 
-def setup_dist():
+def nvidia_devices():
+    """Why this machine looks like it has NVIDIA GPUs ('' when it does not): a device node, the
+    driver's nvidia-smi, or CUDA_VISIBLE_DEVICES naming devices."""
+    if os.path.exists("/dev/nvidia0"):
+        return "/dev/nvidia0 exists"
+    if shutil.which("nvidia-smi"):
+        return "nvidia-smi is installed"
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "") not in ("", "-1"):
+        return f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}"
+    return ""
+
+
+def pick_device(name=None):
+    """--device -> torch.device, the same rule in every entry script. None or "cuda": the GPU when
+    torch can use one, under torchrun cuda:LOCAL_RANK (an explicit index there would put every rank
+    on one GPU: refused). A machine with NVIDIA GPUs that this torch cannot use (a wheel built for
+    a newer driver, or without kernels for the GPU, e.g. CUDA 13 wheels on a V100) stops with one
+    line instead of training on the CPU unnoticed; --device cpu still forces the CPU."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0)) if "RANK" in os.environ else None
+    build = f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none: a CPU-only build'})"
+    fix = ("install the torch wheel for this machine's driver (pip install torch --index-url "
+           "https://download.pytorch.org/whl/cu126, see docs/performance.md, 'Which torch for "
+           "which GPU'), or pass --device cpu")
+    if name is None or name == "cuda":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank or 0)
+        if name == "cuda":
+            fail(f"--device cuda: {build} sees no usable GPU; {fix}")
+        why = nvidia_devices()
+        if why:
+            fail(f"this machine has NVIDIA GPUs ({why}) but {build} cannot use them; {fix}")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        fail(f"--device {name}: not a torch device (cpu, cuda, cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail(f"--device {name}: {build} sees no usable GPU; {fix}")
+    if device.type == "cuda" and local_rank is not None:
+        fail(f"--device {name} under torchrun would put every rank on one GPU; pass --device cuda "
+             f"(rank r takes cuda:LOCAL_RANK) and choose GPUs with CUDA_VISIBLE_DEVICES")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", 0)
+    return device
+
+
+def setup_dist(device_name=None):
     """nanoGPT-style DDP: under torchrun RANK is set; NCCL on GPU (every collective, flags included,
-    is a small CUDA tensor), gloo on CPU. Without torchrun: one process.
-    -> (rank, world, device)."""
+    is a small CUDA tensor), gloo on CPU. Without torchrun: one process. device_name: --device
+    (pick_device). -> (rank, world, device)."""
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    local_rank = int(os.environ["LOCAL_RANK"])
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device, backend = torch.device("cuda", local_rank), "nccl"
-    else:
-        device, backend = torch.device("cpu"), "gloo"
+        return 0, 1, device
+    backend = "nccl" if device.type == "cuda" else "gloo"
     # a bounded timeout: a rank stuck in a collective fails instead of hanging forever
     timeout = datetime.timedelta(minutes=int(os.environ.get("SMILE_DIST_TIMEOUT_MIN", 30)))
     rank, world, store = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), None
@@ -92,21 +139,61 @@ def all_reduce(x, op=None):
     return x
 
 
-def wrap_ddp(model, device, world):
-    """DDP when world > 1. The position tables are constant buffers: no need to re-broadcast them
-    every forward (broadcast_buffers=False); gradients share the buckets' memory
-    (gradient_as_bucket_view)."""
-    if world == 1:
-        return model
-    return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None,
-        broadcast_buffers=False, gradient_as_bucket_view=True)
+def all_reduce_flags(device_flags, host_values):
+    """The training step's one collective and its one host sync: flags computed on the device (a
+    non-finite loss) and counts known on the host, summed over ranks, so that every rank decides
+    alike. The host values travel through pinned memory, asynchronously: no sync of their own.
+    -> list of floats, device flags first."""
+    device = device_flags.device
+    host = torch.tensor([float(v) for v in host_values])
+    if device.type == "cuda":
+        host = host.pin_memory()
+    flags = torch.cat([device_flags.float(), host.to(device, non_blocking=True)])
+    return all_reduce(flags).tolist()
+
+
+def check_ranks_agree(step, shape, device, what="--resume"):
+    """Every rank must start from the same step with the same shape flags: with a node-local
+    --out-dir only rank 0 finds checkpoint-latest, the others start at step 0, and the run diverges
+    silently, then hangs at the end. One all-reduce (max of x and of -x) at start-up; a one-line
+    error on every rank when they differ. shape: a dict of the run's shape flags."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    h = zlib.crc32(json.dumps(shape, sort_keys=True, default=str).encode())
+    t = all_reduce(torch.tensor([step, -step, h, -h], dtype=torch.int64, device=device),
+                   dist.ReduceOp.MAX).tolist()
+    if t[0] != -t[1]:
+        fail(f"{what}: the ranks start from different steps ({-t[1]} to {t[0]}): some rank did not "
+             f"find the checkpoint; put --out-dir on a filesystem every node shares, or pass "
+             f"--resume PATH to a checkpoint every node can read")
+    if t[2] != -t[3]:
+        fail(f"{what}: the ranks were given different shape flags "
+             f"({', '.join('--' + k.replace('_', '-') for k in shape)}); launch every node with "
+             f"the same command")
+
+
+def wrap_model(model, device, world, compile=False):
+    """DDP when world > 1, then torch.compile when asked. The order matters: compiling the
+    DDP-wrapped module lets Dynamo split the graph at DDP's buckets (its DDPOptimizer), so the
+    gradient all-reduce overlaps the backward; DDP around a compiled module gets every gradient
+    only at the very end of the backward (PyTorch's DDP + compile notes). The position tables are
+    constant buffers: no need to re-broadcast them every forward (broadcast_buffers=False);
+    gradients share the buckets' memory (gradient_as_bucket_view)."""
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False, gradient_as_bucket_view=True)
+    return torch.compile(model) if compile else model
 
 
 def teardown(world, device):
     """All ranks finish together, then the process group goes (nanoGPT's destroy_process_group)."""
     if world > 1:
-        dist.barrier(device_ids=[device.index]) if device.type == "cuda" else dist.barrier()
+        if device.type == "cuda":
+            dist.barrier(device_ids=[device.index if device.index is not None
+                                     else torch.cuda.current_device()])
+        else:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -292,6 +379,22 @@ def resume(args, master, model, optimizer, scaler, shape_keys, schedule_keys, st
               f"{ckpt['step'] / steps_per_epoch:.2f}{stage})"
               + "".join(f"\n  changed: {c}" for c in changes), flush=True)
     return ckpt["step"], ckpt
+
+
+class CheckpointClock:
+    """When checkpoint-latest is due: every `minutes` of wall time, and every `steps` steps when
+    steps > 0 (a ViT-B + AdamW checkpoint is ~1.1 GB that every rank waits for: by time, not by
+    step count). The caller also writes it at stage ends, the run's end and preemption."""
+
+    def __init__(self, minutes, steps=0):
+        self.minutes, self.steps, self.last = minutes, steps, time.time()
+
+    def due(self, step):
+        return (self.steps > 0 and step % self.steps == 0) or \
+            time.time() - self.last >= 60 * self.minutes
+
+    def done(self):
+        self.last = time.time()
 
 
 class Preemption:

@@ -75,7 +75,7 @@ from scipy.optimize import linear_sum_assignment
 
 import data
 import motion
-from model import MODEL_SIZES, VideoClassifier, load_encoder, position_table, run_blocks
+from model import MODEL_SIZES, VideoClassifier, load_encoder
 from runtime import (Log, all_reduce, amp_setup, apply_presets, fail, fmt_time, load_checkpoint,
                      make_out_dir, setup_dist, teardown)
 
@@ -181,14 +181,6 @@ def upsample(feats, num_frames, size):
     # (t, d, H, W) -> (T, d, H, W)
     x = x.repeat_interleave(num_frames // t, dim=0)
     return x.permute(0, 2, 3, 1)
-
-
-def encoder_tokens(model, video, layer):
-    """video (B, C, T, H, W) -> (B, N, D): the output of block `layer` (1-based) of the frozen
-    encoder, the same computation as VideoClassifier.forward_tokens stopped after that block."""
-    x = model.patch_embed(video)
-    x = x + position_table(model.pos_embed, x.shape[1]).to(x.dtype)
-    return run_blocks(model.blocks[:layer], x)
 
 
 def cluster_clip(tokens, grid, num_frames, size, ks, pca_dim, iters, restarts, seed):
@@ -470,7 +462,7 @@ def evaluate_video(model, frames, labels, args, device, autocast, seed):
     """One clip -> (K used, clustering mIoU, overclustering mIoU)."""
     video = data.normalize(data.to_tensor(frames)[None].to(device))      # (1, C, T, H, W)
     with torch.no_grad(), autocast():
-        tokens = encoder_tokens(model, video, args.layer)[0]             # (N, D)
+        tokens = model.forward_tokens(video, args.layer)[0]             # (N, D)
     side = args.img_size // args.patch_size
     grid = (args.num_frames // args.tubelet, side, side)                 # (t, h, w)
     gt = torch.from_numpy(labels).to(device)
@@ -497,8 +489,7 @@ def write_results(args, names, scores):
 def main(argv=None):
     # ------------------------------------------------------------------ args, dist
     args, explicit = get_args(argv)
-    rank, world, device = setup_dist()
-    device = torch.device(args.device) if args.device else device
+    rank, world, device = setup_dist(args.device)
     master = rank == 0
     make_out_dir(args.out_dir)
     log = Log(args.out_dir, master)

@@ -30,6 +30,7 @@ Weights (`pretrained`, train.py's --teacher-weights):
 - None (train.py: "none"): random weights, for smoke runs and tests; the targets are meaningless.
 """
 
+import functools
 import os
 import zipfile
 from pathlib import Path
@@ -222,6 +223,13 @@ class Teacher(nn.Module):
         self.eval()
         if dtype is not None:  # once, here: autocast would re-cast the frozen weights every call
             self.to(dtype)
+        # ImageNet-normalised input -> the teacher's statistics: one per-channel affine map in fp32,
+        # ((x * s_in + m_in) - m_t) / s_t = x * scale + shift. Buffers, registered after the dtype
+        # cast: they move with .to(device) once, instead of a host-device copy every step.
+        im_m, im_s = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        t_m, t_s = torch.tensor(self.mean), torch.tensor(self.std)
+        self.register_buffer("in_scale", (im_s / t_s).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("in_shift", ((im_m - t_m) / t_s).view(1, 3, 1, 1), persistent=False)
 
     def train(self, mode=True):
         # a parent's .train() must not switch the frozen teacher out of eval mode
@@ -255,12 +263,7 @@ class Teacher(nn.Module):
         # Sec. 3.2 (Eq. 2) / (ref): one teacher frame per tubelet, its first: t = T/2 per clip
         x = rearrange(video[:, :, :: self.tubelet], "b c t h w -> (b t) c h w").float()
         if (self.mean, self.std) != (IMAGENET_MEAN, IMAGENET_STD):
-            # ImageNet-normalised -> the teacher's statistics: one per-channel affine map, in fp32
-            # ((x * s_in + m_in) - m_t) / s_t = x * scale + shift
-            im_m, im_s = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-            t_m, t_s = torch.tensor(self.mean), torch.tensor(self.std)
-            scale, shift = (im_s / t_s).view(1, 3, 1, 1), ((im_m - t_m) / t_s).view(1, 3, 1, 1)
-            x = x * scale.to(x.device) + shift.to(x.device)
+            x = x * self.in_scale.float() + self.in_shift.float()   # the teacher's statistics
         if H != self.image_size:  # e.g. a patch-14 teacher at 196 px under a 224 px/16 student
             # bilinear + antialias: a mild downscale without bicubic's overshoot
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
@@ -279,6 +282,14 @@ class Teacher(nn.Module):
         return self.features(video, normalize=True)
 
 
+@functools.lru_cache(maxsize=None)
+def channel_stats(mean, std, device):
+    """Per-channel (mean, std) tensors on `device`, made once per device: a torch.tensor(list,
+    device=cuda) in the step would be a blocking host-device copy every call."""
+    return (torch.tensor(mean, dtype=torch.float32, device=device),
+            torch.tensor(std, dtype=torch.float32, device=device))
+
+
 def pixel_targets(video, tubelet=2, patch=16, mean=IMAGENET_MEAN, std=IMAGENET_STD, normalize=True):
     """VideoMAE pixel target (Table 4b): (B, C, T, H, W) -> (B, N, tubelet*patch*patch*C).
 
@@ -286,9 +297,8 @@ def pixel_targets(video, tubelet=2, patch=16, mean=IMAGENET_MEAN, std=IMAGENET_S
     is normalised per channel over its tubelet*patch*patch pixels (VideoMAE's norm_pix_loss).
     """
     with torch.no_grad():
-        m = torch.tensor(mean, device=video.device).view(1, -1, 1, 1, 1)
-        s = torch.tensor(std, device=video.device).view(1, -1, 1, 1, 1)
-        x = video.float() * s + m  # back to [0, 1] pixels
+        m, s = channel_stats(mean, std, video.device)
+        x = video.float() * s.view(1, -1, 1, 1, 1) + m.view(1, -1, 1, 1, 1)  # back to [0, 1] pixels
         x = rearrange(x, "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c", p0=tubelet, p1=patch, p2=patch)
         if normalize:
             x = (x - x.mean(dim=-2, keepdim=True)) / (x.std(dim=-2, keepdim=True, unbiased=True) + 1e-6)

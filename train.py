@@ -22,10 +22,11 @@ import masking
 import motion
 import teacher as teacher_lib
 from model import MODEL_SIZES, PretrainModel, gather_tokens
-from runtime import (Log, Preemption, adamw, all_reduce, amp_setup, apply_presets, cosine_schedule,
-                     fail, fast_math, fmt_time, make_out_dir, no_weight_decay, optimizer_step,
-                     prune_checkpoints, resume, rng_state, save_args, save_checkpoint, set_lr,
-                     setup_dist, teardown, wrap_ddp)
+from runtime import (CheckpointClock, Log, Preemption, adamw, all_reduce_flags, amp_setup,
+                     apply_presets, check_ranks_agree, cosine_schedule, fail, fast_math, fmt_time,
+                     make_out_dir, no_weight_decay, optimizer_step, prune_checkpoints, resume,
+                     rng_state, save_args, save_checkpoint, set_lr, setup_dist, teardown,
+                     wrap_model)
 
 # ============================================================================= presets
 
@@ -184,7 +185,11 @@ def add_run_args(a):
     a("--log-every", type=int, default=50)
     a("--tensorboard", action="store_true",
       help="also write <out-dir>/tb (needs tensorboard installed)")
-    a("--ckpt-every", type=int, default=500, help="steps between writes of checkpoint-latest.pth")
+    a("--ckpt-minutes", type=float, default=30,
+      help="minutes between writes of checkpoint-latest.pth (also written at the end of each stage "
+      "and of the run, and on preemption); ViT-B + AdamW is ~1.1 GB that every rank waits for")
+    a("--ckpt-every", type=int, default=0,
+      help="also write checkpoint-latest.pth every this many steps (0: by time only)")
     a("--save-every", type=int, default=50, help="effective epochs between kept checkpoints")
     a("--keep", type=int, default=3, help="periodic checkpoints kept")
     a("--max-nonfinite", type=int, default=3,
@@ -332,8 +337,7 @@ def train_step(model, target_fn, micro_batches, autocast, scaler, accum):
 def main(argv=None):
     # ------------------------------------------------------------------ args + dist
     args = get_args(argv)
-    rank, world, device = setup_dist()
-    device = torch.device(args.device) if args.device else device
+    rank, world, device = setup_dist(args.device)
     master = rank == 0
     if args.batch_size % (world * args.num_sample * args.accum_iter):
         fail(f"--batch-size {args.batch_size} does not split over {world} ranks x --accum-iter "
@@ -375,7 +379,7 @@ def main(argv=None):
                               num_frames=args.num_frames, tubelet_size=args.tubelet,
                               out_dim=target_dim, **MODEL_SIZES[args.model]).to(device)
     raw_model.set_grad_checkpointing(args.grad_checkpointing)
-    model = wrap_ddp(torch.compile(raw_model) if args.compile else raw_model, device, world)
+    model = wrap_model(raw_model, device, world, args.compile)   # DDP, then compile
 
     # ------------------------------------------------------------------ optimizer + schedule
     def make_optimizer():   # SPEC 5: no weight decay on biases, norms and the mask token
@@ -391,6 +395,7 @@ def main(argv=None):
     # ------------------------------------------------------------------ resume
     step, _ = resume(args, master, raw_model, optimizer, scaler, SHAPE_FLAGS, SCHEDULE_FLAGS,
                      steps_per_epoch)
+    check_ranks_agree(step, {k: getattr(args, k) for k in SHAPE_FLAGS}, device)
 
     # ------------------------------------------------------------------ loop
     end_step = min(total_steps, args.steps) if args.steps else total_steps
@@ -440,6 +445,7 @@ def pretrain(step, plan, *, args, model, raw_model, target_fn, dataset, sampler,
                          "rng": rng_state(), "args": vars(args)}, path)
 
     preempt, bad_seen, bad_total, nonfinite = Preemption(), set(), 0, 0
+    saver = CheckpointClock(args.ckpt_minutes, args.ckpt_every)
     window = new_window(device)
     while step < end_step:
         stage = stage_of(step)
@@ -447,8 +453,9 @@ def pretrain(step, plan, *, args, model, raw_model, target_fn, dataset, sampler,
             # stage 2 starts from stage 1's weights with a fresh optimizer
             optimizer = make_optimizer()
         pass_index, offset = divmod(step, steps_per_pass)
-        dataset.set_state(pass_index, motion=motion_for_stage(args.strategy, stage))
-        sampler.set_epoch(pass_index, start=offset * plan["videos_per_step"])
+        sampler.set_epoch(pass_index, start=offset * plan["videos_per_step"],   # -> dataset.set_state
+                          state=dict(pass_index=pass_index,
+                                     motion=motion_for_stage(args.strategy, stage)))
         batches = iter(loader)
         t_wait = time.time()
         for _ in range(offset, steps_per_pass):
@@ -466,10 +473,8 @@ def pretrain(step, plan, *, args, model, raw_model, target_fn, dataset, sampler,
             too_many = len(bad_seen) > args.max_bad_fraction * len(dataset)
             # the step's one collective and host sync: every rank decides alike (a rank stopping
             # alone would leave the others hanging)
-            flags = torch.cat([(~torch.isfinite(sums[:1])).float(),   # on the device: no sync yet
-                               torch.tensor([len(bad), too_many, preempt.signum > 0],
-                                            device=device)])
-            nan_loss, n_bad, stop_bad, stop_signal = all_reduce(flags).tolist()
+            nan_loss, n_bad, stop_bad, stop_signal = all_reduce_flags(
+                ~torch.isfinite(sums[:1]), [len(bad), too_many, preempt.signum > 0])
             bad_total += int(n_bad)
             if stop_bad:
                 raise SystemExit(f"error: {len(bad_seen)} of {len(dataset)} items unreadable on "
@@ -502,12 +507,13 @@ def pretrain(step, plan, *, args, model, raw_model, target_fn, dataset, sampler,
                            step / steps_per_epoch, bad_total)
                 window = new_window(device)
 
-            # ---- checkpoints: latest (for --resume), periodic ones (kept), end of
-            # stage 1, preemption
+            # ---- checkpoints: latest (for --resume: every --ckpt-minutes, at the end of stage 1
+            # and of the run, on preemption), periodic ones (kept)
             epoch_done = epoch_of(step) > epoch_of(step - 1)
             if master:
-                if step % args.ckpt_every == 0 or step == end_step or epoch_done or stop_signal:
+                if saver.due(step) or step in (end_step, stage1_steps) or stop_signal:
                     checkpoint(latest)
+                    saver.done()
                 if epoch_done and args.save_every > 0 and epoch_of(step) % args.save_every == 0:
                     checkpoint(os.path.join(args.out_dir, f"checkpoint-{epoch_of(step):04d}.pth"))
                     prune_checkpoints(args.out_dir, args.keep)

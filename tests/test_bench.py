@@ -82,7 +82,9 @@ def test_gpu_peaks_and_teacher_flops_by_hand():
     import bench
     for name, tflops in (("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756),
                          ("NVIDIA H200", 989), ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA L40S", 362),
-                         ("NVIDIA L4", 121), ("Tesla V100-SXM2-32GB", 125), ("NVIDIA A10", 125)):
+                         ("NVIDIA L4", 121), ("Tesla V100-SXM2-32GB", 125), ("NVIDIA A10", 125),
+                         ("NVIDIA A10G", 70), ("Tesla V100-PCIE-16GB", 112), ("NVIDIA GH200 480GB", 989),
+                         ("Tesla T4", 65)):
         assert bench.gpu_peak(name) == tflops * 1e12, name
     assert bench.gpu_peak("NVIDIA GeForce GTX 1080") is None
     # CLIP ViT-B/16 at 224 as open_clip builds it: 12 blocks of width 768, MLP 3072, 196
