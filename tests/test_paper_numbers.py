@@ -341,3 +341,142 @@ def test_step_loss_is_mse_over_masked_tokens_only():
     vis_mean = torch.stack([targets[b, ~mask[b]].mean(0) for b in range(B)])[:, None]
     assert sums[1].item() == pytest.approx(tgt.pow(2).mean().item(), rel=1e-6)
     assert sums[2].item() == pytest.approx((tgt - vis_mean).pow(2).mean().item(), rel=1e-6)
+
+
+# ===================================================================== probabilities over the views
+
+
+def _spy_views(monkeypatch, module):
+    """Wrap module.per_video (multi-view testing): record each call's per-view outputs (one row per
+    view, before the average) under the call's label. -> {label: [tensor, ...]}."""
+    real, seen = module.per_video, {}
+
+    def spy(fn, *a, **kw):
+        what = kw.get("what", a[8] if len(a) > 8 else "views")
+
+        def recorded(video):
+            out = fn(video)
+            seen.setdefault(what, []).append(out.detach().float().cpu())
+            return out
+        return real(recorded, *a, **kw)
+    monkeypatch.setattr(module, "per_video", spy)
+    return seen
+
+
+def _assert_probabilities(rows, what):
+    assert (rows >= 0).all(), f"{what}: negative per-view scores: logits, not probabilities"
+    torch.testing.assert_close(rows.sum(-1), torch.ones(len(rows)), atol=1e-5, rtol=0,
+                               msg=f"{what}: per-view scores do not sum to 1 before the average")
+
+
+def _multiview_list(video_list):
+    (video_list.parent / "val.csv").write_text(video_list.read_text())
+    return ["--dataset", "list", "--data-root", str(video_list.parent), "--num-classes", "3",
+            "--model", "tiny", "--img-size", "32", "--num-frames", "8", "--stride", "2",
+            "--test-clips", "2", "--test-crops", "3", "--workers", "0"]
+
+
+def test_finetune_multiview_averages_probabilities(tmp_path, video_list, monkeypatch):
+    """Table 17's test: the softmax of each of the 2 x 3 views, then their average (SPEC 6)."""
+    seen = _spy_views(monkeypatch, finetune)
+    finetune.main([*_multiview_list(video_list), "--eval-only", "--out-dir", str(tmp_path / "ft")])
+    rows = torch.cat(seen["test"])
+    assert rows.shape == (6 * 2 * 3, 3)                           # every view of every video
+    _assert_probabilities(rows, "finetune.py")
+
+
+@pytest.mark.parametrize("head", ["linear", "attentive"])
+def test_probe_scores_are_probabilities(tmp_path, video_list, monkeypatch, head):
+    """The probe's reported scores are softmax probabilities; the attentive head's views are
+    averaged as probabilities (V-JEPA), each view's summing to 1. (The linear probe averages the
+    views' features, for a linear head the views' logits, by design: see probe.py's docstring.)"""
+    seen = _spy_views(monkeypatch, probe)
+    final = []
+    real = probe.compute_metrics
+    monkeypatch.setattr(probe, "compute_metrics",
+                        lambda task, scores, *a: final.append(scores.cpu()) or real(task, scores,
+                                                                                    *a))
+    probe.main([*_multiview_list(video_list), "--head", head, "--epochs", "1", "--batch-size",
+                "4", "--feature-batch", "4", "--out-dir", str(tmp_path / head)])
+    if head == "attentive":
+        rows = torch.cat(seen["val"])
+        assert rows.shape == (6 * 2 * 3, 3)
+        _assert_probabilities(rows, "probe.py --head attentive")
+    assert final and final[-1].shape == (6, 3)
+    _assert_probabilities(final[-1], f"probe.py --head {head}, reported scores")
+
+
+# ========================================================================== every RNG on resume
+
+
+def _global_rngs():
+    return np.random.get_state(), random.getstate()
+
+
+def _same_global_rngs(a, b):
+    (na, pa), (nb, pb) = a, b
+    return (na[0] == nb[0] and np.array_equal(na[1], nb[1]) and na[2:] == nb[2:] and pa == pb)
+
+
+def _spy_resume(monkeypatch, module, record):
+    """Wrap module.resume: the RNG states just before and just after it runs."""
+    real = module.resume
+
+    def spy(*a, **kw):
+        record["before"] = runtime.rng_state()
+        out = real(*a, **kw)
+        record["after"] = runtime.rng_state()
+        return out
+    monkeypatch.setattr(module, "resume", spy)
+
+
+def _assert_restored(record, saved):
+    assert set(saved) >= ({"torch", "cuda"} if torch.cuda.is_available() else {"torch"}), \
+        f"the checkpoint's RNG states: {sorted(saved)}"
+    for k in saved:
+        # the resumed process had drawn from its own seed: restoring must change the state
+        assert not torch.equal(record["before"][k], saved[k]), f"{k}: nothing to restore?"
+        assert torch.equal(record["after"][k], saved[k]), f"--resume did not restore the {k} RNG"
+
+
+@pytest.mark.parametrize("script", ["train", "finetune"])
+def test_resume_restores_every_rng(tmp_path, monkeypatch, script):
+    """--resume sets torch's RNG (and CUDA's, when present) to the checkpoint's states: asserted
+    on the states, right after the resume. numpy's and Python's global RNGs have no state to
+    restore: every random draw of the scripts comes from explicitly seeded generators, so a run
+    must leave both untouched (a change that draws from them must save them in runtime.rng_state
+    too)."""
+    module = {"train": train, "finetune": finetune}[script]
+    args = ([*TINY, "--strategy", "single"] if script == "train" else
+            ["--preset", "tiny", "--img-size", "32", "--num-frames", "8", "--motion-train", "32",
+             "--motion-val", "8", "--batch-size", "16", "--epochs", "2", "--warmup-epochs", "1",
+             "--workers", "0"])
+    args += ["--out-dir", str(tmp_path / script)]
+    np.random.seed(1234)
+    random.seed(1234)
+    globals_before = _global_rngs()
+    module.main([*args, "--steps", "2"])
+    assert _same_global_rngs(globals_before, _global_rngs()), \
+        f"{script}.py drew from numpy's or Python's global RNG, which runtime.rng_state does not save"
+    saved = torch.load(tmp_path / script / "checkpoint-latest.pth", weights_only=True)["rng"]
+    record = {}
+    _spy_resume(monkeypatch, module, record)
+    module.main([*args, "--steps", "3", "--resume"])
+    _assert_restored(record, saved)
+    assert _same_global_rngs(globals_before, _global_rngs())
+
+
+def test_rng_state_round_trip():
+    """runtime.set_rng_state(runtime.rng_state()) puts back every generator the checkpoint holds,
+    after each has moved on."""
+    torch.manual_seed(5)
+    saved = runtime.rng_state()
+    want = torch.rand(3)
+    if torch.cuda.is_available():
+        want_cuda = torch.rand(3, device="cuda")
+    torch.rand(7)
+    runtime.set_rng_state(saved)
+    assert all(torch.equal(runtime.rng_state()[k], saved[k]) for k in saved)
+    assert torch.equal(torch.rand(3), want)
+    if torch.cuda.is_available():
+        assert torch.equal(torch.rand(3, device="cuda"), want_cuda)
