@@ -160,7 +160,7 @@ def test_every_recipe_has_its_rows():
     assert {"stride", "min_lr", "stage1_epochs"} <= have[("train", "ssv2")]
 
 
-# ======================================================================== the optimizer after a step
+# ===================================================================== the optimizer after a step
 
 
 def _expect_no_decay(name):
@@ -195,13 +195,16 @@ def test_pretraining_optimizer_after_one_step(tmp_path):
     assert "mask_token" in [n for n, _ in named if _expect_no_decay(n)]
     groups = _group_shapes(ckpt)
     by_wd = {g["weight_decay"]: shapes for g, shapes in groups}
-    assert sorted(by_wd) == [0.0, 0.05], [g["weight_decay"] for g, _ in groups]
+    assert sorted(by_wd) == [0.0, 0.05], (
+        f"weight decay per group {[g['weight_decay'] for g, _ in groups]}: SPEC 5 wants 0.05 on "
+        f"the weight matrices and none on biases, norms and the mask token")
     assert by_wd[0.05] == decay, "the weight-decay group must hold the weight matrices only"
     assert by_wd[0.0] == no_decay, "biases, norms and the mask token must not decay (SPEC 5)"
     peak = 1.5e-4 * 8 / 256                                     # TINY's total batch is 8
     for g, _ in groups:
         assert tuple(g["betas"]) == (0.9, 0.95) and g["eps"] == 1e-8, g
-        assert g["lr"] == pytest.approx(peak, rel=1e-9), (g["lr"], peak)
+        assert g["lr"] == pytest.approx(peak, rel=1e-9), \
+            f"lr {g['lr']:.4g} at the peak, SPEC 5: 1.5e-4 x batch 8 / 256 = {peak:.4g}"
         assert g.get("lr_scale", 1.0) == 1.0
 
 
@@ -239,11 +242,14 @@ def test_finetuning_optimizer_after_one_step(tmp_path):
         key = (g["layer"], g["weight_decay"] == 0.0)
         assert key not in got, f"two groups for layer {key[0]}"
         got[key] = shapes
-        assert g["weight_decay"] in (0.0, 0.05), g["weight_decay"]
+        assert g["weight_decay"] in (0.0, 0.05), f"weight decay {g['weight_decay']}, Table 17: 0.05"
         scale = 0.75 ** (depth + 1 - g["layer"])
-        assert g["lr_scale"] == pytest.approx(scale), (g["layer"], g["lr_scale"], scale)
-        assert g["lr"] == pytest.approx(base * batch / 256 * scale, rel=1e-9), \
-            (g["layer"], g["lr"], base * batch / 256 * scale)
+        assert g["lr_scale"] == pytest.approx(scale), \
+            f"layer {g['layer']}: lr scale {g['lr_scale']:.4g}, Table 17: 0.75^(L + 1 - layer)"
+        want = base * batch / 256 * scale
+        assert g["lr"] == pytest.approx(want, rel=1e-9), (
+            f"layer {g['layer']}: lr {g['lr']:.4g}, Table 17: lr x batch / 256 x lr scale = "
+            f"{base:g} x {batch} / 256 x {scale:.4g} = {want:.4g}")
         assert tuple(g["betas"]) == (0.9, 0.999) and g["eps"] == 1e-8, g
     assert got == expect, "groups by (layer, no decay) do not hold the expected parameters"
 
@@ -364,9 +370,9 @@ def _spy_views(monkeypatch, module):
 
 
 def _assert_probabilities(rows, what):
-    assert (rows >= 0).all(), f"{what}: negative per-view scores: logits, not probabilities"
+    assert (rows >= 0).all(), f"{what}: negative scores: logits, not probabilities"
     torch.testing.assert_close(rows.sum(-1), torch.ones(len(rows)), atol=1e-5, rtol=0,
-                               msg=f"{what}: per-view scores do not sum to 1 before the average")
+                               msg=f"{what}: scores do not sum to 1 (logits, not probabilities)")
 
 
 def _multiview_list(video_list):
@@ -382,7 +388,7 @@ def test_finetune_multiview_averages_probabilities(tmp_path, video_list, monkeyp
     finetune.main([*_multiview_list(video_list), "--eval-only", "--out-dir", str(tmp_path / "ft")])
     rows = torch.cat(seen["test"])
     assert rows.shape == (6 * 2 * 3, 3)                           # every view of every video
-    _assert_probabilities(rows, "finetune.py")
+    _assert_probabilities(rows, "finetune.py, per view")
 
 
 @pytest.mark.parametrize("head", ["linear", "attentive"])
@@ -401,7 +407,7 @@ def test_probe_scores_are_probabilities(tmp_path, video_list, monkeypatch, head)
     if head == "attentive":
         rows = torch.cat(seen["val"])
         assert rows.shape == (6 * 2 * 3, 3)
-        _assert_probabilities(rows, "probe.py --head attentive")
+        _assert_probabilities(rows, "probe.py --head attentive, per view")
     assert final and final[-1].shape == (6, 3)
     _assert_probabilities(final[-1], f"probe.py --head {head}, reported scores")
 
@@ -457,7 +463,7 @@ def test_resume_restores_every_rng(tmp_path, monkeypatch, script):
     globals_before = _global_rngs()
     module.main([*args, "--steps", "2"])
     assert _same_global_rngs(globals_before, _global_rngs()), \
-        f"{script}.py drew from numpy's or Python's global RNG, which runtime.rng_state does not save"
+        f"{script}.py drew from numpy's or Python's global RNG; runtime.rng_state does not save it"
     saved = torch.load(tmp_path / script / "checkpoint-latest.pth", weights_only=True)["rng"]
     record = {}
     _spy_resume(monkeypatch, module, record)
