@@ -1,5 +1,16 @@
 """Shared fixtures: tiny videos written with PyAV, so no test needs data from outside the
-repository."""
+repository.
+
+How to check that a test can fail: a test that cannot go red guards nothing. Before trusting a new
+test (or when a test looks too easy), plant the bug it is meant to catch, alone, in the product code
+(e.g. the loss averaged over all N tokens instead of the masked ones in train.train_step, the
+warm-up dropped from train.lr_schedule, SSv2's preset given `flip=True`, set_rng_state removed from
+runtime.resume_state), run the test file, and watch the test go red with a message that names the
+paper's value; then revert the plant (`git diff` must show nothing of it) and watch it go green
+again. If nothing goes red, the test is missing an assertion, or checks the code against itself
+(the expected value computed by the function under test) instead of against the paper's number or
+definition written in the test. test_paper_numbers.py was checked this way against the seven
+planted bugs of issue 30."""
 import json
 import os
 import subprocess
