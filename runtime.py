@@ -79,8 +79,8 @@ def pick_device(name=None):
     local_rank = int(os.environ.get("LOCAL_RANK", 0)) if "RANK" in os.environ else None
     build = f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none: a CPU-only build'})"
     fix = ("install the torch wheel for this machine's driver (pip install torch --index-url "
-           "https://download.pytorch.org/whl/cu126, see docs/performance.md, 'Which torch for "
-           "which GPU'), or pass --device cpu")
+           "https://download.pytorch.org/whl/cu126 for a V100; docs/performance.md, 'torch "
+           "wheels'), or pass --device cpu")
     if name is None or name == "cuda":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank or 0)
