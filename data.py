@@ -15,7 +15,7 @@ than float32, and the normalisation runs on the GPU, not on the loader's CPU cor
 Every sample is a pure function of (seed, pass, index): workers, ranks and resumed runs all see the
 same stream. A bad item (unreadable video, bad object PNG) is replaced by another one and reported,
 never fatal.
-The evaluation datasets are evaluation.py's; `python prepare.py` re-encodes and checks list files.
+The evaluation datasets are evaluation.py's; `python -m tools.prepare` re-encodes and checks list files.
 """
 import os
 import signal
@@ -186,7 +186,7 @@ def resize(frames, size):
     with antialiasing.
 
     torch's uint8 kernel on the channels-last view: no float round trip, ~8x faster on one core than
-    resizing in float (bench.py, "crop resize"), within 1 grey level of it."""
+    resizing in float (tools/bench.py, "crop resize"), within 1 grey level of it."""
     size = (size, size) if isinstance(size, int) else tuple(size)
     if frames.shape[1:3] == size:
         return frames

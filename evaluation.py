@@ -1,4 +1,4 @@
-"""Evaluation library shared by probe.py, finetune.py and extract.py (Tables 6, 15-17; SPEC 6).
+"""Evaluation library shared by probe.py, finetune.py and tools/extract.py (Tables 6, 15-17; SPEC 6).
 
 Datasets and their test views, the classifier built from a checkpoint, multi-view testing over
 ranks, metrics (top-1/5, mean class accuracy, mAP, counting error), result files and the SEVERE
@@ -43,7 +43,7 @@ DATASETS = {
 
 
 def add_data_args(a):
-    """Data and model flags shared by finetune.py, probe.py and extract.py."""
+    """Data and model flags shared by finetune.py, probe.py and tools/extract.py."""
     a("--dataset", default="motion", choices=sorted(DATASETS),
       help="k400/ssv2/ucf101/hmdb51/gym99/epic read <data-root>/train.csv and val.csv; list reads "
       "--train-list/--val-list; motion is synthetic")

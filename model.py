@@ -342,7 +342,7 @@ class VideoClassifier(nn.Module):
 
     def forward_tokens(self, video, layer=None):
         """video (B, C, T, H, W) -> (B, N, D) tokens before pooling: the last block's output, or
-        block `layer`'s (1-based; segment.py reads an inner one)."""
+        block `layer`'s (1-based; tools/segment.py reads an inner one)."""
         x = self.patch_embed(video)                # (B, N, D), bf16 under autocast
         x = x + position_table(self.pos_embed, x.shape[1])  # fp32 residual stream (Encoder.forward)
         return run_blocks(self.blocks[:layer], x, self.grad_checkpointing)

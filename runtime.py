@@ -1,5 +1,5 @@
-"""Run plumbing shared by the entry scripts (train.py, probe.py, finetune.py, extract.py,
-segment.py).
+"""Run plumbing shared by the entry scripts (train.py, probe.py, finetune.py, tools/extract.py,
+tools/segment.py).
 
 Only what at least two scripts use, each helper short: DDP setup and teardown, mixed precision, the
 lr schedule, checkpoint IO and resume, RNG state, preemption signals, the log, one-line errors,

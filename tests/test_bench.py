@@ -1,4 +1,4 @@
-"""bench.py: `python bench.py --quick` and `--gpu-check --dry-run` run end to end and print their
+"""bench.py: `python -m tools.bench --quick` and `--gpu-check --dry-run` run end to end and print their
 tables (no speed assertions); the GPU rows' arithmetic (peaks, teacher FLOPs, the markdown table)
 checked by hand."""
 import os
@@ -13,7 +13,7 @@ from conftest import ROOT
 
 def run_bench(tmp_path, *flags):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path)}
-    run = subprocess.run([sys.executable, str(ROOT / "bench.py"), *flags], capture_output=True,
+    run = subprocess.run([sys.executable, "-m", "tools.bench", *flags], capture_output=True,
                          text=True, timeout=150, cwd=ROOT, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     # the machine line
@@ -23,7 +23,7 @@ def run_bench(tmp_path, *flags):
 
 
 def test_reference_student_matches_model():
-    import bench
+    from tools import bench
     ours, ref = bench.student("tiny", 32, out_dim=16, ref=True)   # asserts equal outputs itself
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
     # at least the encoder's Linears
@@ -55,12 +55,12 @@ def test_gpu_check_dry_run_runs_the_check_on_the_cpu(tmp_path):
     table = [ln for ln in out.splitlines() if ln.startswith("| ")]
     assert table[0].startswith("| GPU | run | step ms | clips/s | MFU | peak memory")
     assert [ln.split(" | ")[1] for ln in table[1:]] == [
-        "bench.py whole step, tiny + small CLIP 16x64 B4 bf16", "train.py, 4 steps, 0 workers"]
+        "tools/bench.py whole step, tiny + small CLIP 16x64 B4 bf16", "train.py, 4 steps, 0 workers"]
     assert "python train.py --dataset black --model tiny" in out and "--teacher-weights none" in out
 
 
 def test_gpu_check_command_line():
-    import bench
+    from tools import bench
     a = bench.get_args(["--gpu-check"])
     assert a.only == "gpu,data" and not a.quick and not a.no_compile and not a.dry_run
     a = bench.get_args(["--gpu-check", "--dry-run", "--quick"])
@@ -79,7 +79,7 @@ def test_gpu_check_command_line():
 
 
 def test_gpu_peaks_and_teacher_flops_by_hand():
-    import bench
+    from tools import bench
     for name, tflops in (("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756),
                          ("NVIDIA H200", 989), ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA L40S", 362),
                          ("NVIDIA L4", 121), ("Tesla V100-SXM2-32GB", 125), ("NVIDIA A10", 125),
@@ -100,7 +100,7 @@ def test_gpu_peaks_and_teacher_flops_by_hand():
 
 
 def test_markdown_table_by_hand():
-    import bench
+    from tools import bench
     rows = [dict(run="eager", step_s=0.05, clips=640.0, peak=30 * 2**30, wait=None, speedup=None),
             dict(run="train.py, --compile", step_s=0.04, clips=800.0, peak=None, wait=0.125,
                  speedup=1.25)]

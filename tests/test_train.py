@@ -191,10 +191,10 @@ def test_object_list_selects_exactly_the_listed_pngs(tmp_path):
 
 def test_every_tiny_preset_shares_the_demo_grid():
     """The demo checkpoint (train.py --preset tiny) must load in every script's tiny preset."""
-    import extract
+    from tools import extract
     import finetune
     import probe
-    import segment
+    from tools import segment
     grid = ("model", "img_size", "num_frames", "patch_size", "tubelet")
     demo = [train.PRESETS["tiny"][k] for k in grid]
     for script in (finetune, probe, segment, extract):

@@ -1,11 +1,11 @@
 """How fast is smile on this machine? One table; every row compares two things timed in
 the same run.
 
-    python bench.py               # full: ViT-S at 16x224, a ViT-B/16 teacher; a few minutes on
+    python -m tools.bench               # full: ViT-S at 16x224, a ViT-B/16 teacher; a few minutes on
                                   # 2 CPU cores
-    python bench.py --quick       # small shapes, under a minute (tests/test_bench.py runs it)
-    python bench.py --only step,data --rounds 8 --workers 4
-    python bench.py --gpu-check   # on a GPU: the gpu and data rows, then train.py eager and
+    python -m tools.bench --quick       # small shapes, under a minute (tests/test_bench.py runs it)
+    python -m tools.bench --only step,data --rounds 8 --workers 4
+    python -m tools.bench --gpu-check   # on a GPU: the gpu and data rows, then train.py eager and
                                   # --compile, and one markdown table for docs/performance.md
                                   # (under 10 minutes)
 
@@ -25,7 +25,7 @@ Sections (rows: what | ours | baseline | ratio | goal | met?):
            FLOP/s count the teacher's forward too (about half of a ViT-B step); MFU against the
            GPU's dense bf16 peak (GPU_PEAKS), peak memory, against the student alone, fp32/TF32 and
            --compile
-  data     decode ms per clip before/after `python prepare.py encode` (one decoder thread, as in a
+  data     decode ms per clip before/after `python -m tools.prepare encode` (one decoder thread, as in a
            loader worker), overlay and mask ms per clip on one core, uint8 against float32 clips,
            and loaders (decode + crop + overlay + mask) against the model's training speed: the CPU
            step's, and on a GPU the whole GPU step's (clips/s per GPU, workers per GPU)
@@ -61,7 +61,7 @@ from model import MODEL_SIZES, PretrainModel, mask_indices, sinusoid_table
 
 # the teacher has random weights: never touch the network
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository
 ROWS = []
 
 
@@ -458,7 +458,7 @@ def train_flags(cfg, amp, compile=False):
 
 
 class WholeStep:
-    """train.py's optimizer step, assembled from the library calls train.train_step makes (bench.py
+    """train.py's optimizer step, assembled from the library calls train.train_step makes (tools/bench.py
     is an entry script and imports none: the two must be kept alike): the batch to the device
     (pinned, non-blocking), data.normalize on the device, the teacher under no_grad (cast once to
     the amp dtype, as train.build_target does), the student on index masks, MSE, backward, the
@@ -657,7 +657,7 @@ def bench_gpu(a, rate):
                                      "rows": [], "commands": []}
     for k in ("eager", "compile"):
         if k in t:
-            results["rows"].append(dict(run=f"bench.py whole step, "
+            results["rows"].append(dict(run=f"tools/bench.py whole step, "
                                         f"{name}{', --compile' if k == 'compile' else ''}",
                                         step_s=t[k], clips=B / t[k], peak=peaks.get(k), wait=None,
                                         speedup=t["eager"] / t[k] if k == "compile" else None))
@@ -819,7 +819,6 @@ def bench_data(a, model_rate):
     """Section data: decode before/after prepare, overlay and masks on one core, loaders vs
     the model."""
     import data
-    import prepare
     import masking
     import motion
     tmp = tempfile.mkdtemp()
@@ -828,8 +827,10 @@ def bench_data(a, model_rate):
     with open(os.path.join(tmp, "src", "train.csv"), "w") as f:
         f.write("clip.mp4 0\n")
     short = 160 if a.quick else 320
-    prepare.encode(os.path.join(tmp, "src", "train.csv"), os.path.join(tmp, "prepared"), short,
-                   workers=1, quiet=True)
+    # the tool as a user runs it (a tool imports no other tool)
+    subprocess.run([sys.executable, "-m", "tools.prepare", "encode", os.path.join(tmp, "src", "train.csv"),
+                    os.path.join(tmp, "prepared"), "--short-side", str(short), "--workers", "1"],
+                   cwd=ROOT, check=True, capture_output=True)
     src, dst = os.path.join(tmp, "src", "clip.mp4"), os.path.join(tmp, "prepared", "clip.mp4")
     # 4 clips: 16 frames at stride 4
     starts = [s * (data.video_info(src)[0] - 61) // 3 for s in range(4)]
@@ -837,7 +838,7 @@ def bench_data(a, model_rate):
     def decode(path):
         return lambda: [data.decode_frames(path, s + 4 * np.arange(16)) for s in starts]
     r = race({"after": decode(dst), "before": decode(src)}, a.rounds)
-    row(f"decode 16 frames at stride 4, one thread: `prepare.py encode` (short side {short}) "
+    row(f"decode 16 frames at stride 4, one thread: `tools/prepare.py encode` (short side {short}) "
         f"vs 640x360 source", f"{250 * r['after']:.1f} ms/clip", f"{250 * r['before']:.1f} ms/clip",
         f"{r['before'] / r['after']:.2f}x")
 

@@ -1,13 +1,13 @@
 """Features of a frozen SMILE (or any VideoMAE-family) encoder, for downstream tools: paper Table
 10's temporal action localisation (ActionFormer on THUMOS-14) and users' own work.
 
-    python extract.py --preset tiny --list videos.csv --out-dir out/feats      # the demo's grid
-    python extract.py --preset thumos14 --checkpoint CK --video-dir /data/thumos14 --out-dir D
-    torchrun --nproc_per_node=8 extract.py --preset thumos14 --checkpoint CK --video-dir V \
+    python -m tools.extract --preset tiny --list videos.csv --out-dir out/feats      # the demo's grid
+    python -m tools.extract --preset thumos14 --checkpoint CK --video-dir /data/thumos14 --out-dir D
+    torchrun --nproc_per_node=8 -m tools.extract --preset thumos14 --checkpoint CK --video-dir V \
         --out-dir D
-    python extract.py --mode video --list val.csv --checkpoint CK --out-dir D   # a vector per video
-    python extract.py --mode tokens --list val.csv --layer 6 --out-dir D        # (t, h, w, D) grids
-    python extract.py -h                                                         # every flag
+    python -m tools.extract --mode video --list val.csv --checkpoint CK --out-dir D   # a vector per video
+    python -m tools.extract --mode tokens --list val.csv --layer 6 --out-dir D        # (t, h, w, D) grids
+    python -m tools.extract -h                                                         # every flag
 
 Modes, the array saved per video (D = encoder width; t, h, w = the token grid of one clip):
   snippets  (num_snippets, D): a window of T frames at --stride every --snippet-stride frames over
@@ -17,7 +17,7 @@ Modes, the array saved per video (D = encoder width; t, h, w = the token grid of
             config for them: docs/extract.md.
   video     (D,): pooled tokens averaged over --test-clips x --test-crops views (probe.py's views).
   tokens    (t, h, w, D): the tokens of the centre clip, centre crop, for dense tasks.
---layer L takes block L's output (1-based, as segment.py; default the last). Pooled features go
+--layer L takes block L's output (1-based, as tools/segment.py; default the last). Pooled features go
 through the checkpoint's fc_norm when it has one (a finetuned model: VideoMAE's forward_features)
 and L is the last block; a pretraining checkpoint has none: the raw token mean, as probe.py uses.
 

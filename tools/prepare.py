@@ -1,14 +1,14 @@
 """Dataset commands: re-encode a list once, check a list before training, cut a stratified subset.
 
-    python prepare.py encode LIST OUT_DIR --short-side 320     # K400 320, SSv2 240
-    python prepare.py check LIST --num-classes 400 --write-clean clean.csv
-    python prepare.py subset LIST 80000 OUT_LIST --seed 0      # or a fraction: 0.5
+    python -m tools.prepare encode LIST OUT_DIR --short-side 320     # K400 320, SSv2 240
+    python -m tools.prepare check LIST --num-classes 400 --write-clean clean.csv
+    python -m tools.prepare subset LIST 80000 OUT_LIST --seed 0      # or a fraction: 0.5
 
 encode: decoding is the loader's main cost, and it grows with the pixels of the stored video and
 with the frames decoded before the first one a clip needs. K400/SSv2 as downloaded are up to full HD
 with keyframes seconds apart; re-encoding once to the short side the crops need, with a keyframe
 every PREPARE_GOP frames and x264's fast-decode settings, makes every later epoch cheaper
-(`python bench.py` shows decode ms per clip before and after). Resumable; bad videos are left out
+(`python -m tools.bench` shows decode ms per clip before and after). Resumable; bad videos are left out
 of the new list.
 
 check: reads a list the way training does (data.read_list: `<path> <label>`, label = last field,
@@ -400,7 +400,7 @@ def subset(list_path, n, out_list, seed=0, data_root=None, multi_label=False, qu
     if bad:
         raise ValueError(f"{list_path}:{bad[0]['line']}: {bad[0]['reason']} "
                          f"({len(bad)} bad line(s): "
-                         "run `prepare.py check` and --write-clean first)")
+                         "run `python -m tools.prepare check` and --write-clean first)")
     if not entries:
         raise ValueError(f"list file {list_path} has no entries")
     count = subset_size(n, len(entries))

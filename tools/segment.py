@@ -1,10 +1,10 @@
 """Unsupervised video object segmentation with a frozen SMILE encoder (paper Table 10).
 
-    python segment.py --preset tiny                     # CPU demo: synthetic motion, random encoder
-    python segment.py --preset tiny --checkpoint out/tiny/checkpoint-latest.pth
-    python segment.py --dataset davis --data-root /data/DAVIS --checkpoint smile_vitb_k400.pth
-    torchrun --nproc_per_node=8 segment.py --dataset ytvos --data-root /data/ytvos --checkpoint CK
-    python segment.py -h                                # every flag
+    python -m tools.segment --preset tiny                     # CPU demo: synthetic motion, random encoder
+    python -m tools.segment --preset tiny --checkpoint out/tiny/checkpoint-latest.pth
+    python -m tools.segment --dataset davis --data-root /data/DAVIS --checkpoint smile_vitb_k400.pth
+    torchrun --nproc_per_node=8 -m tools.segment --dataset ytvos --data-root /data/ytvos --checkpoint CK
+    python -m tools.segment -h                                # every flag
 
 SMILE (Table 10) follows SIGMA (ECCV 2024), whose project page (github.com/QUVA-Lab/SIGMA,
 index.html, Table "Unsupervised video object segmentation") says: "We follow the evaluation protocol
@@ -287,7 +287,7 @@ def folder_videos(dataset, root, split, annotations="Annotations"):
         split_file = None
     if not os.path.isdir(img_root):
         fail(f"--data-root {root}: no folder {img_root} ({dataset} layout expected, "
-             f"see segment.py -h)")
+             f"see python -m tools.segment -h)")
     if split_file and os.path.isfile(split_file):
         with open(split_file) as f:
             names = [line.strip() for line in f if line.strip()]
