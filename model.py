@@ -300,7 +300,9 @@ class PretrainModel(nn.Module):
     def set_grad_checkpointing(self, enable=True):
         self.encoder.grad_checkpointing = self.decoder.grad_checkpointing = enable
 
-    def forward(self, video, mask):  # video (B, C, T, H, W), mask (B, N) bool or mask_indices(mask)
+    def forward(self, video, mask, targets=None):
+        """video (B, C, T, H, W), mask (B, N) bool or mask_indices(mask) -> pred (B, Nm, out_dim);
+        given targets (B, N, out_dim) for every token, Eq. 2's loss instead (forward_loss)."""
         visible_idx, masked_idx = idx = _as_indices(mask)           # (B, Nv), (B, Nm)
         x = self.encoder_to_decoder(self.encoder(video, idx))       # (B, Nv, Dd)
         # (1, N, Dd)
@@ -310,7 +312,13 @@ class PretrainModel(nn.Module):
         # fp32 table and mask token: the decoder's residual stream stays fp32 under autocast too
         # (B, Nv + Nm, Dd): [visible, masked]
         x = torch.cat([x + pos_vis, self.mask_token + pos_msk], dim=1)
-        return self.decoder(x, masked_idx.shape[1])         # (B, Nm, out_dim); Nm a shape, no sync
+        pred = self.decoder(x, masked_idx.shape[1])         # (B, Nm, out_dim); Nm a shape, no sync
+        return pred if targets is None else self.forward_loss(pred, targets, masked_idx)
+
+    def forward_loss(self, pred, targets, masked_idx):
+        """Eq. 2: the mean squared error on the masked tokens only. pred (B, Nm, Dt) in token order,
+        targets (B, N, Dt) for all tokens (the teacher's, or pixels) -> a scalar, in fp32."""
+        return F.mse_loss(pred.float(), gather_tokens(targets, masked_idx))
 
 
 class VideoClassifier(nn.Module):

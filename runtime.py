@@ -2,9 +2,10 @@
 tools/segment.py).
 
 Only what at least two scripts use, each helper short: DDP setup and teardown, mixed precision, the
-lr schedule, checkpoint IO and resume, RNG state, preemption signals, the log, one-line errors,
-presets.
-The method lives in model.py, motion.py, masking.py and teacher.py; this file knows nothing of it.
+lr schedule, the pretraining step (train.py's, which tools/bench.py times), what can go wrong in a
+step (StepGuard), checkpoint IO and resume, RNG state, preemption signals, the log, one-line
+errors, presets.
+The method lives in model.py, motion.py, masking.py and teacher.py; this file only runs it.
 """
 import datetime
 import glob
@@ -21,6 +22,9 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 import torch.distributed as dist
+
+import data
+from model import gather_tokens
 
 # ========================================================================= errors, folders, presets
 
@@ -276,6 +280,94 @@ def optimizer_step(optimizer, scaler):
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+# ============================================================================= the pretraining step
+
+
+def to_device(batch, device):
+    """A loader batch on the device. From pinned memory the copy is asynchronous (non_blocking): the
+    host queues it and moves on; a uint8 16x224 batch of 32 clips is 77 MB, ~3 ms over PCIe 4, next
+    to a step of hundreds of ms, so no side stream is spent on overlapping it
+    (docs/performance.md)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()}
+
+
+def train_step(model, target_fn, micro_batches, autocast, scaler, accum):
+    """One optimizer step's forward and backward, Eq. 2 over `accum` micro-batches: the uint8 clips
+    normalised on the device, the targets under no_grad, the loss on the masked tokens
+    (PretrainModel.forward_loss), backward (DDP all-reduces the gradients on the last micro-step
+    only). The caller steps the optimizer. -> (loss, floor zero, floor mean) summed over the
+    micro-batches / accum, on the device: the floors predict zero and the visible tokens' mean."""
+    total = torch.zeros(3, device=micro_batches[0]["video"].device)
+    for i, batch in enumerate(micro_batches):
+        video = data.normalize(batch["video"])                # uint8 -> float (B, C, T, H, W), V'
+        idx = vis_idx, mask_idx = batch["visible_idx"], batch["masked_idx"]   # (B, Nv), (B, Nm)
+        with torch.no_grad(), autocast():
+            targets = target_fn(video).float()                # (B, N, Dt); teacher sees V' (SPEC 2)
+        sync = i == len(micro_batches) - 1 or not hasattr(model, "no_sync")
+        with (nullcontext() if sync else model.no_sync()), autocast():
+            loss = model(video, idx, targets)                 # Eq. 2: MSE on masked tokens only
+        (scaler.scale(loss / accum) if scaler else loss / accum).backward()
+        with torch.no_grad():
+            tgt = gather_tokens(targets, mask_idx)            # (B, Nm, Dt)
+            vis_mean = gather_tokens(targets, vis_idx).mean(1, keepdim=True)
+            total += torch.stack([loss.detach(), tgt.pow(2).mean(), (tgt - vis_mean).pow(2).mean()])
+    return total / accum
+
+
+class StepGuard:
+    """What can go wrong in a step, decided alike on every rank by the step's one collective and
+    host sync (all_reduce_flags; a rank stopping alone would leave the others hanging):
+    - a bad item (unreadable video, image or object) is named once and counted; past
+      max_bad_fraction of the num_items the run stops and lists them;
+    - a non-finite loss never reaches the weights: the step is skipped; after max_nonfinite in a row
+      the run stops, the last good checkpoint (`latest`) untouched;
+    - SIGTERM / SIGUSR1 (Preemption) set `stop`: the loop checkpoints, then exit_if_preempted."""
+
+    def __init__(self, num_items, max_bad_fraction, max_nonfinite, rank, latest):
+        self.num_items, self.max_bad_fraction, self.max_nonfinite = (num_items, max_bad_fraction,
+                                                                     max_nonfinite)
+        self.rank, self.latest, self.preempt = rank, latest, Preemption()
+        self.bad_seen, self.bad_total, self.nonfinite, self.stop = set(), 0, 0, False
+
+    def check(self, loss, bad, step):
+        """loss: a (1,) device tensor; bad: this rank's bad items of the step. -> True when the
+        step may update the weights (False: skip it, the gradients are the caller's to clear)."""
+        for b in bad:
+            if b not in self.bad_seen:
+                self.bad_seen.add(b)
+                print(f"[rank {self.rank}] skipped bad item: {b}", flush=True)
+        too_many = len(self.bad_seen) > self.max_bad_fraction * self.num_items
+        nan_loss, n_bad, stop_bad, self.stop = all_reduce_flags(
+            ~torch.isfinite(loss), [len(bad), too_many, self.preempt.signum > 0])
+        self.bad_total += int(n_bad)
+        if stop_bad:
+            raise SystemExit(f"error: {len(self.bad_seen)} of {self.num_items} items unreadable on "
+                             f"rank {self.rank} (past --max-bad-fraction {self.max_bad_fraction}):"
+                             f"\n  " + "\n  ".join(sorted(self.bad_seen)))
+        if not nan_loss:
+            self.nonfinite = 0
+            return True
+        self.nonfinite += 1
+        if self.rank == 0:
+            print(f"step {step}: non-finite loss, step skipped ({self.nonfinite} in a row)",
+                  flush=True)
+        if self.nonfinite >= self.max_nonfinite:
+            raise SystemExit(f"error: {self.nonfinite} non-finite losses in a row at step {step}; "
+                             f"stopping. The last good checkpoint is {self.latest} (untouched).")
+        return False
+
+    def exit_if_preempted(self, step, world, device):
+        """After the step's checkpoint: on a preemption signal every rank leaves together."""
+        if not self.stop:
+            return
+        if self.rank == 0:
+            print(f"preempted: step {step} saved to {self.latest}; continue with --resume",
+                  flush=True)
+        teardown(world, device)
+        raise SystemExit(0)
 
 
 # ============================================================================= checkpoints

@@ -11,22 +11,20 @@ schedule, resume, loop, teardown. The run plumbing (DDP, amp, checkpoints, the l
 import argparse
 import os
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import data
 import masking
 import motion
 import teacher as teacher_lib
-from model import MODEL_SIZES, PretrainModel, gather_tokens
-from runtime import (CheckpointClock, Log, Preemption, adamw, all_reduce_flags, amp_setup,
-                     apply_presets, check_ranks_agree, cosine_schedule, fail, fast_math, fmt_time,
-                     make_out_dir, no_weight_decay, optimizer_step, prune_checkpoints, resume,
-                     rng_state, save_args, save_checkpoint, set_lr, setup_dist, teardown,
-                     wrap_model)
+from model import MODEL_SIZES, PretrainModel
+from runtime import (CheckpointClock, Log, StepGuard, adamw, amp_setup, apply_presets,
+                     check_ranks_agree, cosine_schedule, fail, fast_math, fmt_time, make_out_dir,
+                     no_weight_decay, optimizer_step, prune_checkpoints, resume, rng_state,
+                     save_args, save_checkpoint, set_lr, setup_dist, teardown, to_device,
+                     train_step, wrap_model)
 
 # ============================================================================= presets
 
@@ -296,41 +294,6 @@ def lr_schedule(args, total_steps, stage1_steps, steps_per_epoch):
     return cosine_schedule(lr, min_lr, total_steps, warmup)
 
 
-def to_device(batch, device):
-    """A loader batch on the device. From pinned memory the copy is asynchronous (non_blocking): the
-    host queues it and moves on; a uint8 16x224 batch of 32 clips is 77 MB, ~3 ms over PCIe 4, next
-    to a step of hundreds of ms, so no side stream is spent on overlapping it
-    (docs/performance.md)."""
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-            for k, v in batch.items()}
-
-
-# ============================================================================= one optimizer step
-
-
-def train_step(model, target_fn, micro_batches, autocast, scaler, accum):
-    """Eq. 2 over `accum` micro-batches: forward, MSE on the masked tokens, backward (DDP
-    all-reduces the gradients on the last micro-step only). -> (summed loss, sums for the log
-    floors), on the device."""
-    total = torch.zeros(3, device=micro_batches[0]["video"].device)   # loss, floor zero, floor mean
-    for i, batch in enumerate(micro_batches):
-        video = data.normalize(batch["video"])                # uint8 -> float (B, C, T, H, W), V'
-        # (B, Nv), (B, Nm) token indices
-        vis_idx, mask_idx = batch["visible_idx"], batch["masked_idx"]
-        with torch.no_grad(), autocast():
-            targets = target_fn(video).float()                # (B, N, Dt); teacher sees V' (SPEC 2)
-        tgt = gather_tokens(targets, mask_idx)                # (B, Nm, Dt), the predictions' order
-        sync = i == len(micro_batches) - 1 or not hasattr(model, "no_sync")
-        with (nullcontext() if sync else model.no_sync()), autocast():
-            pred = model(video, (vis_idx, mask_idx))          # (B, Nm, Dt)
-            loss = F.mse_loss(pred.float(), tgt)              # Eq. 2: MSE on masked tokens only
-        (scaler.scale(loss / accum) if scaler else loss / accum).backward()
-        with torch.no_grad():   # trivial floors: predict zero; predict the visible tokens' mean
-            vis_mean = gather_tokens(targets, vis_idx).mean(1, keepdim=True)
-            total += torch.stack([loss.detach(), tgt.pow(2).mean(), (tgt - vis_mean).pow(2).mean()])
-    return total / accum
-
-
 # ============================================================================= main
 
 
@@ -347,6 +310,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)   # same initial weights on every rank
     fast_math(device, args.workers)
     log = Log(args.out_dir, master, args.tensorboard)
+    latest = os.path.join(args.out_dir, "checkpoint-latest.pth")
 
     # ------------------------------------------------------------------ data
     try:
@@ -368,6 +332,12 @@ def main(argv=None):
     total_steps = int(round(args.epochs * steps_per_epoch))
     progressive = args.strategy == "progressive"
     stage1_steps = int(round(args.stage1_epochs * steps_per_epoch)) if progressive else total_steps
+
+    def stage_of(s):   # Sec. 3.4, Table 4d: progressive = motion-infused clips, then plain ones
+        return 1 if s < stage1_steps else 2
+
+    def epoch_of(s):
+        return int(s / steps_per_epoch)
 
     # ------------------------------------------------------------------ model + teacher
     autocast, scaler, amp = amp_setup(device, args.amp)
@@ -392,12 +362,16 @@ def main(argv=None):
     optimizer = make_optimizer()
     lrs = lr_schedule(args, total_steps, stage1_steps, steps_per_epoch)
 
+    def checkpoint(path):
+        save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scaler": scaler.state_dict() if scaler is not None else {}, "step": step,
+                         "epoch": step / steps_per_epoch, "stage": stage_of(step),
+                         "rng": rng_state(), "args": vars(args)}, path)
+
     # ------------------------------------------------------------------ resume
     step, _ = resume(args, master, raw_model, optimizer, scaler, SHAPE_FLAGS, SCHEDULE_FLAGS,
                      steps_per_epoch)
     check_ranks_agree(step, {k: getattr(args, k) for k in SHAPE_FLAGS}, device)
-
-    # ------------------------------------------------------------------ loop
     end_step = min(total_steps, args.steps) if args.steps else total_steps
     if master:
         save_args(args, args.out_dir)
@@ -406,112 +380,51 @@ def main(argv=None):
               f"({steps_per_pass} per pass of {args.num_sample} clips per video, {args.accum_iter} "
               f"micro-step(s) each), stage 2 from step {stage1_steps} | running to step {end_step}",
               flush=True)
-    plan = dict(steps_per_pass=steps_per_pass, steps_per_epoch=steps_per_epoch,
-                stage1_steps=stage1_steps, end_step=end_step, videos_per_step=videos_per_step)
-    t_start = time.time()
-    step = pretrain(step, plan, args=args, model=model, raw_model=raw_model, target_fn=target_fn,
-                    dataset=dataset, sampler=sampler, loader=loader, optimizer=optimizer,
-                    make_optimizer=make_optimizer, scaler=scaler, autocast=autocast, lrs=lrs,
-                    log=log, device=device, rank=rank, world=world)
 
-    # ------------------------------------------------------------------ teardown
-    if master:
-        print(f"done: {step} steps in {fmt_time(time.time() - t_start)}, checkpoint "
-              f"{os.path.join(args.out_dir, 'checkpoint-latest.pth')}",
-              flush=True)
-    teardown(world, device)
-
-
-def pretrain(step, plan, *, args, model, raw_model, target_fn, dataset, sampler, loader, optimizer,
-             make_optimizer, scaler, autocast, lrs, log, device, rank, world):
-    """The pretraining loop from `step` to plan["end_step"], pass by pass; the stage switch of the
-    progressive strategy; logs and checkpoints. SIGTERM / SIGUSR1 end it after a
-    checkpoint. -> step."""
-    master, progressive = rank == 0, args.strategy == "progressive"
-    steps_per_pass, steps_per_epoch = plan["steps_per_pass"], plan["steps_per_epoch"]
-    stage1_steps, end_step = plan["stage1_steps"], plan["end_step"]
-    latest = os.path.join(args.out_dir, "checkpoint-latest.pth")
-
-    def stage_of(s):
-        return 1 if s < stage1_steps else 2
-
-    def epoch_of(s):
-        return int(s / steps_per_epoch)
-
-    def checkpoint(path):
-        save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scaler": scaler.state_dict() if scaler is not None else {}, "step": step,
-                         "epoch": step / steps_per_epoch, "stage": stage_of(step),
-                         "rng": rng_state(), "args": vars(args)}, path)
-
-    preempt, bad_seen, bad_total, nonfinite = Preemption(), set(), 0, 0
+    # ------------------------------------------------------------------ loop
+    # pass by pass; each pass's sampler state (seed, pass, offset) makes --resume replay the stream
+    guard = StepGuard(len(dataset), args.max_bad_fraction, args.max_nonfinite, rank, latest)
     saver = CheckpointClock(args.ckpt_minutes, args.ckpt_every)
-    window = new_window(device)
+    window, t_start = new_window(device), time.time()
     while step < end_step:
         stage = stage_of(step)
         if progressive and args.stage2_schedule == "restart" and step == stage1_steps:
-            # stage 2 starts from stage 1's weights with a fresh optimizer
-            optimizer = make_optimizer()
+            optimizer = make_optimizer()   # stage 2 starts from stage 1's weights, fresh optimizer
         pass_index, offset = divmod(step, steps_per_pass)
-        sampler.set_epoch(pass_index, start=offset * plan["videos_per_step"],   # -> dataset.set_state
+        sampler.set_epoch(pass_index, start=offset * videos_per_step,   # -> dataset.set_state
                           state=dict(pass_index=pass_index,
                                      motion=motion_for_stage(args.strategy, stage)))
         batches = iter(loader)
         t_wait = time.time()
         for _ in range(offset, steps_per_pass):
+            # ---- fetch
             micro = [to_device(next(batches), device) for _ in range(args.accum_iter)]
             window["wait"] += time.time() - t_wait
 
-            # ---- one optimizer step (Eq. 2), skipped when the loss is not finite on some rank
+            # ---- one optimizer step (Eq. 2); skipped on every rank when a loss is not finite
             set_lr(optimizer, lrs[step])
             sums = train_step(model, target_fn, micro, autocast, scaler, args.accum_iter)
-            bad = [b for m in micro for b in m["bad"]]
-            for b in bad:
-                if b not in bad_seen:   # named once, counted, fatal only past --max-bad-fraction
-                    bad_seen.add(b)
-                    print(f"[rank {rank}] skipped bad item: {b}", flush=True)
-            too_many = len(bad_seen) > args.max_bad_fraction * len(dataset)
-            # the step's one collective and host sync: every rank decides alike (a rank stopping
-            # alone would leave the others hanging)
-            nan_loss, n_bad, stop_bad, stop_signal = all_reduce_flags(
-                ~torch.isfinite(sums[:1]), [len(bad), too_many, preempt.signum > 0])
-            bad_total += int(n_bad)
-            if stop_bad:
-                raise SystemExit(f"error: {len(bad_seen)} of {len(dataset)} items unreadable on "
-                                 f"rank {rank} (past --max-bad-fraction "
-                                 f"{args.max_bad_fraction}):\n  "
-                                 + "\n  ".join(sorted(bad_seen)))
-            if nan_loss:   # a non-finite loss never reaches the weights
+            if not guard.check(sums[:1], [b for m in micro for b in m["bad"]], step):
                 optimizer.zero_grad(set_to_none=True)
-                nonfinite += 1
-                if master:
-                    print(f"step {step}: non-finite loss, step skipped ({nonfinite} in a row)",
-                          flush=True)
-                if nonfinite >= args.max_nonfinite:
-                    raise SystemExit(f"error: {nonfinite} non-finite losses in a row at step "
-                                     f"{step}; stopping. The last good checkpoint is {latest} "
-                                     f"(untouched).")
                 t_wait = time.time()
                 continue
-            nonfinite = 0
             optimizer_step(optimizer, scaler)
             step += 1
 
-            # ---- logging: the loss beside its trivial floors, read from the device at
-            # log time only
+            # ---- log: the loss beside its trivial floors, read from the device at log time only
             window["sums"] += sums
             window["n"] += 1
             window["clips"] += len(micro) * micro[0]["video"].shape[0] * world
             if step % args.log_every == 0 or step == end_step:
                 log_window(log, window, step, end_step, stage_of(step - 1), lrs[step - 1],
-                           step / steps_per_epoch, bad_total)
+                           step / steps_per_epoch, guard.bad_total)
                 window = new_window(device)
 
-            # ---- checkpoints: latest (for --resume: every --ckpt-minutes, at the end of stage 1
+            # ---- checkpoint: latest (for --resume: every --ckpt-minutes, at the end of stage 1
             # and of the run, on preemption), periodic ones (kept)
             epoch_done = epoch_of(step) > epoch_of(step - 1)
             if master:
-                if saver.due(step) or step in (end_step, stage1_steps) or stop_signal:
+                if saver.due(step) or step in (end_step, stage1_steps) or guard.stop:
                     checkpoint(latest)
                     saver.done()
                 if epoch_done and args.save_every > 0 and epoch_of(step) % args.save_every == 0:
@@ -519,16 +432,16 @@ def pretrain(step, plan, *, args, model, raw_model, target_fn, dataset, sampler,
                     prune_checkpoints(args.out_dir, args.keep)
                 if progressive and step == stage1_steps:
                     checkpoint(os.path.join(args.out_dir, "checkpoint-stage1.pth"))
-            if stop_signal:
-                if master:
-                    print(f"preempted: step {step} saved to {latest}; continue with --resume",
-                          flush=True)
-                teardown(world, device)
-                raise SystemExit(0)
+            guard.exit_if_preempted(step, world, device)
             if step >= end_step or stage_of(step) != stage:
                 break
             t_wait = time.time()
-    return step
+
+    # ------------------------------------------------------------------ teardown
+    if master:
+        print(f"done: {step} steps in {fmt_time(time.time() - t_start)}, checkpoint {latest}",
+              flush=True)
+    teardown(world, device)
 
 
 def new_window(device):

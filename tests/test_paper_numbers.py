@@ -306,16 +306,17 @@ def test_schedule_as_an_array(strategy, stage2):
 
 
 class StubModel(torch.nn.Module):
-    """Predicts a fixed, known tensor for the masked tokens (B, Nm, Dt), whatever the input."""
+    """Predicts a fixed, known tensor for the masked tokens (B, Nm, Dt), whatever the input; the
+    loss is PretrainModel's own (forward_loss), as the step calls it."""
 
     def __init__(self, pred):
         super().__init__()
         self.pred = torch.nn.Parameter(pred.clone())
 
-    def forward(self, video, idx):
+    def forward(self, video, idx, targets):
         vis_idx, mask_idx = idx
         assert self.pred.shape[:2] == mask_idx.shape
-        return self.pred + 0 * video.sum()
+        return PretrainModel.forward_loss(self, self.pred + 0 * video.sum(), targets, mask_idx)
 
 
 def test_step_loss_is_mse_over_masked_tokens_only():
@@ -332,7 +333,7 @@ def test_step_loss_is_mse_over_masked_tokens_only():
     batch = {"video": torch.zeros(B, 3, 4, 8, 8, dtype=torch.uint8), "visible_idx": vis_idx,
              "masked_idx": mask_idx}
     model = StubModel(pred)
-    sums = train.train_step(model, lambda video: targets, [batch], nullcontext, None, 1)
+    sums = runtime.train_step(model, lambda video: targets, [batch], nullcontext, None, 1)
     # the definition, token by token
     diffs = [(pred[b, j] - targets[b, t]) for b in range(B)
              for j, t in enumerate(torch.nonzero(mask[b]).flatten().tolist())]

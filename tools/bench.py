@@ -458,14 +458,13 @@ def train_flags(cfg, amp, compile=False):
 
 
 class WholeStep:
-    """train.py's optimizer step, assembled from the library calls train.train_step makes (tools/bench.py
-    is an entry script and imports none: the two must be kept alike): the batch to the device
-    (pinned, non-blocking), data.normalize on the device, the teacher under no_grad (cast once to
-    the amp dtype, as train.build_target does), the student on index masks, MSE, backward, the
-    step's one flag read (train.py's host sync) and runtime.optimizer_step (fused AdamW on a GPU).
-    Called with a batch as data.collate makes it; teacher=False uses targets computed once (the
-    student alone). argv: train.py's flags (train_flags). peak_base: the device memory in use before
-    it was built."""
+    """train.py's optimizer step, made of the library calls train.py makes: the batch to the device
+    (runtime.to_device: pinned, non-blocking), runtime.train_step (data.normalize on the device, the
+    teacher under no_grad, cast once to the amp dtype as train.build_target does, the student's
+    forward_loss on index masks, backward), the step's one flag read (StepGuard's all_reduce_flags,
+    the host sync) and runtime.optimizer_step (fused AdamW on a GPU). Called with a batch as
+    data.collate makes it; teacher=False uses targets computed once (the student alone). argv:
+    train.py's flags (train_flags). peak_base: the device memory in use before it was built."""
 
     def __init__(self, argv, device):
         import runtime
@@ -514,25 +513,16 @@ class WholeStep:
 
     def __call__(self, batch, teacher=True):
         import data
-        from model import gather_tokens
-        b = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
-             for k, v in batch.items()}
-        video = data.normalize(b["video"])                       # uint8 -> float, on the device
-        if teacher or self.cached is None:
+        rt = self.runtime
+        b = rt.to_device(batch, self.device)
+        if not teacher and self.cached is None:
             with torch.no_grad(), self.autocast():
-                targets = self.teacher(video).float()            # (B, N, Dt)
-            self.cached = targets if not teacher else self.cached
-        targets = targets if teacher else self.cached
-        tgt = gather_tokens(targets, b["masked_idx"])
-        with self.autocast():
-            pred = self.model(video, (b["visible_idx"], b["masked_idx"]))
-            loss = F.mse_loss(pred.float(), tgt)
-        (self.scaler.scale(loss) if self.scaler else loss).backward()
-        # as train.py builds and reads its flags (the step's all-reduce; a no-op on one process)
-        flags = torch.cat([(~torch.isfinite(loss.detach()[None])).float(),
-                           torch.zeros(3, device=self.device)])
-        self.runtime.all_reduce(flags).tolist()
-        self.runtime.optimizer_step(self.opt, self.scaler)
+                self.cached = self.teacher(data.normalize(b["video"])).float()   # (B, N, Dt)
+        target_fn = self.teacher if teacher else (lambda video: self.cached)
+        sums = rt.train_step(self.model, target_fn, [b], self.autocast, self.scaler, 1)
+        # StepGuard.check's one collective and host sync (a no-op all-reduce on one process)
+        rt.all_reduce_flags(~torch.isfinite(sums[:1]), [0, False, False])
+        rt.optimizer_step(self.opt, self.scaler)
 
     def peak(self, batch):
         """Peak device memory of one step (torch.cuda.max_memory_allocated), less what was
