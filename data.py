@@ -18,6 +18,7 @@ never fatal.
 The evaluation datasets are evaluation.py's; `python -m tools.prepare` re-encodes and checks list files.
 """
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -35,37 +36,65 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 # ----------------------------------------------------------------------------- list files (SPEC 6)
 
-def read_list(path, data_root=None, num_classes=None, multi_label=False):
-    """Read a VideoMAE-style list: one `<path> <label>` per line (label = last field, so paths may
-    hold spaces), `#` comments and blank lines ignored, relative paths resolved against data_root.
-    multi_label: the label field is a comma-separated list of class ids ("3,17,42"; empty list "-").
-    Returns [(path, label)] with label an int (or a list of ints). Errors name the file and line.
-    Read as utf-8-sig: the byte-order mark of a list saved on Windows is not part of the first
-    path."""
+# a field that looks like a label: a number, class ids "3,17,42", or "-" (no class)
+LABEL = re.compile(r"-|[+-]?\d+(\.\d+)?(,[+-]?\d+(\.\d+)?)*")
+
+
+def list_entries(path, data_root=None, optional_label=False):
+    """Every entry line of a VideoMAE-style list, bad ones included: one `<path> <label>` per line,
+    the label the last field (so paths may hold spaces), `#` comments and blank lines skipped,
+    relative paths resolved against data_root (default: the list's folder). Read as utf-8-sig: the
+    byte-order mark of a list saved on Windows is no part of the first path; bytes that are not
+    UTF-8 become U+FFFD and that line is bad. optional_label: the last field is a label only when
+    it looks like one (LABEL), else the whole line is the path.
+    -> [dict(line, text, video, label (the field's text or None), reason (None: a good line))]."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"list file {path} does not exist")
-    root = Path(data_root) if data_root else path.parent
-    items = []
-    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+    raw, root, entries = path.read_bytes(), Path(data_root) if data_root else path.parent, []
+    for n, line in enumerate(raw.decode("utf-8-sig", errors="replace").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         fields = line.rsplit(None, 1)
-        if len(fields) != 2:
-            raise ValueError(f"{path}:{n}: expected '<path> <label>', got {line!r}")
-        video, label = fields
-        try:
-            labels = ([] if label == "-" else [int(x) for x in label.split(",")] if multi_label
-                      else [int(label)])
-        except ValueError:
-            raise ValueError(f"{path}:{n}: label {label!r} is not an integer"
-                             f"{' list' if multi_label else ''}") from None
-        for lab in labels:
-            if lab < 0 or (num_classes is not None and lab >= num_classes):
-                raise ValueError(f"{path}:{n}: label {lab} is outside [0, {num_classes})")
-        video = video if os.path.isabs(video) else str(root / video)
-        items.append((video, labels if multi_label else labels[0]))
+        if optional_label and not (len(fields) == 2 and LABEL.fullmatch(fields[1])):
+            fields = [line, None]
+        e = dict(line=n, text=line, video=None, label=None, reason=None)
+        entries.append(e)
+        if "\ufffd" in line:
+            e["reason"] = "not valid UTF-8"
+        elif len(fields) != 2:
+            e["reason"] = f"expected '<path> <label>', got {line!r}"
+        else:
+            e["video"] = fields[0] if os.path.isabs(fields[0]) else str(root / fields[0])
+            e["label"] = fields[1]
+    return entries
+
+
+def parse_label(label, multi_label=False, num_classes=None):
+    """A label field -> (int, or a list of ints when multi_label: "3,17,42", "-" = none; None) or
+    (None, the reason it is bad)."""
+    try:
+        labels = ([] if label == "-" else [int(x) for x in label.split(",")] if multi_label
+                  else [int(label)])
+    except ValueError:
+        return None, f"label {label!r} is not an integer{' list' if multi_label else ''}"
+    for lab in labels:
+        if lab < 0 or (num_classes is not None and lab >= num_classes):
+            return None, f"label {lab} is outside [0, {num_classes})"
+    return (labels if multi_label else labels[0]), None
+
+
+def read_list(path, data_root=None, num_classes=None, multi_label=False):
+    """A list file (list_entries' rules) -> [(path, label)], the label an int (or a list of ints
+    when multi_label). The first bad line raises ValueError naming FILE:LINE."""
+    items = []
+    for e in list_entries(path, data_root):
+        label, reason = (None, e["reason"]) if e["reason"] else \
+            parse_label(e["label"], multi_label, num_classes)
+        if reason:
+            raise ValueError(f"{path}:{e['line']}: {reason}")
+        items.append((e["video"], label))
     if not items:
         raise ValueError(f"list file {path} has no entries")
     return items

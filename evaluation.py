@@ -20,7 +20,7 @@ import torch
 
 import data
 import motion
-from model import MODEL_SIZES, VideoClassifier, load_encoder
+from model import MODEL_SIZES, VideoClassifier, classifier_state_dict, load_encoder
 from runtime import all_reduce, fail, fmt_time, load_checkpoint
 
 # Datasets (Table 15, SPEC 6): list files <data-root>/<splits>; `motion` is the embedded
@@ -40,6 +40,10 @@ DATASETS = {
 }
 
 # ============================================================================= flags
+
+
+# The encoder's shape when neither a flag, the checkpoint nor a preset says (read_checkpoint).
+SHAPE_DEFAULTS = dict(model="base", patch_size=16, tubelet=2)
 
 
 def add_data_args(a):
@@ -101,19 +105,48 @@ def check_data_args(args):
         fail(f"--checkpoint {args.checkpoint} does not exist")
 
 
-def read_checkpoint(args):
-    """Load --checkpoint once (None without one); a train.py or finetune.py checkpoint says what
-    model it holds, so its args fill --model/--patch-size/--tubelet where the flags are not
-    given."""
+def read_checkpoint(args, fallback=None):
+    """Load --checkpoint once (None without one). A train.py or finetune.py checkpoint says what
+    model it holds: where args leave --model/--patch-size/--tubelet None, its args fill them, then
+    fallback's (a preset's), then SHAPE_DEFAULTS. The grid must split into tubelets."""
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        fail(f"--checkpoint {args.checkpoint} does not exist")
     state = load_checkpoint(args.checkpoint) if args.checkpoint else None
     saved = (state.get("args") or {}) if isinstance(state, dict) else {}
-    for key, fallback in (("model", "base"), ("patch_size", 16), ("tubelet", 2)):
+    for key, default in SHAPE_DEFAULTS.items():
         if getattr(args, key) is None:
-            setattr(args, key, saved.get(key, fallback))
+            given = (fallback or {}).get(key)
+            setattr(args, key, saved.get(key, default if given is None else given))
     if args.num_frames % args.tubelet or args.img_size % args.patch_size:
         fail(f"{args.num_frames} frames x {args.img_size} px do not split into {args.tubelet} x "
              f"{args.patch_size} x {args.patch_size} tubelets")
     return state
+
+
+def frozen_encoder(state, *, model, patch_size, tubelet, img_size, num_frames, layer=None,
+                   name="--checkpoint", verbose=True):
+    """The encoder of a checkpoint (state None: random weights), frozen, for the feature readers
+    (tools/extract.py, tools/segment.py): a VideoClassifier with one output on the grid given
+    (other clip sizes rebuild the position table on the fly), read up to block `layer` (1-based,
+    default the last). One-line errors for a layer out of range, a checkpoint without encoder
+    blocks or of another shape. -> (model, layer, the checkpoint's classifier keys)"""
+    depth = MODEL_SIZES[model]["depth"]
+    layer = depth if layer is None else layer
+    if not 1 <= layer <= depth:
+        fail(f"--layer {layer}: the {model} encoder has blocks 1..{depth}")
+    keys = classifier_state_dict(state) if state is not None else {}
+    if state is not None and not any(k.startswith("blocks.") for k in keys):
+        fail(f"{name} holds no encoder blocks")
+    encoder = {k: v for k, v in MODEL_SIZES[model].items() if not k.startswith("decoder")}
+    net = VideoClassifier(img_size=img_size, patch_size=patch_size, num_frames=num_frames,
+                          tubelet_size=tubelet, num_classes=1, **encoder)
+    if state is not None:
+        try:
+            load_encoder(net, state, verbose=verbose)
+        except RuntimeError as e:
+            fail(f"{name} does not fit a {model} encoder with patch {patch_size} and tubelet "
+                 f"{tubelet}: {str(e).splitlines()[0]}")
+    return net.eval().requires_grad_(False), layer, keys
 
 
 # ============================================================================= datasets

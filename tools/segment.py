@@ -75,9 +75,10 @@ from scipy.optimize import linear_sum_assignment
 
 import data
 import motion
-from model import MODEL_SIZES, VideoClassifier, load_encoder
-from runtime import (Log, all_reduce, amp_setup, apply_presets, fail, fmt_time, load_checkpoint,
-                     make_out_dir, setup_dist, teardown)
+from evaluation import SHAPE_DEFAULTS, frozen_encoder, read_checkpoint
+from model import MODEL_SIZES
+from runtime import (Log, all_reduce, amp_setup, apply_presets, fail, fmt_time, make_out_dir,
+                     setup_dist, teardown)
 
 # Clip length per dataset (SIGMA: 16 for DAVIS, 4 for YTVOS); the split each one reads by default.
 DATASETS = {
@@ -92,8 +93,6 @@ PRESETS = {
     "tiny": dict(model="tiny", img_size=32, num_frames=8, patch_size=8, tubelet=2,
                  object_size=[64, 160], out_dir="out/segment-tiny"),
 }
-# The encoder shape: a flag wins, then the checkpoint's args, then the preset, then these.
-SHAPE_DEFAULTS = dict(model="base", patch_size=16, tubelet=2)
 SYNTHETIC_VIDEOS = 30        # as many clips as DAVIS-2017 val has videos
 MAX_POINTS_PER_CENTROID = 256  # faiss.Kmeans' default training subsample
 
@@ -397,48 +396,20 @@ def get_args(argv=None):
     return args, explicit
 
 
-def resolve_shape(args, explicit, ckpt_args):
-    """model / patch_size / tubelet: a flag wins, then the checkpoint's args, then the preset, then
-    SHAPE_DEFAULTS. The grid fits: S divisible by the patch, T by the tubelet."""
-    for k, default in SHAPE_DEFAULTS.items():
-        if explicit[k] is None and k in ckpt_args:
-            setattr(args, k, ckpt_args[k])
-        elif getattr(args, k) is None:
-            setattr(args, k, default)
-    if args.img_size % args.patch_size or args.num_frames % args.tubelet:
-        fail(f"--img-size {args.img_size} must be divisible by --patch-size {args.patch_size} and "
-             f"--num-frames {args.num_frames} by --tubelet {args.tubelet}")
-
-
 def build_encoder(args, explicit, verbose):
-    """VideoClassifier on the checkpoint's grid (or the run's), encoder weights from the
-    checkpoint."""
-    ckpt, ckpt_args = None, {}
-    if args.checkpoint:
-        if not os.path.isfile(args.checkpoint):
-            fail(f"--checkpoint {args.checkpoint}: no such file")
-        ckpt = load_checkpoint(args.checkpoint)
-        ckpt_args = ckpt.get("args", {}) if isinstance(ckpt, dict) else {}
-    resolve_shape(args, explicit, ckpt_args)
-    depth = MODEL_SIZES[args.model]["depth"]
-    args.layer = depth if args.layer is None else args.layer
-    if not 1 <= args.layer <= depth:
-        fail(f"--layer {args.layer}: the {args.model} encoder has blocks 1..{depth}")
-    # built on the checkpoint's grid; other clip sizes rebuild the position table on the fly
-    grid = dict(img_size=ckpt_args.get("img_size", args.img_size),
-                num_frames=ckpt_args.get("num_frames", args.num_frames))
-    model = VideoClassifier(patch_size=args.patch_size, tubelet_size=args.tubelet, num_classes=1,
-                            **grid, **MODEL_SIZES[args.model])
-    if ckpt is not None:
-        try:
-            missing, _ = load_encoder(model, ckpt, verbose=verbose)
-        except RuntimeError as e:
-            fail(f"--checkpoint {args.checkpoint} does not fit a {args.model} encoder with patch "
-                 f"{args.patch_size} and tubelet {args.tubelet}: {str(e).splitlines()[0]}")
-        if any(k.startswith("blocks.") for k in missing):
-            fail(f"--checkpoint {args.checkpoint} holds no encoder blocks "
-                 f"(missing {missing[:3]} ...)")
-    return model.eval().requires_grad_(False)
+    """The frozen encoder on the checkpoint's grid (or the run's), weights from the checkpoint; its
+    shape: a flag wins, then the checkpoint's args, then the preset, then SHAPE_DEFAULTS."""
+    preset = {k: getattr(args, k) for k in SHAPE_DEFAULTS}
+    for k in SHAPE_DEFAULTS:
+        setattr(args, k, explicit[k])
+    state = read_checkpoint(args, fallback=preset)
+    saved = (state.get("args") or {}) if isinstance(state, dict) else {}
+    model, args.layer, _ = frozen_encoder(
+        state, model=args.model, patch_size=args.patch_size, tubelet=args.tubelet,
+        img_size=saved.get("img_size", args.img_size),
+        num_frames=saved.get("num_frames", args.num_frames), layer=args.layer,
+        name=f"--checkpoint {args.checkpoint}", verbose=verbose)
+    return model
 
 
 # ============================================================================= main
