@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 import masking
 import motion
+from augment import multiscale_crop_box, random_resized_crop_box
 from model import mask_indices
 from teacher import IMAGENET_MEAN, IMAGENET_STD, channel_stats
 
@@ -170,45 +171,6 @@ def clip_indices(num_video_frames, num_frames, stride, rng):
 
 
 # ----------------------------------------------------------------------------- augmentation
-
-def multiscale_crop_box(height, width, rng, scales=(1, 0.875, 0.75, 0.66), max_distort=1):
-    """VideoMAE's GroupMultiScaleCrop: crop sides from scales of the short side (width and height at
-    most `max_distort` scale steps apart), placed at one of 13 fixed offsets. -> (y, x, h, w)."""
-    base = min(height, width)
-    sizes = [int(base * s) for s in scales]
-    pairs = [(h, w) for i, h in enumerate(sizes) for j, w in enumerate(sizes)
-             if abs(i - j) <= max_distort]
-    ch, cw = pairs[rng.integers(len(pairs))]
-    ys, xs = (height - ch) // 4, (width - cw) // 4
-    # (row, col) in quarters
-    offsets = [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (2, 0), (2, 4), (4, 2), (0, 2),
-               (1, 1), (1, 3), (3, 1), (3, 3)]
-    oy, ox = offsets[rng.integers(len(offsets))]
-    return oy * ys, ox * xs, ch, cw
-
-
-def random_resized_crop_box(height, width, rng, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3),
-                            attempts=10):
-    """VideoMAE's finetuning crop (video_transforms._get_param_spatial_crop, = torchvision's
-    RandomResizedCrop): area a fraction U(scale) of the frame, aspect w / h log-uniform in `ratio`,
-    placed uniformly; after `attempts` misses the centre crop clamped to `ratio`. One box for the
-    whole clip. The SMILE reference draws scale (0.25, 1.0), VideoMAE (0.08, 1.0).
-    -> (y, x, h, w)."""
-    area, log_ratio = height * width, np.log(ratio)
-    for _ in range(attempts):
-        target = area * rng.uniform(*scale)
-        aspect = np.exp(rng.uniform(*log_ratio))
-        w, h = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            return int(rng.integers(height - h + 1)), int(rng.integers(width - w + 1)), h, w
-    if width / height < min(ratio):            # fallback: the largest centre crop within `ratio`
-        h, w = int(round(width / min(ratio))), width
-    elif width / height > max(ratio):
-        h, w = height, int(round(height * max(ratio)))
-    else:
-        h, w = height, width
-    return (height - h) // 2, (width - w) // 2, h, w
-
 
 def resize(frames, size):
     """uint8 (T, H, W, 3) -> uint8 (T, size, size, 3) (or (T, h, w, 3) for size = (h, w)), bilinear

@@ -28,7 +28,7 @@ from runtime import all_reduce, fail, fmt_time, load_checkpoint
 # sampling: "dense" = T frames at a stride; "segment" = TSN-style, one frame per T equal
 # segments (SSv2).
 # flip: SSv2 has left/right classes, and so does `motion`. Test views = clips x crops.
-DATASETS = {
+EVAL_DATASETS = {
     "k400": dict(num_classes=400, sampling="dense", stride=4, flip=True, test_clips=5, test_crops=3),
     "ssv2": dict(num_classes=174, sampling="segment", flip=False, test_clips=2, test_crops=3),
     "ucf101": dict(num_classes=101, sampling="dense", stride=4, flip=True, test_clips=5, test_crops=3),
@@ -48,7 +48,7 @@ SHAPE_DEFAULTS = dict(model="base", patch_size=16, tubelet=2)
 
 def add_data_args(a):
     """Data and model flags shared by finetune.py, probe.py and tools/extract.py."""
-    a("--dataset", default="motion", choices=sorted(DATASETS),
+    a("--dataset", default="motion", choices=sorted(EVAL_DATASETS),
       help="k400/ssv2/ucf101/hmdb51/gym99/epic read <data-root>/train.csv and val.csv; list reads "
       "--train-list/--val-list; motion is synthetic")
     a("--task", default="single", choices=["single", "multi", "count"],
@@ -95,7 +95,7 @@ def add_data_args(a):
 def check_data_args(args):
     """Checks and derived paths after parsing (no file is read here)."""
     if args.num_classes is None:
-        args.num_classes = DATASETS[args.dataset].get("num_classes")
+        args.num_classes = EVAL_DATASETS[args.dataset].get("num_classes")
         if args.num_classes is None and args.task != "count":
             fail("--dataset list needs --num-classes")
     if args.dataset != "motion":
@@ -338,32 +338,10 @@ class MotionClassDataset(torch.utils.data.Dataset):
         for cls in (label if self.task == "multi" else [label]):
             obj = self.objects[g.integers(len(self.objects))]
             size = np.maximum(np.round(g.uniform(0.3, 0.45, 2) * S).astype(int), 2)   # (P, Q)
-            centres, angles, scales = self.path(cls, g)
+            centres, angles, scales = motion.class_path(cls, self.T, self.S, g,
+                                                        count=self.task == "count")
             motion.paste(frames, obj, tuple(size), centres, angles, scales)
         return frames, label
-
-    def path(self, cls, g):
-        """The scripted motion of class cls: centres (T, 2) px, angles (T,) degrees ccw,
-        scales (T,)."""
-        T, S = self.T, self.S
-        t = np.arange(T) / (T - 1)                                       # 0 .. 1 over the clip
-        x0, y0 = g.uniform(0.3, 0.7, 2) * S
-        a0, s0 = g.uniform(0, 360), g.uniform(0.6, 1.0)
-        dist, turn, grow = g.uniform(0.4, 0.5) * S, g.uniform(180, 300), g.uniform(2.0, 2.6)
-        cx, cy, angle, scale = np.full(T, x0), np.full(T, y0), np.full(T, a0), np.full(T, s0)
-        if self.task == "count":   # cls = k repetitions: out and back k times, starting at (x0, y0)
-            d = g.uniform(0, 2 * np.pi)
-            amp = 0.5 * dist * (1 - np.cos(2 * np.pi * cls * np.arange(T) / T))
-            cx, cy = x0 + amp * np.cos(d), y0 + amp * np.sin(d)
-        elif cls < 4:              # travel: left, right, up, down
-            dx, dy = [(-1, 0), (1, 0), (0, -1), (0, 1)][cls]
-            cx, cy = x0 + dx * dist * t, y0 + dy * dist * t
-        elif cls < 6:              # rotate clockwise (angle decreasing: motion.paste turns
-                                   # ccw) / ccw
-            angle = a0 - (1 if cls == 4 else -1) * turn * t
-        else:                      # grow / shrink
-            scale = s0 * grow ** (t if cls == 6 else -t)
-        return np.stack([cx, cy], 1), angle, scale
 
     def __getitem__(self, key):
         index = data.unkey(key, self.set_epoch)   # the epoch comes with the index
@@ -535,34 +513,3 @@ def write_results(args, metrics, headline, name):
             f.write(json.dumps(row) + "\n")
     print_table([{"setting": row["setting"], **metrics}],
                 f"{name} results ({args.out_dir}/results.json):")
-
-
-SEVERE_COLUMNS = [("severe-ssv2", "SSv2"), ("severe-gym99", "Gym99"),
-                  ("severe-ucf1k", "UCF (10^3)"), ("severe-gym1k", "GYM (10^3)"),
-                  ("severe-fx", "FX-S1"), ("severe-ub", "UB-S1"),
-                  ("severe-ucfrc", "UCF-RC"), ("severe-charades", "Charades")]
-
-
-def severe_table(path):
-    """Print SEVERE results in Table 6's order with their mean. The last row of each setting counts.
-    Mean convention: accuracies and mAP in %, UCF-RC (an error, lower is better) enters as
-    100 * (1 - error)."""
-    rows = {}
-    for line in open(path):
-        if line.strip():
-            r = json.loads(line)
-            rows[r["setting"]] = r
-    vals, shown = [], {}
-    for key, col in SEVERE_COLUMNS:
-        if key in rows:
-            v = rows[key]["value"]
-            shown[col] = f"{v:.3f}" if key == "severe-ucfrc" else f"{v:.1f}"
-            vals.append(100 * (1 - v) if key == "severe-ucfrc" else v)
-        else:
-            shown[col] = "-"
-    mean = (f"{np.mean(vals):.1f}" + ("" if len(vals) == 8 else f" ({len(vals)} of 8)")
-            if vals else "-")
-    shown["Mean"] = mean
-    print_table([shown], f"SEVERE (Table 6) from {path}; UCF-RC = mean count error "
-                         "(lower is better), entering the mean as 100 * (1 - error)")
-    return shown

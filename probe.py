@@ -43,8 +43,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from evaluation import (DATASETS, add_data_args, build_classifier, build_datasets, check_data_args,
-                        compute_metrics, eval_collate, per_video, read_checkpoint, write_results)
+from evaluation import (EVAL_DATASETS, add_data_args, build_classifier, build_datasets,
+                        check_data_args, compute_metrics, eval_collate, per_video, read_checkpoint,
+                        write_results)
 from model import Block, Mlp
 from runtime import (Log, all_reduce, amp_setup, apply_presets, cosine_schedule, fail, fmt_time,
                      make_out_dir, no_weight_decay, save_args, save_checkpoint, set_lr, setup_dist,
@@ -110,7 +111,7 @@ def get_args(argv=None):
     # dataset tables first, then the head's recipe, the preset last: a preset's values win over its
     # dataset's and head's (its shortened head recipe last of all); flags win over every table
     preset = p.parse_known_args(argv)[0].preset
-    tables = [("preset", PRESETS), ("dataset", DATASETS), ("dataset", PROBE_EPOCHS),
+    tables = [("preset", PRESETS), ("dataset", EVAL_DATASETS), ("dataset", PROBE_EPOCHS),
               ("head", HEADS), ("preset", PRESETS), ("head", PRESET_HEADS.get(preset, {}))]
     args = apply_presets(p, tables, argv)
     if args.task == "count":

@@ -30,7 +30,7 @@ from runtime import (CheckpointClock, Log, StepGuard, adamw, amp_setup, apply_pr
 
 # Dataset presets (SPEC 5, Table 18): overrides applied right after parsing; command-line
 # flags still win.
-DATASETS = {
+PRETRAIN_DATASETS = {
     "k400": dict(source="video", stride=4, flip=True, epochs=600),
     "ssv2": dict(source="video", stride=2, flip=False, epochs=800),
     "list": dict(source="video"),
@@ -73,7 +73,7 @@ def get_args(argv=None):
     a("--preset", choices=sorted(PRESETS), help="bundle of overrides; tiny = the 2-core CPU demo, "
       "ablation = Table 4's base setting (ViT-S, mask 0.9, single, 400 epochs)")
     # data
-    a("--dataset", default="k400", choices=sorted(DATASETS),
+    a("--dataset", default="k400", choices=sorted(PRETRAIN_DATASETS),
       help="k400/ssv2 read <data-root>/train.csv; list reads --train-list; "
       "noise/black/images/frames are Table 7's backgrounds; stills = procedural landscape images")
     a("--data-root", default="", help="folder that list paths are relative to")
@@ -164,7 +164,8 @@ def get_args(argv=None):
     # A preset may name a dataset (tiny: stills), so the dataset table is read once the preset is
     # known, then the preset again so that its own values win over its dataset's; flags
     # win over both.
-    args = apply_presets(p, [("preset", PRESETS), ("dataset", DATASETS), ("preset", PRESETS)], argv)
+    tables = [("preset", PRESETS), ("dataset", PRETRAIN_DATASETS), ("preset", PRESETS)]
+    args = apply_presets(p, tables, argv)
     check_args(args)
     return args
 
@@ -197,7 +198,7 @@ def add_run_args(a):
 
 def check_args(args):
     """One-line errors for flags that cannot work, before any work; derived values filled in."""
-    args.source = DATASETS[args.dataset]["source"]
+    args.source = PRETRAIN_DATASETS[args.dataset]["source"]
     if args.stage1_epochs is None:
         args.stage1_epochs = args.epochs / 2
     side = args.img_size // args.patch_size

@@ -365,13 +365,13 @@ def test_segment_uses_the_models_token_forward(monkeypatch):
 
 
 def test_gpu_check_train_rows_use_the_runs_amp(monkeypatch):
-    from tools import bench
+    from tools import bench_gpu
     seen = []
-    monkeypatch.setattr(bench, "train_run", lambda flags, timeout: seen.append(flags) or
+    monkeypatch.setattr(bench_gpu, "train_run", lambda flags, timeout: seen.append(flags) or
                         (100.0, 0.1, None))
     a = SimpleNamespace(dry_run=False, quick=False, rounds=5, budget_s=1e6, t0=time.time(),
                         no_compile=True)
-    bench.gpu_check(a, {"gpu_results": {"commands": [], "rows": []}})
+    bench_gpu.gpu_check(a, {"gpu_results": {"commands": [], "rows": []}})
     flags = seen[0]
     assert flags[flags.index("--amp") + 1] == "auto"   # fp16 on a V100 / T4, bf16 on Ampere+
 

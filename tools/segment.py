@@ -81,7 +81,7 @@ from runtime import (Log, all_reduce, amp_setup, apply_presets, fail, fmt_time, 
                      setup_dist, teardown)
 
 # Clip length per dataset (SIGMA: 16 for DAVIS, 4 for YTVOS); the split each one reads by default.
-DATASETS = {
+VOS_DATASETS = {
     "synthetic": dict(num_frames=16),
     "davis": dict(num_frames=16, split="val"),
     "ytvos": dict(num_frames=4, split="train"),
@@ -342,7 +342,7 @@ def get_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS), help="tiny = the CPU demo on train.py's tiny grid")
-    a("--dataset", default="synthetic", choices=sorted(DATASETS),
+    a("--dataset", default="synthetic", choices=sorted(VOS_DATASETS),
       help="Table 10: davis (DAVIS-2017), ytvos (YouTube-VOS); synthetic = motion.py clips, "
       "no download")
     a("--data-root", default=None,
@@ -386,7 +386,7 @@ def get_args(argv=None):
       help="encoder autocast dtype")
     a("--log-every", type=int, default=10, help="videos between progress lines")
     explicit = vars(p.parse_known_args(argv)[0])  # before presets: None = the flag was not given
-    args = apply_presets(p, [("dataset", DATASETS), ("preset", PRESETS)], argv)
+    args = apply_presets(p, [("dataset", VOS_DATASETS), ("preset", PRESETS)], argv)
     if args.dataset != "synthetic" and not args.data_root:
         fail(f"--dataset {args.dataset} needs --data-root")
     for flag in ("num_frames", "img_size", "overcluster", "pca_dim", "kmeans_iters",
