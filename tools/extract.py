@@ -73,8 +73,8 @@ def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--preset", choices=sorted(PRESETS), help="tiny = the demo's grid (64 px, 16 frames, "
-      "ViT-tiny); thumos14 = 16 consecutive frames every 4 frames, 224 px (VideoMAEv2, OpenTAD)")
+    a("--preset", choices=sorted(PRESETS), help="tiny = the demo's grid (32 px, 8 frames, "
+      "2x8x8 tubelets, ViT-tiny); thumos14 = 16 consecutive frames every 4 frames, 224 px (VideoMAEv2, OpenTAD)")
     a("--list", default=None, help="list file, one '<path> [label]' per line (VideoMAE's format, "
       "the label optional); '#' comments; relative paths against --data-root, else the list's "
       "folder")
