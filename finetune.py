@@ -38,8 +38,9 @@ from augment import RandAug, mix_batch, randaugment_clip, random_erase
 from evaluation import (EVAL_DATASETS, add_data_args, build_classifier, build_datasets,
                         check_data_args, compute_metrics, eval_collate, per_video, print_table,
                         read_checkpoint, write_results)
-from runtime import (CheckpointClock, Log, Preemption, adamw, all_reduce_flags, amp_setup,
-                     apply_presets, check_ranks_agree, cosine_schedule, fail, fast_math, fmt_time,
+from runtime import (CheckpointClock, Log, Preemption, adamw, add_run_args, all_reduce_flags,
+                     amp_setup, apply_presets, check_ranks_agree, cosine_schedule, fail, fast_math,
+                     fmt_time,
                      make_out_dir, no_weight_decay, optimizer_step, resume, rng_state, save_args,
                      save_checkpoint, set_lr, setup_dist, teardown, wrap_model)
 
@@ -233,31 +234,14 @@ def get_args(argv=None):
     a("--remode", default="pixel", choices=["pixel", "rand", "const"],
       help="erased box filled with N(0, 1) per pixel / per channel, or 0 (VideoMAE: pixel)")
     a("--recount", type=int, default=1, help="erased boxes per clip (VideoMAE: 1)")
-    a("--max-nonfinite", type=int, default=3,
-      help="stop after this many non-finite losses in a row")
     # run
-    a("--out-dir", default="out/finetune", help="everything a run writes goes here")
+    add_run_args(a, out_dir="out/finetune", log_every=20)
     a("--results-file", default=None,
       help="append the result as a JSON row (keyed by setting) to this file")
     a("--eval-only", action="store_true",
       help="test --checkpoint (a finetuned classifier) and exit")
     a("--eval-every", type=int, default=0,
       help="epochs between validations during training; 0 = at the end only")
-    a("--resume", nargs="?", const="auto", default=None,
-      help="continue from <out-dir>/checkpoint-latest.pth or a path")
-    a("--accept-changes", action="store_true",
-      help="--resume: continue although schedule or data flags differ from the checkpoint's run "
-      "(each change is printed)")
-    a("--steps", type=int, default=None,
-      help="stop after this many optimizer steps (schedule unchanged)")
-    a("--log-every", type=int, default=20)
-    a("--tensorboard", action="store_true",
-      help="also write <out-dir>/tb (needs tensorboard installed)")
-    a("--ckpt-minutes", type=float, default=30,
-      help="minutes between writes of checkpoint-latest.pth (also written at the end and on "
-      "preemption)")
-    a("--ckpt-every", type=int, default=0,
-      help="also write checkpoint-latest.pth every this many steps (0: by time only)")
     # dataset tables first, the preset last: a preset's values win over its dataset's; flags
     # win over both
     tables = [("preset", PRESETS), ("dataset", EVAL_DATASETS), ("dataset", SCHEDULES),

@@ -46,6 +46,29 @@ def make_out_dir(out_dir):
         fail(f"--out-dir {out_dir} is not writable ({e.strerror})")
 
 
+def add_run_args(a, out_dir, log_every):
+    """The flags of a training run itself (train.py, finetune.py): output, resume, logging,
+    checkpoints, the non-finite guard. a: parser.add_argument."""
+    a("--out-dir", default=out_dir, help="everything a run writes goes here")
+    a("--resume", nargs="?", const="auto", default=None,
+      help="continue from <out-dir>/checkpoint-latest.pth or a path")
+    a("--accept-changes", action="store_true",
+      help="--resume: continue although schedule or data flags differ from the checkpoint's run "
+      "(each change is printed)")
+    a("--steps", type=int, default=None,
+      help="stop after this many optimizer steps (schedule unchanged)")
+    a("--log-every", type=int, default=log_every)
+    a("--tensorboard", action="store_true",
+      help="also write <out-dir>/tb (needs tensorboard installed)")
+    a("--ckpt-minutes", type=float, default=30,
+      help="minutes between writes of checkpoint-latest.pth (also written at the end of each stage "
+      "and of the run, and on preemption); ViT-B + AdamW is ~1.1 GB that every rank waits for")
+    a("--ckpt-every", type=int, default=0,
+      help="also write checkpoint-latest.pth every this many steps (0: by time only)")
+    a("--max-nonfinite", type=int, default=3,
+      help="stop after this many non-finite losses in a row")
+
+
 def apply_presets(parser, presets, argv=None):
     """Two-pass parse: a preset's dict becomes the parser's defaults, so flags given on the command
     line always win. presets: list of (flag dest, {name: overrides}), applied in order, later ones

@@ -20,11 +20,11 @@ import masking
 import motion
 import teacher as teacher_lib
 from model import MODEL_SIZES, PretrainModel
-from runtime import (CheckpointClock, Log, StepGuard, adamw, amp_setup, apply_presets,
-                     check_ranks_agree, cosine_schedule, fail, fast_math, fmt_time, make_out_dir,
-                     no_weight_decay, optimizer_step, prune_checkpoints, resume, rng_state,
-                     save_args, save_checkpoint, set_lr, setup_dist, teardown, to_device,
-                     train_step, wrap_model)
+from runtime import (CheckpointClock, Log, StepGuard, adamw, add_run_args, amp_setup,
+                     apply_presets, check_ranks_agree, cosine_schedule, fail, fast_math, fmt_time,
+                     make_out_dir, no_weight_decay, optimizer_step, prune_checkpoints, resume,
+                     rng_state, save_args, save_checkpoint, set_lr, setup_dist, teardown,
+                     to_device, train_step, wrap_model)
 
 # ============================================================================= presets
 
@@ -160,7 +160,11 @@ def get_args(argv=None):
     a("--compile", action="store_true", help="torch.compile the student and the teacher")
     a("--grad-checkpointing", action="store_true",
       help="recompute activations in backward: less memory, slower")
-    add_run_args(a)
+    add_run_args(a, out_dir="out/pretrain", log_every=50)
+    a("--seed", type=int, default=0)
+    a("--save-every", type=int, default=50, help="effective epochs between kept checkpoints")
+    a("--keep", type=int, default=3, help="periodic checkpoints kept")
+    a("--device", default=None, help="cpu / cuda (default: cuda when available)")
     # A preset may name a dataset (tiny: stills), so the dataset table is read once the preset is
     # known, then the preset again so that its own values win over its dataset's; flags
     # win over both.
@@ -168,32 +172,6 @@ def get_args(argv=None):
     args = apply_presets(p, tables, argv)
     check_args(args)
     return args
-
-
-def add_run_args(a):
-    """Flags of the run itself: output, resume, logging, checkpoints, device."""
-    a("--out-dir", default="out/pretrain", help="everything a run writes goes here")
-    a("--resume", nargs="?", const="auto", default=None,
-      help="continue from <out-dir>/checkpoint-latest.pth or a path")
-    a("--accept-changes", action="store_true",
-      help="--resume: continue although schedule or data flags differ from the checkpoint's run "
-      "(each change is printed)")
-    a("--steps", type=int, default=None,
-      help="stop after this many optimizer steps (schedule unchanged)")
-    a("--seed", type=int, default=0)
-    a("--log-every", type=int, default=50)
-    a("--tensorboard", action="store_true",
-      help="also write <out-dir>/tb (needs tensorboard installed)")
-    a("--ckpt-minutes", type=float, default=30,
-      help="minutes between writes of checkpoint-latest.pth (also written at the end of each stage "
-      "and of the run, and on preemption); ViT-B + AdamW is ~1.1 GB that every rank waits for")
-    a("--ckpt-every", type=int, default=0,
-      help="also write checkpoint-latest.pth every this many steps (0: by time only)")
-    a("--save-every", type=int, default=50, help="effective epochs between kept checkpoints")
-    a("--keep", type=int, default=3, help="periodic checkpoints kept")
-    a("--max-nonfinite", type=int, default=3,
-      help="stop after this many non-finite losses in a row")
-    a("--device", default=None, help="cpu / cuda (default: cuda when available)")
 
 
 def check_args(args):
