@@ -38,9 +38,8 @@ from augment import RandAug, mix_batch, randaugment_clip, random_erase
 from evaluation import (EVAL_DATASETS, add_data_args, build_classifier, build_datasets,
                         check_data_args, compute_metrics, eval_collate, per_video, print_table,
                         read_checkpoint, write_results)
-from runtime import (CheckpointClock, Log, Preemption, adamw, add_run_args, all_reduce_flags,
-                     amp_setup, apply_presets, check_ranks_agree, cosine_schedule, fail, fast_math,
-                     fmt_time,
+from runtime import (CheckpointClock, Log, StepGuard, adamw, add_run_args, amp_setup,
+                     apply_presets, check_ranks_agree, cosine_schedule, fail, fast_math, fmt_time,
                      make_out_dir, no_weight_decay, optimizer_step, resume, rng_state, save_args,
                      save_checkpoint, set_lr, setup_dist, teardown, wrap_model)
 
@@ -358,30 +357,9 @@ def main(argv=None):
                   f"{args.task}, {num_outputs} outputs) | {world} rank(s) on {device} | "
                   f"{total_steps} steps ({steps_per_epoch} per epoch), lr {lr:.2e} | running to "
                   f"step {end_step}", flush=True)
-    loop = dict(args=args, model=model, loader=loader, sampler=sampler, train_set=train_set,
-                optimizer=optimizer, scaler=scaler, autocast=autocast, lrs=lrs, log=log,
-                device=device, rank=rank, world=world, count_stats=count_stats,
-                num_outputs=num_outputs, steps_per_epoch=steps_per_epoch, checkpoint=checkpoint,
-                evaluate=evaluate)
-    step = train_steps(step, end_step, **loop)
-
-    # ------------------------------------------------------------------ test + teardown
-    metrics = evaluate("test")
-    if master:
-        log({"step": step, "test": metrics})
-        write_results(args, metrics, args.metric, "finetune")
-    teardown(world, device)
-    return metrics
-
-
-def train_steps(step, end_step, *, args, model, loader, sampler, train_set, optimizer, scaler,
-                autocast, lrs, log, device, rank, world, count_stats, num_outputs, steps_per_epoch,
-                checkpoint, evaluate):
-    """The finetuning loop from `step` to `end_step`: every random draw of a step is a pure function
-    of (seed, step, rank), so --resume replays the same stream. SIGTERM / SIGUSR1 end it after
-    a checkpoint.
-    -> the step reached."""
-    preempt, nonfinite = Preemption(), 0
+    # every random draw of a step is a pure function of (seed, step, rank): --resume replays it
+    guard = StepGuard(len(train_set), 1.0, args.max_nonfinite, rank,   # bad items: skipped, named
+                      os.path.join(args.out_dir, "checkpoint-latest.pth"))
     saver = CheckpointClock(args.ckpt_minutes, args.ckpt_every)
     window = {"t0": time.time(), "clips": 0, "loss": torch.zeros((), device=device), "n": 0}
     while step < end_step:
@@ -390,11 +368,12 @@ def train_steps(step, end_step, *, args, model, loader, sampler, train_set, opti
                           state=dict(epoch=epoch))
         batches = iter(loader)
         for _ in range(offset, steps_per_epoch):
+            # ---- fetch
             micro = [next(batches) for _ in range(args.accum_iter)]
-            for b in (b for m in micro for b in m["bad"]):
-                print(f"[rank {rank}] skipped bad item: {b}", flush=True)
             rng = np.random.default_rng([args.seed, step, rank])   # mixup / cutmix / drop path
             torch.manual_seed(int(rng.integers(2 ** 62)))
+
+            # ---- one optimizer step (Table 17's recipe); skipped on every rank when not finite
             set_lr(optimizer, lrs[step])
             loss = torch.zeros((), device=device)
             for i, batch in enumerate(micro):
@@ -413,22 +392,13 @@ def train_steps(step, end_step, *, args, model, loader, sampler, train_set, opti
                     micro_loss = loss_fn(args.task, model(video).float(), target) / args.accum_iter
                 (scaler.scale(micro_loss) if scaler else micro_loss).backward()
                 loss += micro_loss.detach()
-            # the step's one collective and host sync: skip a non-finite step on every rank alike
-            nan_loss, stop_signal = all_reduce_flags(~torch.isfinite(loss[None]),
-                                                     [preempt.signum > 0])
-            if nan_loss:
+            if not guard.check(loss[None], [b for m in micro for b in m["bad"]], step):
                 optimizer.zero_grad(set_to_none=True)
-                nonfinite += 1
-                if nonfinite >= args.max_nonfinite:
-                    raise SystemExit(f"error: {nonfinite} non-finite losses in a row at step "
-                                     f"{step}; the last good checkpoint is "
-                                     f"{args.out_dir}/checkpoint-latest.pth")
                 continue
-            nonfinite = 0
             optimizer_step(optimizer, scaler)
             step += 1
 
-            # ---- logging, checkpoints, validation
+            # ---- log, checkpoint, validate
             window["loss"] += loss
             window["clips"] += len(micro) * micro[0]["video"].shape[0] * world
             window["n"] += 1
@@ -442,25 +412,26 @@ def train_steps(step, end_step, *, args, model, loader, sampler, train_set, opti
                          f"{fmt_time((end_step - step) * dt / n)}")
                 window = {"t0": time.time(), "clips": 0, "loss": torch.zeros((), device=device),
                           "n": 0}
-            epoch_done = step % steps_per_epoch == 0
-            if rank == 0 and (saver.due(step) or step == end_step or stop_signal):
+            if master and (saver.due(step) or step == end_step or guard.stop):
                 checkpoint(step)
                 saver.done()
-            if stop_signal:
-                if rank == 0:
-                    print(f"preempted: step {step} saved to {args.out_dir}/checkpoint-latest.pth; "
-                          "continue with --resume", flush=True)
-                teardown(world, device)
-                raise SystemExit(0)
-            if epoch_done and args.eval_every and (step // steps_per_epoch) % args.eval_every == 0 \
-                    and step < end_step:
+            guard.exit_if_preempted(step, world, device)
+            if step % steps_per_epoch == 0 and args.eval_every and step < end_step \
+                    and (step // steps_per_epoch) % args.eval_every == 0:
                 metrics = evaluate(f"val epoch {step // steps_per_epoch}")
                 log({"step": step, "epoch": step // steps_per_epoch, **metrics},
                     f"val epoch {step // steps_per_epoch}: "
                     + " | ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
             if step >= end_step:
                 break
-    return step
+
+    # ------------------------------------------------------------------ test + teardown
+    metrics = evaluate("test")
+    if master:
+        log({"step": step, "test": metrics})
+        write_results(args, metrics, args.metric, "finetune")
+    teardown(world, device)
+    return metrics
 
 
 if __name__ == "__main__":
