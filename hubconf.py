@@ -136,7 +136,8 @@ def vit_small(pretrained=False, checkpoint=None, num_classes=0, **kwargs):
     224), ImageNet-normalised. kwargs: img_size, num_frames, drop_path, ... (VideoClassifier).
     """
     if pretrained and checkpoint is None:
-        raise ValueError("vit_small: no released ViT-S SMILE checkpoint; pass checkpoint=PATH_OR_URL")
+        raise ValueError("vit_small: no released ViT-S SMILE checkpoint; pass "
+                         "checkpoint=PATH_OR_URL")
     return _classifier("small", num_classes, checkpoint, **kwargs)
 
 
@@ -188,9 +189,9 @@ def smile_vitb_k400_600ep(pretrained=True, url=None, num_classes=0, **kwargs):
 
 def smile_vitb_k400_1200ep(pretrained=True, url=None, num_classes=0, **kwargs):
     """SMILE ViT-B/16, pretrained on K400 for 1200 epochs (800 with synthetic motion + 400
-    without): SMILE_MODELS/pretrain/k400_pretraining_first_stage_800_epochs_2nd_stage_400_epochs.pth.
-    Paper: K400 83.4 top-1 finetuned. The encoder as a backbone (VideoClassifier, (B, 768) features
-    when num_classes is 0). Input (B, 3, 16, 224, 224), ImageNet-normalised."""
+    without): SMILE_MODELS/pretrain/k400_pretraining_first_stage_800_epochs_2nd_stage_400_
+    epochs.pth. Paper: K400 83.4 top-1 finetuned. The encoder as a backbone (VideoClassifier,
+    (B, 768) features when num_classes is 0). Input (B, 3, 16, 224, 224), ImageNet-normalised."""
     return _classifier("base", num_classes, _released("smile_vitb_k400_1200ep", pretrained, url),
                        **kwargs)
 
