@@ -40,6 +40,7 @@ from evaluation import (DATASETS, add_data_args, build_classifier, build_dataset
 from runtime import (Log, Preemption, adamw, all_reduce, amp_setup, apply_presets, cosine_schedule,
                      fail, fast_math, fmt_time, make_out_dir, no_weight_decay, optimizer_step, resume,
                      rng_state, save_args, save_checkpoint, set_lr, setup_dist, teardown, wrap_ddp)
+from runtime import add_wandb_args
 
 # ============================================================================= presets
 
@@ -376,6 +377,7 @@ def get_args(argv=None):
     a("--log-every", type=int, default=20)
     a("--tensorboard", action="store_true",
       help="also write <out-dir>/tb (needs tensorboard installed)")
+    add_wandb_args(a)
     a("--ckpt-every", type=int, default=200, help="steps between writes of checkpoint-latest.pth")
     # dataset tables first, the preset last: a preset's values win over its dataset's; flags
     # win over both
@@ -422,7 +424,7 @@ def main(argv=None):
     state = read_checkpoint(args)
     torch.manual_seed(args.seed)
     fast_math(device, args.workers)
-    log = Log(args.out_dir, master, args.tensorboard)
+    log = Log(args.out_dir, master, args.tensorboard, args)
 
     # ------------------------------------------------------------------ data
     try:
@@ -505,6 +507,7 @@ def main(argv=None):
     if master:
         log({"step": step, "test": metrics})
         write_results(args, metrics, args.metric, "finetune")
+        log.finish(os.path.join(args.out_dir, "checkpoint-latest.pth"))
     teardown(world, device)
     return metrics
 

@@ -26,6 +26,7 @@ from runtime import (Log, Preemption, adamw, all_reduce, amp_setup, apply_preset
                      fail, fast_math, fmt_time, make_out_dir, no_weight_decay, optimizer_step,
                      prune_checkpoints, resume, rng_state, save_args, save_checkpoint, set_lr,
                      setup_dist, teardown, wrap_ddp)
+from runtime import add_wandb_args
 
 # ============================================================================= presets
 
@@ -184,6 +185,7 @@ def add_run_args(a):
     a("--log-every", type=int, default=50)
     a("--tensorboard", action="store_true",
       help="also write <out-dir>/tb (needs tensorboard installed)")
+    add_wandb_args(a)
     a("--ckpt-every", type=int, default=500, help="steps between writes of checkpoint-latest.pth")
     a("--save-every", type=int, default=50, help="effective epochs between kept checkpoints")
     a("--keep", type=int, default=3, help="periodic checkpoints kept")
@@ -342,7 +344,7 @@ def main(argv=None):
     make_out_dir(args.out_dir)
     torch.manual_seed(args.seed)   # same initial weights on every rank
     fast_math(device, args.workers)
-    log = Log(args.out_dir, master, args.tensorboard)
+    log = Log(args.out_dir, master, args.tensorboard, args)
 
     # ------------------------------------------------------------------ data
     try:
@@ -414,6 +416,7 @@ def main(argv=None):
         print(f"done: {step} steps in {fmt_time(time.time() - t_start)}, checkpoint "
               f"{os.path.join(args.out_dir, 'checkpoint-latest.pth')}",
               flush=True)
+        log.finish(os.path.join(args.out_dir, "checkpoint-latest.pth"))
     teardown(world, device)
 
 
