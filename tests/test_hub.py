@@ -25,7 +25,8 @@ def hub_dir(tmp_path, monkeypatch):
 
 
 def entries():
-    return sorted(n for n in dir(hubconf) if not n.startswith("_") and callable(getattr(hubconf, n)))
+    return sorted(n for n in dir(hubconf)
+                  if not n.startswith("_") and callable(getattr(hubconf, n)))
 
 
 def test_hubconf_imports_torch_and_model_only_and_downloads_nothing():

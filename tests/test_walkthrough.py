@@ -1,5 +1,5 @@
-"""docs/walkthrough.ipynb: it executes top to bottom (nbclient, a fresh kernel, 3 training steps and a
-tiny checkpoint for the last step), and the copy in the repository carries its outputs."""
+"""docs/walkthrough.ipynb: it executes top to bottom (nbclient, a fresh kernel, 3 training steps
+and a tiny checkpoint for the last step), and the copy in the repository carries its outputs."""
 import base64
 
 import nbformat
@@ -13,7 +13,8 @@ NOTEBOOK = ROOT / "docs" / "walkthrough.ipynb"
 
 
 def images(cell):
-    return [o["data"]["image/png"] for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+    return [o["data"]["image/png"] for o in cell.get("outputs", [])
+            if "image/png" in o.get("data", {})]
 
 
 def check(nb):

@@ -31,7 +31,6 @@ smile, needed here: pip install transformers.
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 
