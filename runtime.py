@@ -342,8 +342,12 @@ class Log:
                 fail("--wandb: wandb is not installed (pip install wandb)")
             # the mode comes from the environment: WANDB_MODE=offline (or disabled) is honoured
             name = args.wandb_run_name or os.path.basename(os.path.abspath(out_dir))
-            self.wb = wandb.init(project=args.wandb_project, name=name, dir=out_dir,
-                                 config=vars(args))
+            try:
+                self.wb = wandb.init(project=args.wandb_project, name=name, dir=out_dir,
+                                     config=vars(args))
+            except Exception as e:   # no API key, no network: say so in one line, before any work
+                fail(f"--wandb: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                     "(wandb login, or WANDB_MODE=offline to log locally)")
 
     def __call__(self, record, line=None):
         if not self.master:

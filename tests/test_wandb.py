@@ -68,10 +68,12 @@ def test_stand_in_gets_the_log_the_args_and_the_checkpoint(tmp_path, script):
     assert rest == [["summary", "checkpoint", str(out / final)], ["finish"]]
 
 
-def test_without_the_package_one_line(tmp_path):
-    env = stand_in(tmp_path, "raise ImportError('No module named wandb')\n")
-    fails_cleanly(TINY + ["--out-dir", str(tmp_path / "run"), "--wandb"], "pip install wandb",
-                  env=env)
+@pytest.mark.parametrize("source, match", [
+    ("raise ImportError('No module named wandb')\n", "pip install wandb"),
+    ("def init(**kw):\n    raise RuntimeError('No API key configured.')\n", "WANDB_MODE=offline")])
+def test_without_the_package_or_a_login_one_line(tmp_path, source, match):
+    fails_cleanly(TINY + ["--out-dir", str(tmp_path / "run"), "--wandb"], match,
+                  env=stand_in(tmp_path, source))
 
 
 def test_offline_run_with_the_real_package(tmp_path):
