@@ -156,7 +156,7 @@ def vit_base(pretrained=False, checkpoint=None, num_classes=0, **kwargs):
 def vit_small_pretrain(pretrained=False, checkpoint=None, out_dim=768, **kwargs):
     """ViT-S SMILE pretraining model (encoder + 4-block decoder of width 192): PretrainModel,
     model(video, mask) -> (B, Nm, out_dim), 768 = CLIP ViT-B/16 features (Eq. 2). checkpoint= a
-    train.py checkpoint (path or URL) with the same out_dim (1536 or 384... for --target pixel).
+    train.py checkpoint (path or URL) of the same shape (out_dim=1536 for --target pixel).
     Input (B, 3, 16, 224, 224), ImageNet-normalised; mask (B, 1568) bool, True = masked."""
     if pretrained and checkpoint is None:
         raise ValueError("vit_small_pretrain: no released ViT-S SMILE checkpoint; pass "
