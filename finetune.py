@@ -37,10 +37,10 @@ import data
 from evaluation import (DATASETS, add_data_args, build_classifier, build_datasets, check_data_args,
                         compute_metrics, eval_collate, per_video, read_checkpoint, severe_table,
                         write_results)
-from runtime import (CheckpointClock, Log, Preemption, adamw, all_reduce_flags, amp_setup,
-                     apply_presets, check_ranks_agree, cosine_schedule, fail, fast_math, fmt_time,
-                     make_out_dir, no_weight_decay, optimizer_step, resume, rng_state, save_args,
-                     save_checkpoint, set_lr, setup_dist, teardown, wrap_model)
+from runtime import (CheckpointClock, Log, Preemption, adamw, add_wandb_args, all_reduce_flags,
+                     amp_setup, apply_presets, check_ranks_agree, cosine_schedule, fail, fast_math,
+                     fmt_time, make_out_dir, no_weight_decay, optimizer_step, resume, rng_state,
+                     save_args, save_checkpoint, set_lr, setup_dist, teardown, wrap_model)
 
 # ============================================================================= presets
 
@@ -379,6 +379,7 @@ def get_args(argv=None):
     a("--log-every", type=int, default=20)
     a("--tensorboard", action="store_true",
       help="also write <out-dir>/tb (needs tensorboard installed)")
+    add_wandb_args(a)
     a("--ckpt-minutes", type=float, default=30,
       help="minutes between writes of checkpoint-latest.pth (also written at the end and on "
       "preemption)")
@@ -428,7 +429,7 @@ def main(argv=None):
     state = read_checkpoint(args)
     torch.manual_seed(args.seed)
     fast_math(device, args.workers)
-    log = Log(args.out_dir, master, args.tensorboard)
+    log = Log(args.out_dir, master, args.tensorboard, args)
 
     # ------------------------------------------------------------------ data
     try:
@@ -512,6 +513,7 @@ def main(argv=None):
     if master:
         log({"step": step, "test": metrics})
         write_results(args, metrics, args.metric, "finetune")
+        log.finish(os.path.join(args.out_dir, "checkpoint-latest.pth"))
     teardown(world, device)
     return metrics
 

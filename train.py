@@ -22,10 +22,10 @@ import masking
 import motion
 import teacher as teacher_lib
 from model import MODEL_SIZES, PretrainModel, gather_tokens
-from runtime import (CheckpointClock, Log, Preemption, adamw, all_reduce_flags, amp_setup,
-                     apply_presets, check_ranks_agree, cosine_schedule, fail, fast_math, fmt_time,
-                     make_out_dir, no_weight_decay, optimizer_step, prune_checkpoints, resume,
-                     rng_state, save_args, save_checkpoint, set_lr, setup_dist, teardown,
+from runtime import (CheckpointClock, Log, Preemption, adamw, add_wandb_args, all_reduce_flags,
+                     amp_setup, apply_presets, check_ranks_agree, cosine_schedule, fail, fast_math,
+                     fmt_time, make_out_dir, no_weight_decay, optimizer_step, prune_checkpoints,
+                     resume, rng_state, save_args, save_checkpoint, set_lr, setup_dist, teardown,
                      wrap_model)
 
 # ============================================================================= presets
@@ -185,6 +185,7 @@ def add_run_args(a):
     a("--log-every", type=int, default=50)
     a("--tensorboard", action="store_true",
       help="also write <out-dir>/tb (needs tensorboard installed)")
+    add_wandb_args(a)
     a("--ckpt-minutes", type=float, default=30,
       help="minutes between writes of checkpoint-latest.pth (also written at the end of each stage "
       "and of the run, and on preemption); ViT-B + AdamW is ~1.1 GB that every rank waits for")
@@ -346,7 +347,7 @@ def main(argv=None):
     make_out_dir(args.out_dir)
     torch.manual_seed(args.seed)   # same initial weights on every rank
     fast_math(device, args.workers)
-    log = Log(args.out_dir, master, args.tensorboard)
+    log = Log(args.out_dir, master, args.tensorboard, args)
 
     # ------------------------------------------------------------------ data
     try:
@@ -419,6 +420,7 @@ def main(argv=None):
         print(f"done: {step} steps in {fmt_time(time.time() - t_start)}, checkpoint "
               f"{os.path.join(args.out_dir, 'checkpoint-latest.pth')}",
               flush=True)
+        log.finish(os.path.join(args.out_dir, "checkpoint-latest.pth"))
     teardown(world, device)
 
 
