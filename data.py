@@ -440,9 +440,10 @@ def worker_init(worker_id):
 def loader(dataset, sampler, batch_size, workers, device, collate_fn, prefetch=4):
     """The DataLoader of every script: seeded samples, pinned memory on GPU (uint8 clips: a quarter
     of float32's pinned and shared memory; containers still need --ipc=host or --shm-size, see
-    docs/performance.md), workers kept alive across passes (persistent: a re-fork costs 1-2 s and
-    re-reads the object bank; the pass reaches them through the sampler)."""
+    docs/performance.md). With a sampler (the training loops), workers live across passes (a re-fork
+    costs 1-2 s and re-reads the object bank; the pass reaches them through the sampler)."""
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
         pin_memory=device.type == "cuda", drop_last=sampler is not None, worker_init_fn=worker_init,
-        persistent_workers=workers > 0, prefetch_factor=prefetch if workers else None)
+        persistent_workers=workers > 0 and sampler is not None,   # one-pass loaders: no need
+        prefetch_factor=prefetch if workers else None)

@@ -285,7 +285,7 @@ def main(argv=None):
     state = read_checkpoint(args)
     torch.manual_seed(args.seed)
     fast_math(device, args.workers)
-    log = Log(args.out_dir, master, args.tensorboard)
+    log = Log(args.out_dir, master, args.tensorboard, args)
 
     # ------------------------------------------------------------------ data
     try:
@@ -430,6 +430,7 @@ def main(argv=None):
     if master:
         log({"step": step, "test": metrics})
         write_results(args, metrics, args.metric, "finetune")
+        log.finish(os.path.join(args.out_dir, "checkpoint-latest.pth"))
     teardown(world, device)
     return metrics
 

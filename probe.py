@@ -47,9 +47,9 @@ from evaluation import (EVAL_DATASETS, add_data_args, build_classifier, build_da
                         check_data_args, compute_metrics, eval_collate, per_video, read_checkpoint,
                         write_results)
 from model import Block, Mlp
-from runtime import (Log, all_reduce, amp_setup, apply_presets, cosine_schedule, fail, fmt_time,
-                     make_out_dir, no_weight_decay, save_args, save_checkpoint, set_lr, setup_dist,
-                     teardown)
+from runtime import (Log, add_wandb_args, all_reduce, amp_setup, apply_presets, cosine_schedule,
+                     fail, fmt_time, make_out_dir, no_weight_decay, save_args, save_checkpoint,
+                     set_lr, setup_dist, teardown)
 
 # Table 16: probe epochs per dataset (flips come with the dataset preset: all but SSv2 and motion).
 PROBE_EPOCHS = {"k400": dict(epochs=30), "ucf101": dict(epochs=100), "hmdb51": dict(epochs=100),
@@ -108,6 +108,7 @@ def get_args(argv=None):
     a("--out-dir", default="out/probe", help="everything a run writes goes here")
     a("--results-file", default=None, help="append the result as a JSON row to this file")
     a("--eval-every", type=int, default=10, help="epochs between validation lines in the log")
+    add_wandb_args(a)
     # dataset tables first, then the head's recipe, the preset last: a preset's values win over its
     # dataset's and head's (its shortened head recipe last of all); flags win over every table
     preset = p.parse_known_args(argv)[0].preset
@@ -132,7 +133,7 @@ def main(argv=None):
     make_out_dir(args.out_dir)
     state = read_checkpoint(args)
     torch.manual_seed(args.seed)
-    run = Run(rank, world, device, Log(args.out_dir, master))
+    run = Run(rank, world, device, Log(args.out_dir, master, args=args))
     if master:
         save_args(args, args.out_dir)
     try:
@@ -162,6 +163,7 @@ def main(argv=None):
         save_checkpoint({**saved, "head_type": args.head, "args": vars(args)},
                         os.path.join(args.out_dir, "probe-head.pth"))
         write_results(args, metrics, args.metric, "probe")
+        run.log.finish(os.path.join(args.out_dir, "probe-head.pth"))
     teardown(world, device)
     return metrics
 

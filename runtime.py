@@ -60,6 +60,7 @@ def add_run_args(a, out_dir, log_every):
     a("--log-every", type=int, default=log_every)
     a("--tensorboard", action="store_true",
       help="also write <out-dir>/tb (needs tensorboard installed)")
+    add_wandb_args(a)
     a("--ckpt-minutes", type=float, default=30,
       help="minutes between writes of checkpoint-latest.pth (also written at the end of each stage "
       "and of the run, and on preemption); ViT-B + AdamW is ~1.1 GB that every rank waits for")
@@ -529,12 +530,23 @@ class Preemption:
 # ============================================================================= logging
 
 
+def add_wandb_args(a):
+    """--wandb and its two settings, for the entry scripts (beside --tensorboard)."""
+    a("--wandb", action="store_true", help="also log to Weights & Biases (pip install wandb): the "
+      "same numbers as log.jsonl, the args, the checkpoint path at the end; WANDB_MODE=offline "
+      "writes <out-dir>/wandb only")
+    a("--wandb-project", default="smile", help="the wandb project")
+    a("--wandb-run-name", default=None, help="the wandb run name (default: the --out-dir's name)")
+
+
 class Log:
     """Rank 0 prints one line per call and appends the same record to <out_dir>/log.jsonl; with
-    tensorboard installed and --tensorboard given, the numbers go to <out_dir>/tb as well."""
+    tensorboard installed and --tensorboard given, the numbers go to <out_dir>/tb as well; with
+    --wandb (args given), to a Weights & Biases run in <out_dir>/wandb (imported only then)."""
 
-    def __init__(self, out_dir, master, tensorboard=False):
-        self.path, self.master, self.tb = os.path.join(out_dir, "log.jsonl"), master, None
+    def __init__(self, out_dir, master, tensorboard=False, args=None):
+        self.path, self.master = os.path.join(out_dir, "log.jsonl"), master
+        self.tb = self.wb = None
         if master and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -542,6 +554,19 @@ class Log:
             except ImportError:
                 print("--tensorboard: tensorboard is not installed (pip install tensorboard); "
                       "log.jsonl only")
+        if master and getattr(args, "wandb", False):
+            try:
+                import wandb
+            except ImportError:
+                fail("--wandb: wandb is not installed (pip install wandb)")
+            # the mode comes from the environment: WANDB_MODE=offline (or disabled) is honoured
+            name = args.wandb_run_name or os.path.basename(os.path.abspath(out_dir))
+            try:
+                self.wb = wandb.init(project=args.wandb_project, name=name, dir=out_dir,
+                                     config=vars(args))
+            except Exception as e:   # no API key, no network: say so in one line, before any work
+                fail(f"--wandb: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                     "(wandb login, or WANDB_MODE=offline to log locally)")
 
     def __call__(self, record, line=None):
         if not self.master:
@@ -555,6 +580,18 @@ class Log:
                 if isinstance(v, (int, float)) and k not in ("step", "time"):
                     self.tb.add_scalar(k, v, record["step"])
             self.tb.flush()
+        if self.wb is not None:   # every number, step and epoch included (pick either as x-axis)
+            flat = {f"{k}/{j}" if isinstance(v, dict) else k: x for k, v in record.items()
+                    for j, x in (v.items() if isinstance(v, dict) else [(None, v)])}
+            self.wb.log({k: v for k, v in flat.items() if isinstance(v, (int, float))})
+
+    def finish(self, checkpoint=None):
+        """End of the run: the checkpoint's path into the wandb run's summary, the run closed."""
+        if self.wb is not None:
+            if checkpoint and os.path.isfile(checkpoint):
+                self.wb.summary["checkpoint"] = os.path.abspath(checkpoint)
+            self.wb.finish()
+            self.wb = None
 
 
 def save_args(args, out_dir):

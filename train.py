@@ -288,7 +288,7 @@ def main(argv=None):
     make_out_dir(args.out_dir)
     torch.manual_seed(args.seed)   # same initial weights on every rank
     fast_math(device, args.workers)
-    log = Log(args.out_dir, master, args.tensorboard)
+    log = Log(args.out_dir, master, args.tensorboard, args)
     latest = os.path.join(args.out_dir, "checkpoint-latest.pth")
 
     # ------------------------------------------------------------------ data
@@ -420,6 +420,7 @@ def main(argv=None):
     if master:
         print(f"done: {step} steps in {fmt_time(time.time() - t_start)}, checkpoint {latest}",
               flush=True)
+        log.finish(latest)
     teardown(world, device)
 
 
