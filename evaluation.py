@@ -21,7 +21,8 @@ import torch
 import data
 import motion
 from model import MODEL_SIZES, VideoClassifier, classifier_state_dict, load_encoder
-from runtime import all_reduce, fail, fmt_time, load_checkpoint
+from checkpoints import load_checkpoint
+from runtime import all_reduce, fail, fmt_time
 
 # Datasets (Table 15, SPEC 6): list files <data-root>/<splits>; `motion` is the embedded
 # synthetic set.

@@ -38,10 +38,11 @@ from augment import RandAug, mix_batch, randaugment_clip, random_erase
 from evaluation import (EVAL_DATASETS, add_data_args, build_classifier, build_datasets,
                         check_data_args, compute_metrics, eval_collate, per_video, print_table,
                         read_checkpoint, write_results)
-from runtime import (CheckpointClock, Log, StepGuard, adamw, add_run_args, amp_setup,
-                     apply_presets, check_ranks_agree, cosine_schedule, fail, fast_math, fmt_time,
-                     make_out_dir, no_weight_decay, optimizer_step, resume, rng_state, save_args,
-                     save_checkpoint, set_lr, setup_dist, teardown, wrap_model)
+from checkpoints import CheckpointClock, resume, rng_state, save_checkpoint
+from runtime import (Log, StepGuard, adamw, add_run_args, amp_setup, apply_presets,
+                     check_ranks_agree, cosine_schedule, fail, fast_math, fmt_time, make_out_dir,
+                     no_weight_decay, optimizer_step, save_args, set_lr, setup_dist, teardown,
+                     wrap_model)
 
 # ============================================================================= presets
 
@@ -89,7 +90,7 @@ PRESETS = {
               "results_file": "out/severe/results.jsonl"} for name, p in SEVERE.items()},
 }
 # flags whose change makes a checkpoint unloadable / a resumed run another run
-# (runtime.check_resume_args)
+# (checkpoints.check_resume_args)
 SHAPE_FLAGS = ("model", "img_size", "patch_size", "tubelet", "num_frames", "task", "num_classes")
 SCHEDULE_FLAGS = ("batch_size", "accum_iter", "epochs", "warmup_epochs", "lr", "min_lr",
                   "layer_decay", "dataset", "train_list", "seed")

@@ -47,9 +47,10 @@ from evaluation import (EVAL_DATASETS, add_data_args, build_classifier, build_da
                         check_data_args, compute_metrics, eval_collate, per_video, read_checkpoint,
                         write_results)
 from model import Block, Mlp
+from checkpoints import save_checkpoint
 from runtime import (Log, add_wandb_args, all_reduce, amp_setup, apply_presets, cosine_schedule,
-                     fail, fmt_time, make_out_dir, no_weight_decay, save_args, save_checkpoint,
-                     set_lr, setup_dist, teardown)
+                     fail, fmt_time, make_out_dir, no_weight_decay, save_args, set_lr, setup_dist,
+                     teardown)
 
 # Table 16: probe epochs per dataset (flips come with the dataset preset: all but SSv2 and motion).
 PROBE_EPOCHS = {"k400": dict(epochs=30), "ucf101": dict(epochs=100), "hmdb51": dict(epochs=100),

@@ -20,10 +20,10 @@ import masking
 import motion
 import teacher as teacher_lib
 from model import MODEL_SIZES, PretrainModel
-from runtime import (CheckpointClock, Log, StepGuard, adamw, add_run_args, amp_setup,
-                     apply_presets, check_ranks_agree, cosine_schedule, fail, fast_math, fmt_time,
-                     make_out_dir, no_weight_decay, optimizer_step, prune_checkpoints, resume,
-                     rng_state, save_args, save_checkpoint, set_lr, setup_dist, teardown,
+from checkpoints import CheckpointClock, prune_checkpoints, resume, rng_state, save_checkpoint
+from runtime import (Log, StepGuard, adamw, add_run_args, amp_setup, apply_presets,
+                     check_ranks_agree, cosine_schedule, fail, fast_math, fmt_time, make_out_dir,
+                     no_weight_decay, optimizer_step, save_args, set_lr, setup_dist, teardown,
                      to_device, train_step, wrap_model)
 
 # ============================================================================= presets
@@ -57,7 +57,7 @@ PRESETS = {
                      masking="trajectory", target="clip", out_dir="out/ablation"),
 }
 # flags whose change makes a checkpoint unloadable / a resumed run another run
-# (runtime.check_resume_args)
+# (checkpoints.check_resume_args)
 SHAPE_FLAGS = ("model", "img_size", "patch_size", "tubelet", "num_frames", "target", "teacher")
 SCHEDULE_FLAGS = ("batch_size", "accum_iter", "epochs", "stage1_epochs", "warmup_epochs", "lr",
                   "min_lr", "dataset", "train_list", "num_sample", "strategy", "seed",

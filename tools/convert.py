@@ -37,7 +37,8 @@ import sys
 import torch
 
 from model import MODEL_SIZES, Encoder, PretrainModel, VideoClassifier
-from runtime import fail, load_checkpoint, save_checkpoint
+from checkpoints import load_checkpoint, save_checkpoint
+from runtime import fail
 
 WB = ("weight", "bias")
 HF_CLASS = {"pretrain": "VideoMAEForPreTraining", "classifier": "VideoMAEForVideoClassification",
