@@ -47,12 +47,13 @@ EVAL_DATASETS = {
 SHAPE_DEFAULTS = dict(model="base", patch_size=16, tubelet=2)
 
 
-def add_data_args(a):
-    """Data and model flags shared by finetune.py, probe.py and tools/extract.py."""
+def add_data_args(a, tasks=("single", "multi", "count")):
+    """Data and model flags shared by finetune.py, probe.py and tools/extract.py; tasks: the --task
+    values the script runs."""
     a("--dataset", default="motion", choices=sorted(EVAL_DATASETS),
       help="k400/ssv2/ucf101/hmdb51/gym99/epic read <data-root>/train.csv and val.csv; list reads "
       "--train-list/--val-list; motion is synthetic")
-    a("--task", default="single", choices=["single", "multi", "count"],
+    a("--task", default="single", choices=list(tasks),
       help="single-label, multi-label (Charades; list labels '3,17,42') or repetition counting "
       "(UCFRep; label = the count)")
     a("--data-root", default="", help="folder that list paths are relative to")

@@ -81,7 +81,7 @@ def get_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS), help="tiny = the 2-core CPU demo on synthetic motion")
-    add_data_args(a)
+    add_data_args(a, tasks=("single", "multi"))   # counting is finetune.py's (--task count)
     a("--head", default="linear", choices=sorted(HEADS), help="linear: Table 16's probe on "
       "mean-pooled features; attentive: V-JEPA's cross-attention pooler on the tokens (jepa "
       "configs/evals/vitl16_k400_16x8x3.yaml: its own defaults, marked V-JEPA below)")
@@ -116,9 +116,6 @@ def get_args(argv=None):
     tables = [("preset", PRESETS), ("dataset", EVAL_DATASETS), ("dataset", PROBE_EPOCHS),
               ("head", HEADS), ("preset", PRESETS), ("head", PRESET_HEADS.get(preset, {}))]
     args = apply_presets(p, tables, argv)
-    if args.task == "count":
-        fail("probe.py classifies (single or multi); repetition counting is finetune.py's "
-             "(--task count)")
     if args.attn_depth < 1:
         fail("--attn-depth must be >= 1 (the cross-attention block)")
     args.metric = "map" if args.task == "multi" else "top1"
