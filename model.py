@@ -51,46 +51,7 @@ def sinusoid_table(n_position, dim):
     return table.float()[None]                                                       # (1, N, D)
 
 
-def mask_indices(mask):
-    """bool mask (B, N), True = masked -> (visible_idx (B, Nv), masked_idx (B, Nm)), int64 token
-    indices.
-
-    Each row lists the visible (resp. masked) tokens in increasing token order, i.e. exactly the
-    order of x[~mask] (resp. x[mask]) (a stable argsort of the mask puts the False entries first).
-    Every sample must mask the same number of tokens (SPEC 3; ValueError otherwise). That number is
-    read from the mask once, here: one host read, free while the mask is still on the CPU (in the
-    loader or before .to(device)), so call this there and pass the pair on (under torch.compile this
-    read is a graph break; the model's forward given the pair has none). Downstream,
-    Nm = masked_idx.shape[1] is a shape, known without a sync and a constant for torch.compile.
-    """
-    B, N = mask.shape
-    counts = mask.sum(1)                                                 # (B,) masked per sample
-    # min and max in one number, so that checking costs no second host read (nor graph break)
-    lo, hi = divmod(int(counts.min() * (N + 1) + counts.max()), N + 1) if B else (0, 0)
-    if lo != hi:
-        raise ValueError(f"every sample must mask the same number of tokens, got {lo} to {hi}")
-    order = torch.argsort(mask, dim=1, stable=True)                   # (B, N): visible, then masked
-    nv = N - hi
-    return order[:, :nv], order[:, nv:]
-
-
-def gather_tokens(x, idx):
-    """x (B, N, D) (or (1, N, D), shared by the batch), idx (B, K) int64 -> (B, K, D):
-    x[b, idx[b, i]].
-
-    A torch.gather: no sync, no graph break. Contract with PretrainModel: for
-    visible_idx, masked_idx = mask_indices(mask), gather_tokens(targets, masked_idx)[:, i] is the
-    target of model(video, mask)[:, i] (both in masked-token order, the order of targets[mask]);
-    gather_tokens(x, visible_idx) equals x[~mask].view(B, Nv, D).
-    """
-    x = x.expand(idx.shape[0], -1, -1)                                   # (B, N, D), a view
-    return torch.gather(x, 1, idx[:, :, None].expand(-1, -1, x.shape[2]))
-
-
-def _as_indices(mask):
-    """A bool mask (B, N) or the pair from mask_indices
-    -> (visible_idx (B, Nv), masked_idx (B, Nm))."""
-    return mask_indices(mask) if isinstance(mask, torch.Tensor) else tuple(mask)
+# ============================================================================= the ViT
 
 
 class PatchEmbed(nn.Module):
@@ -360,6 +321,58 @@ class VideoClassifier(nn.Module):
 
     def forward(self, video):                      # -> (B, num_classes)
         return self.head(self.forward_features(video))
+
+
+# ============================================================================= index masks
+# The speed devices, after the ViT they serve: the mask travels as integer indices made once on the
+# CPU (mask_indices), tokens are picked with torch.gather (gather_tokens), never x[mask]: no
+# host-device sync and no torch.compile graph break in the forward. (PatchEmbed.forward_visible's
+# divmod gather and the fp32 residual stream are the other two.)
+
+
+def mask_indices(mask):
+    """bool mask (B, N), True = masked -> (visible_idx (B, Nv), masked_idx (B, Nm)), int64 token
+    indices.
+
+    Each row lists the visible (resp. masked) tokens in increasing token order, i.e. exactly the
+    order of x[~mask] (resp. x[mask]) (a stable argsort of the mask puts the False entries first).
+    Every sample must mask the same number of tokens (SPEC 3; ValueError otherwise). That number is
+    read from the mask once, here: one host read, free while the mask is still on the CPU (in the
+    loader or before .to(device)), so call this there and pass the pair on (under torch.compile this
+    read is a graph break; the model's forward given the pair has none). Downstream,
+    Nm = masked_idx.shape[1] is a shape, known without a sync and a constant for torch.compile.
+    """
+    B, N = mask.shape
+    counts = mask.sum(1)                                                 # (B,) masked per sample
+    # min and max in one number, so that checking costs no second host read (nor graph break)
+    lo, hi = divmod(int(counts.min() * (N + 1) + counts.max()), N + 1) if B else (0, 0)
+    if lo != hi:
+        raise ValueError(f"every sample must mask the same number of tokens, got {lo} to {hi}")
+    order = torch.argsort(mask, dim=1, stable=True)                   # (B, N): visible, then masked
+    nv = N - hi
+    return order[:, :nv], order[:, nv:]
+
+
+def gather_tokens(x, idx):
+    """x (B, N, D) (or (1, N, D), shared by the batch), idx (B, K) int64 -> (B, K, D):
+    x[b, idx[b, i]].
+
+    A torch.gather: no sync, no graph break. Contract with PretrainModel: for
+    visible_idx, masked_idx = mask_indices(mask), gather_tokens(targets, masked_idx)[:, i] is the
+    target of model(video, mask)[:, i] (both in masked-token order, the order of targets[mask]);
+    gather_tokens(x, visible_idx) equals x[~mask].view(B, Nv, D).
+    """
+    x = x.expand(idx.shape[0], -1, -1)                                   # (B, N, D), a view
+    return torch.gather(x, 1, idx[:, :, None].expand(-1, -1, x.shape[2]))
+
+
+def _as_indices(mask):
+    """A bool mask (B, N) or the pair from mask_indices
+    -> (visible_idx (B, Nv), masked_idx (B, Nm))."""
+    return mask_indices(mask) if isinstance(mask, torch.Tensor) else tuple(mask)
+
+
+# ============================================================================= checkpoints
 
 
 def classifier_state_dict(state):
