@@ -101,6 +101,9 @@ def test_cosine_schedule_shape():
     s = runtime.cosine_schedule(1.0, 0.1, 100, 10)
     assert (len(s) == 100 and s[0] == 0 and s[10] == pytest.approx(1.0)
             and s[-1] == pytest.approx(0.1, abs=1e-3))
+    # the reference's warm-up (utils_mae.cosine_scheduler: np.linspace(0, base, warmup_iters)) ends
+    # on the peak: its last step is base, steps 1/9 apart; the cosine then starts at base again
+    assert s[9] == 1.0 and s[1] == pytest.approx(1 / 9) and s[10] == pytest.approx(1.0)
     assert (all(a <= b for a, b in zip(s[:10], s[1:11]))
             and all(a >= b for a, b in zip(s[10:], s[11:])))
 
