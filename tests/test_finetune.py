@@ -465,17 +465,36 @@ def test_resume_is_bit_identical(tmp_path):
 
 
 def test_view_sampling_and_crops():
+    """Test views as the reference takes them (kinetics.py / ssv2.py, test mode)."""
+    # K400, 5 clips of 16 frames at stride 4 from a 300-frame video: 75 frames read at the stride,
+    # windows at int(k * 59 / 4) of them = frames 0, 56, 116, 176, 236 (not 0, 60, 120, 179, 239)
+    starts = [evaluation.dense_indices(300, 16, 4, view=k, num_views=5)[0] for k in range(5)]
+    assert starts == [0, 56, 116, 176, 236]
+    assert evaluation.dense_indices(300, 16, 4, view=2, num_views=5).tolist() == list(
+        range(116, 116 + 64, 4))
+    # the reference's 7 K400 clips: windows at int(k * 59 / 6)
+    assert [evaluation.dense_indices(300, 16, 4, view=k, num_views=7)[0]
+            for k in range(7)] == [0, 36, 76, 116, 156, 196, 236]
     assert evaluation.dense_indices(100, 4, 5, view=0, num_views=3).tolist() == [0, 5, 10, 15]
-    # evenly spaced
-    assert evaluation.dense_indices(100, 4, 5, view=2, num_views=3).tolist() == [84, 89, 94, 99]
-    # too short: cover it
-    assert evaluation.dense_indices(10, 4, 5).tolist() == [0, 3, 6, 9]
+    assert evaluation.dense_indices(100, 4, 5, view=2, num_views=3).tolist() == [80, 85, 90, 95]
+    # too short: frames 0, 5 read at the stride, the last repeated up to T
+    assert evaluation.dense_indices(10, 4, 5).tolist() == [0, 5, 5, 5]
+    # SSv2's two views: each segment's start and its midpoint (not its 1/4 and 3/4 points)
+    assert (evaluation.segment_indices(12, 4, view=0, num_views=2).tolist(),
+            evaluation.segment_indices(12, 4, view=1, num_views=2).tolist()) == ([0, 3, 6, 9],
+                                                                                 [1, 4, 7, 10])
     seg = (evaluation.segment_indices(80, 4, view=0, num_views=2).tolist(),
            evaluation.segment_indices(80, 4, view=1, num_views=2).tolist())
-    # one frame per segment
-    assert seg == ([5, 25, 45, 65], [15, 35, 55, 75])
+    assert seg == ([0, 20, 40, 60], [10, 30, 50, 70])
+    # 45 frames, 16 segments: int(tick * i + tick / 2), as the reference computes it
+    tick = 45 / 16
+    assert (evaluation.segment_indices(45, 16, view=1, num_views=2).tolist()
+            == [int(tick / 2.0 + tick * i) for i in range(16)])
     r = evaluation.segment_indices(80, 4, np.random.default_rng(0))
     assert all(20 * i <= f < 20 * (i + 1) for i, f in enumerate(r))
+    # spatial: short side to 224, the long side to int(320 * 224 / 240) = 298, crops at int(k * 37)
+    assert evaluation.crop_boxes(240, 320, 224) == ((224, 298), [(0, 0), (0, 37), (0, 74)])
+    assert evaluation.crop_boxes(299, 224, 224) == ((299, 224), [(0, 0), (37, 0), (75, 0)])
     frames = np.zeros((2, 20, 40, 3), np.uint8)
     frames[:, :, :, 0] = np.arange(40)[None, None, :] * 6   # red ramp along x
     # -> 10 x 20, 3 crops
