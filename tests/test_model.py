@@ -156,9 +156,9 @@ def test_head_init_scale_and_drop_path():
 def test_initialisation_matches_the_reference():
     """The reference's inits (SPEC 1), by their statistics: the finetuning classifier (every "no
     pretraining" baseline) draws every Linear from a normal of std 0.02 (fc1 weight std 0.0457
-    under Xavier at width 192); pretraining keeps Xavier except encoder_to_decoder, PyTorch's default
-    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (std 0.0417 at 192, Xavier's 0.0833 to 96), and a mask token
-    cut at +-1 std (std 0.02 x 0.5396 = 0.0108)."""
+    under Xavier at width 192); pretraining keeps Xavier except encoder_to_decoder, PyTorch's
+    default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (std 0.0417 at 192, Xavier's 0.0833 to 96), and a
+    mask token cut at +-1 std (std 0.02 x 0.5396 = 0.0108)."""
     torch.manual_seed(0)
     clf = VideoClassifier(**{k: v for k, v in MODEL_SIZES["tiny"].items()
                              if not k.startswith("decoder")}, img_size=32, num_frames=4,
