@@ -461,6 +461,24 @@ def test_resume_is_bit_identical(tmp_path):
             and not torch.equal(half["model"]["head.weight"], b["model"]["head.weight"]))
 
 
+def test_linear_probing_trains_fc_norm_and_head_only(tmp_path):
+    """--linear-probing (SIGMA's probe, Table 1): the encoder's weights stay those of the checkpoint,
+    fc_norm and the head train, with finetuning's augmentation and drop path on."""
+    torch.manual_seed(0)
+    pre = PretrainModel(img_size=32, num_frames=8, patch_size=8, **MODEL_SIZES["tiny"], out_dim=8)
+    ck = tmp_path / "pre.pth"
+    torch.save({"model": pre.state_dict(), "args": {"model": "tiny", "patch_size": 8,
+                                                    "tubelet": 2}}, ck)
+    out = tmp_path / "lp"
+    finetune.main(SMALL + ["--checkpoint", str(ck), "--linear-probing", "--steps", "3",
+                           "--out-dir", str(out), "--drop-path", "0.1"])
+    after = torch.load(out / "checkpoint-latest.pth", weights_only=True)["model"]
+    encoder = {k: v for k, v in after.items() if not k.startswith(("fc_norm", "head"))}
+    assert len(encoder) == len(after) - 4
+    assert all(torch.equal(v, pre.state_dict()[f"encoder.{k}"]) for k, v in encoder.items())
+    assert not torch.equal(after["fc_norm.weight"], torch.ones(192))
+
+
 # -------------------------------------------------------------------- evaluation datasets (data.py)
 
 
