@@ -289,13 +289,20 @@ class PretrainDataset(torch.utils.data.Dataset):
     (1, 1) = off).
     frame_pick ("frames" source): "fixed" = one frame per video drawn once from the seed (Table 7's
     K400m-1frm is a fixed set of frames), "per-pass" = a new frame every pass.
+    repeat: what an item's num_sample clips share. "independent" (F.3, SPEC 5): one decoded video,
+    each clip its own crop, flip, objects and mask; "same-crop": one crop and flip, each clip its own
+    objects and mask (the reference's stage 2 feeds one clip twice, the second copy with another
+    sample's mask); "off", no repeated sampling: clip k comes from video (index + k * shift) %
+    length, shift drawn per pass, so a pass still reads every video num_sample times but a step
+    holds batch different videos (the reference's stage 1, whose script lost --multiple_sampling).
     """
 
     def __init__(self, source, items=None, length=1000, num_frames=16, stride=4, img_size=224,
                  flip=True, num_sample=2, objects=None, num_objects=2, motion="on",
                  masking="trajectory", mask_ratio=0.8, tubelet=2, patch=16, seed=0,
                  object_size=(32, 128), angle_range=(-90, 90), scale_range=(0.5, 1.5),
-                 frame_pick="fixed"):
+                 frame_pick="fixed", repeat="independent"):
+        assert repeat in ("independent", "same-crop", "off"), repeat
         assert source in ("video", "frames", "images", "stills", "noise", "black"), source
         assert frame_pick in ("fixed", "per-pass"), frame_pick
         self.source, self.items = source, items
@@ -306,13 +313,15 @@ class PretrainDataset(torch.utils.data.Dataset):
         self.tubelet, self.patch, self.seed = tubelet, patch, seed
         self.overlay_kw = dict(num_objects=num_objects, size_range=tuple(object_size),
                                angle_range=tuple(angle_range), scale_range=tuple(scale_range))
-        self.frame_pick, self.pass_index = frame_pick, 0
+        self.frame_pick, self.pass_index, self.repeat = frame_pick, 0, repeat
 
-    def set_state(self, pass_index, motion=None):
+    def set_state(self, pass_index, motion=None, repeat=None):
         """Called before each pass (and at a stage switch): the pass seeds every sample of it."""
         self.pass_index = pass_index
         if motion is not None:
             self.motion = motion
+        if repeat is not None:
+            self.repeat = repeat
 
     def __len__(self):
         return self.length
@@ -346,15 +355,24 @@ class PretrainDataset(torch.utils.data.Dataset):
         return decode_frames(path, lambda n: clip_indices(n, T, self.stride, rng))
 
     def make_sample(self, index, rng):
-        try:
-            frames = self.background(index, rng)
-        except Exception as e:   # noqa: BLE001 -- name the file that failed
-            raise BadItem(f"{self.describe(index)}: {type(e).__name__}: {e}") from e
+        sources = [index]
+        if self.repeat == "off":   # one clip per video: the others from videos a per-pass shift on
+            shift = np.random.default_rng([self.seed, self.pass_index, 2 ** 20]).integers(
+                1, max(self.length, 2))
+            sources = [(index + k * int(shift)) % self.length for k in range(self.num_sample)]
+        frames = []
+        for i in sources:
+            try:
+                frames.append(self.background(i, rng))
+            except Exception as e:   # noqa: BLE001 -- name the file that failed
+                raise BadItem(f"{self.describe(i)}: {type(e).__name__}: {e}") from e
         videos, masks = [], []
         t, h = self.num_frames // self.tubelet, self.img_size // self.patch
-        # repeated sampling (F.3): own crop, overlay and mask per clip
+        # repeated sampling (F.3): own crop (unless "same-crop"), overlay and mask per clip
         for k in range(self.num_sample):
-            clip = crop_and_flip(frames, self.img_size, rng, self.flip)
+            if k == 0 or self.repeat != "same-crop":
+                crop = crop_and_flip(frames[k % len(frames)], self.img_size, rng, self.flip)
+            clip = crop
             with_objects = self.motion == "on" or (self.motion == "mixed" and k % 2 == 0)
             if with_objects:
                 clip, footprints = motion.overlay(clip, self.objects, rng, **self.overlay_kw)

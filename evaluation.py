@@ -165,37 +165,53 @@ def make_target(label, task, num_classes):
 
 
 def segment_indices(num_video_frames, num_frames, rng=None, view=0, num_views=1):
-    """TSN-style segment sampling (SSv2): split the video into T equal segments, take one frame of
-    each; a random one when training (rng), the (view + 0.5) / num_views point of each segment at
-    test."""
+    """TSN-style segment sampling (SSv2): split the video into T equal segments of tick = n / T
+    frames, take one frame of each; a random one when training (rng). At test, the reference's
+    (ssv2.py, test mode): frame int(tick * i + tick * view / num_views) of segment i, i.e. the
+    segments' starts and midpoints for its 2 views ([0, 3, 6, 9] and [1, 4, 7, 10] of a 12-frame
+    video at T = 4). One view: the midpoints (the reference's one-view test would take the
+    starts)."""
     seg = num_video_frames / num_frames
     if rng is not None:
         offset = rng.uniform(0, seg, num_frames)
     else:
-        offset = np.full(num_frames, seg * (view + 0.5) / num_views)
+        offset = seg * view / num_views if num_views > 1 else seg / 2
     return np.minimum((np.arange(num_frames) * seg + offset).astype(int), num_video_frames - 1)
 
 
 def dense_indices(num_video_frames, num_frames, stride, view=0, num_views=1):
-    """Test-time dense sampling: the view-th of num_views clips evenly spaced over the video
-    (5x3 K400)."""
-    span = (num_frames - 1) * stride + 1
-    if num_video_frames < span:
-        return np.round(np.linspace(0, num_video_frames - 1, num_frames)).astype(int)
-    start = (num_video_frames - span) * (view / (num_views - 1) if num_views > 1 else 0.5)
-    return int(round(start)) + stride * np.arange(num_frames)
+    """Test-time dense sampling, the reference's (kinetics.py, test mode): the video read at the
+    stride (frames 0, s, 2s, ..., the last repeated when fewer than T), and the view-th of
+    num_views windows of T of them, starting at int(view * (len - T) / (num_views - 1)) on that
+    grid: 5 views of a 300-frame video at stride 4 start at frames 0, 56, 116, 176, 236. One view:
+    the centre window (the reference has no one-view test)."""
+    grid = max(-(-num_video_frames // stride), 1)              # frames 0, s, 2s, ... read
+    room = max(grid - num_frames, 0)
+    start = int(view * (room / (num_views - 1))) if num_views > 1 else room // 2
+    return stride * np.minimum(start + np.arange(num_frames), grid - 1)
+
+
+def crop_boxes(height, width, size, num_crops=3):
+    """The reference's test crops (kinetics.py / ssv2.py, test mode): the short side resized to
+    size (the long side to int(long * size / short)), then num_crops size x size windows along the
+    long side, the k-th at int(k * (long - size) / (num_crops - 1)); one crop: the centre.
+    -> (resized (h, w), [(top, left)] per crop)."""
+    h, w = ((size, max(size, int(width * size / height))) if height <= width
+            else (max(size, int(height * size / width)), size))
+    room = max(h, w) - size
+    starts = ([int(k * (room / (num_crops - 1))) for k in range(num_crops)] if num_crops > 1
+              else [room // 2])
+    return (h, w), [(s, 0) if h > w else (0, s) for s in starts]
 
 
 def three_crops(frames, size, num_crops=3):
     """Resize the short side to size, take num_crops size x size crops along the long side (start,
-    centre, end; one crop = centre). uint8 (T, H, W, 3) -> list of uint8 (T, size, size, 3)."""
+    centre, end; one crop = centre), at crop_boxes' places. uint8 (T, H, W, 3) -> list of uint8
+    (T, size, size, 3)."""
     T, H, W, _ = frames.shape
-    h, w = ((size, max(size, round(W * size / H))) if H <= W
-            else (max(size, round(H * size / W)), size))
+    (h, w), boxes = crop_boxes(H, W, size, num_crops)
     x = data.resize(frames, (h, w))
-    spots = [0.5] if num_crops == 1 else np.linspace(0, 1, num_crops)
-    return [x[:, round(s * (h - size)):round(s * (h - size)) + size,
-              round(s * (w - size)):round(s * (w - size)) + size] for s in spots]
+    return [x[:, top:top + size, left:left + size] for top, left in boxes]
 
 
 class VideoClipDataset(torch.utils.data.Dataset):

@@ -93,7 +93,7 @@ PRESETS = {
 # (checkpoints.check_resume_args)
 SHAPE_FLAGS = ("model", "img_size", "patch_size", "tubelet", "num_frames", "task", "num_classes")
 SCHEDULE_FLAGS = ("batch_size", "accum_iter", "epochs", "warmup_epochs", "lr", "min_lr",
-                  "layer_decay", "dataset", "train_list", "seed")
+                  "layer_decay", "dataset", "train_list", "seed", "linear_probing")
 
 # ============================================================================= finetuning pieces
 
@@ -234,6 +234,10 @@ def get_args(argv=None):
     a("--remode", default="pixel", choices=["pixel", "rand", "const"],
       help="erased box filled with N(0, 1) per pixel / per channel, or 0 (VideoMAE: pixel)")
     a("--recount", type=int, default=1, help="erased boxes per clip (VideoMAE: 1)")
+    a("--linear-probing", action="store_true",
+      help="freeze the encoder, train fc_norm and head only, everything else as finetuning: the "
+      "linear probe behind the paper's Table 1 (SIGMA, QUVA-Lab/SIGMA run_class_finetuning.py "
+      "--linear_probing; docs/evaluation.md)")
     # run
     add_run_args(a, out_dir="out/finetune", log_every=20)
     a("--results-file", default=None,
@@ -307,6 +311,9 @@ def main(argv=None):
     num_outputs = 1 if args.task == "count" else args.num_classes
     raw_model = build_classifier(args, num_outputs, state, verbose=master, drop_path=args.drop_path,
                                  head_init_scale=args.head_init_scale).to(device)
+    if args.linear_probing:   # SIGMA's probe: the blocks frozen (drop path still on), LayerNorm + head
+        for name, p in raw_model.named_parameters():
+            p.requires_grad_(name.startswith(("fc_norm.", "head.")))
     # counting: the head predicts (count - mean) / std of the training counts, so it starts
     # near the mean
     targets = train_set.targets().float()

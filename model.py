@@ -219,11 +219,16 @@ class Decoder(nn.Module):
         return self.head(self.norm(x[:, -num_masked:]))
 
 
-def init_weights(m):
-    """Reference init (SPEC 1): Linear xavier-uniform with zero bias, LayerNorm weight 1 / bias
-    0."""
+def init_weights(m, linear_std=None):
+    """Reference init (SPEC 1): Linear xavier-uniform (the pretraining model) or, given linear_std,
+    a normal of that std (the finetuning model's, modeling_finetune._init_weights: timm's
+    trunc_normal_, cut at +-2 absolute, so not at all at std 0.02), zero bias; LayerNorm weight 1 /
+    bias 0."""
     if isinstance(m, nn.Linear):
-        nn.init.xavier_uniform_(m.weight)
+        if linear_std is None:
+            nn.init.xavier_uniform_(m.weight)
+        else:
+            nn.init.trunc_normal_(m.weight, std=linear_std)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
     elif isinstance(m, nn.LayerNorm):
@@ -256,7 +261,11 @@ class PretrainModel(nn.Module):
         self.decoder = Decoder(decoder_embed_dim, decoder_depth, decoder_num_heads, out_dim,
                                mlp_ratio)
         self.apply(init_weights)
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        # as the reference (modeling_pretrain.py): its top-level model never applies _init_weights,
+        # so encoder_to_decoder keeps PyTorch's default Linear init, and its trunc_normal_ cuts the
+        # mask token at +-1 std (a = -std, b = std)
+        self.encoder_to_decoder.reset_parameters()
+        nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)
 
     def set_grad_checkpointing(self, enable=True):
         self.encoder.grad_checkpointing = self.decoder.grad_checkpointing = enable
@@ -303,8 +312,9 @@ class VideoClassifier(nn.Module):
         self.register_buffer("pos_embed", enc.pos_embed, persistent=False)
         self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes)
-        self.apply(init_weights)
-        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        # every Linear (head included) a normal of std 0.02, as the reference's finetuning model:
+        # the "no pretraining" baselines start from this
+        self.apply(lambda m: init_weights(m, linear_std=0.02))
         with torch.no_grad():   # Table 17: head init scale 0.001 keeps the first logits near zero
             self.head.weight.mul_(head_init_scale)
             self.head.bias.mul_(head_init_scale)

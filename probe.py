@@ -6,9 +6,11 @@
     torchrun --nproc_per_node=8 probe.py --dataset k400 --data-root /data/k400 --checkpoint s.pth
     python probe.py -h                                  # every flag, with the values
 
---head linear (default), the protocol of Table 16: frozen encoder, tokens mean-pooled, a linear
-layer; AdamW lr 1e-3, wd 0.05, betas (0.9, 0.999), batch 128, cosine; epochs K400 30, UCF 100,
-HMDB 100, SSv2 50, GYM 100, EPIC 100; horizontal flips for all but SSv2. The features get a
+--head linear (default), Table 16's values: frozen encoder, tokens mean-pooled, a linear layer;
+AdamW lr 1e-3, wd 0.05, betas (0.9, 0.999), batch 128, cosine; epochs K400 30, UCF 100, HMDB 100,
+SSv2 50, GYM 100, EPIC 100; horizontal flips for all but SSv2. Table 1's numbers come from another
+probe, SIGMA's (finetuning with the encoder frozen: `finetune.py --linear-probing`); which choices
+differ, and the source of each: docs/evaluation.md. The features get a
 parameter-free normalisation, standardisation with the training features' mean and std: what MAE's
 BatchNorm1d(affine=False) converges to. The encoder is frozen, so features are computed ONCE: each
 training video's centre clip (and its mirror image where flips are on), each validation video's

@@ -278,10 +278,10 @@ def adamw(groups, betas, device):
 
 
 def cosine_schedule(base, final, total_steps, warmup_steps=0):
-    """Per-step lr: linear warm-up from 0 to base, then half-cosine from base to final (DINO-style
-    array)."""
+    """Per-step lr: linear warm-up from 0 whose last step is base, then half-cosine from base to
+    final (DINO-style array; the same numbers as the reference's utils_mae.cosine_scheduler)."""
     warmup_steps = min(warmup_steps, total_steps)
-    warm = np.linspace(0, base, warmup_steps, endpoint=False)
+    warm = np.linspace(0, base, warmup_steps)   # endpoint included: the peak at the last step
     t = np.arange(total_steps - warmup_steps)
     cos = final + 0.5 * (base - final) * (1 + np.cos(np.pi * t / max(len(t), 1)))
     return np.concatenate([warm, cos])

@@ -55,13 +55,30 @@ PRESETS = {
     # two objects, trajectory masking, CLIP targets. The README's ablation table adds one flag per row.
     "ablation": dict(model="small", mask_ratio=0.9, strategy="single", epochs=400, num_objects=2,
                      masking="trajectory", target="clip", out_dir="out/ablation"),
+    # The recipe the released checkpoints were trained with: fmthoker/SMILE's
+    # scripts/pretrain/k400/*.slurm and run_mae_pretraining.py as they ran, where they depart from
+    # the paper's text (README, "Where we differ"). Each stage: --epochs 801 planned, stopped at
+    # checkpoint 150, so the lr barely decays (lr_schedule); stage 1's script lost
+    # --multiple_sampling to a missing backslash (one clip per video: 150 effective epochs), stage 2
+    # feeds each clip twice with two masks (150 passes = 300 effective epochs); CLIP sees the
+    # ImageNet-normalised frames; no flip (its pretraining loader never flips). Epochs per dataset:
+    # REFERENCE_RUNS.
+    "reference": dict(schedule="reference", planned_epochs=801, stage1_epochs=150, epochs=450,
+                      repeated_sampling=["off", "same-crop"], teacher_norm="imagenet", flip=False,
+                      stage2_schedule="restart", out_dir="out/reference"),
 }
+# --preset reference, per dataset, applied after the dataset table. K400: 150 + 150 passes (the
+# scripts). SSv2 has no pretraining script in the repository: the K400 scripts with SSv2's stride
+# and the paper's 400 + 400, counted as the scripts count 150 + 150 passes as 300 + 300 (200
+# passes per stage).
+REFERENCE_RUNS = {"k400": dict(stage1_epochs=150, epochs=450),
+                  "ssv2": dict(stage1_epochs=200, epochs=600)}
 # flags whose change makes a checkpoint unloadable / a resumed run another run
 # (checkpoints.check_resume_args)
 SHAPE_FLAGS = ("model", "img_size", "patch_size", "tubelet", "num_frames", "target", "teacher")
 SCHEDULE_FLAGS = ("batch_size", "accum_iter", "epochs", "stage1_epochs", "warmup_epochs", "lr",
                   "min_lr", "dataset", "train_list", "num_sample", "strategy", "seed",
-                  "synthetic_length")
+                  "synthetic_length", "schedule", "planned_epochs", "repeated_sampling")
 
 
 def get_args(argv=None):
@@ -71,7 +88,8 @@ def get_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS), help="bundle of overrides; tiny = the 2-core CPU demo, "
-      "ablation = Table 4's base setting (ViT-S, mask 0.9, single, 400 epochs)")
+      "ablation = Table 4's base setting (ViT-S, mask 0.9, single, 400 epochs), reference = the "
+      "official scripts as they ran (the released checkpoints' recipe; with --dataset k400/ssv2)")
     # data
     a("--dataset", default="k400", choices=sorted(PRETRAIN_DATASETS),
       help="k400/ssv2 read <data-root>/train.csv; list reads --train-list; "
@@ -92,6 +110,12 @@ def get_args(argv=None):
       help="horizontal flip (Table 18: K400 yes, SSv2 no)")
     a("--num-sample", type=int, default=2,
       help="clips per decoded video, repeated sampling (F.3: 2)")
+    a("--repeated-sampling", nargs="+", default=["independent"],
+      choices=["independent", "same-crop", "off"], metavar="MODE",
+      help="what an item's --num-sample clips share; one mode, or stage 1's and stage 2's "
+      "(progressive): independent = each clip its own crop, flip, objects and mask (F.3); "
+      "same-crop = one crop and flip, own objects and mask (the reference's stage 2); off = each "
+      "clip from another video, a step of batch different videos (the reference's stage 1)")
     a("--workers", type=int, default=8, help="data loader processes per rank (docs/performance.md: "
       "how many a GPU needs)")
     a("--max-bad-fraction", type=float, default=0.01,
@@ -144,6 +168,13 @@ def get_args(argv=None):
     a("--epochs", type=int, default=600,
       help="effective epochs = passes x num-sample (K400 600, SSv2 800)")
     a("--warmup-epochs", type=float, default=40)
+    a("--schedule", default="cosine", choices=["cosine", "reference"],
+      help="cosine: warm-up + cosine to --min-lr over each stage (Table 18); reference: the "
+      "official scripts' lr as it ran, a cosine planned for --planned-epochs stopped at the end "
+      "of each stage (lr_schedule)")
+    a("--planned-epochs", type=int, default=801,
+      help="--schedule reference: the epochs each stage's cosine is planned for (the scripts' "
+      "--epochs 801)")
     a("--batch-size", type=int, default=256,
       help="total clips per optimizer step over all ranks and --accum-iter micro-steps "
       "(paper: 256)")
@@ -169,6 +200,8 @@ def get_args(argv=None):
     # known, then the preset again so that its own values win over its dataset's; flags
     # win over both.
     tables = [("preset", PRESETS), ("dataset", PRETRAIN_DATASETS), ("preset", PRESETS)]
+    if p.parse_known_args(argv)[0].preset == "reference":   # its epochs differ per dataset
+        tables.append(("dataset", REFERENCE_RUNS))
     args = apply_presets(p, tables, argv)
     check_args(args)
     return args
@@ -199,6 +232,11 @@ def check_args(args):
          f"{args.image_dir}"),
         (args.object_list is None or args.objects,
          "--object-list needs --objects (the folder it is relative to)"),
+        (len(args.repeated_sampling) <= 2,
+         "--repeated-sampling takes one mode, or two (stage 1's and stage 2's)"),
+        (args.schedule != "reference" or args.stage2_schedule == "restart",
+         "--schedule reference restarts each stage, as the scripts' two jobs: it needs "
+         "--stage2-schedule restart"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -234,7 +272,7 @@ def build_dataset(args):
         masking=args.masking, mask_ratio=args.mask_ratio, tubelet=args.tubelet,
         patch=args.patch_size, seed=args.seed, object_size=tuple(args.object_size),
         angle_range=tuple(args.angle_range), scale_range=tuple(args.scale_range),
-        frame_pick=args.frame_pick)
+        frame_pick=args.frame_pick, repeat=repeat_for_stage(args, 1))
 
 
 def motion_for_stage(strategy, stage):
@@ -242,6 +280,11 @@ def motion_for_stage(strategy, stage):
     stage 2 plain V."""
     return {"progressive": "on" if stage == 1 else "off", "mixed": "mixed", "single": "on",
             "none": "off"}[strategy]
+
+
+def repeat_for_stage(args, stage):
+    """--repeated-sampling's mode in this stage (one mode: every stage's)."""
+    return args.repeated_sampling[min(stage, len(args.repeated_sampling)) - 1]
 
 
 def build_target(args, device, dtype=None):
@@ -262,15 +305,62 @@ def build_target(args, device, dtype=None):
     return (torch.compile(t) if args.compile else t), teacher_lib.target_dim("clip", t)
 
 
-def lr_schedule(args, total_steps, stage1_steps, steps_per_epoch):
-    """Per-optimizer-step lr (linear scaling rule: lr x total batch / 256). Progressive with
-    "restart": two warm-up + cosine schedules, one per stage, as the paper's two jobs."""
+def lr_schedule(args, steps_per_pass):
+    """Per-optimizer-step lr (linear scaling rule: lr x total batch / 256).
+    -> (one lr per step of the run: its length is the run's; the step stage 2 starts at).
+
+    cosine (Table 18): warm-up + cosine to --min-lr over the run; progressive with "restart": one
+    per stage, as the paper's two jobs.
+    reference: the official scripts as they ran (run_mae_pretraining.py + engine_for_pretraining.py
+    of fmthoker/SMILE). Each stage reads one warm-up + cosine planned for --planned-epochs epochs of
+    n = videos // batch steps (its scheduler counts one clip per video) and stops where the stage
+    ends, so the lr never anneals. Step s of pass e reads entry e * n + s: a pass of 2 clips per
+    video has 2n (or 2n + 1) steps, so stage 2's warm-up lasts about twice as long and the lr
+    steps back a little at every pass (a saw-tooth). A stage without repeated sampling ("off", the
+    scripts' stage 1) runs its epochs x n steps, n per epoch, as the reference's loader did.
+    """
     lr, min_lr = args.lr * args.batch_size / 256, args.min_lr * args.batch_size / 256
-    warmup = int(args.warmup_epochs * steps_per_epoch)
-    if args.strategy == "progressive" and args.stage2_schedule == "restart":
-        return np.concatenate([cosine_schedule(lr, min_lr, stage1_steps, warmup),
-                               cosine_schedule(lr, min_lr, total_steps - stage1_steps, warmup)])
-    return cosine_schedule(lr, min_lr, total_steps, warmup)
+    steps_per_epoch = steps_per_pass / args.num_sample
+    progressive = args.strategy == "progressive"
+    total = int(round(args.epochs * steps_per_epoch))
+    stage1 = int(round(args.stage1_epochs * steps_per_epoch)) if progressive else total
+    if args.schedule == "cosine":
+        warmup = int(args.warmup_epochs * steps_per_epoch)
+        if progressive and args.stage2_schedule == "restart":
+            return np.concatenate([cosine_schedule(lr, min_lr, stage1, warmup),
+                                   cosine_schedule(lr, min_lr, total - stage1, warmup)]), stage1
+        return cosine_schedule(lr, min_lr, total, warmup), stage1
+    n = steps_per_pass // args.num_sample                  # the reference's steps per epoch
+    plan = cosine_schedule(lr, min_lr, args.planned_epochs * n, int(args.warmup_epochs * n))
+    stages = ([(1, args.stage1_epochs), (2, args.epochs - args.stage1_epochs)] if progressive
+              else [(1, args.epochs)])
+    parts = []
+    for stage, epochs in stages:
+        off = repeat_for_stage(args, stage) == "off"
+        steps = int(round(epochs * (n if off else steps_per_epoch)))
+        e, s = np.divmod(np.arange(steps), n if off else steps_per_pass)
+        index = e * n + s
+        if steps and index[-1] >= len(plan):
+            fail(f"--schedule reference: stage {stage} runs past the --planned-epochs "
+                 f"{args.planned_epochs} its cosine is planned for")
+        parts.append(plan[index])
+    return np.concatenate(parts), len(parts[0])
+
+
+def schedule_summary(args, lrs, stage1_steps):
+    """The lr schedule in one line per stage: steps, the step its warm-up first reaches the peak,
+    where it ends, and the share of the run at >= 0.9x the peak."""
+    peak = args.lr * args.batch_size / 256
+    stages = ([lrs[:stage1_steps], lrs[stage1_steps:]] if 0 < stage1_steps < len(lrs)
+              else [lrs])
+    lines = [f"lr schedule ({args.schedule}): {len(lrs):,} steps, peak {peak:.4g}, "
+             f"{100 * np.mean(lrs >= 0.9 * peak):.1f}% of the steps at >= 0.9x the peak"]
+    for i, part in enumerate(stages, 1):
+        top = np.flatnonzero(part >= peak * (1 - 1e-9))
+        warm = f"at the peak from step {top[0]:,}" if len(top) else "never at the peak"
+        lines.append(f"  stage {i}: {len(part):,} steps, {warm}, last lr {part[-1]:.4g}"
+                     if len(part) else f"  stage {i}: no steps")
+    return "\n".join(lines)
 
 
 # ============================================================================= main
@@ -308,9 +398,11 @@ def main(argv=None):
     # one pass over the videos = num_sample effective epochs (SPEC 5 counts epochs x
     # clips per video)
     steps_per_epoch = steps_per_pass / args.num_sample
-    total_steps = int(round(args.epochs * steps_per_epoch))
     progressive = args.strategy == "progressive"
-    stage1_steps = int(round(args.stage1_epochs * steps_per_epoch)) if progressive else total_steps
+    lrs, stage1_steps = lr_schedule(args, steps_per_pass)
+    total_steps = len(lrs)
+    if master:
+        print(schedule_summary(args, lrs, stage1_steps), flush=True)
 
     def stage_of(s):   # Sec. 3.4, Table 4d: progressive = motion-infused clips, then plain ones
         return 1 if s < stage1_steps else 2
@@ -339,7 +431,6 @@ def main(argv=None):
                    "weight_decay": 0.0}]
         return adamw(groups, args.betas, device)
     optimizer = make_optimizer()
-    lrs = lr_schedule(args, total_steps, stage1_steps, steps_per_epoch)
 
     def checkpoint(path):
         save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -372,7 +463,8 @@ def main(argv=None):
         pass_index, offset = divmod(step, steps_per_pass)
         sampler.set_epoch(pass_index, start=offset * videos_per_step,   # -> dataset.set_state
                           state=dict(pass_index=pass_index,
-                                     motion=motion_for_stage(args.strategy, stage)))
+                                     motion=motion_for_stage(args.strategy, stage),
+                                     repeat=repeat_for_stage(args, stage)))
         batches = iter(loader)
         t_wait = time.time()
         for _ in range(offset, steps_per_pass):

@@ -103,7 +103,8 @@ def test_modes_shapes_and_index_timestamps(clips, tmp_path):
     assert np.allclose(a["times"], [[3 * k / FPS, (3 * k + 7) / FPS] for k in range(12)])
     extract_run(clips, tmp_path / "v", "--mode", "video", "--test-clips", "2", "--test-crops", "3")
     assert np.load(tmp_path / "v" / "a.npy").shape == (D,)
-    assert index(tmp_path / "v")[0]["frames"] == [[0, 6], [33, 39]]           # the 2 temporal views
+    # the 2 temporal views, on the stride grid as the reference reads them (evaluation.dense_indices)
+    assert index(tmp_path / "v")[0]["frames"] == [[0, 6], [32, 38]]
     extract_run(clips, tmp_path / "t", "--mode", "tokens", "--fp16")
     tokens = np.load(tmp_path / "t" / "a.npy")
     assert tokens.shape == (2, 2, 2, D) and tokens.dtype == np.float16       # (t, h, w, D)

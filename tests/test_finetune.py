@@ -462,21 +462,58 @@ def test_resume_is_bit_identical(tmp_path):
             and not torch.equal(half["model"]["head.weight"], b["model"]["head.weight"]))
 
 
+def test_linear_probing_trains_fc_norm_and_head_only(tmp_path):
+    """--linear-probing (SIGMA's probe, Table 1): the encoder's weights stay those of the checkpoint,
+    fc_norm and the head train, with finetuning's augmentation and drop path on."""
+    torch.manual_seed(0)
+    pre = PretrainModel(img_size=32, num_frames=8, patch_size=8, **MODEL_SIZES["tiny"], out_dim=8)
+    ck = tmp_path / "pre.pth"
+    torch.save({"model": pre.state_dict(), "args": {"model": "tiny", "patch_size": 8,
+                                                    "tubelet": 2}}, ck)
+    out = tmp_path / "lp"
+    finetune.main(SMALL + ["--checkpoint", str(ck), "--linear-probing", "--steps", "3",
+                           "--out-dir", str(out), "--drop-path", "0.1"])
+    after = torch.load(out / "checkpoint-latest.pth", weights_only=True)["model"]
+    encoder = {k: v for k, v in after.items() if not k.startswith(("fc_norm", "head"))}
+    assert len(encoder) == len(after) - 4
+    assert all(torch.equal(v, pre.state_dict()[f"encoder.{k}"]) for k, v in encoder.items())
+    assert not torch.equal(after["fc_norm.weight"], torch.ones(192))
+
+
 # -------------------------------------------------------------------- evaluation datasets (data.py)
 
 
 def test_view_sampling_and_crops():
+    """Test views as the reference takes them (kinetics.py / ssv2.py, test mode)."""
+    # K400, 5 clips of 16 frames at stride 4 from a 300-frame video: 75 frames read at the stride,
+    # windows at int(k * 59 / 4) of them = frames 0, 56, 116, 176, 236 (not 0, 60, 120, 179, 239)
+    starts = [evaluation.dense_indices(300, 16, 4, view=k, num_views=5)[0] for k in range(5)]
+    assert starts == [0, 56, 116, 176, 236]
+    assert evaluation.dense_indices(300, 16, 4, view=2, num_views=5).tolist() == list(
+        range(116, 116 + 64, 4))
+    # the reference's 7 K400 clips: windows at int(k * 59 / 6)
+    assert [evaluation.dense_indices(300, 16, 4, view=k, num_views=7)[0]
+            for k in range(7)] == [0, 36, 76, 116, 156, 196, 236]
     assert evaluation.dense_indices(100, 4, 5, view=0, num_views=3).tolist() == [0, 5, 10, 15]
-    # evenly spaced
-    assert evaluation.dense_indices(100, 4, 5, view=2, num_views=3).tolist() == [84, 89, 94, 99]
-    # too short: cover it
-    assert evaluation.dense_indices(10, 4, 5).tolist() == [0, 3, 6, 9]
+    assert evaluation.dense_indices(100, 4, 5, view=2, num_views=3).tolist() == [80, 85, 90, 95]
+    # too short: frames 0, 5 read at the stride, the last repeated up to T
+    assert evaluation.dense_indices(10, 4, 5).tolist() == [0, 5, 5, 5]
+    # SSv2's two views: each segment's start and its midpoint (not its 1/4 and 3/4 points)
+    assert (evaluation.segment_indices(12, 4, view=0, num_views=2).tolist(),
+            evaluation.segment_indices(12, 4, view=1, num_views=2).tolist()) == ([0, 3, 6, 9],
+                                                                                 [1, 4, 7, 10])
     seg = (evaluation.segment_indices(80, 4, view=0, num_views=2).tolist(),
            evaluation.segment_indices(80, 4, view=1, num_views=2).tolist())
-    # one frame per segment
-    assert seg == ([5, 25, 45, 65], [15, 35, 55, 75])
+    assert seg == ([0, 20, 40, 60], [10, 30, 50, 70])
+    # 45 frames, 16 segments: int(tick * i + tick / 2), as the reference computes it
+    tick = 45 / 16
+    assert (evaluation.segment_indices(45, 16, view=1, num_views=2).tolist()
+            == [int(tick / 2.0 + tick * i) for i in range(16)])
     r = evaluation.segment_indices(80, 4, np.random.default_rng(0))
     assert all(20 * i <= f < 20 * (i + 1) for i, f in enumerate(r))
+    # spatial: short side to 224, the long side to int(320 * 224 / 240) = 298, crops at int(k * 37)
+    assert evaluation.crop_boxes(240, 320, 224) == ((224, 298), [(0, 0), (0, 37), (0, 74)])
+    assert evaluation.crop_boxes(299, 224, 224) == ((299, 224), [(0, 0), (37, 0), (75, 0)])
     frames = np.zeros((2, 20, 40, 3), np.uint8)
     frames[:, :, :, 0] = np.arange(40)[None, None, :] * 6   # red ramp along x
     # -> 10 x 20, 3 crops

@@ -153,6 +153,38 @@ def test_head_init_scale_and_drop_path():
     torch.testing.assert_close(clf.forward_features(x), clf.forward_features(x))
 
 
+def test_initialisation_matches_the_reference():
+    """The reference's inits (SPEC 1), by their statistics: the finetuning classifier (every "no
+    pretraining" baseline) draws every Linear from a normal of std 0.02 (fc1 weight std 0.0457
+    under Xavier at width 192); pretraining keeps Xavier except encoder_to_decoder, PyTorch's
+    default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (std 0.0417 at 192, Xavier's 0.0833 to 96), and a
+    mask token cut at +-1 std (std 0.02 x 0.5396 = 0.0108)."""
+    torch.manual_seed(0)
+    clf = VideoClassifier(**{k: v for k, v in MODEL_SIZES["tiny"].items()
+                             if not k.startswith("decoder")}, img_size=32, num_frames=4,
+                          patch_size=8, num_classes=400, head_init_scale=1.0)
+    for name in ("blocks.0.mlp.fc1", "blocks.3.attn.qkv", "blocks.1.attn.proj", "head"):
+        w = clf.get_submodule(name).weight
+        assert abs(w.std().item() - 0.02) < 0.0015, name
+        assert abs(w.mean().item()) < 0.002 and 3 < w.abs().max().item() / 0.02 < 6, name
+    assert not clf.blocks[0].mlp.fc1.bias.any() and not clf.head.bias.any()
+    assert torch.equal(clf.fc_norm.weight, torch.ones(192))
+
+    m = PretrainModel(**MODEL_SIZES["tiny"], img_size=32, num_frames=4, patch_size=8, out_dim=8)
+    e2d = m.encoder_to_decoder.weight                                     # (96, 192)
+    bound = 1 / 192 ** 0.5
+    assert e2d.abs().max().item() <= bound and e2d.abs().max().item() > 0.95 * bound
+    assert abs(e2d.std().item() - bound / 3 ** 0.5) < 0.002              # 0.0417
+    xavier = (6 / (192 + 768)) ** 0.5                                     # fc1 stays Xavier
+    fc1 = m.encoder.blocks[0].mlp.fc1.weight
+    assert fc1.abs().max().item() <= xavier and abs(fc1.std().item() - xavier / 3 ** 0.5) < 0.002
+    big = PretrainModel(embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=20000,
+                        decoder_depth=0, decoder_num_heads=2, img_size=32, num_frames=2,
+                        patch_size=16, out_dim=2).mask_token
+    assert big.abs().max().item() <= 0.02 and big.abs().max().item() > 0.0199
+    assert abs(big.std().item() - 0.02 * 0.5396) < 0.0003
+
+
 def test_grad_checkpointing_same_gradients():
     torch.manual_seed(0)
     m = PretrainModel(img_size=32, num_frames=4, embed_dim=32, depth=2, num_heads=2,

@@ -17,7 +17,7 @@ def test_demo_preset_learns(tmp_path):
     the loss falls and goes below both floors (normalised pixel targets: predicting zero scores ~1)."""
     out = tmp_path / "demo"
     r = run(["train.py", "--preset", "tiny", "--steps", "128", "--out-dir", str(out)])
-    assert "clips/s" in r.stdout and "eta" in r.stdout
+    assert "clips/s" in r.stdout and "eta" in r.stdout and "lr schedule (cosine): 4,096 steps" in r.stdout
     log = read_log(out)
     assert [x["step"] for x in log] == [32, 64, 96, 128]         # log_every 32: two lines per epoch
     assert log[-1]["loss"] < 0.85 * log[0]["loss"]
@@ -101,6 +101,9 @@ def test_cosine_schedule_shape():
     s = runtime.cosine_schedule(1.0, 0.1, 100, 10)
     assert (len(s) == 100 and s[0] == 0 and s[10] == pytest.approx(1.0)
             and s[-1] == pytest.approx(0.1, abs=1e-3))
+    # the reference's warm-up (utils_mae.cosine_scheduler: np.linspace(0, base, warmup_iters)) ends
+    # on the peak: its last step is base, steps 1/9 apart; the cosine then starts at base again
+    assert s[9] == 1.0 and s[1] == pytest.approx(1 / 9) and s[10] == pytest.approx(1.0)
     assert (all(a <= b for a, b in zip(s[:10], s[1:11]))
             and all(a >= b for a, b in zip(s[10:], s[11:])))
 
@@ -199,3 +202,105 @@ def test_every_tiny_preset_shares_the_demo_grid():
     demo = [train.PRESETS["tiny"][k] for k in grid]
     for script in (finetune, probe, segment, extract):
         assert [script.PRESETS["tiny"][k] for k in grid] == demo, script.__name__
+
+
+# ---------------------------------------------------------- --preset reference: the official recipe
+
+# K400 as the official scripts ran it: 240,000 training videos (any list of 239,993-240,127 gives
+# the same figures on their 8 GPUs): the scheduler's epoch is 240,000 // 256 = 937 steps, stage 1's
+# loader (256 videos a step, one clip each) 937 steps, stage 2's (128 videos, 2 clips each) 1,875.
+K400_VIDEOS = 240_000
+
+
+def test_reference_schedule_is_the_official_runs():
+    """The issue's figures, measured with the reference's own scheduler at batch 256: 421,800 steps
+    (150 epochs of 937 + 150 of 1,875), lr 1.429e-4 at the end of stage 1 and 1.428e-4 at the end
+    of stage 2 (a cosine planned for 801 epochs, stopped at 150), 76.2% of the steps at >= 0.9x the
+    1.5e-4 peak, stage 2's warm-up 73,123 steps (its loader yields 2n steps per epoch, its scheduler
+    counts n), a saw-tooth whose largest jump is 1.26e-7."""
+    args = train.get_args(["--preset", "reference", "--dataset", "k400"])
+    lrs, stage1 = train.lr_schedule(args, K400_VIDEOS // 128)
+    assert (len(lrs), stage1) == (421_800, 150 * 937)
+    s1, s2 = lrs[:stage1], lrs[stage1:]
+    assert s1[-1] == pytest.approx(1.429e-4, abs=5e-8)
+    assert s2[-1] == pytest.approx(1.428e-4, abs=5e-8)
+    assert np.mean(lrs >= 0.9 * 1.5e-4) == pytest.approx(0.762, abs=5e-4)
+    peak = 1.5e-4 * (1 - 1e-9)
+    assert np.flatnonzero(s1 >= peak)[0] == 40 * 937 - 1            # the warm-up's last step
+    assert np.flatnonzero(s2 >= peak)[0] == 73_123
+    # stage 2 steps back at each pass: warm-up dips, then small jumps up in the cosine
+    jumps = np.diff(s2)[np.arange(1, 150) * 1875 - 1]
+    assert (jumps[:39] < 0).all() and np.max(jumps) == pytest.approx(1.26e-7, abs=5e-10)
+    summary = train.schedule_summary(args, lrs, stage1)
+    for figure in ("421,800 steps", "76.2%", "stage 1: 140,550 steps", "from step 37,479",
+                   "0.0001429", "stage 2: 281,250 steps", "from step 73,123", "0.0001428"):
+        assert figure in summary, (figure, summary)
+    # the paper's text (the default): 562,500 steps, cosine to the floor, 19.7% near the peak
+    paper = train.get_args(["--dataset", "k400"])
+    lrs, stage1 = train.lr_schedule(paper, K400_VIDEOS // 128)
+    assert (len(lrs), stage1) == (562_500, 281_250) and lrs[-1] == pytest.approx(1e-5)
+    assert np.mean(lrs >= 0.9 * 1.5e-4) == pytest.approx(0.197, abs=5e-4)
+
+
+def test_reference_preset_composes_with_the_dataset_presets():
+    k400 = train.get_args(["--preset", "reference", "--dataset", "k400"])
+    ssv2 = train.get_args(["--preset", "reference", "--dataset", "ssv2"])
+    for a in (k400, ssv2):
+        assert (a.schedule, a.planned_epochs, a.repeated_sampling, a.teacher_norm, a.flip,
+                a.strategy) == ("reference", 801, ["off", "same-crop"], "imagenet", False,
+                                "progressive")
+    assert (k400.stride, k400.stage1_epochs, k400.epochs) == (4, 150, 450)    # 150 + 150 passes
+    assert (ssv2.stride, ssv2.stage1_epochs, ssv2.epochs) == (2, 200, 600)    # 200 + 200 passes
+    # flags win; without the preset the paper's values stay
+    flag = train.get_args(["--preset", "reference", "--dataset", "ssv2", "--epochs", "500"])
+    assert flag.epochs == 500
+    plain = train.get_args(["--dataset", "ssv2"])
+    assert (plain.epochs, plain.schedule, plain.teacher_norm, plain.repeated_sampling) == (
+        800, "cosine", "clip", ["independent"])
+
+
+@pytest.mark.parametrize("repeat", ["independent", "same-crop", "off"])
+def test_repeated_sampling_modes(monkeypatch, repeat):
+    """independent: each clip its own crop; same-crop: one crop, two masks (the reference's stage
+    2); off: each clip another video, every video num_sample times a pass (its stage 1)."""
+    ds = data.PretrainDataset("stills", length=12, num_frames=4, img_size=32, num_sample=2,
+                              motion="off", tubelet=2, patch=8, mask_ratio=0.5, repeat=repeat)
+    read, crops = [], []
+    background, crop_and_flip = ds.background, data.crop_and_flip
+    monkeypatch.setattr(ds, "background", lambda i, rng: read.append(i) or background(i, rng))
+    monkeypatch.setattr(data, "crop_and_flip",
+                        lambda *a, **k: crops.append(1) or crop_and_flip(*a, **k))
+    items = [ds[i] for i in range(12)]
+    assert len(crops) == (12 if repeat == "same-crop" else 24)
+    same = [torch.equal(x["video"][0], x["video"][1]) for x in items]
+    assert all(same) if repeat == "same-crop" else not any(same)
+    assert not any(torch.equal(x["mask"][0], x["mask"][1]) for x in items)
+    if repeat == "off":   # clip 1 of item i: another video, each video read twice in the pass
+        assert all(read[2 * i] == i != read[2 * i + 1] for i in range(12))
+        assert sorted(read) == sorted(list(range(12)) * 2)
+        ds.set_state(1)
+        shifted = []
+        monkeypatch.setattr(ds, "background",
+                            lambda i, rng: shifted.append(i) or background(i, rng))
+        ds[0]
+        assert shifted[1] != read[1]                     # a new partner each pass
+    else:
+        assert read == list(range(12))
+
+
+def test_reference_preset_runs_and_prints_its_schedule(tmp_path):
+    """--preset reference end to end on a tiny run: the schedule summary before the run, stage 1
+    then stage 2 at the step the schedule says, every logged lr the schedule's."""
+    argv = ["--preset", "reference", *TINY, "--strategy", "progressive", "--stage1-epochs", "2",
+            "--epochs", "6", "--planned-epochs", "10", "--out-dir", str(tmp_path / "r")]
+    r = run(["train.py", *argv])
+    assert "lr schedule (reference): 12 steps" in r.stdout and "stage 2: 8 steps" in r.stdout
+    args = train.get_args(argv)
+    lrs, stage1 = train.lr_schedule(args, 16 // 4)        # 16 videos, 4 a step
+    assert stage1 == 4 and len(lrs) == 12
+    log = read_log(tmp_path / "r")
+    assert [x["stage"] for x in log] == [1] * 4 + [2] * 8
+    assert [x["lr"] for x in log] == pytest.approx(lrs.tolist())
+    # a 2-epoch plan of 2 steps per epoch, read at 2e + s by the 4 steps of stage 2's passes
+    plan = runtime.cosine_schedule(1.5e-4 * 8 / 256, 1e-5 * 8 / 256, 20, 2)
+    assert lrs[4:].tolist() == pytest.approx(plan[[0, 1, 2, 3, 2, 3, 4, 5]].tolist())
