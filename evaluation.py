@@ -22,7 +22,7 @@ import data
 import motion
 from model import MODEL_SIZES, VideoClassifier, classifier_state_dict, load_encoder
 from checkpoints import load_checkpoint
-from runtime import all_reduce, fail, fmt_time
+from runtime import all_reduce, fail, fmt_time, print_table
 
 # Datasets (Table 15, SPEC 6): list files <data-root>/<splits>; `motion` is the embedded
 # synthetic set.
@@ -127,11 +127,9 @@ def read_checkpoint(args, fallback=None):
 
 def frozen_encoder(state, *, model, patch_size, tubelet, img_size, num_frames, layer=None,
                    name="--checkpoint", verbose=True):
-    """The encoder of a checkpoint (state None: random weights), frozen, for the feature readers
-    (tools/extract.py, tools/segment.py): a VideoClassifier with one output on the grid given
-    (other clip sizes rebuild the position table on the fly), read up to block `layer` (1-based,
-    default the last). One-line errors for a layer out of range, a checkpoint without encoder
-    blocks or of another shape. -> (model, layer, the checkpoint's classifier keys)"""
+    """The frozen encoder of a checkpoint (None: random) for tools/extract.py and tools/segment.py:
+    a one-output VideoClassifier on the grid given, read up to block `layer` (1-based, default the
+    last); one-line errors for a bad layer or checkpoint. -> (model, layer, its classifier keys)"""
     depth = MODEL_SIZES[model]["depth"]
     layer = depth if layer is None else layer
     if not 1 <= layer <= depth:
@@ -504,17 +502,6 @@ def compute_metrics(task, scores, targets):
     return {"top1": 100 * (top5[:, 0] == targets).float().mean().item(),
             "top5": 100 * (top5 == targets[:, None]).any(1).float().mean().item(),
             "mean_class_acc": mean_class_accuracy(top5[:, 0], targets)}
-
-
-def print_table(rows, title):
-    """rows: list of dicts with the same keys -> a plain aligned table."""
-    keys = list(rows[0])
-    cells = [[f"{r[k]:.2f}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
-    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    print(title)
-    print("  ".join(k.rjust(w) for k, w in zip(keys, widths)))
-    for c in cells:
-        print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
 
 
 def write_results(args, metrics, headline, name):

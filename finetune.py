@@ -36,10 +36,10 @@ import torch.nn.functional as F
 import data
 from augment import RandAug, mix_batch, randaugment_clip, random_erase
 from evaluation import (EVAL_DATASETS, add_data_args, build_classifier, build_datasets,
-                        check_data_args, compute_metrics, eval_collate, per_video, print_table,
+                        check_data_args, compute_metrics, eval_collate, per_video,
                         read_checkpoint, write_results)
 from checkpoints import CheckpointClock, resume, rng_state, save_checkpoint
-from runtime import (Log, StepGuard, adamw, add_run_args, amp_setup, apply_presets,
+from runtime import (Log, StepGuard, adamw, add_run_args, amp_setup, apply_presets, print_table,
                      check_ranks_agree, cosine_schedule, fail, fast_math, fmt_time, make_out_dir,
                      no_weight_decay, optimizer_step, save_args, set_lr, setup_dist, teardown,
                      wrap_model)

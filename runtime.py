@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 import zlib
 from contextlib import nullcontext
 
@@ -287,6 +288,21 @@ def cosine_schedule(base, final, total_steps, warmup_steps=0):
     return np.concatenate([warm, cos])
 
 
+def schedule_summary(lrs, stage1_steps, peak, name):
+    """The lr schedule in one line per stage: steps, the step its warm-up first reaches the peak,
+    where it ends, and the share of the run at >= 0.9x the peak."""
+    stages = ([lrs[:stage1_steps], lrs[stage1_steps:]] if 0 < stage1_steps < len(lrs)
+              else [lrs])
+    lines = [f"lr schedule ({name}): {len(lrs):,} steps, peak {peak:.4g}, "
+             f"{100 * np.mean(lrs >= 0.9 * peak):.1f}% of the steps at >= 0.9x the peak"]
+    for i, part in enumerate(stages, 1):
+        top = np.flatnonzero(part >= peak * (1 - 1e-9))
+        warm = f"at the peak from step {top[0]:,}" if len(top) else "never at the peak"
+        lines.append(f"  stage {i}: {len(part):,} steps, {warm}, last lr {part[-1]:.4g}"
+                     if len(part) else f"  stage {i}: no steps")
+    return "\n".join(lines)
+
+
 def set_lr(optimizer, lr):
     for g in optimizer.param_groups:   # lr_scale: layer-wise decay in finetune.py, 1 elsewhere
         g["lr"] = float(lr) * g.get("lr_scale", 1.0)
@@ -475,6 +491,17 @@ class Log:
             self.wb = None
 
 
+def print_table(rows, title):
+    """rows: list of dicts with the same keys -> a plain aligned table."""
+    keys = list(rows[0])
+    cells = [[f"{r[k]:.2f}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    print(title)
+    print("  ".join(k.rjust(w) for k, w in zip(keys, widths)))
+    for c in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
+
+
 def save_args(args, out_dir):
     with open(os.path.join(out_dir, "args.json"), "w") as f:
         json.dump(vars(args), f, indent=1)
@@ -485,3 +512,21 @@ def fmt_time(seconds):
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def new_window(device):
+    return {"t0": time.time(), "wait": 0.0, "clips": 0, "n": 0,
+            "sums": torch.zeros(3, device=device)}
+
+
+def log_window(log, window, step, end_step, stage, lr, epoch, bad_total):
+    """One line and one log.jsonl record per --log-every steps (means over the window)."""
+    dt, n = time.time() - window["t0"], window["n"]
+    loss, zero, mean = (window["sums"] / n).tolist()
+    rec = {"step": step, "epoch": round(epoch, 3), "stage": stage, "loss": loss, "floor_zero": zero,
+           "floor_mean": mean, "lr": float(lr), "clips_per_s": window["clips"] / dt,
+           "data_wait": window["wait"] / dt, "bad": bad_total, "time": time.time()}
+    log(rec, f"step {step}/{end_step} | ep {rec['epoch']:.2f} | stage {stage} | loss {loss:.4f} "
+             f"(floors: zero {zero:.4f}, mean {mean:.4f}) | lr {lr:.2e} | {rec['clips_per_s']:.1f} "
+             f"clips/s | data wait {100 * rec['data_wait']:.0f}% | bad {bad_total} | eta "
+             f"{fmt_time((end_step - step) * dt / n)}")

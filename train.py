@@ -22,9 +22,10 @@ import teacher as teacher_lib
 from model import MODEL_SIZES, PretrainModel
 from checkpoints import CheckpointClock, prune_checkpoints, resume, rng_state, save_checkpoint
 from runtime import (Log, StepGuard, adamw, add_run_args, amp_setup, apply_presets,
-                     check_ranks_agree, cosine_schedule, fail, fast_math, fmt_time, make_out_dir,
-                     no_weight_decay, optimizer_step, save_args, set_lr, setup_dist, teardown,
-                     to_device, train_step, wrap_model)
+                     check_ranks_agree, cosine_schedule, fail, fast_math, fmt_time, log_window,
+                     make_out_dir, new_window, no_weight_decay, optimizer_step, save_args,
+                     schedule_summary, set_lr, setup_dist, teardown, to_device, train_step,
+                     wrap_model)
 
 # ============================================================================= presets
 
@@ -57,7 +58,7 @@ PRESETS = {
                      masking="trajectory", target="clip", out_dir="out/ablation"),
     # The recipe the released checkpoints were trained with: fmthoker/SMILE's
     # scripts/pretrain/k400/*.slurm and run_mae_pretraining.py as they ran, where they depart from
-    # the paper's text (README, "Where we differ"). Each stage: --epochs 801 planned, stopped at
+    # the paper's text (docs/differences.md). Each stage: --epochs 801 planned, stopped at
     # checkpoint 150, so the lr barely decays (lr_schedule); stage 1's script lost
     # --multiple_sampling to a missing backslash (one clip per video: 150 effective epochs), stage 2
     # feeds each clip twice with two masks (150 passes = 300 effective epochs); CLIP sees the
@@ -287,24 +288,6 @@ def repeat_for_stage(args, stage):
     return args.repeated_sampling[min(stage, len(args.repeated_sampling)) - 1]
 
 
-def build_target(args, device, dtype=None):
-    """-> callable video (B, C, T, H, W) -> targets (B, N, Dt), and Dt. Eq. 2's regression targets.
-    dtype: the run's amp dtype (None = fp32); the frozen teacher's weights are cast to it once."""
-    if args.target == "pixel":
-        def fn(video):
-            return teacher_lib.pixel_targets(video, args.tubelet, args.patch_size,
-                                             normalize=args.norm_pix)
-        return fn, teacher_lib.target_dim("pixel", tubelet=args.tubelet, patch=args.patch_size)
-    # none: random
-    weights = None if args.teacher_weights.lower() == "none" else args.teacher_weights
-    # built for the student's grid (a patch-14 teacher runs at grid * 14 px); raises if it
-    # cannot match
-    t = teacher_lib.Teacher(args.teacher, weights, input_norm=args.teacher_norm,
-                            tubelet=args.tubelet, img_size=args.img_size,
-                            patch_size=args.patch_size, dtype=dtype).to(device)
-    return (torch.compile(t) if args.compile else t), teacher_lib.target_dim("clip", t)
-
-
 def lr_schedule(args, steps_per_pass):
     """Per-optimizer-step lr (linear scaling rule: lr x total batch / 256).
     -> (one lr per step of the run: its length is the run's; the step stage 2 starts at).
@@ -347,22 +330,6 @@ def lr_schedule(args, steps_per_pass):
     return np.concatenate(parts), len(parts[0])
 
 
-def schedule_summary(args, lrs, stage1_steps):
-    """The lr schedule in one line per stage: steps, the step its warm-up first reaches the peak,
-    where it ends, and the share of the run at >= 0.9x the peak."""
-    peak = args.lr * args.batch_size / 256
-    stages = ([lrs[:stage1_steps], lrs[stage1_steps:]] if 0 < stage1_steps < len(lrs)
-              else [lrs])
-    lines = [f"lr schedule ({args.schedule}): {len(lrs):,} steps, peak {peak:.4g}, "
-             f"{100 * np.mean(lrs >= 0.9 * peak):.1f}% of the steps at >= 0.9x the peak"]
-    for i, part in enumerate(stages, 1):
-        top = np.flatnonzero(part >= peak * (1 - 1e-9))
-        warm = f"at the peak from step {top[0]:,}" if len(top) else "never at the peak"
-        lines.append(f"  stage {i}: {len(part):,} steps, {warm}, last lr {part[-1]:.4g}"
-                     if len(part) else f"  stage {i}: no steps")
-    return "\n".join(lines)
-
-
 # ============================================================================= main
 
 
@@ -402,7 +369,8 @@ def main(argv=None):
     lrs, stage1_steps = lr_schedule(args, steps_per_pass)
     total_steps = len(lrs)
     if master:
-        print(schedule_summary(args, lrs, stage1_steps), flush=True)
+        print(schedule_summary(lrs, stage1_steps, args.lr * args.batch_size / 256,
+                               args.schedule), flush=True)
 
     def stage_of(s):   # Sec. 3.4, Table 4d: progressive = motion-infused clips, then plain ones
         return 1 if s < stage1_steps else 2
@@ -413,7 +381,10 @@ def main(argv=None):
     # ------------------------------------------------------------------ model + teacher
     autocast, scaler, amp = amp_setup(device, args.amp)
     try:
-        target_fn, target_dim = build_target(args, device, amp)
+        target_fn, target_dim = teacher_lib.build_target(
+            args.target, args.teacher, args.teacher_weights, input_norm=args.teacher_norm,
+            tubelet=args.tubelet, img_size=args.img_size, patch_size=args.patch_size,
+            norm_pix=args.norm_pix, compile=args.compile, device=device, dtype=amp)
     except (OSError, ValueError, RuntimeError) as e:
         fail(f"teacher: {e}")
     raw_model = PretrainModel(img_size=args.img_size, patch_size=args.patch_size,
@@ -514,24 +485,6 @@ def main(argv=None):
               flush=True)
         log.finish(latest)
     teardown(world, device)
-
-
-def new_window(device):
-    return {"t0": time.time(), "wait": 0.0, "clips": 0, "n": 0,
-            "sums": torch.zeros(3, device=device)}
-
-
-def log_window(log, window, step, end_step, stage, lr, epoch, bad_total):
-    """One line and one log.jsonl record per --log-every steps (means over the window)."""
-    dt, n = time.time() - window["t0"], window["n"]
-    loss, zero, mean = (window["sums"] / n).tolist()
-    rec = {"step": step, "epoch": round(epoch, 3), "stage": stage, "loss": loss, "floor_zero": zero,
-           "floor_mean": mean, "lr": float(lr), "clips_per_s": window["clips"] / dt,
-           "data_wait": window["wait"] / dt, "bad": bad_total, "time": time.time()}
-    log(rec, f"step {step}/{end_step} | ep {rec['epoch']:.2f} | stage {stage} | loss {loss:.4f} "
-             f"(floors: zero {zero:.4f}, mean {mean:.4f}) | lr {lr:.2e} | {rec['clips_per_s']:.1f} "
-             f"clips/s | data wait {100 * rec['data_wait']:.0f}% | bad {bad_total} | eta "
-             f"{fmt_time((end_step - step) * dt / n)}")
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def train_flags(cfg, amp, compile=False):
 class WholeStep:
     """train.py's optimizer step, made of the library calls train.py makes: the batch to the device
     (runtime.to_device: pinned, non-blocking), runtime.train_step (data.normalize on the device, the
-    teacher under no_grad, cast once to the amp dtype as train.build_target does, the student's
+    teacher under no_grad, cast once to the amp dtype as teacher.build_target does, the student's
     forward_loss on index masks, backward), the step's one flag read (StepGuard's all_reduce_flags,
     the host sync) and runtime.optimizer_step (fused AdamW on a GPU). Called with a batch as
     data.collate makes it; teacher=False uses targets computed once (the student alone). argv:
