@@ -98,6 +98,12 @@ CASES = [
 ]
 
 
+# where each script's work starts: reached, a row fails at once instead of running (a check lost)
+WORK = {"train": ["save_args"], "finetune": ["save_args"], "probe": ["save_args"],
+        "extract": ["save_args"], "segment": ["evaluate_video"],
+        "prepare": ["encode", "check", "write_lines"], "bench": ["machine"]}
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Every kind of bad file the table names, and a real pretraining run (2 steps of RUN,
@@ -131,6 +137,10 @@ def files(tmp_path_factory):
     return {k: str(v) for k, v in f.items()}
 
 
+def work_started(*args, **kwargs):
+    raise AssertionError("the bad invocation got past the checks: its work started")
+
+
 def fill(words, files, out):
     return [w.format(OUT=out, **files) for w in words]
 
@@ -147,7 +157,11 @@ def snapshot(path):
 @pytest.mark.parametrize("script,argv,names", CASES,
                          ids=[f"{c[0]}:{' '.join(c[1][len(TRAIN):] if c[1][:1] == ['--preset'] else c[1])}"
                               for c in CASES])
-def test_bad_invocation_stops_in_one_line(files, tmp_path, capsys, script, argv, names):
+def test_bad_invocation_stops_in_one_line(files, tmp_path, capsys, monkeypatch, script, argv,
+                                         names):
+    module = importlib.import_module(script)
+    for name in WORK[script]:
+        monkeypatch.setattr(module, name, work_started)
     out = tmp_path / "out"
     out.mkdir()
     (out / "earlier-run.txt").write_text("kept as it is\n")
@@ -155,7 +169,7 @@ def test_bad_invocation_stops_in_one_line(files, tmp_path, capsys, script, argv,
     watched = {p: snapshot(p) for p in {str(out), files["damaged"], files["notes"]}}
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        code = importlib.import_module(script).main(argv)
+        code = module.main(argv)
         raise SystemExit(code)      # prepare.py and bench.py return their exit code
     err = capsys.readouterr().err
     code = e.value.code
