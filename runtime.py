@@ -404,7 +404,7 @@ def load_checkpoint(path):
         except Exception as e:   # noqa: BLE001 -- every way torch.load fails becomes one line
             with open(path, "rb") as f:
                 head, size = f.read(8), os.path.getsize(path)
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:90]
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:90]
             if size == 0:
                 why = "is empty (0 bytes)"
             elif not (head.startswith(b"PK") or head[:1] == b"\x80"):   # torch's zip, old pickle

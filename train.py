@@ -234,12 +234,16 @@ def check_args(args):
 
 def check_files(args):
     """Each path flag for what it must be, in main before any work (get_args reads no file)."""
-    lists = args.source in ("video", "frames")
+    lists, clip = args.source in ("video", "frames"), args.target == "clip"
+    local = os.sep in args.teacher_weights or args.teacher_weights.endswith(
+        (".pt", ".pth", ".bin", ".safetensors"))               # a file, not a tag
     check_paths(("--data-root", args.data_root if lists else None, "folder"),
                 ("--train-list", args.train_list if lists else None, "file"),
                 ("--image-dir", args.image_dir if args.source == "images" else None, "folder"),
                 ("--objects", args.objects, "folder"), ("--object-list", args.object_list, "file"),
-                ("--teacher", args.teacher if args.teacher.endswith(".json") else None, "file"))
+                ("--teacher", args.teacher if clip and args.teacher.endswith(".json") else None,
+                 "file"),
+                ("--teacher-weights", args.teacher_weights if clip and local else None, "file"))
 
 
 # =========================================================================== data, target, schedule

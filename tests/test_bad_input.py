@@ -46,6 +46,8 @@ CASES = [
     ("train", [*TRAIN, "--synthetic-length", "4", "--batch-size", "8", "--epochs", "1",
                "--strategy", "none"], "raise --epochs to 2"),
     ("train", [*TRAIN, "--out-dir", "{notes}"], "--out-dir {notes} is a file"),
+    ("train", [*TRAIN, "--target", "clip", "--teacher-weights", "{missing}.pt"],
+     "--teacher-weights {missing}.pt does not exist"),
     ("train", [*TRAIN, "--out-dir", "{damaged}", "--resume"], "checkpoint-latest.pth"),
     ("train", [*TRAIN, "--resume", "{notes}"], "--resume {notes} is not a torch checkpoint"),
     ("train", [*TRAIN, "--resume", "{truncated}"], "{truncated} is truncated"),
