@@ -457,9 +457,10 @@ def load_checkpoint_encoder(model, state, args, verbose=True):
     try:
         return load_encoder(model, state, verbose=verbose)
     except RuntimeError as e:
-        fail(f"--checkpoint {args.checkpoint} ({describe_checkpoint(state)}) does not load into "
-             f"the --model {args.model} --patch-size {args.patch_size} --tubelet {args.tubelet} "
-             f"encoder this command built: {(str(e).strip().splitlines()[:2])[-1].strip()[:120]}")
+        fail(f"--checkpoint {args.checkpoint} is {describe_checkpoint(state)}; its weights do not "
+             f"load into the --model {args.model} --patch-size {args.patch_size} --tubelet "
+             f"{args.tubelet} encoder this command built: "
+             f"{(str(e).strip().splitlines()[:2])[-1].strip()[:120]}")
 
 
 @torch.no_grad()

@@ -132,8 +132,6 @@ def main(argv=None):
     state = read_checkpoint(args)
     torch.manual_seed(args.seed)
     run = Run(rank, world, device, Log(args.out_dir, master))
-    if master:
-        save_args(args, args.out_dir)
     try:
         train_set, val_set = build_datasets(args, train_mode="test")   # train: one centre view each
     except (OSError, ValueError) as e:
@@ -145,7 +143,8 @@ def main(argv=None):
     encoder = build_classifier(args, 1, state, verbose=master).to(device)   # 1-output head: unused
     encoder.fc_norm = nn.Identity()
     encoder.eval().requires_grad_(False)
-    if master:
+    if master:   # the checkpoint has loaded: the run starts
+        save_args(args, args.out_dir)
         n_train, n_val = len(train_set.targets()), len(val_set.targets())
         views = 1 if args.dataset == "motion" else args.test_clips * args.test_crops
         print(f"probing {args.model} on {args.dataset} ({args.head} head): {n_train} training "

@@ -442,9 +442,8 @@ def describe_checkpoint(ckpt):
              "img_size", "num_frames", "target", "task", "num_classes") if a.get(k) is not None]
     text = " ".join(flags) + (f"{'; ' if flags else ''}step {ckpt['step']}" if "step" in ckpt
                               else "")
-    what = {"probe.py": "probe.py's head (probe-head.pth: a linear or attentive head, no encoder)",
-            "": "a checkpoint" + ("" if a else " without args")}.get(script,
-                                                                    f"a {script} checkpoint")
+    what = {"probe.py": "probe.py's head file", "": "a checkpoint" + ("" if a else " without args")
+            }.get(script, f"a {script} checkpoint")
     return what + (f" ({text})" if text else "")
 
 

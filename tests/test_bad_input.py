@@ -24,6 +24,7 @@ RUN = [*TINY, "--strategy", "none"]     # a real run, without building the synth
 TRAIN = ["--preset", "tiny", "--workers", "0", "--out-dir", "{OUT}"]
 EVAL = ["--preset", "tiny", "--workers", "0", "--out-dir", "{OUT}"]
 SEGMENT = ["--preset", "tiny", "--num-videos", "1", "--out-dir", "{OUT}"]
+assert len(TRAIN) == len(EVAL) == len(SEGMENT) == 6
 CASES = [
     # script, argv, what stderr must name
     # -- train.py: numbers (the issue's first two rows), pairs, paths, checkpoints, data
@@ -57,6 +58,7 @@ CASES = [
     ("finetune", [*EVAL, "--checkpoint", "{empty}"], "{empty} is empty"),
     ("finetune", [*EVAL, "--checkpoint", "{truncated}"], "{truncated} is truncated"),
     ("finetune", [*EVAL, "--checkpoint", "{probe_head}"], "no encoder"),
+    ("finetune", [*EVAL, "--checkpoint", "{wide}"], "a ViT of width 100 and depth 1"),
     ("finetune", [*EVAL, "--checkpoint", "{pretrained}", "--eval-only"], "drop --eval-only"),
     ("finetune", [*EVAL, "--resume", "{pretrained}"], "pass --checkpoint {pretrained}"),
     ("finetune", [*EVAL, "--warmup-epochs", "-1"], "--warmup-epochs"),
@@ -70,6 +72,7 @@ CASES = [
     # -- probe.py
     ("probe", [*EVAL, "--checkpoint", "{pretrained}", "--model", "small"], "--model tiny"),
     ("probe", [*EVAL, "--checkpoint", "{folder}"], "--checkpoint {folder} is a folder"),
+    ("probe", [*EVAL, "--checkpoint", "{reshaped}"], "size mismatch for blocks.3.mlp.fc2.bias"),
     ("probe", [*EVAL, "--eval-every", "0"], "--eval-every"),
     ("probe", [*EVAL, "--betas", "0.9", "nan"], "--betas"),
     ("probe", [*EVAL, "--attn-depth", "0"], "--attn-depth"),
@@ -136,6 +139,12 @@ def files(tmp_path_factory):
     torch.save({"model": {"head.weight": torch.zeros(8, 192)}, "optimizer": {}, "step": 1,
                 "rng": {}, "count_stats": [0.0, 1.0],
                 "args": {"model": "tiny", "layer_decay": 0.75, "num_classes": 8}}, f["finetuned"])
+    pre = torch.load(f["pretrained"], weights_only=True)
+    pre["model"]["encoder.blocks.3.mlp.fc2.bias"] = torch.zeros(7)    # weights of another shape
+    f["reshaped"], f["wide"] = root / "reshaped.pth", root / "wide.pth"
+    torch.save(pre, f["reshaped"])
+    torch.save({"model": {"encoder.patch_embed.proj.weight": torch.zeros(100, 3, 2, 16, 16),
+                          "encoder.blocks.0.norm1.weight": torch.zeros(100)}}, f["wide"])
     return {k: str(v) for k, v in f.items()}
 
 
@@ -156,9 +165,13 @@ def snapshot(path):
             for d, _, names in os.walk(p) for n in names}
 
 
-@pytest.mark.parametrize("script,argv,names", CASES,
-                         ids=[f"{c[0]}:{' '.join(c[1][len(TRAIN):] if c[1][:1] == ['--preset'] else c[1])}"
-                              for c in CASES])
+def case_id(case):
+    """script:the words after the shared preset prefix (TRAIN, EVAL and SEGMENT are 6 words)."""
+    script, argv, _ = case
+    return f"{script}:{' '.join(argv[6:] if argv[:1] == ['--preset'] else argv)}"
+
+
+@pytest.mark.parametrize("script,argv,names", CASES, ids=[case_id(c) for c in CASES])
 def test_bad_invocation_stops_in_one_line(files, tmp_path, capsys, monkeypatch, script, argv,
                                          names):
     module = importlib.import_module(script)
