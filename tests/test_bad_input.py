@@ -232,3 +232,17 @@ def test_a_run_with_nothing_to_do_claims_no_checkpoint(files, tmp_path, capsys):
     done = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("done:")]
     assert len(done) == 1 and "no checkpoint written" in done[0], done
     assert "checkpoint-latest.pth is at step 2" in done[0]
+
+
+def test_a_checkpoints_shape_wins_over_a_presets(files, tmp_path):
+    """probe/finetune/extract --preset tiny (patch 8) with a patch-16 checkpoint: the checkpoint's
+    shape, from its args or, without args (a released checkpoint), from its weights."""
+    import evaluation
+    import probe
+    bare = tmp_path / "bare.pth"
+    torch.save({"model": torch.load(files["pretrained"], weights_only=True)["model"]}, bare)
+    for ckpt in (files["pretrained"], str(bare)):
+        args = probe.get_args(["--preset", "tiny", "--checkpoint", ckpt])
+        assert (args.model, args.patch_size, args.tubelet) == ("tiny", 8, 2)   # the preset's
+        evaluation.read_checkpoint(args)
+        assert (args.model, args.patch_size, args.tubelet) == ("tiny", 16, 2), ckpt
