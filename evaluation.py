@@ -158,7 +158,9 @@ def open_checkpoint(args, typed):
 def read_checkpoint(args):
     """Load --checkpoint once (None without one, open_checkpoint's checks); the checkpoint's shape
     fills --model/--patch-size/--tubelet where the flags are not typed, the fallbacks the rest."""
-    state = open_checkpoint(args, set(args.flags_given)) if args.checkpoint else None
+    typed = (set(args.flags_given) if hasattr(args, "flags_given") else   # apply_presets' record
+             {k for k, _ in SHAPE_FLAGS if getattr(args, k) is not None})  # a hand-made Namespace
+    state = open_checkpoint(args, typed) if args.checkpoint else None
     for key, fallback in SHAPE_FLAGS:
         if getattr(args, key) is None:
             setattr(args, key, fallback)

@@ -381,7 +381,7 @@ def get_args(argv=None):
     a("--log-every", type=positive_int, default=20)
     a("--tensorboard", action="store_true",
       help="also write <out-dir>/tb (needs tensorboard installed)")
-    a("--ckpt-minutes", type=positive_float, default=30,
+    a("--ckpt-minutes", type=nonneg_float, default=30,
       help="minutes between writes of checkpoint-latest.pth (also written at the end and on "
       "preemption)")
     a("--ckpt-every", type=nonneg_int, default=0,

@@ -538,8 +538,8 @@ def resume_state(ckpt, model, optimizer, scaler):
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
-        fail(f"--resume {ckpt['path']} ({describe_checkpoint(ckpt)}) does not load into this "
-             f"run's model: {str(e).strip().splitlines()[0][:120]}")
+        fail(f"--resume {ckpt['path']} is {describe_checkpoint(ckpt)}; it does not load into this "
+             f"run's model: {(str(e).strip().splitlines()[:2])[-1].strip()[:120]}")
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])

@@ -186,7 +186,7 @@ def add_run_args(a):
     a("--log-every", type=positive_int, default=50)
     a("--tensorboard", action="store_true",
       help="also write <out-dir>/tb (needs tensorboard installed)")
-    a("--ckpt-minutes", type=positive_float, default=30,
+    a("--ckpt-minutes", type=nonneg_float, default=30,
       help="minutes between writes of checkpoint-latest.pth (also written at the end of each stage "
       "and of the run, and on preemption); ViT-B + AdamW is ~1.1 GB that every rank waits for")
     a("--ckpt-every", type=nonneg_int, default=0,

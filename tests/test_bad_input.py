@@ -53,6 +53,8 @@ CASES = [
     ("train", [*TRAIN, "--resume", "{notes}"], "--resume {notes} is not a torch checkpoint"),
     ("train", [*TRAIN, "--resume", "{truncated}"], "{truncated} is truncated"),
     ("train", [*TRAIN, "--resume", "{finetuned}"], "finetune.py --eval-only --checkpoint"),
+    ("train", [*RUN, "--out-dir", "{OUT}", "--resume", "{reshaped}"],    # its own flags, not weights
+     "size mismatch for encoder.blocks.3.mlp.fc2.bias"),
     # -- finetune.py
     ("finetune", [*EVAL, "--checkpoint", "{notes}"], "--checkpoint {notes}"),   # the issue's row
     ("finetune", [*EVAL, "--checkpoint", "{empty}"], "{empty} is empty"),
@@ -166,8 +168,10 @@ def snapshot(path):
 
 
 def case_id(case):
-    """script:the words after the shared preset prefix (TRAIN, EVAL and SEGMENT are 6 words)."""
+    """script:the words after the shared prefix (TRAIN, EVAL and SEGMENT are 6 words)."""
     script, argv, _ = case
+    if argv[:len(RUN)] == RUN:
+        return f"{script}:RUN {' '.join(argv[len(RUN):])}"
     return f"{script}:{' '.join(argv[6:] if argv[:1] == ['--preset'] else argv)}"
 
 
