@@ -45,8 +45,8 @@ import data
 from evaluation import (VideoClipDataset, add_data_args, build_classifier, read_checkpoint,
                         three_crops)
 from model import MODEL_SIZES, classifier_state_dict, position_table
-from runtime import (Log, all_reduce, amp_setup, apply_presets, fail, fmt_time, make_out_dir,
-                     save_args, setup_dist, teardown)
+from runtime import (Log, Parser, all_reduce, amp_setup, apply_presets, check_paths, fail,
+                     fmt_time, make_out_dir, positive_int, save_args, setup_dist, teardown)
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
 # a list line's last field is a label when it looks like one: a number, class ids "3,17,42", "-"
@@ -73,8 +73,7 @@ SHARED = ("--data-root", "--num-frames", "--img-size", "--sampling", "--stride",
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS), help="tiny = the demo's grid (64 px, 16 frames, "
       "ViT-tiny); thumos14 = 16 consecutive frames every 4 frames, 224 px (VideoMAEv2, OpenTAD)")
@@ -87,26 +86,21 @@ def get_args(argv=None):
       help="snippets: (num_snippets, D) per video, for TAL (ActionFormer / OpenTAD); video: (D,), "
       "test views averaged; tokens: (t, h, w, D) of the centre clip")
     a("--out-dir", default="out/extract", help="<name>.npy per video, index.jsonl, bad.txt")
-    a("--snippet-stride", type=int, default=4, help="frames between snippet starts (OpenTAD's "
+    a("--snippet-stride", type=positive_int, default=4, help="frames between snippet starts (OpenTAD's "
       "feature_stride; THUMOS-14 VideoMAEv2 features: 4)")
-    a("--layer", type=int, default=None, help="features of encoder block L, 1-based (default last)")
+    a("--layer", type=positive_int, default=None, help="features of encoder block L, 1-based (default last)")
     a("--fc-norm", default="auto", choices=["auto", "on", "off"], help="pooled features through "
       "the checkpoint's fc_norm; auto: when it has one and --layer is the last (pretraining "
       "checkpoints have none: the raw token mean, as probe.py)")
     a("--fp16", action="store_true", help="float16 .npy files (half the disk; OpenTAD casts them "
       "to fp32)")
-    a("--batch-size", type=int, default=32, help="snippets (or views) per encoder forward")
-    a("--log-every", type=int, default=10, help="videos between progress lines")
+    a("--batch-size", type=positive_int, default=32, help="snippets (or views) per encoder forward")
+    a("--log-every", type=positive_int, default=10, help="videos between progress lines")
     add_data_args(lambda *flags, **kw: a(*flags, **kw) if flags[0] in SHARED else None)
     args = apply_presets(p, [("preset", PRESETS)], argv)
     if (args.list is None) == (args.video_dir is None):
         fail("give exactly one of --list and --video-dir")
-    for flag in ("snippet_stride", "batch_size", "num_frames", "stride", "test_clips", "test_crops",
-                 "log_every"):
-        if getattr(args, flag) < 1:
-            fail(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.checkpoint and not os.path.isfile(args.checkpoint):
-        fail(f"--checkpoint {args.checkpoint} does not exist")
+    check_paths(("--checkpoint", args.checkpoint, "file"))
     return args
 
 
@@ -290,13 +284,7 @@ def build_encoder(args, verbose):
     if not 1 <= args.layer <= depth:
         fail(f"--layer {args.layer}: the {args.model} encoder has blocks 1..{depth}")
     keys = classifier_state_dict(state) if state is not None else {}
-    if state is not None and not any(k.startswith("blocks.") for k in keys):
-        fail(f"--checkpoint {args.checkpoint} holds no encoder blocks")
-    try:
-        model = build_classifier(args, 1, state, verbose=verbose)
-    except RuntimeError as e:
-        fail(f"--checkpoint {args.checkpoint} does not fit a {args.model} encoder with patch "
-             f"{args.patch_size} and tubelet {args.tubelet}: {str(e).splitlines()[0]}")
+    model = build_classifier(args, 1, state, verbose=verbose)
     auto = "fc_norm.weight" in keys and args.layer == depth
     use = {"on": True, "off": False, "auto": auto}[args.fc_norm] and args.mode != "tokens"
     return model.eval().requires_grad_(False), use
@@ -446,6 +434,8 @@ def run_shard(model, todo, items, names, args, device, fc_norm, log, rank, world
 
 def main(argv=None):
     args = get_args(argv)
+    check_paths(("--list", args.list, "file"), ("--video-dir", args.video_dir, "folder"),
+                ("--data-root", args.data_root, "folder"))
     rank, world, device = setup_dist(args.device)
     master = rank == 0
     make_out_dir(args.out_dir)

@@ -75,9 +75,10 @@ from scipy.optimize import linear_sum_assignment
 
 import data
 import motion
-from model import MODEL_SIZES, VideoClassifier, load_encoder
-from runtime import (Log, all_reduce, amp_setup, apply_presets, fail, fmt_time, load_checkpoint,
-                     make_out_dir, setup_dist, teardown)
+from evaluation import load_checkpoint_encoder, open_checkpoint
+from model import MODEL_SIZES, VideoClassifier
+from runtime import (Log, Parser, all_reduce, amp_setup, apply_presets, check_paths, fail,
+                     fmt_time, make_out_dir, nonneg_int, positive_int, setup_dist, teardown)
 
 # Clip length per dataset (SIGMA: 16 for DAVIS, 4 for YTVOS); the split each one reads by default.
 DATASETS = {
@@ -339,8 +340,7 @@ def load_folder_clip(pairs, num_frames, size):
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS), help="tiny = the CPU demo on train.py's tiny grid")
     a("--dataset", default="synthetic", choices=sorted(DATASETS),
@@ -353,47 +353,43 @@ def get_args(argv=None):
       "ytvos: the <split>/ folder (default train: valid/ annotates first frames only)")
     a("--annotations", default="Annotations", help="annotation folder name (DAVIS-2017 "
       "unsupervised: Annotations_unsupervised)")
-    a("--num-videos", type=int, default=None, help=f"evaluate the first N videos (synthetic: "
+    a("--num-videos", type=positive_int, default=None, help=f"evaluate the first N videos (synthetic: "
       f"default {SYNTHETIC_VIDEOS})")
-    a("--num-frames", type=int, default=16,
+    a("--num-frames", type=positive_int, default=16,
       help="T, frames per clip (SIGMA: 16 on DAVIS, 4 on YTVOS)")
-    a("--img-size", type=int, default=224,
+    a("--img-size", type=positive_int, default=224,
       help="frames and masks resized to S x S (TimeTuning: 224)")
-    a("--clusters", type=int, default=None, help="K for clustering (default: the number of labels "
+    a("--clusters", type=positive_int, default=None, help="K for clustering (default: the number of labels "
       "in the clip's annotation, objects + background, as TimeTuning)")
-    a("--overcluster", type=int, default=10, help="K for overclustering (SIGMA: 10)")
-    a("--layer", type=int, default=None,
+    a("--overcluster", type=positive_int, default=10, help="K for overclustering (SIGMA: 10)")
+    a("--layer", type=positive_int, default=None,
       help="features of encoder block L, 1-based (default the last)")
-    a("--pca-dim", type=int, default=50,
+    a("--pca-dim", type=positive_int, default=50,
       help="PCA dimensions after standardisation (TimeTuning: 50)")
-    a("--kmeans-iters", type=int, default=50,
+    a("--kmeans-iters", type=positive_int, default=50,
       help="Lloyd iterations (TimeTuning's faiss.Kmeans: niter 50)")
-    a("--kmeans-restarts", type=int, default=5, help="restarts, best inertia kept (faiss nredo 5)")
+    a("--kmeans-restarts", type=positive_int, default=5, help="restarts, best inertia kept (faiss nredo 5)")
     a("--checkpoint", default=None,
       help="a train.py checkpoint (or any VideoMAE-layout one); none: random")
     a("--model", default=None, choices=sorted(MODEL_SIZES),
       help="ViT size (default from the checkpoint)")
-    a("--patch-size", type=int, default=None,
+    a("--patch-size", type=positive_int, default=None,
       help="patch side (default from the checkpoint, else 16)")
-    a("--tubelet", type=int, default=None,
+    a("--tubelet", type=positive_int, default=None,
       help="tubelet length (default from the checkpoint, else 2)")
-    a("--num-objects", type=int, default=2, help="synthetic: objects per clip (Table 4f: 2)")
-    a("--object-size", type=int, nargs=2, default=[32, 128], help="synthetic: object side range "
-      "in pixels at 224, scaled with the frame (Sec. 4.1: 32-128)")
-    a("--seed", type=int, default=0, help="random encoder, synthetic clips and k-means seeds")
+    a("--num-objects", type=nonneg_int, default=2, help="synthetic: objects per clip (Table 4f: 2)")
+    a("--object-size", type=positive_int, nargs=2, default=[32, 128], metavar=("LO", "HI"),
+      help="synthetic: object side range in pixels at 224, scaled with the frame (Sec. 4.1: 32-128)")
+    a("--seed", type=nonneg_int, default=0, help="random encoder, synthetic clips and k-means seeds")
     a("--out-dir", default="out/segment", help="results.json and log.jsonl go here")
     a("--device", default=None, help="torch device (default: cuda when available)")
     a("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
       help="encoder autocast dtype")
-    a("--log-every", type=int, default=10, help="videos between progress lines")
+    a("--log-every", type=positive_int, default=10, help="videos between progress lines")
     explicit = vars(p.parse_known_args(argv)[0])  # before presets: None = the flag was not given
     args = apply_presets(p, [("dataset", DATASETS), ("preset", PRESETS)], argv)
     if args.dataset != "synthetic" and not args.data_root:
         fail(f"--dataset {args.dataset} needs --data-root")
-    for flag in ("num_frames", "img_size", "overcluster", "pca_dim", "kmeans_iters",
-                 "kmeans_restarts"):
-        if getattr(args, flag) < 1:
-            fail(f"--{flag.replace('_', '-')} must be at least 1")
     return args, explicit
 
 
@@ -414,11 +410,9 @@ def build_encoder(args, explicit, verbose):
     """VideoClassifier on the checkpoint's grid (or the run's), encoder weights from the
     checkpoint."""
     ckpt, ckpt_args = None, {}
-    if args.checkpoint:
-        if not os.path.isfile(args.checkpoint):
-            fail(f"--checkpoint {args.checkpoint}: no such file")
-        ckpt = load_checkpoint(args.checkpoint)
-        ckpt_args = ckpt.get("args", {}) if isinstance(ckpt, dict) else {}
+    if args.checkpoint:   # its shape wins over a preset's; a typed flag that contradicts it fails
+        ckpt = open_checkpoint(args, {k for k, v in explicit.items() if v is not None})
+        ckpt_args = ckpt.get("args") or {}
     resolve_shape(args, explicit, ckpt_args)
     depth = MODEL_SIZES[args.model]["depth"]
     args.layer = depth if args.layer is None else args.layer
@@ -430,11 +424,7 @@ def build_encoder(args, explicit, verbose):
     model = VideoClassifier(patch_size=args.patch_size, tubelet_size=args.tubelet, num_classes=1,
                             **grid, **MODEL_SIZES[args.model])
     if ckpt is not None:
-        try:
-            missing, _ = load_encoder(model, ckpt, verbose=verbose)
-        except RuntimeError as e:
-            fail(f"--checkpoint {args.checkpoint} does not fit a {args.model} encoder with patch "
-                 f"{args.patch_size} and tubelet {args.tubelet}: {str(e).splitlines()[0]}")
+        missing, _ = load_checkpoint_encoder(model, ckpt, args, verbose)
         if any(k.startswith("blocks.") for k in missing):
             fail(f"--checkpoint {args.checkpoint} holds no encoder blocks "
                  f"(missing {missing[:3]} ...)")
@@ -489,6 +479,8 @@ def write_results(args, names, scores):
 def main(argv=None):
     # ------------------------------------------------------------------ args, dist
     args, explicit = get_args(argv)
+    check_paths(("--data-root", args.data_root, "folder"),
+                ("--checkpoint", args.checkpoint, "file"))
     rank, world, device = setup_dist(args.device)
     master = rank == 0
     make_out_dir(args.out_dir)
