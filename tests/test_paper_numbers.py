@@ -44,9 +44,7 @@ OTHER_BATCH = 64
 
 def _train_schedule(argv):
     args = train.get_args(argv + ["--batch-size", str(OTHER_BATCH)])
-    total, per_epoch = args.epochs * 100, 100
-    stage1 = int(args.stage1_epochs * per_epoch) if args.strategy == "progressive" else total
-    return train.lr_schedule(args, total, stage1, per_epoch)
+    return train.lr_schedule(args, 100 * args.num_sample)[0]   # 100 steps per effective epoch
 
 
 DERIVED = {
@@ -258,12 +256,12 @@ def test_finetuning_optimizer_after_one_step(tmp_path):
 
 
 def _expected_schedule(peak, floor, total, warmup):
-    """Linear warm-up from 0 (step 0) towards the peak, reached at step `warmup`; then a
-    half-cosine from the peak to the floor over the remaining steps, written from its
-    definition."""
+    """Linear warm-up from 0 (step 0) to the peak, reached at its last step `warmup - 1` (as the
+    reference's scheduler); then a half-cosine from the peak to the floor over the remaining
+    steps, written from its definition."""
     k = np.arange(total, dtype=np.float64)
     t = (k - warmup) / (total - warmup)
-    return np.where(k < warmup, peak * k / max(warmup, 1),
+    return np.where(k < warmup, peak * k / max(warmup - 1, 1),
                     floor + 0.5 * (peak - floor) * (1 + np.cos(np.pi * t)))
 
 
@@ -282,19 +280,19 @@ def test_schedule_as_an_array(strategy, stage2):
                            stage2, "--batch-size", str(batch)])
     total = args.epochs * per_epoch                # 600 epochs: 1800 steps
     stage1 = int(args.stage1_epochs * per_epoch)   # 300 epochs: 900 steps
-    lrs = np.asarray(train.lr_schedule(args, total, stage1 if strategy == "progressive" else total,
-                                       per_epoch))
+    lrs, start2 = train.lr_schedule(args, per_epoch * args.num_sample)
+    lrs = np.asarray(lrs)
+    assert start2 == (stage1 if strategy == "progressive" else total)
     peak, floor, warm = 1.5e-4 * batch / 256, 1e-5 * batch / 256, 40 * per_epoch
     assert len(lrs) == total
     if strategy == "progressive" and stage2 == "restart":
         want = np.concatenate([_expected_schedule(peak, floor, stage1, warm),
                                _expected_schedule(peak, floor, total - stage1, warm)])
-        pins = {0: 0.0, warm // 2: peak / 2, warm: peak, stage1: 0.0,
-                stage1 + warm // 2: peak / 2, stage1 + warm: peak,
-                (warm + stage1) // 2: (peak + floor) / 2}
+        pins = {0: 0.0, warm - 1: peak, warm: peak, stage1: 0.0, stage1 + warm - 1: peak,
+                stage1 + warm: peak, (warm + stage1) // 2: (peak + floor) / 2}
     else:
         want = _expected_schedule(peak, floor, total, warm)
-        pins = {0: 0.0, warm // 2: peak / 2, warm: peak, (warm + total) // 2: (peak + floor) / 2}
+        pins = {0: 0.0, warm - 1: peak, warm: peak, (warm + total) // 2: (peak + floor) / 2}
     for step, lr in pins.items():
         assert lrs[step] == pytest.approx(lr, rel=1e-9, abs=1e-15), \
             f"{strategy}/{stage2}: lr at step {step} = {lrs[step]:.4g}, expected {lr:.4g}"
