@@ -15,9 +15,10 @@ than float32, and the normalisation runs on the GPU, not on the loader's CPU cor
 Every sample is a pure function of (seed, pass, index): workers, ranks and resumed runs all see the
 same stream. A bad item (unreadable video, bad object PNG) is replaced by another one and reported,
 never fatal.
-The evaluation datasets are evaluation.py's; `python prepare.py` re-encodes and checks list files.
+The evaluation datasets are evaluation.py's; `python -m tools.prepare` re-encodes and checks list files.
 """
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 import masking
 import motion
+from augment import multiscale_crop_box, random_resized_crop_box
 from model import mask_indices
 from teacher import IMAGENET_MEAN, IMAGENET_STD, channel_stats
 
@@ -35,37 +37,65 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 # ----------------------------------------------------------------------------- list files (SPEC 6)
 
-def read_list(path, data_root=None, num_classes=None, multi_label=False):
-    """Read a VideoMAE-style list: one `<path> <label>` per line (label = last field, so paths may
-    hold spaces), `#` comments and blank lines ignored, relative paths resolved against data_root.
-    multi_label: the label field is a comma-separated list of class ids ("3,17,42"; empty list "-").
-    Returns [(path, label)] with label an int (or a list of ints). Errors name the file and line.
-    Read as utf-8-sig: the byte-order mark of a list saved on Windows is not part of the first
-    path."""
+# a field that looks like a label: a number, class ids "3,17,42", or "-" (no class)
+LABEL = re.compile(r"-|[+-]?\d+(\.\d+)?(,[+-]?\d+(\.\d+)?)*")
+
+
+def list_entries(path, data_root=None, optional_label=False):
+    """Every entry line of a VideoMAE-style list, bad ones included: one `<path> <label>` per line,
+    the label the last field (so paths may hold spaces), `#` comments and blank lines skipped,
+    relative paths resolved against data_root (default: the list's folder). Read as utf-8-sig: the
+    byte-order mark of a list saved on Windows is no part of the first path; bytes that are not
+    UTF-8 become U+FFFD and that line is bad. optional_label: the last field is a label only when
+    it looks like one (LABEL), else the whole line is the path.
+    -> [dict(line, text, video, label (the field's text or None), reason (None: a good line))]."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"list file {path} does not exist")
-    root = Path(data_root) if data_root else path.parent
-    items = []
-    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+    raw, root, entries = path.read_bytes(), Path(data_root) if data_root else path.parent, []
+    for n, line in enumerate(raw.decode("utf-8-sig", errors="replace").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         fields = line.rsplit(None, 1)
-        if len(fields) != 2:
-            raise ValueError(f"{path}:{n}: expected '<path> <label>', got {line!r}")
-        video, label = fields
-        try:
-            labels = ([] if label == "-" else [int(x) for x in label.split(",")] if multi_label
-                      else [int(label)])
-        except ValueError:
-            raise ValueError(f"{path}:{n}: label {label!r} is not an integer"
-                             f"{' list' if multi_label else ''}") from None
-        for lab in labels:
-            if lab < 0 or (num_classes is not None and lab >= num_classes):
-                raise ValueError(f"{path}:{n}: label {lab} is outside [0, {num_classes})")
-        video = video if os.path.isabs(video) else str(root / video)
-        items.append((video, labels if multi_label else labels[0]))
+        if optional_label and not (len(fields) == 2 and LABEL.fullmatch(fields[1])):
+            fields = [line, None]
+        e = dict(line=n, text=line, video=None, label=None, reason=None)
+        entries.append(e)
+        if "\ufffd" in line:
+            e["reason"] = "not valid UTF-8"
+        elif len(fields) != 2:
+            e["reason"] = f"expected '<path> <label>', got {line!r}"
+        else:
+            e["video"] = fields[0] if os.path.isabs(fields[0]) else str(root / fields[0])
+            e["label"] = fields[1]
+    return entries
+
+
+def parse_label(label, multi_label=False, num_classes=None):
+    """A label field -> (int, or a list of ints when multi_label: "3,17,42", "-" = none; None) or
+    (None, the reason it is bad)."""
+    try:
+        labels = ([] if label == "-" else [int(x) for x in label.split(",")] if multi_label
+                  else [int(label)])
+    except ValueError:
+        return None, f"label {label!r} is not an integer{' list' if multi_label else ''}"
+    for lab in labels:
+        if lab < 0 or (num_classes is not None and lab >= num_classes):
+            return None, f"label {lab} is outside [0, {num_classes})"
+    return (labels if multi_label else labels[0]), None
+
+
+def read_list(path, data_root=None, num_classes=None, multi_label=False):
+    """A list file (list_entries' rules) -> [(path, label)], the label an int (or a list of ints
+    when multi_label). The first bad line raises ValueError naming FILE:LINE."""
+    items = []
+    for e in list_entries(path, data_root):
+        label, reason = (None, e["reason"]) if e["reason"] else \
+            parse_label(e["label"], multi_label, num_classes)
+        if reason:
+            raise ValueError(f"{path}:{e['line']}: {reason}")
+        items.append((e["video"], label))
     if not items:
         raise ValueError(f"list file {path} has no entries")
     return items
@@ -142,51 +172,12 @@ def clip_indices(num_video_frames, num_frames, stride, rng):
 
 # ----------------------------------------------------------------------------- augmentation
 
-def multiscale_crop_box(height, width, rng, scales=(1, 0.875, 0.75, 0.66), max_distort=1):
-    """VideoMAE's GroupMultiScaleCrop: crop sides from scales of the short side (width and height at
-    most `max_distort` scale steps apart), placed at one of 13 fixed offsets. -> (y, x, h, w)."""
-    base = min(height, width)
-    sizes = [int(base * s) for s in scales]
-    pairs = [(h, w) for i, h in enumerate(sizes) for j, w in enumerate(sizes)
-             if abs(i - j) <= max_distort]
-    ch, cw = pairs[rng.integers(len(pairs))]
-    ys, xs = (height - ch) // 4, (width - cw) // 4
-    # (row, col) in quarters
-    offsets = [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (2, 0), (2, 4), (4, 2), (0, 2),
-               (1, 1), (1, 3), (3, 1), (3, 3)]
-    oy, ox = offsets[rng.integers(len(offsets))]
-    return oy * ys, ox * xs, ch, cw
-
-
-def random_resized_crop_box(height, width, rng, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3),
-                            attempts=10):
-    """VideoMAE's finetuning crop (video_transforms._get_param_spatial_crop, = torchvision's
-    RandomResizedCrop): area a fraction U(scale) of the frame, aspect w / h log-uniform in `ratio`,
-    placed uniformly; after `attempts` misses the centre crop clamped to `ratio`. One box for the
-    whole clip. The SMILE reference draws scale (0.25, 1.0), VideoMAE (0.08, 1.0).
-    -> (y, x, h, w)."""
-    area, log_ratio = height * width, np.log(ratio)
-    for _ in range(attempts):
-        target = area * rng.uniform(*scale)
-        aspect = np.exp(rng.uniform(*log_ratio))
-        w, h = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            return int(rng.integers(height - h + 1)), int(rng.integers(width - w + 1)), h, w
-    if width / height < min(ratio):            # fallback: the largest centre crop within `ratio`
-        h, w = int(round(width / min(ratio))), width
-    elif width / height > max(ratio):
-        h, w = height, int(round(height * max(ratio)))
-    else:
-        h, w = height, width
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
 def resize(frames, size):
     """uint8 (T, H, W, 3) -> uint8 (T, size, size, 3) (or (T, h, w, 3) for size = (h, w)), bilinear
     with antialiasing.
 
     torch's uint8 kernel on the channels-last view: no float round trip, ~8x faster on one core than
-    resizing in float (bench.py, "crop resize"), within 1 grey level of it."""
+    resizing in float (tools/bench.py, "crop resize"), within 1 grey level of it."""
     size = (size, size) if isinstance(size, int) else tuple(size)
     if frames.shape[1:3] == size:
         return frames

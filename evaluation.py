@@ -1,4 +1,4 @@
-"""Evaluation library shared by probe.py, finetune.py and extract.py (Tables 6, 15-17; SPEC 6).
+"""Evaluation library shared by probe.py, finetune.py and tools/extract.py (Tables 6, 15-17; SPEC 6).
 
 Datasets and their test views, the classifier built from a checkpoint, multi-view testing over
 ranks, metrics (top-1/5, mean class accuracy, mAP, counting error), result files and the SEVERE
@@ -22,14 +22,14 @@ import data
 import motion
 from model import MODEL_SIZES, VideoClassifier, classifier_state_dict, load_encoder
 from runtime import (CheckpointError, all_reduce, check_paths, describe_checkpoint, fail, fmt_time,
-                     load_checkpoint, nonneg_int, positive_int)
+                     load_checkpoint, nonneg_int, positive_int, print_table)
 
 # Datasets (Table 15, SPEC 6): list files <data-root>/<splits>; `motion` is the embedded
 # synthetic set.
 # sampling: "dense" = T frames at a stride; "segment" = TSN-style, one frame per T equal
 # segments (SSv2).
 # flip: SSv2 has left/right classes, and so does `motion`. Test views = clips x crops.
-DATASETS = {
+EVAL_DATASETS = {
     "k400": dict(num_classes=400, sampling="dense", stride=4, flip=True, test_clips=5, test_crops=3),
     "ssv2": dict(num_classes=174, sampling="segment", flip=False, test_clips=2, test_crops=3),
     "ucf101": dict(num_classes=101, sampling="dense", stride=4, flip=True, test_clips=5, test_crops=3),
@@ -43,12 +43,13 @@ DATASETS = {
 # ============================================================================= flags
 
 
-def add_data_args(a):
-    """Data and model flags shared by finetune.py, probe.py and extract.py."""
-    a("--dataset", default="motion", choices=sorted(DATASETS),
+def add_data_args(a, tasks=("single", "multi", "count")):
+    """Data and model flags shared by finetune.py, probe.py and tools/extract.py; tasks: the --task
+    values the script runs."""
+    a("--dataset", default="motion", choices=sorted(EVAL_DATASETS),
       help="k400/ssv2/ucf101/hmdb51/gym99/epic read <data-root>/train.csv and val.csv; list reads "
       "--train-list/--val-list; motion is synthetic")
-    a("--task", default="single", choices=["single", "multi", "count"],
+    a("--task", default="single", choices=list(tasks),
       help="single-label, multi-label (Charades; list labels '3,17,42') or repetition counting "
       "(UCFRep; label = the count)")
     a("--data-root", default="", help="folder that list paths are relative to")
@@ -92,7 +93,7 @@ def add_data_args(a):
 def check_data_args(args):
     """Checks and derived paths after parsing (no file is read here)."""
     if args.num_classes is None:
-        args.num_classes = DATASETS[args.dataset].get("num_classes")
+        args.num_classes = EVAL_DATASETS[args.dataset].get("num_classes")
         if args.num_classes is None and args.task != "count":
             fail("--dataset list needs --num-classes")
     if args.dataset != "motion":
@@ -168,6 +169,25 @@ def read_checkpoint(args):
         fail(f"{args.num_frames} frames x {args.img_size} px do not split into {args.tubelet} x "
              f"{args.patch_size} x {args.patch_size} tubelets")
     return state
+
+
+def frozen_encoder(state, *, model, patch_size, tubelet, img_size, num_frames, layer=None,
+                   path=None, verbose=True):
+    """The frozen encoder of a checkpoint (None: random) for tools/extract.py and tools/segment.py:
+    a one-output VideoClassifier on the grid given, read up to block `layer` (1-based, default the
+    last); one-line errors for a bad layer or weights of another shape (read_checkpoint has
+    checked the rest). -> (model, layer, its classifier keys)"""
+    depth = MODEL_SIZES[model]["depth"]
+    layer = depth if layer is None else layer
+    if not 1 <= layer <= depth:
+        fail(f"--layer {layer}: the {model} encoder has blocks 1..{depth}")
+    keys = classifier_state_dict(state) if state is not None else {}
+    encoder = {k: v for k, v in MODEL_SIZES[model].items() if not k.startswith("decoder")}
+    net = VideoClassifier(img_size=img_size, patch_size=patch_size, num_frames=num_frames,
+                          tubelet_size=tubelet, num_classes=1, **encoder)
+    if state is not None:
+        load_checkpoint_encoder(net, state, path, model, patch_size, tubelet, verbose)
+    return net.eval().requires_grad_(False), layer, keys
 
 
 # ============================================================================= datasets
@@ -375,32 +395,10 @@ class MotionClassDataset(torch.utils.data.Dataset):
         for cls in (label if self.task == "multi" else [label]):
             obj = self.objects[g.integers(len(self.objects))]
             size = np.maximum(np.round(g.uniform(0.3, 0.45, 2) * S).astype(int), 2)   # (P, Q)
-            centres, angles, scales = self.path(cls, g)
+            centres, angles, scales = motion.class_path(cls, self.T, self.S, g,
+                                                        count=self.task == "count")
             motion.paste(frames, obj, tuple(size), centres, angles, scales)
         return frames, label
-
-    def path(self, cls, g):
-        """The scripted motion of class cls: centres (T, 2) px, angles (T,) degrees ccw,
-        scales (T,)."""
-        T, S = self.T, self.S
-        t = np.arange(T) / (T - 1)                                       # 0 .. 1 over the clip
-        x0, y0 = g.uniform(0.3, 0.7, 2) * S
-        a0, s0 = g.uniform(0, 360), g.uniform(0.6, 1.0)
-        dist, turn, grow = g.uniform(0.4, 0.5) * S, g.uniform(180, 300), g.uniform(2.0, 2.6)
-        cx, cy, angle, scale = np.full(T, x0), np.full(T, y0), np.full(T, a0), np.full(T, s0)
-        if self.task == "count":   # cls = k repetitions: out and back k times, starting at (x0, y0)
-            d = g.uniform(0, 2 * np.pi)
-            amp = 0.5 * dist * (1 - np.cos(2 * np.pi * cls * np.arange(T) / T))
-            cx, cy = x0 + amp * np.cos(d), y0 + amp * np.sin(d)
-        elif cls < 4:              # travel: left, right, up, down
-            dx, dy = [(-1, 0), (1, 0), (0, -1), (0, 1)][cls]
-            cx, cy = x0 + dx * dist * t, y0 + dy * dist * t
-        elif cls < 6:              # rotate clockwise (angle decreasing: motion.paste turns
-                                   # ccw) / ccw
-            angle = a0 - (1 if cls == 4 else -1) * turn * t
-        else:                      # grow / shrink
-            scale = s0 * grow ** (t if cls == 6 else -t)
-        return np.stack([cx, cy], 1), angle, scale
 
     def __getitem__(self, key):
         index = data.unkey(key, self.set_epoch)   # the epoch comes with the index
@@ -465,19 +463,20 @@ def build_classifier(args, num_outputs, state=None, verbose=True, drop_path=0.0,
                             num_classes=num_outputs, drop_path=drop_path,
                             head_init_scale=head_init_scale, **encoder)
     if state is not None:
-        load_checkpoint_encoder(model, state, args, verbose)
+        load_checkpoint_encoder(model, state, args.checkpoint, args.model, args.patch_size,
+                                args.tubelet, verbose)
     return model
 
 
-def load_checkpoint_encoder(model, state, args, verbose=True):
+def load_checkpoint_encoder(model, state, path, size, patch_size, tubelet, verbose=True):
     """load_encoder, a failure (weights of another shape) one line naming the checkpoint, what it
     holds and the model this command built. -> (missing, unexpected) keys."""
     try:
         return load_encoder(model, state, verbose=verbose)
     except RuntimeError as e:
-        fail(f"--checkpoint {args.checkpoint} is {describe_checkpoint(state)}; its weights do not "
-             f"load into the --model {args.model} --patch-size {args.patch_size} --tubelet "
-             f"{args.tubelet} encoder this command built: "
+        fail(f"--checkpoint {path} is {describe_checkpoint(state)}; its weights do not "
+             f"load into the --model {size} --patch-size {patch_size} --tubelet "
+             f"{tubelet} encoder this command built: "
              f"{(str(e).strip().splitlines()[:2])[-1].strip()[:120]}")
 
 
@@ -559,17 +558,6 @@ def compute_metrics(task, scores, targets):
             "mean_class_acc": mean_class_accuracy(top5[:, 0], targets)}
 
 
-def print_table(rows, title):
-    """rows: list of dicts with the same keys -> a plain aligned table."""
-    keys = list(rows[0])
-    cells = [[f"{r[k]:.2f}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
-    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    print(title)
-    print("  ".join(k.rjust(w) for k, w in zip(keys, widths)))
-    for c in cells:
-        print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
-
-
 def write_results(args, metrics, headline, name):
     """results.json in --out-dir, one row appended to --results-file (keyed by the setting),
     a table."""
@@ -584,34 +572,3 @@ def write_results(args, metrics, headline, name):
             f.write(json.dumps(row) + "\n")
     print_table([{"setting": row["setting"], **metrics}],
                 f"{name} results ({args.out_dir}/results.json):")
-
-
-SEVERE_COLUMNS = [("severe-ssv2", "SSv2"), ("severe-gym99", "Gym99"),
-                  ("severe-ucf1k", "UCF (10^3)"), ("severe-gym1k", "GYM (10^3)"),
-                  ("severe-fx", "FX-S1"), ("severe-ub", "UB-S1"),
-                  ("severe-ucfrc", "UCF-RC"), ("severe-charades", "Charades")]
-
-
-def severe_table(path):
-    """Print SEVERE results in Table 6's order with their mean. The last row of each setting counts.
-    Mean convention: accuracies and mAP in %, UCF-RC (an error, lower is better) enters as
-    100 * (1 - error)."""
-    rows = {}
-    for line in open(path):
-        if line.strip():
-            r = json.loads(line)
-            rows[r["setting"]] = r
-    vals, shown = [], {}
-    for key, col in SEVERE_COLUMNS:
-        if key in rows:
-            v = rows[key]["value"]
-            shown[col] = f"{v:.3f}" if key == "severe-ucfrc" else f"{v:.1f}"
-            vals.append(100 * (1 - v) if key == "severe-ucfrc" else v)
-        else:
-            shown[col] = "-"
-    mean = (f"{np.mean(vals):.1f}" + ("" if len(vals) == 8 else f" ({len(vals)} of 8)")
-            if vals else "-")
-    shown["Mean"] = mean
-    print_table([shown], f"SEVERE (Table 6) from {path}; UCF-RC = mean count error "
-                         "(lower is better), entering the mean as 100 * (1 - error)")
-    return shown

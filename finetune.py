@@ -23,26 +23,27 @@ continues bit-identically: the data stream is a pure function of (seed, epoch, i
 cutmix and drop path draw from (seed, step, rank).
 """
 import argparse
+import json
 import os
 import time
 from contextlib import nullcontext
 from functools import partial
-from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 import data
-from evaluation import (DATASETS, add_data_args, build_classifier, build_datasets, check_data_args,
-                        check_data_paths, compute_metrics, eval_collate, per_video, read_checkpoint,
-                        severe_table, write_results)
+from augment import RandAug, mix_batch, randaugment_clip, random_erase
+from evaluation import (EVAL_DATASETS, add_data_args, build_classifier, build_datasets,
+                        check_data_args, check_data_paths, compute_metrics, eval_collate, per_video,
+                        read_checkpoint, write_results)
 from model import classifier_state_dict
-from runtime import (CheckpointClock, Log, Parser, Preemption, adamw, add_wandb_args,
-                     all_reduce_flags, amp_setup, apply_presets, below_one, bounded, check_paths,
-                     check_ranks_agree, cosine_schedule, describe_checkpoint, fail, fast_math,
-                     fmt_time, fraction, make_out_dir, no_weight_decay, nonneg_float, nonneg_int,
-                     open_resume, optimizer_step, positive_float, positive_int, resume, rng_state,
+from runtime import (CheckpointClock, Log, Parser, StepGuard, adamw, add_run_args, amp_setup,
+                     apply_presets, below_one, bounded, check_paths, check_ranks_agree,
+                     cosine_schedule, describe_checkpoint, fail, fast_math, fmt_time, fraction,
+                     make_out_dir, no_weight_decay, nonneg_float, nonneg_int, open_resume,
+                     optimizer_step, positive_float, positive_int, print_table, resume, rng_state,
                      save_args, save_checkpoint, set_lr, setup_dist, teardown, wrap_model)
 
 # ============================================================================= presets
@@ -91,7 +92,7 @@ PRESETS = {
               "results_file": "out/severe/results.jsonl"} for name, p in SEVERE.items()},
 }
 # flags whose change makes a checkpoint unloadable / a resumed run another run
-# (runtime.check_resume_args)
+# (checkpoints.check_resume_args)
 SHAPE_FLAGS = ("model", "img_size", "patch_size", "tubelet", "num_frames", "task", "num_classes")
 SCHEDULE_FLAGS = ("batch_size", "accum_iter", "epochs", "warmup_epochs", "lr", "min_lr",
                   "layer_decay", "dataset", "train_list", "seed", "linear_probing")
@@ -121,167 +122,6 @@ def layer_decay_groups(model, weight_decay, layer_decay):
     return [groups[k] for k in sorted(groups)]
 
 
-class RandAug(NamedTuple):
-    """timm's RandAugment settings (`rand-m{m}-n{n}-mstd{mstd}-inc1`, p 0.5 per op): Table 17's
-    (9, 0.5)."""
-    n: int = 2
-    m: float = 9.0
-    mstd: float = 0.5
-    prob: float = 0.5
-
-
-# timm's _RAND_INCREASING_TRANSFORMS ("inc1"): the ops whose strength grows with the magnitude.
-# Cutout is not among them (timm and VideoMAE do it as random erasing, random_erase below).
-RANDAUG_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing",
-               "SolarizeIncreasing", "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing",
-               "BrightnessIncreasing", "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel",
-               "TranslateYRel")
-# timm's _FILL (the reference passes no img_mean): grey outside the image
-RANDAUG_FILL = (128, 128, 128)
-
-
-def randaug_level_args(name, magnitude, sign=1):
-    """timm's level -> op argument (auto_augment.LEVEL_TO_ARG) for magnitude in [0, 10] (timm's
-    _LEVEL_DENOM = 10: m=9 is 9/10 of each range). sign (+1/-1) is timm's _randomly_negate
-    of signed ops.
-    -> the op's arguments (a tuple, empty for the parameter-free ops)."""
-    lvl = magnitude / 10.0
-    if name in ("AutoContrast", "Equalize", "Invert"):
-        return ()
-    if name == "Rotate":
-        return (sign * lvl * 30.0,)                     # degrees, +-30 at m=10
-    if name == "PosterizeIncreasing":
-        return (4 - int(lvl * 4),)                      # bits kept: 4 down to 0
-    if name == "SolarizeIncreasing":
-        return (256 - min(256, int(lvl * 256)),)        # threshold: 256 (none) down to 0
-    if name == "SolarizeAdd":
-        return (min(128, int(lvl * 110)),)              # added below 128: 0 .. 110
-    if name.endswith("Increasing"):                     # Color / Contrast / Brightness / Sharpness
-        return (max(0.1, 1.0 + sign * lvl * 0.9),)      # enhance factor 1 -+ 0.9
-    if name in ("ShearX", "ShearY"):
-        return (sign * lvl * 0.3,)                      # +-0.3 at m=10
-    if name in ("TranslateXRel", "TranslateYRel"):
-        return (sign * lvl * 0.45,)                     # fraction of the side, +-0.45 at m=10
-    raise ValueError(f"unknown RandAugment op {name}")
-
-
-def randaug_frame(img, name, args):
-    """One RandAugment op on one PIL RGB frame, as timm's NAME_TO_OP does it (geometric ops bicubic,
-    as the reference's --train_interpolation, grey fill)."""
-    from PIL import Image, ImageEnhance, ImageOps
-    geo = dict(resample=Image.Resampling.BICUBIC, fillcolor=RANDAUG_FILL)
-    affine = {"ShearX": lambda v: (1, v, 0, 0, 1, 0), "ShearY": lambda v: (1, 0, 0, v, 1, 0),
-              "TranslateXRel": lambda v: (1, 0, v * img.size[0], 0, 1, 0),
-              "TranslateYRel": lambda v: (1, 0, 0, 0, 1, v * img.size[1])}
-    enhance = {"ColorIncreasing": ImageEnhance.Color, "ContrastIncreasing": ImageEnhance.Contrast,
-               "BrightnessIncreasing": ImageEnhance.Brightness,
-               "SharpnessIncreasing": ImageEnhance.Sharpness}
-    if name in affine:
-        return img.transform(img.size, Image.Transform.AFFINE, affine[name](*args), **geo)
-    if name in enhance:
-        return enhance[name](img).enhance(*args)
-    if name == "Rotate":
-        return img.rotate(*args, **geo)
-    if name == "SolarizeAdd":                               # pixels below 128 brightened by args[0]
-        lut = [min(255, i + args[0]) if i < 128 else i for i in range(256)]
-        return img.point(lut * 3)
-    if name == "PosterizeIncreasing":
-        # keep args[0] high bits: ImageOps.posterize's LUT, also for 0 bits (m=10: black)
-        lut = [i & ~(2 ** (8 - args[0]) - 1) for i in range(256)]
-        return img.point(lut * 3)
-    ops = {"AutoContrast": ImageOps.autocontrast, "Equalize": ImageOps.equalize,
-           "Invert": ImageOps.invert, "SolarizeIncreasing": ImageOps.solarize}
-    return ops[name](img, *args)
-
-
-def randaug_draw(cfg, rng):
-    """One clip's RandAugment draw (timm's RandAugment + AugmentOp): n ops with replacement, each
-    applied with prob p, at magnitude m + N(0, mstd) clipped to [0, 10] (mstd > 100: uniform in
-    [0, m], as timm), with a random sign. -> [(name, args), ...] of the ops that apply."""
-    chosen = []
-    for k in rng.integers(len(RANDAUG_OPS), size=cfg.n):
-        if rng.random() > cfg.prob:
-            continue
-        m = rng.uniform(0, cfg.m) if cfg.mstd > 100 else cfg.m + cfg.mstd * rng.standard_normal()
-        sign = 1 if rng.random() < 0.5 else -1
-        chosen.append((RANDAUG_OPS[k],
-                       randaug_level_args(RANDAUG_OPS[k], float(np.clip(m, 0, 10)), sign)))
-    return chosen
-
-
-def randaugment_clip(cfg, frames, rng):
-    """RandAugment in timm's convention (Table 17: RandAug (9, 0.5); VideoMAE's video RandAugment):
-    ONE draw of ops, magnitudes and signs (from the sample's numpy rng; Python's and torch's global
-    RNGs untouched) applied to every frame, per frame with PIL as timm. cfg: RandAug. Runs after the
-    crop (the reference's before it, on the decoded frames; translations are relative to the side
-    either way). uint8 (T, H, W, 3) -> uint8 (T, H, W, 3)."""
-    from PIL import Image
-    ops = randaug_draw(cfg, rng)
-    if not ops:
-        return frames
-    out = []
-    for frame in frames:
-        img = Image.fromarray(np.ascontiguousarray(frame))
-        for name, args in ops:
-            img = randaug_frame(img, name, args)
-        out.append(np.asarray(img))
-    return np.stack(out)
-
-
-def random_erase(video, prob, rng, mode="pixel", count=1, area=(0.02, 1 / 3),
-                 aspect=(0.3, 1 / 0.3)):
-    """Random erasing after normalisation (VideoMAE finetuning: --reprob 0.25 --remode pixel
-    --recount 1; VideoMAE's random_erasing.py, cube=True). Per clip, with prob `prob`: `count`
-    boxes, each of area U(area) / count of a frame and aspect h / w log-uniform in `aspect` (timm's
-    RandomErasing defaults; 100 tries for a box inside the frame), at the same place in every frame
-    (one box per clip, not per frame), filled with N(0, 1) per pixel and frame ("pixel"), per
-    channel and frame ("rand") or 0 ("const"). Draws from the numpy rng (the noise from a generator
-    seeded by it). video (B, C, T, H, W) -> new tensor."""
-    if prob <= 0:
-        return video
-    B, C, T, H, W = video.shape
-    gen = torch.Generator(device=video.device)
-    gen.manual_seed(int(rng.integers(2 ** 62)))
-    video = video.clone()
-    for b in range(B):
-        if rng.random() > prob:
-            continue
-        for _ in range(count):
-            for _ in range(100):
-                target = rng.uniform(*area) * H * W / count
-                r = np.exp(rng.uniform(*np.log(aspect)))
-                h, w = int(round(np.sqrt(target * r))), int(round(np.sqrt(target / r)))
-                if h < H and w < W:
-                    y, x = int(rng.integers(H - h + 1)), int(rng.integers(W - w + 1))
-                    shape = (C, T, h, w) if mode == "pixel" else (C, T, 1, 1)
-                    fill = torch.randn(shape, generator=gen, device=video.device, dtype=video.dtype)
-                    video[b, :, :, y:y + h, x:x + w] = fill if mode != "const" else 0.0
-                    break
-    return video
-
-
-def mix_batch(video, target, rng, mixup, cutmix, switch_prob=0.5):
-    """Mixup (alpha 0.8) or CutMix (alpha 1.0), one lam per batch, each sample mixed with the batch
-    reversed (timm's batch mode); the CutMix box is the same in every frame. video (B, C, T, H, W),
-    target (B, K) soft."""
-    if mixup <= 0 and cutmix <= 0:
-        return video, target
-    use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < switch_prob)
-    lam = rng.beta(cutmix, cutmix) if use_cutmix else rng.beta(mixup, mixup)
-    if use_cutmix:
-        H, W = video.shape[-2:]
-        ch, cw = int(H * np.sqrt(1 - lam)), int(W * np.sqrt(1 - lam))
-        cy, cx = rng.integers(H), rng.integers(W)
-        y0, y1, x0, x1 = (max(cy - ch // 2, 0), min(cy + ch // 2, H), max(cx - cw // 2, 0),
-                          min(cx + cw // 2, W))
-        video = video.clone()
-        video[..., y0:y1, x0:x1] = video.flip(0)[..., y0:y1, x0:x1]
-        lam = 1 - (y1 - y0) * (x1 - x0) / (H * W)   # the area actually pasted
-    else:
-        video = lam * video + (1 - lam) * video.flip(0)
-    return video, lam * target + (1 - lam) * target.flip(0)
-
-
 def soft_targets(labels, task, num_classes, smoothing):
     """Targets as floats: one-hot with label smoothing (single), multi-hot (multi), the
     count (count)."""
@@ -299,6 +139,40 @@ def loss_fn(task, out, target):
     if task == "multi":
         return F.binary_cross_entropy_with_logits(out, target)
     return F.mse_loss(out, target)
+
+
+# ============================================================================= SEVERE's table
+
+
+SEVERE_COLUMNS = [("severe-ssv2", "SSv2"), ("severe-gym99", "Gym99"),
+                  ("severe-ucf1k", "UCF (10^3)"), ("severe-gym1k", "GYM (10^3)"),
+                  ("severe-fx", "FX-S1"), ("severe-ub", "UB-S1"),
+                  ("severe-ucfrc", "UCF-RC"), ("severe-charades", "Charades")]
+
+
+def severe_table(path):
+    """Print SEVERE results in Table 6's order with their mean. The last row of each setting counts.
+    Mean convention: accuracies and mAP in %, UCF-RC (an error, lower is better) enters as
+    100 * (1 - error)."""
+    rows = {}
+    for line in open(path):
+        if line.strip():
+            r = json.loads(line)
+            rows[r["setting"]] = r
+    vals, shown = [], {}
+    for key, col in SEVERE_COLUMNS:
+        if key in rows:
+            v = rows[key]["value"]
+            shown[col] = f"{v:.3f}" if key == "severe-ucfrc" else f"{v:.1f}"
+            vals.append(100 * (1 - v) if key == "severe-ucfrc" else v)
+        else:
+            shown[col] = "-"
+    mean = (f"{np.mean(vals):.1f}" + ("" if len(vals) == 8 else f" ({len(vals)} of 8)")
+            if vals else "-")
+    shown["Mean"] = mean
+    print_table([shown], f"SEVERE (Table 6) from {path}; UCF-RC = mean count error "
+                         "(lower is better), entering the mean as 100 * (1 - error)")
+    return shown
 
 
 # ============================================================================= args
@@ -361,39 +235,21 @@ def get_args(argv=None):
     a("--remode", default="pixel", choices=["pixel", "rand", "const"],
       help="erased box filled with N(0, 1) per pixel / per channel, or 0 (VideoMAE: pixel)")
     a("--recount", type=nonneg_int, default=1, help="erased boxes per clip (VideoMAE: 1)")
-    a("--max-nonfinite", type=positive_int, default=3,
-      help="stop after this many non-finite losses in a row")
     a("--linear-probing", action="store_true",
       help="freeze the encoder, train fc_norm and head only, everything else as finetuning: the "
       "linear probe behind the paper's Table 1 (SIGMA, QUVA-Lab/SIGMA run_class_finetuning.py "
       "--linear_probing; docs/evaluation.md)")
     # run
-    a("--out-dir", default="out/finetune", help="everything a run writes goes here")
+    add_run_args(a, out_dir="out/finetune", log_every=20)
     a("--results-file", default=None,
       help="append the result as a JSON row (keyed by setting) to this file")
     a("--eval-only", action="store_true",
       help="test --checkpoint (a finetuned classifier) and exit")
     a("--eval-every", type=nonneg_int, default=0,
       help="epochs between validations during training; 0 = at the end only")
-    a("--resume", nargs="?", const="auto", default=None,
-      help="continue from <out-dir>/checkpoint-latest.pth or a path")
-    a("--accept-changes", action="store_true",
-      help="--resume: continue although schedule or data flags differ from the checkpoint's run "
-      "(each change is printed)")
-    a("--steps", type=positive_int, default=None,
-      help="stop after this many optimizer steps (schedule unchanged)")
-    a("--log-every", type=positive_int, default=20)
-    a("--tensorboard", action="store_true",
-      help="also write <out-dir>/tb (needs tensorboard installed)")
-    add_wandb_args(a)
-    a("--ckpt-minutes", type=nonneg_float, default=30,
-      help="minutes between writes of checkpoint-latest.pth (also written at the end and on "
-      "preemption)")
-    a("--ckpt-every", type=nonneg_int, default=0,
-      help="also write checkpoint-latest.pth every this many steps (0: by time only)")
     # dataset tables first, the preset last: a preset's values win over its dataset's; flags
     # win over both
-    tables = [("preset", PRESETS), ("dataset", DATASETS), ("dataset", SCHEDULES),
+    tables = [("preset", PRESETS), ("dataset", EVAL_DATASETS), ("dataset", SCHEDULES),
               ("preset", PRESETS)]
     args = apply_presets(p, tables, argv)
     if args.severe_table:
@@ -523,31 +379,9 @@ def main(argv=None):
                   f"{args.task}, {num_outputs} outputs) | {world} rank(s) on {device} | "
                   f"{total_steps} steps ({steps_per_epoch} per epoch), lr {lr:.2e} | running to "
                   f"step {end_step}", flush=True)
-    loop = dict(args=args, model=model, loader=loader, sampler=sampler, train_set=train_set,
-                optimizer=optimizer, scaler=scaler, autocast=autocast, lrs=lrs, log=log,
-                device=device, rank=rank, world=world, count_stats=count_stats,
-                num_outputs=num_outputs, steps_per_epoch=steps_per_epoch, checkpoint=checkpoint,
-                evaluate=evaluate)
-    step = train_steps(step, end_step, **loop)
-
-    # ------------------------------------------------------------------ test + teardown
-    metrics = evaluate("test")
-    if master:
-        log({"step": step, "test": metrics})
-        write_results(args, metrics, args.metric, "finetune")
-        log.finish(os.path.join(args.out_dir, "checkpoint-latest.pth"))
-    teardown(world, device)
-    return metrics
-
-
-def train_steps(step, end_step, *, args, model, loader, sampler, train_set, optimizer, scaler,
-                autocast, lrs, log, device, rank, world, count_stats, num_outputs, steps_per_epoch,
-                checkpoint, evaluate):
-    """The finetuning loop from `step` to `end_step`: every random draw of a step is a pure function
-    of (seed, step, rank), so --resume replays the same stream. SIGTERM / SIGUSR1 end it after
-    a checkpoint.
-    -> the step reached."""
-    preempt, nonfinite = Preemption(), 0
+    # every random draw of a step is a pure function of (seed, step, rank): --resume replays it
+    guard = StepGuard(len(train_set), 1.0, args.max_nonfinite, rank,   # bad items: skipped, named
+                      os.path.join(args.out_dir, "checkpoint-latest.pth"))
     saver = CheckpointClock(args.ckpt_minutes, args.ckpt_every)
     window = {"t0": time.time(), "clips": 0, "loss": torch.zeros((), device=device), "n": 0}
     while step < end_step:
@@ -556,11 +390,12 @@ def train_steps(step, end_step, *, args, model, loader, sampler, train_set, opti
                           state=dict(epoch=epoch))
         batches = iter(loader)
         for _ in range(offset, steps_per_epoch):
+            # ---- fetch
             micro = [next(batches) for _ in range(args.accum_iter)]
-            for b in (b for m in micro for b in m["bad"]):
-                print(f"[rank {rank}] skipped bad item: {b}", flush=True)
             rng = np.random.default_rng([args.seed, step, rank])   # mixup / cutmix / drop path
             torch.manual_seed(int(rng.integers(2 ** 62)))
+
+            # ---- one optimizer step (Table 17's recipe); skipped on every rank when not finite
             set_lr(optimizer, lrs[step])
             loss = torch.zeros((), device=device)
             for i, batch in enumerate(micro):
@@ -579,22 +414,13 @@ def train_steps(step, end_step, *, args, model, loader, sampler, train_set, opti
                     micro_loss = loss_fn(args.task, model(video).float(), target) / args.accum_iter
                 (scaler.scale(micro_loss) if scaler else micro_loss).backward()
                 loss += micro_loss.detach()
-            # the step's one collective and host sync: skip a non-finite step on every rank alike
-            nan_loss, stop_signal = all_reduce_flags(~torch.isfinite(loss[None]),
-                                                     [preempt.signum > 0])
-            if nan_loss:
+            if not guard.check(loss[None], [b for m in micro for b in m["bad"]], step):
                 optimizer.zero_grad(set_to_none=True)
-                nonfinite += 1
-                if nonfinite >= args.max_nonfinite:
-                    raise SystemExit(f"error: {nonfinite} non-finite losses in a row at step "
-                                     f"{step}; the last good checkpoint is "
-                                     f"{args.out_dir}/checkpoint-latest.pth")
                 continue
-            nonfinite = 0
             optimizer_step(optimizer, scaler)
             step += 1
 
-            # ---- logging, checkpoints, validation
+            # ---- log, checkpoint, validate
             window["loss"] += loss
             window["clips"] += len(micro) * micro[0]["video"].shape[0] * world
             window["n"] += 1
@@ -608,25 +434,27 @@ def train_steps(step, end_step, *, args, model, loader, sampler, train_set, opti
                          f"{fmt_time((end_step - step) * dt / n)}")
                 window = {"t0": time.time(), "clips": 0, "loss": torch.zeros((), device=device),
                           "n": 0}
-            epoch_done = step % steps_per_epoch == 0
-            if rank == 0 and (saver.due(step) or step == end_step or stop_signal):
+            if master and (saver.due(step) or step == end_step or guard.stop):
                 checkpoint(step)
                 saver.done()
-            if stop_signal:
-                if rank == 0:
-                    print(f"preempted: step {step} saved to {args.out_dir}/checkpoint-latest.pth; "
-                          "continue with --resume", flush=True)
-                teardown(world, device)
-                raise SystemExit(0)
-            if epoch_done and args.eval_every and (step // steps_per_epoch) % args.eval_every == 0 \
-                    and step < end_step:
+            guard.exit_if_preempted(step, world, device)
+            if step % steps_per_epoch == 0 and args.eval_every and step < end_step \
+                    and (step // steps_per_epoch) % args.eval_every == 0:
                 metrics = evaluate(f"val epoch {step // steps_per_epoch}")
                 log({"step": step, "epoch": step // steps_per_epoch, **metrics},
                     f"val epoch {step // steps_per_epoch}: "
                     + " | ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
             if step >= end_step:
                 break
-    return step
+
+    # ------------------------------------------------------------------ test + teardown
+    metrics = evaluate("test")
+    if master:
+        log({"step": step, "test": metrics})
+        write_results(args, metrics, args.metric, "finetune")
+        log.finish(os.path.join(args.out_dir, "checkpoint-latest.pth"))
+    teardown(world, device)
+    return metrics
 
 
 if __name__ == "__main__":

@@ -51,46 +51,7 @@ def sinusoid_table(n_position, dim):
     return table.float()[None]                                                       # (1, N, D)
 
 
-def mask_indices(mask):
-    """bool mask (B, N), True = masked -> (visible_idx (B, Nv), masked_idx (B, Nm)), int64 token
-    indices.
-
-    Each row lists the visible (resp. masked) tokens in increasing token order, i.e. exactly the
-    order of x[~mask] (resp. x[mask]) (a stable argsort of the mask puts the False entries first).
-    Every sample must mask the same number of tokens (SPEC 3; ValueError otherwise). That number is
-    read from the mask once, here: one host read, free while the mask is still on the CPU (in the
-    loader or before .to(device)), so call this there and pass the pair on (under torch.compile this
-    read is a graph break; the model's forward given the pair has none). Downstream,
-    Nm = masked_idx.shape[1] is a shape, known without a sync and a constant for torch.compile.
-    """
-    B, N = mask.shape
-    counts = mask.sum(1)                                                 # (B,) masked per sample
-    # min and max in one number, so that checking costs no second host read (nor graph break)
-    lo, hi = divmod(int(counts.min() * (N + 1) + counts.max()), N + 1) if B else (0, 0)
-    if lo != hi:
-        raise ValueError(f"every sample must mask the same number of tokens, got {lo} to {hi}")
-    order = torch.argsort(mask, dim=1, stable=True)                   # (B, N): visible, then masked
-    nv = N - hi
-    return order[:, :nv], order[:, nv:]
-
-
-def gather_tokens(x, idx):
-    """x (B, N, D) (or (1, N, D), shared by the batch), idx (B, K) int64 -> (B, K, D):
-    x[b, idx[b, i]].
-
-    A torch.gather: no sync, no graph break. Contract with PretrainModel: for
-    visible_idx, masked_idx = mask_indices(mask), gather_tokens(targets, masked_idx)[:, i] is the
-    target of model(video, mask)[:, i] (both in masked-token order, the order of targets[mask]);
-    gather_tokens(x, visible_idx) equals x[~mask].view(B, Nv, D).
-    """
-    x = x.expand(idx.shape[0], -1, -1)                                   # (B, N, D), a view
-    return torch.gather(x, 1, idx[:, :, None].expand(-1, -1, x.shape[2]))
-
-
-def _as_indices(mask):
-    """A bool mask (B, N) or the pair from mask_indices
-    -> (visible_idx (B, Nv), masked_idx (B, Nm))."""
-    return mask_indices(mask) if isinstance(mask, torch.Tensor) else tuple(mask)
+# ============================================================================= the ViT
 
 
 class PatchEmbed(nn.Module):
@@ -309,7 +270,9 @@ class PretrainModel(nn.Module):
     def set_grad_checkpointing(self, enable=True):
         self.encoder.grad_checkpointing = self.decoder.grad_checkpointing = enable
 
-    def forward(self, video, mask):  # video (B, C, T, H, W), mask (B, N) bool or mask_indices(mask)
+    def forward(self, video, mask, targets=None):
+        """video (B, C, T, H, W), mask (B, N) bool or mask_indices(mask) -> pred (B, Nm, out_dim);
+        given targets (B, N, out_dim) for every token, Eq. 2's loss instead (forward_loss)."""
         visible_idx, masked_idx = idx = _as_indices(mask)           # (B, Nv), (B, Nm)
         x = self.encoder_to_decoder(self.encoder(video, idx))       # (B, Nv, Dd)
         # (1, N, Dd)
@@ -319,7 +282,13 @@ class PretrainModel(nn.Module):
         # fp32 table and mask token: the decoder's residual stream stays fp32 under autocast too
         # (B, Nv + Nm, Dd): [visible, masked]
         x = torch.cat([x + pos_vis, self.mask_token + pos_msk], dim=1)
-        return self.decoder(x, masked_idx.shape[1])         # (B, Nm, out_dim); Nm a shape, no sync
+        pred = self.decoder(x, masked_idx.shape[1])         # (B, Nm, out_dim); Nm a shape, no sync
+        return pred if targets is None else self.forward_loss(pred, targets, masked_idx)
+
+    def forward_loss(self, pred, targets, masked_idx):
+        """Eq. 2: the mean squared error on the masked tokens only. pred (B, Nm, Dt) in token order,
+        targets (B, N, Dt) for all tokens (the teacher's, or pixels) -> a scalar, in fp32."""
+        return F.mse_loss(pred.float(), gather_tokens(targets, masked_idx))
 
 
 class VideoClassifier(nn.Module):
@@ -352,7 +321,7 @@ class VideoClassifier(nn.Module):
 
     def forward_tokens(self, video, layer=None):
         """video (B, C, T, H, W) -> (B, N, D) tokens before pooling: the last block's output, or
-        block `layer`'s (1-based; segment.py reads an inner one)."""
+        block `layer`'s (1-based; tools/segment.py reads an inner one)."""
         x = self.patch_embed(video)                # (B, N, D), bf16 under autocast
         x = x + position_table(self.pos_embed, x.shape[1])  # fp32 residual stream (Encoder.forward)
         return run_blocks(self.blocks[:layer], x, self.grad_checkpointing)
@@ -362,6 +331,58 @@ class VideoClassifier(nn.Module):
 
     def forward(self, video):                      # -> (B, num_classes)
         return self.head(self.forward_features(video))
+
+
+# ============================================================================= index masks
+# The speed devices, after the ViT they serve: the mask travels as integer indices made once on the
+# CPU (mask_indices), tokens are picked with torch.gather (gather_tokens), never x[mask]: no
+# host-device sync and no torch.compile graph break in the forward. (PatchEmbed.forward_visible's
+# divmod gather and the fp32 residual stream are the other two.)
+
+
+def mask_indices(mask):
+    """bool mask (B, N), True = masked -> (visible_idx (B, Nv), masked_idx (B, Nm)), int64 token
+    indices.
+
+    Each row lists the visible (resp. masked) tokens in increasing token order, i.e. exactly the
+    order of x[~mask] (resp. x[mask]) (a stable argsort of the mask puts the False entries first).
+    Every sample must mask the same number of tokens (SPEC 3; ValueError otherwise). That number is
+    read from the mask once, here: one host read, free while the mask is still on the CPU (in the
+    loader or before .to(device)), so call this there and pass the pair on (under torch.compile this
+    read is a graph break; the model's forward given the pair has none). Downstream,
+    Nm = masked_idx.shape[1] is a shape, known without a sync and a constant for torch.compile.
+    """
+    B, N = mask.shape
+    counts = mask.sum(1)                                                 # (B,) masked per sample
+    # min and max in one number, so that checking costs no second host read (nor graph break)
+    lo, hi = divmod(int(counts.min() * (N + 1) + counts.max()), N + 1) if B else (0, 0)
+    if lo != hi:
+        raise ValueError(f"every sample must mask the same number of tokens, got {lo} to {hi}")
+    order = torch.argsort(mask, dim=1, stable=True)                   # (B, N): visible, then masked
+    nv = N - hi
+    return order[:, :nv], order[:, nv:]
+
+
+def gather_tokens(x, idx):
+    """x (B, N, D) (or (1, N, D), shared by the batch), idx (B, K) int64 -> (B, K, D):
+    x[b, idx[b, i]].
+
+    A torch.gather: no sync, no graph break. Contract with PretrainModel: for
+    visible_idx, masked_idx = mask_indices(mask), gather_tokens(targets, masked_idx)[:, i] is the
+    target of model(video, mask)[:, i] (both in masked-token order, the order of targets[mask]);
+    gather_tokens(x, visible_idx) equals x[~mask].view(B, Nv, D).
+    """
+    x = x.expand(idx.shape[0], -1, -1)                                   # (B, N, D), a view
+    return torch.gather(x, 1, idx[:, :, None].expand(-1, -1, x.shape[2]))
+
+
+def _as_indices(mask):
+    """A bool mask (B, N) or the pair from mask_indices
+    -> (visible_idx (B, Nv), masked_idx (B, Nm))."""
+    return mask_indices(mask) if isinstance(mask, torch.Tensor) else tuple(mask)
+
+
+# ============================================================================= checkpoints
 
 
 def classifier_state_dict(state):

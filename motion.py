@@ -322,6 +322,31 @@ def synthetic_objects(num, rng, size=128):
     return objects
 
 
+def class_path(cls, num_frames, size, g, count=False):
+    """The scripted motion of a motion class (evaluation.MotionClassDataset, MOTION_CLASSES): travel
+    left / right / up / down, rotate clockwise / ccw, grow / shrink; count: cls = k repetitions,
+    out and back k times. Distances are fractions of the frame `size`. g: numpy generator.
+    -> centres (T, 2) px, angles (T,) degrees ccw, scales (T,)."""
+    T, S = num_frames, size
+    t = np.arange(T) / (T - 1)                                       # 0 .. 1 over the clip
+    x0, y0 = g.uniform(0.3, 0.7, 2) * S
+    a0, s0 = g.uniform(0, 360), g.uniform(0.6, 1.0)
+    dist, turn, grow = g.uniform(0.4, 0.5) * S, g.uniform(180, 300), g.uniform(2.0, 2.6)
+    cx, cy, angle, scale = np.full(T, x0), np.full(T, y0), np.full(T, a0), np.full(T, s0)
+    if count:   # cls = k repetitions: out and back k times, starting at (x0, y0)
+        d = g.uniform(0, 2 * np.pi)
+        amp = 0.5 * dist * (1 - np.cos(2 * np.pi * cls * np.arange(T) / T))
+        cx, cy = x0 + amp * np.cos(d), y0 + amp * np.sin(d)
+    elif cls < 4:              # travel: left, right, up, down
+        dx, dy = [(-1, 0), (1, 0), (0, -1), (0, 1)][cls]
+        cx, cy = x0 + dx * dist * t, y0 + dy * dist * t
+    elif cls < 6:              # rotate clockwise (angle decreasing: paste turns ccw) / ccw
+        angle = a0 - (1 if cls == 4 else -1) * turn * t
+    else:                      # grow / shrink
+        scale = s0 * grow ** (t if cls == 6 else -t)
+    return np.stack([cx, cy], 1), angle, scale
+
+
 def background(kind, num_frames, height, width, rng, image=None):
     """A static background clip uint8 (T, H, W, 3) (Sec. 5, Table 7, Appendix D).
 

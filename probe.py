@@ -45,9 +45,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-from evaluation import (DATASETS, add_data_args, build_classifier, build_datasets, check_data_args,
-                        check_data_paths, compute_metrics, eval_collate, per_video, read_checkpoint,
-                        write_results)
+from evaluation import (EVAL_DATASETS, add_data_args, build_classifier, build_datasets,
+                        check_data_args, check_data_paths, compute_metrics, eval_collate, per_video,
+                        read_checkpoint, write_results)
 from model import Block, Mlp
 from runtime import (Log, Parser, add_wandb_args, all_reduce, amp_setup, apply_presets, below_one,
                      cosine_schedule, fail, fmt_time, make_out_dir, no_weight_decay, nonneg_float,
@@ -82,7 +82,7 @@ def get_args(argv=None):
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS), help="tiny = the 2-core CPU demo on synthetic motion")
-    add_data_args(a)
+    add_data_args(a, tasks=("single", "multi"))   # counting is finetune.py's (--task count)
     a("--head", default="linear", choices=sorted(HEADS), help="linear: Table 16's probe on "
       "mean-pooled features; attentive: V-JEPA's cross-attention pooler on the tokens (jepa "
       "configs/evals/vitl16_k400_16x8x3.yaml: its own defaults, marked V-JEPA below)")
@@ -114,12 +114,9 @@ def get_args(argv=None):
     # dataset tables first, then the head's recipe, the preset last: a preset's values win over its
     # dataset's and head's (its shortened head recipe last of all); flags win over every table
     preset = p.parse_known_args(argv)[0].preset
-    tables = [("preset", PRESETS), ("dataset", DATASETS), ("dataset", PROBE_EPOCHS),
+    tables = [("preset", PRESETS), ("dataset", EVAL_DATASETS), ("dataset", PROBE_EPOCHS),
               ("head", HEADS), ("preset", PRESETS), ("head", PRESET_HEADS.get(preset, {}))]
     args = apply_presets(p, tables, argv)
-    if args.task == "count":
-        fail("probe.py classifies (single or multi); repetition counting is finetune.py's "
-             "(--task count)")
     args.metric = "map" if args.task == "multi" else "top1"
     check_data_args(args)
     return args

@@ -1,10 +1,11 @@
-"""Run plumbing shared by the entry scripts (train.py, probe.py, finetune.py, extract.py,
-segment.py).
+"""Run plumbing shared by the entry scripts (train.py, probe.py, finetune.py, tools/extract.py,
+tools/segment.py).
 
 Only what at least two scripts use, each helper short: DDP setup and teardown, mixed precision, the
-lr schedule, checkpoint IO and resume, RNG state, preemption signals, the log, one-line errors,
-presets.
-The method lives in model.py, motion.py, masking.py and teacher.py; this file knows nothing of it.
+lr schedule, the pretraining step (train.py's, which tools/bench.py times), what can go wrong in a
+step (StepGuard), checkpoint IO and resume, flag checks, preemption signals, the log,
+one-line errors, presets.
+The method lives in model.py, motion.py, masking.py and teacher.py; this file only runs it.
 """
 import argparse
 import datetime
@@ -23,6 +24,9 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 import torch.distributed as dist
+
+import data
+from model import gather_tokens
 
 # ========================================================================= errors, folders, presets
 
@@ -362,6 +366,21 @@ def cosine_schedule(base, final, total_steps, warmup_steps=0):
     return np.concatenate([warm, cos])
 
 
+def schedule_summary(lrs, stage1_steps, peak, name):
+    """The lr schedule in one line per stage: steps, the step its warm-up first reaches the peak,
+    where it ends, and the share of the run at >= 0.9x the peak."""
+    stages = ([lrs[:stage1_steps], lrs[stage1_steps:]] if 0 < stage1_steps < len(lrs)
+              else [lrs])
+    lines = [f"lr schedule ({name}): {len(lrs):,} steps, peak {peak:.4g}, "
+             f"{100 * np.mean(lrs >= 0.9 * peak):.1f}% of the steps at >= 0.9x the peak"]
+    for i, part in enumerate(stages, 1):
+        top = np.flatnonzero(part >= peak * (1 - 1e-9))
+        warm = f"at the peak from step {top[0]:,}" if len(top) else "never at the peak"
+        lines.append(f"  stage {i}: {len(part):,} steps, {warm}, last lr {part[-1]:.4g}"
+                     if len(part) else f"  stage {i}: no steps")
+    return "\n".join(lines)
+
+
 def set_lr(optimizer, lr):
     for g in optimizer.param_groups:   # lr_scale: layer-wise decay in finetune.py, 1 elsewhere
         g["lr"] = float(lr) * g.get("lr_scale", 1.0)
@@ -605,6 +624,94 @@ class CheckpointClock:
         self.last = time.time()
 
 
+# ============================================================================= the pretraining step
+
+
+def to_device(batch, device):
+    """A loader batch on the device. From pinned memory the copy is asynchronous (non_blocking): the
+    host queues it and moves on; a uint8 16x224 batch of 32 clips is 77 MB, ~3 ms over PCIe 4, next
+    to a step of hundreds of ms, so no side stream is spent on overlapping it
+    (docs/performance.md)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()}
+
+
+def train_step(model, target_fn, micro_batches, autocast, scaler, accum):
+    """One optimizer step's forward and backward, Eq. 2 over `accum` micro-batches: the uint8 clips
+    normalised on the device, the targets under no_grad, the loss on the masked tokens
+    (PretrainModel.forward_loss), backward (DDP all-reduces the gradients on the last micro-step
+    only). The caller steps the optimizer. -> (loss, floor zero, floor mean) summed over the
+    micro-batches / accum, on the device: the floors predict zero and the visible tokens' mean."""
+    total = torch.zeros(3, device=micro_batches[0]["video"].device)
+    for i, batch in enumerate(micro_batches):
+        video = data.normalize(batch["video"])                # uint8 -> float (B, C, T, H, W), V'
+        idx = vis_idx, mask_idx = batch["visible_idx"], batch["masked_idx"]   # (B, Nv), (B, Nm)
+        with torch.no_grad(), autocast():
+            targets = target_fn(video).float()                # (B, N, Dt); teacher sees V' (SPEC 2)
+        sync = i == len(micro_batches) - 1 or not hasattr(model, "no_sync")
+        with (nullcontext() if sync else model.no_sync()), autocast():
+            loss = model(video, idx, targets)                 # Eq. 2: MSE on masked tokens only
+        (scaler.scale(loss / accum) if scaler else loss / accum).backward()
+        with torch.no_grad():
+            tgt = gather_tokens(targets, mask_idx)            # (B, Nm, Dt)
+            vis_mean = gather_tokens(targets, vis_idx).mean(1, keepdim=True)
+            total += torch.stack([loss.detach(), tgt.pow(2).mean(), (tgt - vis_mean).pow(2).mean()])
+    return total / accum
+
+
+class StepGuard:
+    """What can go wrong in a step, decided alike on every rank by the step's one collective and
+    host sync (all_reduce_flags; a rank stopping alone would leave the others hanging):
+    - a bad item (unreadable video, image or object) is named once and counted; past
+      max_bad_fraction of the num_items the run stops and lists them;
+    - a non-finite loss never reaches the weights: the step is skipped; after max_nonfinite in a row
+      the run stops, the last good checkpoint (`latest`) untouched;
+    - SIGTERM / SIGUSR1 (Preemption) set `stop`: the loop checkpoints, then exit_if_preempted."""
+
+    def __init__(self, num_items, max_bad_fraction, max_nonfinite, rank, latest):
+        self.num_items, self.max_bad_fraction, self.max_nonfinite = (num_items, max_bad_fraction,
+                                                                     max_nonfinite)
+        self.rank, self.latest, self.preempt = rank, latest, Preemption()
+        self.bad_seen, self.bad_total, self.nonfinite, self.stop = set(), 0, 0, False
+
+    def check(self, loss, bad, step):
+        """loss: a (1,) device tensor; bad: this rank's bad items of the step. -> True when the
+        step may update the weights (False: skip it, the gradients are the caller's to clear)."""
+        for b in bad:
+            if b not in self.bad_seen:
+                self.bad_seen.add(b)
+                print(f"[rank {self.rank}] skipped bad item: {b}", flush=True)
+        too_many = len(self.bad_seen) > self.max_bad_fraction * self.num_items
+        nan_loss, n_bad, stop_bad, self.stop = all_reduce_flags(
+            ~torch.isfinite(loss), [len(bad), too_many, self.preempt.signum > 0])
+        self.bad_total += int(n_bad)
+        if stop_bad:
+            raise SystemExit(f"error: {len(self.bad_seen)} of {self.num_items} items unreadable on "
+                             f"rank {self.rank} (past --max-bad-fraction {self.max_bad_fraction}):"
+                             f"\n  " + "\n  ".join(sorted(self.bad_seen)))
+        if not nan_loss:
+            self.nonfinite = 0
+            return True
+        self.nonfinite += 1
+        if self.rank == 0:
+            print(f"step {step}: non-finite loss, step skipped ({self.nonfinite} in a row)",
+                  flush=True)
+        if self.nonfinite >= self.max_nonfinite:
+            raise SystemExit(f"error: {self.nonfinite} non-finite losses in a row at step {step}; "
+                             f"stopping. The last good checkpoint is {self.latest} (untouched).")
+        return False
+
+    def exit_if_preempted(self, step, world, device):
+        """After the step's checkpoint: on a preemption signal every rank leaves together."""
+        if not self.stop:
+            return
+        if self.rank == 0:
+            print(f"preempted: step {step} saved to {self.latest}; continue with --resume",
+                  flush=True)
+        teardown(world, device)
+        raise SystemExit(0)
+
+
 class Preemption:
     """SIGTERM or SIGUSR1 (what SLURM sends before it kills a job, --signal=USR1@120; torchrun
     forwards SIGTERM to its workers): remember it, so the loop finishes its step, writes
@@ -629,6 +736,30 @@ def add_wandb_args(a):
       "writes <out-dir>/wandb only")
     a("--wandb-project", default="smile", help="the wandb project")
     a("--wandb-run-name", default=None, help="the wandb run name (default: the --out-dir's name)")
+
+
+def add_run_args(a, out_dir, log_every):
+    """The flags of a training run itself (train.py, finetune.py): output, resume, logging,
+    checkpoints, the non-finite guard. a: parser.add_argument."""
+    a("--out-dir", default=out_dir, help="everything a run writes goes here")
+    a("--resume", nargs="?", const="auto", default=None,
+      help="continue from <out-dir>/checkpoint-latest.pth or a path")
+    a("--accept-changes", action="store_true",
+      help="--resume: continue although schedule or data flags differ from the checkpoint's run "
+      "(each change is printed)")
+    a("--steps", type=positive_int, default=None,
+      help="stop after this many optimizer steps (schedule unchanged)")
+    a("--log-every", type=positive_int, default=log_every)
+    a("--tensorboard", action="store_true",
+      help="also write <out-dir>/tb (needs tensorboard installed)")
+    add_wandb_args(a)
+    a("--ckpt-minutes", type=nonneg_float, default=30,
+      help="minutes between writes of checkpoint-latest.pth (also written at the end of each stage "
+      "and of the run, and on preemption); ViT-B + AdamW is ~1.1 GB that every rank waits for")
+    a("--ckpt-every", type=nonneg_int, default=0,
+      help="also write checkpoint-latest.pth every this many steps (0: by time only)")
+    a("--max-nonfinite", type=positive_int, default=3,
+      help="stop after this many non-finite losses in a row")
 
 
 class Log:
@@ -691,8 +822,37 @@ def save_args(args, out_dir):
         json.dump(vars(args), f, indent=1)
 
 
+def print_table(rows, title):
+    """rows: list of dicts with the same keys -> a plain aligned table."""
+    keys = list(rows[0])
+    cells = [[f"{r[k]:.2f}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    print(title)
+    print("  ".join(k.rjust(w) for k, w in zip(keys, widths)))
+    for c in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
+
+
 def fmt_time(seconds):
     seconds = int(seconds)
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def new_window(device):
+    return {"t0": time.time(), "wait": 0.0, "clips": 0, "n": 0,
+            "sums": torch.zeros(3, device=device)}
+
+
+def log_window(log, window, step, end_step, stage, lr, epoch, bad_total):
+    """One line and one log.jsonl record per --log-every steps (means over the window)."""
+    dt, n = time.time() - window["t0"], window["n"]
+    loss, zero, mean = (window["sums"] / n).tolist()
+    rec = {"step": step, "epoch": round(epoch, 3), "stage": stage, "loss": loss, "floor_zero": zero,
+           "floor_mean": mean, "lr": float(lr), "clips_per_s": window["clips"] / dt,
+           "data_wait": window["wait"] / dt, "bad": bad_total, "time": time.time()}
+    log(rec, f"step {step}/{end_step} | ep {rec['epoch']:.2f} | stage {stage} | loss {loss:.4f} "
+             f"(floors: zero {zero:.4f}, mean {mean:.4f}) | lr {lr:.2e} | {rec['clips_per_s']:.1f} "
+             f"clips/s | data wait {100 * rec['data_wait']:.0f}% | bad {bad_total} | eta "
+             f"{fmt_time((end_step - step) * dt / n)}")

@@ -313,3 +313,19 @@ def target_dim(kind, teacher=None, tubelet=2, patch=16):
     if kind == "pixel":
         return tubelet * patch * patch * 3
     raise ValueError(f"unknown target kind {kind!r} (expected 'clip' or 'pixel')")
+
+
+def build_target(target, name, weights, *, input_norm, tubelet, img_size, patch_size,
+                 norm_pix=True, compile=False, device="cpu", dtype=None):
+    """Eq. 2's regression targets as train.py asks for them: target "pixel" (normalised per
+    tubelet when norm_pix) or "clip" (the frozen Teacher `name` with `weights`; "none" = random),
+    built for the student's grid (a patch-14 teacher runs at grid * 14 px; raises if it cannot
+    match). dtype: the run's amp dtype (None = fp32), the teacher's weights cast to it once.
+    -> (callable video (B, C, T, H, W) -> targets (B, N, Dt), Dt)."""
+    if target == "pixel":
+        def fn(video):
+            return pixel_targets(video, tubelet, patch_size, normalize=norm_pix)
+        return fn, target_dim("pixel", tubelet=tubelet, patch=patch_size)
+    t = Teacher(name, None if weights.lower() == "none" else weights, input_norm=input_norm,
+                tubelet=tubelet, img_size=img_size, patch_size=patch_size, dtype=dtype).to(device)
+    return (torch.compile(t) if compile else t), target_dim("clip", t)

@@ -11,30 +11,29 @@ schedule, resume, loop, teardown. The run plumbing (DDP, amp, checkpoints, the l
 import argparse
 import os
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import data
 import masking
 import motion
 import teacher as teacher_lib
-from model import MODEL_SIZES, PretrainModel, gather_tokens
-from runtime import (CheckpointClock, Log, Parser, Preemption, adamw, add_wandb_args,
-                     all_reduce_flags, amp_setup, apply_presets, below_one, check_paths,
-                     check_ranks_agree, cosine_schedule, fail, fast_math, finite_float, fmt_time,
-                     fraction, make_out_dir, no_weight_decay, nonneg_float, nonneg_int, open_resume,
+from model import MODEL_SIZES, PretrainModel
+from runtime import (CheckpointClock, Log, Parser, StepGuard, adamw, add_run_args, amp_setup,
+                     apply_presets, below_one, check_paths, check_ranks_agree, cosine_schedule,
+                     fail, fast_math, finite_float, fmt_time, fraction, log_window, make_out_dir,
+                     new_window, no_weight_decay, nonneg_float, nonneg_int, open_resume,
                      optimizer_step, positive_float, positive_int, prune_checkpoints, resume,
-                     rng_state, save_args, save_checkpoint, set_lr, setup_dist, teardown,
+                     rng_state, save_args, save_checkpoint, schedule_summary, set_lr, setup_dist,
+                     teardown, to_device, train_step,
                      wrap_model)
 
 # ============================================================================= presets
 
 # Dataset presets (SPEC 5, Table 18): overrides applied right after parsing; command-line
 # flags still win.
-DATASETS = {
+PRETRAIN_DATASETS = {
     "k400": dict(source="video", stride=4, flip=True, epochs=600),
     "ssv2": dict(source="video", stride=2, flip=False, epochs=800),
     "list": dict(source="video"),
@@ -61,7 +60,7 @@ PRESETS = {
                      masking="trajectory", target="clip", out_dir="out/ablation"),
     # The recipe the released checkpoints were trained with: fmthoker/SMILE's
     # scripts/pretrain/k400/*.slurm and run_mae_pretraining.py as they ran, where they depart from
-    # the paper's text (README, "Where we differ"). Each stage: --epochs 801 planned, stopped at
+    # the paper's text (docs/differences.md). Each stage: --epochs 801 planned, stopped at
     # checkpoint 150, so the lr barely decays (lr_schedule); stage 1's script lost
     # --multiple_sampling to a missing backslash (one clip per video: 150 effective epochs), stage 2
     # feeds each clip twice with two masks (150 passes = 300 effective epochs); CLIP sees the
@@ -78,7 +77,7 @@ PRESETS = {
 REFERENCE_RUNS = {"k400": dict(stage1_epochs=150, epochs=450),
                   "ssv2": dict(stage1_epochs=200, epochs=600)}
 # flags whose change makes a checkpoint unloadable / a resumed run another run
-# (runtime.check_resume_args)
+# (checkpoints.check_resume_args)
 SHAPE_FLAGS = ("model", "img_size", "patch_size", "tubelet", "num_frames", "target", "teacher")
 SCHEDULE_FLAGS = ("batch_size", "accum_iter", "epochs", "stage1_epochs", "warmup_epochs", "lr",
                   "min_lr", "dataset", "train_list", "num_sample", "strategy", "seed",
@@ -94,7 +93,7 @@ def get_args(argv=None):
       "ablation = Table 4's base setting (ViT-S, mask 0.9, single, 400 epochs), reference = the "
       "official scripts as they ran (the released checkpoints' recipe; with --dataset k400/ssv2)")
     # data
-    a("--dataset", default="k400", choices=sorted(DATASETS),
+    a("--dataset", default="k400", choices=sorted(PRETRAIN_DATASETS),
       help="k400/ssv2 read <data-root>/train.csv; list reads --train-list; "
       "noise/black/images/frames are Table 7's backgrounds; stills = procedural landscape images")
     a("--data-root", default="", help="folder that list paths are relative to")
@@ -195,11 +194,15 @@ def get_args(argv=None):
     a("--compile", action="store_true", help="torch.compile the student and the teacher")
     a("--grad-checkpointing", action="store_true",
       help="recompute activations in backward: less memory, slower")
-    add_run_args(a)
+    add_run_args(a, out_dir="out/pretrain", log_every=50)
+    a("--seed", type=nonneg_int, default=0)
+    a("--save-every", type=nonneg_int, default=50, help="effective epochs between kept checkpoints")
+    a("--keep", type=nonneg_int, default=3, help="periodic checkpoints kept")
+    a("--device", default=None, help="cpu / cuda (default: cuda when available)")
     # A preset may name a dataset (tiny: stills), so the dataset table is read once the preset is
     # known, then the preset again so that its own values win over its dataset's; flags
     # win over both.
-    tables = [("preset", PRESETS), ("dataset", DATASETS), ("preset", PRESETS)]
+    tables = [("preset", PRESETS), ("dataset", PRETRAIN_DATASETS), ("preset", PRESETS)]
     if p.parse_known_args(argv)[0].preset == "reference":   # its epochs differ per dataset
         tables.append(("dataset", REFERENCE_RUNS))
     args = apply_presets(p, tables, argv)
@@ -207,36 +210,9 @@ def get_args(argv=None):
     return args
 
 
-def add_run_args(a):
-    """Flags of the run itself: output, resume, logging, checkpoints, device."""
-    a("--out-dir", default="out/pretrain", help="everything a run writes goes here")
-    a("--resume", nargs="?", const="auto", default=None,
-      help="continue from <out-dir>/checkpoint-latest.pth or a path")
-    a("--accept-changes", action="store_true",
-      help="--resume: continue although schedule or data flags differ from the checkpoint's run "
-      "(each change is printed)")
-    a("--steps", type=positive_int, default=None,
-      help="stop after this many optimizer steps (schedule unchanged)")
-    a("--seed", type=nonneg_int, default=0)
-    a("--log-every", type=positive_int, default=50)
-    a("--tensorboard", action="store_true",
-      help="also write <out-dir>/tb (needs tensorboard installed)")
-    add_wandb_args(a)
-    a("--ckpt-minutes", type=nonneg_float, default=30,
-      help="minutes between writes of checkpoint-latest.pth (also written at the end of each stage "
-      "and of the run, and on preemption); ViT-B + AdamW is ~1.1 GB that every rank waits for")
-    a("--ckpt-every", type=nonneg_int, default=0,
-      help="also write checkpoint-latest.pth every this many steps (0: by time only)")
-    a("--save-every", type=nonneg_int, default=50, help="effective epochs between kept checkpoints")
-    a("--keep", type=nonneg_int, default=3, help="periodic checkpoints kept")
-    a("--max-nonfinite", type=positive_int, default=3,
-      help="stop after this many non-finite losses in a row")
-    a("--device", default=None, help="cpu / cuda (default: cuda when available)")
-
-
 def check_args(args):
     """One-line errors for flags that cannot work, before any work; derived values filled in."""
-    args.source = DATASETS[args.dataset]["source"]
+    args.source = PRETRAIN_DATASETS[args.dataset]["source"]
     if args.stage1_epochs is None:
         args.stage1_epochs = args.epochs / 2
     side = args.img_size // args.patch_size
@@ -327,24 +303,6 @@ def repeat_for_stage(args, stage):
     return args.repeated_sampling[min(stage, len(args.repeated_sampling)) - 1]
 
 
-def build_target(args, device, dtype=None):
-    """-> callable video (B, C, T, H, W) -> targets (B, N, Dt), and Dt. Eq. 2's regression targets.
-    dtype: the run's amp dtype (None = fp32); the frozen teacher's weights are cast to it once."""
-    if args.target == "pixel":
-        def fn(video):
-            return teacher_lib.pixel_targets(video, args.tubelet, args.patch_size,
-                                             normalize=args.norm_pix)
-        return fn, teacher_lib.target_dim("pixel", tubelet=args.tubelet, patch=args.patch_size)
-    # none: random
-    weights = None if args.teacher_weights.lower() == "none" else args.teacher_weights
-    # built for the student's grid (a patch-14 teacher runs at grid * 14 px); raises if it
-    # cannot match
-    t = teacher_lib.Teacher(args.teacher, weights, input_norm=args.teacher_norm,
-                            tubelet=args.tubelet, img_size=args.img_size,
-                            patch_size=args.patch_size, dtype=dtype).to(device)
-    return (torch.compile(t) if args.compile else t), teacher_lib.target_dim("clip", t)
-
-
 def lr_schedule(args, steps_per_pass):
     """Per-optimizer-step lr (linear scaling rule: lr x total batch / 256).
     -> (one lr per step of the run: its length is the run's; the step stage 2 starts at).
@@ -387,57 +345,6 @@ def lr_schedule(args, steps_per_pass):
     return np.concatenate(parts), len(parts[0])
 
 
-def schedule_summary(args, lrs, stage1_steps):
-    """The lr schedule in one line per stage: steps, the step its warm-up first reaches the peak,
-    where it ends, and the share of the run at >= 0.9x the peak."""
-    peak = args.lr * args.batch_size / 256
-    stages = ([lrs[:stage1_steps], lrs[stage1_steps:]] if 0 < stage1_steps < len(lrs)
-              else [lrs])
-    lines = [f"lr schedule ({args.schedule}): {len(lrs):,} steps, peak {peak:.4g}, "
-             f"{100 * np.mean(lrs >= 0.9 * peak):.1f}% of the steps at >= 0.9x the peak"]
-    for i, part in enumerate(stages, 1):
-        top = np.flatnonzero(part >= peak * (1 - 1e-9))
-        warm = f"at the peak from step {top[0]:,}" if len(top) else "never at the peak"
-        lines.append(f"  stage {i}: {len(part):,} steps, {warm}, last lr {part[-1]:.4g}"
-                     if len(part) else f"  stage {i}: no steps")
-    return "\n".join(lines)
-
-
-def to_device(batch, device):
-    """A loader batch on the device. From pinned memory the copy is asynchronous (non_blocking): the
-    host queues it and moves on; a uint8 16x224 batch of 32 clips is 77 MB, ~3 ms over PCIe 4, next
-    to a step of hundreds of ms, so no side stream is spent on overlapping it
-    (docs/performance.md)."""
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-            for k, v in batch.items()}
-
-
-# ============================================================================= one optimizer step
-
-
-def train_step(model, target_fn, micro_batches, autocast, scaler, accum):
-    """Eq. 2 over `accum` micro-batches: forward, MSE on the masked tokens, backward (DDP
-    all-reduces the gradients on the last micro-step only). -> (summed loss, sums for the log
-    floors), on the device."""
-    total = torch.zeros(3, device=micro_batches[0]["video"].device)   # loss, floor zero, floor mean
-    for i, batch in enumerate(micro_batches):
-        video = data.normalize(batch["video"])                # uint8 -> float (B, C, T, H, W), V'
-        # (B, Nv), (B, Nm) token indices
-        vis_idx, mask_idx = batch["visible_idx"], batch["masked_idx"]
-        with torch.no_grad(), autocast():
-            targets = target_fn(video).float()                # (B, N, Dt); teacher sees V' (SPEC 2)
-        tgt = gather_tokens(targets, mask_idx)                # (B, Nm, Dt), the predictions' order
-        sync = i == len(micro_batches) - 1 or not hasattr(model, "no_sync")
-        with (nullcontext() if sync else model.no_sync()), autocast():
-            pred = model(video, (vis_idx, mask_idx))          # (B, Nm, Dt)
-            loss = F.mse_loss(pred.float(), tgt)              # Eq. 2: MSE on masked tokens only
-        (scaler.scale(loss / accum) if scaler else loss / accum).backward()
-        with torch.no_grad():   # trivial floors: predict zero; predict the visible tokens' mean
-            vis_mean = gather_tokens(targets, vis_idx).mean(1, keepdim=True)
-            total += torch.stack([loss.detach(), tgt.pow(2).mean(), (tgt - vis_mean).pow(2).mean()])
-    return total / accum
-
-
 # ============================================================================= main
 
 
@@ -456,6 +363,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)   # same initial weights on every rank
     fast_math(device, args.workers)
     log = Log(args.out_dir, master, args.tensorboard, args)
+    latest = os.path.join(args.out_dir, "checkpoint-latest.pth")
 
     # ------------------------------------------------------------------ data
     try:
@@ -478,18 +386,29 @@ def main(argv=None):
     # one pass over the videos = num_sample effective epochs (SPEC 5 counts epochs x
     # clips per video)
     steps_per_epoch = steps_per_pass / args.num_sample
+    progressive = args.strategy == "progressive"
     lrs, stage1_steps = lr_schedule(args, steps_per_pass)
     total_steps = len(lrs)
     if total_steps == 0:
         fail(f"--epochs {args.epochs} x {steps_per_epoch:g} steps per epoch rounds to 0 optimizer "
              f"steps: raise --epochs to {int(0.5 / steps_per_epoch) + 1}")
     if master:
-        print(schedule_summary(args, lrs, stage1_steps), flush=True)
+        print(schedule_summary(lrs, stage1_steps, args.lr * args.batch_size / 256,
+                               args.schedule), flush=True)
+
+    def stage_of(s):   # Sec. 3.4, Table 4d: progressive = motion-infused clips, then plain ones
+        return 1 if s < stage1_steps else 2
+
+    def epoch_of(s):
+        return int(s / steps_per_epoch)
 
     # ------------------------------------------------------------------ model + teacher
     autocast, scaler, amp = amp_setup(device, args.amp)
     try:
-        target_fn, target_dim = build_target(args, device, amp)
+        target_fn, target_dim = teacher_lib.build_target(
+            args.target, args.teacher, args.teacher_weights, input_norm=args.teacher_norm,
+            tubelet=args.tubelet, img_size=args.img_size, patch_size=args.patch_size,
+            norm_pix=args.norm_pix, compile=args.compile, device=device, dtype=amp)
     except (OSError, ValueError, RuntimeError) as e:
         fail(f"teacher: {e}")
     raw_model = PretrainModel(img_size=args.img_size, patch_size=args.patch_size,
@@ -508,6 +427,12 @@ def main(argv=None):
         return adamw(groups, args.betas, device)
     optimizer = make_optimizer()
 
+    def checkpoint(path):
+        save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scaler": scaler.state_dict() if scaler is not None else {}, "step": step,
+                         "epoch": step / steps_per_epoch, "stage": stage_of(step),
+                         "rng": rng_state(), "args": vars(args)}, path)
+
     # ------------------------------------------------------------------ resume
     step = resume(found, master, raw_model, optimizer, scaler, steps_per_epoch)[0]
     check_ranks_agree(step, {k: getattr(args, k) for k in SHAPE_FLAGS}, device)
@@ -523,116 +448,52 @@ def main(argv=None):
               f"({steps_per_pass} per pass of {args.num_sample} clips per video, {args.accum_iter} "
               f"micro-step(s) each), stage 2 from step {stage1_steps} | running to step {end_step}",
               flush=True)
-    plan = dict(steps_per_pass=steps_per_pass, steps_per_epoch=steps_per_epoch,
-                stage1_steps=stage1_steps, end_step=end_step, videos_per_step=videos_per_step)
-    t_start = time.time()
-    step = pretrain(step, plan, args=args, model=model, raw_model=raw_model, target_fn=target_fn,
-                    dataset=dataset, sampler=sampler, loader=loader, optimizer=optimizer,
-                    make_optimizer=make_optimizer, scaler=scaler, autocast=autocast, lrs=lrs,
-                    log=log, device=device, rank=rank, world=world)
 
-    # ------------------------------------------------------------------ teardown
-    if master:   # the loop writes checkpoint-latest at its end; a resumed run at its end runs none
-        saved = (f"checkpoint {os.path.join(args.out_dir, 'checkpoint-latest.pth')}"
-                 if step > start_step else
-                 f"nothing to run: {resumed_from} is at step "
-                 f"{start_step}, the end is step {end_step}; no checkpoint written")
-        print(f"done: {step} steps in {fmt_time(time.time() - t_start)}, {saved}", flush=True)
-        log.finish(os.path.join(args.out_dir, "checkpoint-latest.pth"))
-    teardown(world, device)
-
-
-def pretrain(step, plan, *, args, model, raw_model, target_fn, dataset, sampler, loader, optimizer,
-             make_optimizer, scaler, autocast, lrs, log, device, rank, world):
-    """The pretraining loop from `step` to plan["end_step"], pass by pass; the stage switch of the
-    progressive strategy; logs and checkpoints. SIGTERM / SIGUSR1 end it after a
-    checkpoint. -> step."""
-    master, progressive = rank == 0, args.strategy == "progressive"
-    steps_per_pass, steps_per_epoch = plan["steps_per_pass"], plan["steps_per_epoch"]
-    stage1_steps, end_step = plan["stage1_steps"], plan["end_step"]
-    latest = os.path.join(args.out_dir, "checkpoint-latest.pth")
-
-    def stage_of(s):
-        return 1 if s < stage1_steps else 2
-
-    def epoch_of(s):
-        return int(s / steps_per_epoch)
-
-    def checkpoint(path):
-        save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scaler": scaler.state_dict() if scaler is not None else {}, "step": step,
-                         "epoch": step / steps_per_epoch, "stage": stage_of(step),
-                         "rng": rng_state(), "args": vars(args)}, path)
-
-    preempt, bad_seen, bad_total, nonfinite = Preemption(), set(), 0, 0
+    # ------------------------------------------------------------------ loop
+    # pass by pass; each pass's sampler state (seed, pass, offset) makes --resume replay the stream
+    guard = StepGuard(len(dataset), args.max_bad_fraction, args.max_nonfinite, rank, latest)
     saver = CheckpointClock(args.ckpt_minutes, args.ckpt_every)
-    window = new_window(device)
+    window, t_start = new_window(device), time.time()
     while step < end_step:
         stage = stage_of(step)
         if progressive and args.stage2_schedule == "restart" and step == stage1_steps:
-            # stage 2 starts from stage 1's weights with a fresh optimizer
-            optimizer = make_optimizer()
+            optimizer = make_optimizer()   # stage 2 starts from stage 1's weights, fresh optimizer
         pass_index, offset = divmod(step, steps_per_pass)
-        sampler.set_epoch(pass_index, start=offset * plan["videos_per_step"],   # -> dataset.set_state
+        sampler.set_epoch(pass_index, start=offset * videos_per_step,   # -> dataset.set_state
                           state=dict(pass_index=pass_index,
                                      motion=motion_for_stage(args.strategy, stage),
                                      repeat=repeat_for_stage(args, stage)))
         batches = iter(loader)
         t_wait = time.time()
         for _ in range(offset, steps_per_pass):
+            # ---- fetch
             micro = [to_device(next(batches), device) for _ in range(args.accum_iter)]
             window["wait"] += time.time() - t_wait
 
-            # ---- one optimizer step (Eq. 2), skipped when the loss is not finite on some rank
+            # ---- one optimizer step (Eq. 2); skipped on every rank when a loss is not finite
             set_lr(optimizer, lrs[step])
             sums = train_step(model, target_fn, micro, autocast, scaler, args.accum_iter)
-            bad = [b for m in micro for b in m["bad"]]
-            for b in bad:
-                if b not in bad_seen:   # named once, counted, fatal only past --max-bad-fraction
-                    bad_seen.add(b)
-                    print(f"[rank {rank}] skipped bad item: {b}", flush=True)
-            too_many = len(bad_seen) > args.max_bad_fraction * len(dataset)
-            # the step's one collective and host sync: every rank decides alike (a rank stopping
-            # alone would leave the others hanging)
-            nan_loss, n_bad, stop_bad, stop_signal = all_reduce_flags(
-                ~torch.isfinite(sums[:1]), [len(bad), too_many, preempt.signum > 0])
-            bad_total += int(n_bad)
-            if stop_bad:
-                raise SystemExit(f"error: {len(bad_seen)} of {len(dataset)} items unreadable on "
-                                 f"rank {rank} (past --max-bad-fraction "
-                                 f"{args.max_bad_fraction}):\n  "
-                                 + "\n  ".join(sorted(bad_seen)))
-            if nan_loss:   # a non-finite loss never reaches the weights
+            if not guard.check(sums[:1], [b for m in micro for b in m["bad"]], step):
                 optimizer.zero_grad(set_to_none=True)
-                nonfinite += 1
-                if master:
-                    print(f"step {step}: non-finite loss, step skipped ({nonfinite} in a row)",
-                          flush=True)
-                if nonfinite >= args.max_nonfinite:
-                    raise SystemExit(f"error: {nonfinite} non-finite losses in a row at step "
-                                     f"{step}; stopping. The last good checkpoint is {latest} "
-                                     f"(untouched).")
                 t_wait = time.time()
                 continue
-            nonfinite = 0
             optimizer_step(optimizer, scaler)
             step += 1
 
-            # ---- logging: the loss beside its trivial floors, read from the device at
-            # log time only
+            # ---- log: the loss beside its trivial floors, read from the device at log time only
             window["sums"] += sums
             window["n"] += 1
             window["clips"] += len(micro) * micro[0]["video"].shape[0] * world
             if step % args.log_every == 0 or step == end_step:
                 log_window(log, window, step, end_step, stage_of(step - 1), lrs[step - 1],
-                           step / steps_per_epoch, bad_total)
+                           step / steps_per_epoch, guard.bad_total)
                 window = new_window(device)
 
-            # ---- checkpoints: latest (for --resume: every --ckpt-minutes, at the end of stage 1
+            # ---- checkpoint: latest (for --resume: every --ckpt-minutes, at the end of stage 1
             # and of the run, on preemption), periodic ones (kept)
             epoch_done = epoch_of(step) > epoch_of(step - 1)
             if master:
-                if saver.due(step) or step in (end_step, stage1_steps) or stop_signal:
+                if saver.due(step) or step in (end_step, stage1_steps) or guard.stop:
                     checkpoint(latest)
                     saver.done()
                 if epoch_done and args.save_every > 0 and epoch_of(step) % args.save_every == 0:
@@ -640,34 +501,19 @@ def pretrain(step, plan, *, args, model, raw_model, target_fn, dataset, sampler,
                     prune_checkpoints(args.out_dir, args.keep)
                 if progressive and step == stage1_steps:
                     checkpoint(os.path.join(args.out_dir, "checkpoint-stage1.pth"))
-            if stop_signal:
-                if master:
-                    print(f"preempted: step {step} saved to {latest}; continue with --resume",
-                          flush=True)
-                teardown(world, device)
-                raise SystemExit(0)
+            guard.exit_if_preempted(step, world, device)
             if step >= end_step or stage_of(step) != stage:
                 break
             t_wait = time.time()
-    return step
 
-
-def new_window(device):
-    return {"t0": time.time(), "wait": 0.0, "clips": 0, "n": 0,
-            "sums": torch.zeros(3, device=device)}
-
-
-def log_window(log, window, step, end_step, stage, lr, epoch, bad_total):
-    """One line and one log.jsonl record per --log-every steps (means over the window)."""
-    dt, n = time.time() - window["t0"], window["n"]
-    loss, zero, mean = (window["sums"] / n).tolist()
-    rec = {"step": step, "epoch": round(epoch, 3), "stage": stage, "loss": loss, "floor_zero": zero,
-           "floor_mean": mean, "lr": float(lr), "clips_per_s": window["clips"] / dt,
-           "data_wait": window["wait"] / dt, "bad": bad_total, "time": time.time()}
-    log(rec, f"step {step}/{end_step} | ep {rec['epoch']:.2f} | stage {stage} | loss {loss:.4f} "
-             f"(floors: zero {zero:.4f}, mean {mean:.4f}) | lr {lr:.2e} | {rec['clips_per_s']:.1f} "
-             f"clips/s | data wait {100 * rec['data_wait']:.0f}% | bad {bad_total} | eta "
-             f"{fmt_time((end_step - step) * dt / n)}")
+    # ------------------------------------------------------------------ teardown
+    if master:   # the loop writes checkpoint-latest at its end; a resumed run at its end runs none
+        saved = (f"checkpoint {latest}" if step > start_step else
+                 f"nothing to run: {resumed_from} is at step {start_step}, the end is step "
+                 f"{end_step}; no checkpoint written")
+        print(f"done: {step} steps in {fmt_time(time.time() - t_start)}, {saved}", flush=True)
+        log.finish(latest)
+    teardown(world, device)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,8 @@ CASES = [
 ]
 
 
+# the tools run as python -m tools.<name>
+MODULE = {name: f"tools.{name}" for name in ("extract", "segment", "prepare", "bench")}
 # where each script's work starts: reached, a row fails at once instead of running (a check lost)
 WORK = {"train": ["save_args"], "finetune": ["save_args"], "probe": ["save_args"],
         "extract": ["save_args"], "segment": ["evaluate_video"],
@@ -178,7 +180,7 @@ def case_id(case):
 @pytest.mark.parametrize("script,argv,names", CASES, ids=[case_id(c) for c in CASES])
 def test_bad_invocation_stops_in_one_line(files, tmp_path, capsys, monkeypatch, script, argv,
                                          names):
-    module = importlib.import_module(script)
+    module = importlib.import_module(MODULE.get(script, script))
     for name in WORK[script]:
         monkeypatch.setattr(module, name, work_started)
     out = tmp_path / "out"
@@ -206,7 +208,8 @@ def test_real_processes_exit_2_with_one_line(files, tmp_path):
     code), at once."""
     rows = [next(c for c in CASES if c[2] == names) for names in ("--epochs", "N='inf'")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, f"{script}.py", *fill(argv, files, tmp_path)],
+    procs = [subprocess.Popen([sys.executable, "-m", MODULE.get(script, script),
+                               *fill(argv, files, tmp_path)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for script, argv, _ in rows]
     for (script, _, names), p in zip(rows, procs):

@@ -1,4 +1,4 @@
-"""bench.py: `python bench.py --quick` and `--gpu-check --dry-run` run end to end and print their
+"""bench.py: `python -m tools.bench --quick` and `--gpu-check --dry-run` run end to end and print their
 tables (no speed assertions); the GPU rows' arithmetic (peaks, teacher FLOPs, the markdown table)
 checked by hand."""
 import os
@@ -13,7 +13,7 @@ from conftest import ROOT
 
 def run_bench(tmp_path, *flags):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path)}
-    run = subprocess.run([sys.executable, str(ROOT / "bench.py"), *flags], capture_output=True,
+    run = subprocess.run([sys.executable, "-m", "tools.bench", *flags], capture_output=True,
                          text=True, timeout=400, cwd=ROOT, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     # the machine line
@@ -23,11 +23,11 @@ def run_bench(tmp_path, *flags):
 
 
 def test_reference_student_matches_model():
-    import bench
+    from tools import bench, benchkit
     ours, ref = bench.student("tiny", 32, out_dim=16, ref=True)   # asserts equal outputs itself
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
     # at least the encoder's Linears
-    assert bench.step_flops("small", 224) > 3 * 2 * 12 * 320 * 12 * 384 ** 2
+    assert benchkit.step_flops("small", 224) > 3 * 2 * 12 * 320 * 12 * 384 ** 2
     video, mask, target = bench.batch(2, 32, out_dim=16)
     assert mask.shape == (2, 32) and (mask.sum(1) == 24).all() and target.shape == (2, 24, 16)
     before = ours.decoder.head.weight.clone()
@@ -55,12 +55,12 @@ def test_gpu_check_dry_run_runs_the_check_on_the_cpu(tmp_path):
     table = [ln for ln in out.splitlines() if ln.startswith("| ")]
     assert table[0].startswith("| GPU | run | step ms | clips/s | MFU | peak memory")
     assert [ln.split(" | ")[1] for ln in table[1:]] == [
-        "bench.py whole step, tiny + small CLIP 16x64 B4 bf16", "train.py, 4 steps, 0 workers"]
+        "tools/bench.py whole step, tiny + small CLIP 16x64 B4 bf16", "train.py, 4 steps, 0 workers"]
     assert "python train.py --dataset black --model tiny" in out and "--teacher-weights none" in out
 
 
 def test_gpu_check_command_line():
-    import bench
+    from tools import bench, bench_gpu
     a = bench.get_args(["--gpu-check"])
     assert a.only == "gpu,data" and not a.quick and not a.no_compile and not a.dry_run
     a = bench.get_args(["--gpu-check", "--dry-run", "--quick"])
@@ -68,8 +68,8 @@ def test_gpu_check_command_line():
     for bad in (["--dry-run"], ["--only", "step,gpus"]):
         with pytest.raises(SystemExit):
             bench.get_args(bad)
-    cfg = bench.gpu_config(SimpleNamespace(dry_run=False, quick=False, rounds=7))
-    flags = bench.train_flags(cfg, "bf16", compile=True)
+    cfg = bench_gpu.gpu_config(SimpleNamespace(dry_run=False, quick=False, rounds=7))
+    flags = bench_gpu.train_flags(cfg, "bf16", compile=True)
     assert " ".join(flags) == ("--dataset black --model base --img-size 224 --target clip "
                                "--teacher ViT-B-16 --teacher-weights none --amp bf16 "
                                "--batch-size 32 --compile")
@@ -79,14 +79,14 @@ def test_gpu_check_command_line():
 
 
 def test_gpu_peaks_and_teacher_flops_by_hand():
-    import bench
+    from tools import bench_gpu, benchkit
     for name, tflops in (("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756),
                          ("NVIDIA H200", 989), ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA L40S", 362),
                          ("NVIDIA L4", 121), ("Tesla V100-SXM2-32GB", 125), ("NVIDIA A10", 125),
                          ("NVIDIA A10G", 70), ("Tesla V100-PCIE-16GB", 112), ("NVIDIA GH200 480GB", 989),
                          ("Tesla T4", 65)):
-        assert bench.gpu_peak(name) == tflops * 1e12, name
-    assert bench.gpu_peak("NVIDIA GeForce GTX 1080") is None
+        assert bench_gpu.gpu_peak(name) == tflops * 1e12, name
+    assert bench_gpu.gpu_peak("NVIDIA GeForce GTX 1080") is None
     # CLIP ViT-B/16 at 224 as open_clip builds it: 12 blocks of width 768, MLP 3072, 196
     # patches + CLS
     block = SimpleNamespace(mlp=SimpleNamespace(c_fc=torch.nn.Linear(1, 3072)))
@@ -94,21 +94,21 @@ def test_gpu_peaks_and_teacher_flops_by_hand():
                            visual=SimpleNamespace(
                                transformer=SimpleNamespace(width=768, resblocks=[block] * 12)))
     per_frame = 12 * (197 * 12 * 768 ** 2 + 2 * 197 ** 2 * 768) + 196 * 3 * 16 * 16 * 768
-    assert bench.teacher_flops(clip) == 2 * 8 * per_frame
-    assert (280e9 < bench.teacher_flops(clip) < 282e9
-            and 290e9 < bench.step_flops("base", 224) < 292e9)
+    assert bench_gpu.teacher_flops(clip) == 2 * 8 * per_frame
+    assert (280e9 < bench_gpu.teacher_flops(clip) < 282e9
+            and 290e9 < benchkit.step_flops("base", 224) < 292e9)
 
 
 def test_markdown_table_by_hand():
-    import bench
+    from tools import bench_gpu
     rows = [dict(run="eager", step_s=0.05, clips=640.0, peak=30 * 2**30, wait=None, speedup=None),
             dict(run="train.py, --compile", step_s=0.04, clips=800.0, peak=None, wait=0.125,
                  speedup=1.25)]
     results = {"gpu": "NVIDIA H200", "flops": 572e9, "peak_flops": 989e12, "rows": rows,
                "commands": ["python train.py --compile"]}
-    lines = bench.markdown_table(results).splitlines()
+    lines = bench_gpu.markdown_table(results).splitlines()
     assert lines[2] == "| NVIDIA H200 | eager | 50 | 640.0 | 37% | 30.0 GiB | - | - |"
     assert lines[3] == "| NVIDIA H200 | train.py, --compile | 40 | 800.0 | 46% | - | 12% | 1.25x |"
     assert lines[-1] == "    python train.py --compile"
     # unknown GPU
-    assert "| - |" in bench.markdown_table({**results, "peak_flops": None}).splitlines()[2]
+    assert "| - |" in bench_gpu.markdown_table({**results, "peak_flops": None}).splitlines()[2]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import data
-import prepare
+from tools import prepare
 from conftest import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def test_check_names_every_bad_line_and_writes_the_clean_list(bad_list, tmp_path
 
 def test_check_command_line_exit_codes(bad_list, video_list, tmp_path):
     lst, _ = bad_list
-    cmd = [sys.executable, str(ROOT / "prepare.py"), "check"]
+    cmd = [sys.executable, "-m", "tools.prepare", "check"]
     run = subprocess.run(cmd + [str(lst), "--num-classes", "3", "--workers", "2", "--write-clean",
                                 str(tmp_path / "clean.csv")], capture_output=True, text=True,
                          timeout=120)

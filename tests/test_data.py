@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+import augment
 import data
 from conftest import write_video
 
@@ -54,7 +55,7 @@ def test_clip_indices_stride_and_short_videos():
 
 def test_multiscale_crop_boxes():
     rng = np.random.default_rng(0)
-    boxes = [data.multiscale_crop_box(240, 320, rng) for _ in range(300)]
+    boxes = [augment.multiscale_crop_box(240, 320, rng) for _ in range(300)]
     sides = {int(240 * s) for s in (1, 0.875, 0.75, 0.66)}
     for y, x, h, w in boxes:
         assert h in sides and w in sides and 0 <= y <= 240 - h and 0 <= x <= 320 - w

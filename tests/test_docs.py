@@ -1,8 +1,7 @@
-"""The README's pictures and miniature Table 7 (docs/figures.py, docs/table7.py) on tiny
+"""The README's pictures and miniature Table 7 (tools/figures.py, tools/table7.py) on tiny
 inputs."""
 import argparse
 import json
-import os
 import subprocess
 import sys
 
@@ -12,9 +11,7 @@ from PIL import Image
 
 from conftest import ROOT, TINY
 
-sys.path.insert(0, os.path.join(ROOT, "docs"))
-import figures  # noqa: E402
-import table7   # noqa: E402
+from tools import figures, table7
 
 
 class FakeEncoder:
@@ -40,7 +37,7 @@ def test_figures_draw_from_a_real_run(tmp_path):
                    cwd=ROOT, check=True, capture_output=True)
     for what, src in (("loss", out / "log.jsonl"), ("figure4", out / "checkpoint-latest.pth")):
         png = tmp_path / f"{what}.png"
-        r = subprocess.run([sys.executable, "docs/figures.py", what, str(src), "--out", str(png)],
+        r = subprocess.run([sys.executable, "-m", "tools.figures", what, str(src), "--out", str(png)],
                            cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         assert min(Image.open(png).size) > 100
@@ -127,7 +124,7 @@ def test_table7_budgets_resolve_and_flags_win():
 
 
 def test_table7_table_only_without_finished_seeds_says_so(tmp_path):
-    r = subprocess.run([sys.executable, "docs/table7.py", "--table-only", "--out-dir",
+    r = subprocess.run([sys.executable, "-m", "tools.table7", "--table-only", "--out-dir",
                         str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and "no seed has finished" in r.stderr and str(tmp_path) in r.stderr
     assert "Traceback" not in r.stderr

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import data
-import extract
+from tools import extract
 from conftest import ROOT, write_video
 from evaluation import three_crops
 from model import MODEL_SIZES, PretrainModel, VideoClassifier, load_encoder
@@ -189,7 +189,7 @@ def test_torchrun_two_ranks_give_the_files_of_one_process(clips, tmp_path):
     extract.main([*flags, "--workers", "0", "--out-dir", str(tmp_path / "one")])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    r = subprocess.run([*torchrun, "extract.py", *flags, "--workers", "1", "--out-dir",
+    r = subprocess.run([*torchrun, "-m", "tools.extract", *flags, "--workers", "1", "--out-dir",
                         str(tmp_path / "two")], cwd=ROOT, capture_output=True, text=True,
                        timeout=300, env=env)
     assert r.returncode == 0, r.stdout + r.stderr

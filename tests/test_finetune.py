@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import augment
 import data
 import evaluation
 import finetune
@@ -120,18 +121,18 @@ def test_layer_decay_groups():
 
 def test_randaugment_applies_one_op_to_all_frames():
     # timm's rand-m9-n2-mstd0.5-inc1
-    ra = finetune.RandAug(n=2, m=9, mstd=0.5)
+    ra = augment.RandAug(n=2, m=9, mstd=0.5)
     rng0 = np.random.default_rng(0)
     clip = rng0.integers(0, 256, (6, 24, 24, 3), dtype=np.uint8)
     changed = 0
     for seed in range(12):
         before = torch.get_rng_state()
-        out = finetune.randaugment_clip(ra, clip, np.random.default_rng(seed))
+        out = augment.randaugment_clip(ra, clip, np.random.default_rng(seed))
         assert torch.equal(torch.get_rng_state(), before)                    # global RNG untouched
-        assert np.array_equal(out, finetune.randaugment_clip(ra, clip, np.random.default_rng(seed)))
+        assert np.array_equal(out, augment.randaugment_clip(ra, clip, np.random.default_rng(seed)))
         for t in (0, 5):
             # frame t of the clip == frame t alone under the same draw: the same op everywhere
-            alone = finetune.randaugment_clip(ra, np.repeat(clip[t:t + 1], 2, 0),
+            alone = augment.randaugment_clip(ra, np.repeat(clip[t:t + 1], 2, 0),
                                               np.random.default_rng(seed))
             assert np.array_equal(out[t], alone[0]), (seed, t)
         changed += not np.array_equal(out, clip)
@@ -147,18 +148,18 @@ def test_randaug_levels_match_timm(monkeypatch, m):
     (auto_augment.LEVEL_TO_ARG), both signs of the signed ops (timm's _randomly_negate pinned to +1,
     then -1)."""
     aa = pytest.importorskip("timm.data.auto_augment")
-    assert finetune.RANDAUG_OPS == tuple(aa._RAND_INCREASING_TRANSFORMS)
+    assert augment.RANDAUG_OPS == tuple(aa._RAND_INCREASING_TRANSFORMS)
     for sign in (1, -1):
         monkeypatch.setattr(aa, "_randomly_negate", lambda v, s=sign: s * v)
-        for name in finetune.RANDAUG_OPS:
+        for name in augment.RANDAUG_OPS:
             fn = aa.LEVEL_TO_ARG[name]
             want = fn(m, dict(aa._HPARAMS_DEFAULT)) if fn else ()
-            got = finetune.randaug_level_args(name, m, sign)
+            got = augment.randaug_level_args(name, m, sign)
             assert got == pytest.approx(want, abs=1e-12), (name, sign)
             assert [type(v) for v in got] == [type(v) for v in want], name          # ints stay ints
     # torchvision's m=9: 9 degrees
-    assert finetune.randaug_level_args("Rotate", 9) == pytest.approx((27.0,))
-    assert finetune.randaug_level_args("ShearX", 9) == pytest.approx((0.27,))
+    assert augment.randaug_level_args("Rotate", 9) == pytest.approx((27.0,))
+    assert augment.randaug_level_args("ShearX", 9) == pytest.approx((0.27,))
 
 
 def test_randaug_ops_match_timm_on_a_frame():
@@ -173,28 +174,28 @@ def test_randaug_ops_match_timm_on_a_frame():
     # a textured patch off-centre
     frame[8:20, 10:30] = rng.integers(0, 256, (12, 20, 3))
     img = Image.fromarray(frame)
-    kw = dict(fillcolor=finetune.RANDAUG_FILL, resample=Image.Resampling.BICUBIC)
-    for name in finetune.RANDAUG_OPS:
-        args = finetune.randaug_level_args(name, 9, -1)
+    kw = dict(fillcolor=augment.RANDAUG_FILL, resample=Image.Resampling.BICUBIC)
+    for name in augment.RANDAUG_OPS:
+        args = augment.randaug_level_args(name, 9, -1)
         want = np.asarray(aa.NAME_TO_OP[name](img, *args, **kw))
-        got = np.asarray(finetune.randaug_frame(img, name, args))
+        got = np.asarray(augment.randaug_frame(img, name, args))
         assert np.array_equal(got, want), name
         # (may leave a frame alone)
         if name not in ("AutoContrast", "Equalize"):
             assert not np.array_equal(got, frame), name
     # m=10: keep 0 bits
-    zero_bits = finetune.randaug_level_args("PosterizeIncreasing", 10)
+    zero_bits = augment.randaug_level_args("PosterizeIncreasing", 10)
     assert (zero_bits == (0,)
-            and not np.asarray(finetune.randaug_frame(img, "PosterizeIncreasing", zero_bits)).any())
+            and not np.asarray(augment.randaug_frame(img, "PosterizeIncreasing", zero_bits)).any())
 
 
 def test_randaug_draw_statistics():
     """n ops drawn with replacement, each kept with p 0.5, magnitude 9 + N(0, 0.5) clipped to
     [0, 10], signs +-1 at random: read back from Rotate's angle (30 * m / 10) and ShearX (0.3
     * m / 10)."""
-    cfg = finetune.RandAug(n=2, m=9, mstd=0.5)
+    cfg = augment.RandAug(n=2, m=9, mstd=0.5)
     rng = np.random.default_rng(1)
-    draws = [finetune.randaug_draw(cfg, rng) for _ in range(4000)]
+    draws = [augment.randaug_draw(cfg, rng) for _ in range(4000)]
     assert np.mean([len(d) for d in draws]) == pytest.approx(1.0, abs=0.05)   # 2 ops x p 0.5
     mags = np.array([a[0] / 30 * 10 for d in draws for n, a in d if n == "Rotate"]
                     + [a[0] / 0.3 * 10 for d in draws for n, a in d if n == "ShearX"])
@@ -204,8 +205,8 @@ def test_randaug_draw_statistics():
     assert np.abs(mags).std() == pytest.approx(mc.std(), abs=0.06)
     assert np.mean(mags > 0) == pytest.approx(0.5, abs=0.06)
     names = [n for d in draws for n, _ in d]
-    assert set(names) == set(finetune.RANDAUG_OPS)
-    assert finetune.randaug_draw(finetune.RandAug(n=0), rng) == []
+    assert set(names) == set(augment.RANDAUG_OPS)
+    assert augment.randaug_draw(augment.RandAug(n=0), rng) == []
 
 
 def test_random_resized_crop_box_statistics():
@@ -218,7 +219,7 @@ def test_random_resized_crop_box_statistics():
     for scale, ratio in [((0.25, 1.0), (3 / 4, 4 / 3)), ((0.08, 1.0), (3 / 4, 4 / 3)),
                          ((0.5, 1.0), (0.5, 2))]:
         rng = np.random.default_rng(0)
-        ours = np.array([data.random_resized_crop_box(H, W, rng, scale, ratio) for _ in range(n)],
+        ours = np.array([augment.random_resized_crop_box(H, W, rng, scale, ratio) for _ in range(n)],
                         float)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
@@ -236,7 +237,7 @@ def test_random_resized_crop_box_statistics():
         for f in stats:   # 4000 draws: standard errors ~0.004 (area, centre), ~0.002 (log-aspect)
             assert f(ours).mean() == pytest.approx(f(ref).mean(), abs=0.02), scale
     # a frame far outside the ratio range: the fallback centre crop, clamped to the range
-    assert data.random_resized_crop_box(10, 200, np.random.default_rng(0), (0.9, 1.0),
+    assert augment.random_resized_crop_box(10, 200, np.random.default_rng(0), (0.9, 1.0),
                                         (3 / 4, 4 / 3)) == (0, 93, 10, 13)
 
 
@@ -244,7 +245,7 @@ def test_rrc_in_the_datasets(video_list, monkeypatch):
     """crop="rrc": one box per clip (its scale passed on), the clip at img_size; motion's default
     "none" leaves clips as rendered."""
     calls = []
-    box = data.random_resized_crop_box
+    box = augment.random_resized_crop_box
     monkeypatch.setattr(data, "random_resized_crop_box", lambda *a: calls.append(a[3:]) or box(*a))
     items = data.read_list(video_list)
     ds = evaluation.VideoClipDataset(items, mode="train", num_classes=3, num_frames=8, img_size=32,
@@ -270,11 +271,11 @@ def test_random_erase_statistics():
     B, C, T, H, W = 400, 3, 4, 24, 32
     video = torch.full((B, C, T, H, W), 5.0)
     before = torch.get_rng_state()
-    out = finetune.random_erase(video, 0.25, np.random.default_rng(0))
+    out = augment.random_erase(video, 0.25, np.random.default_rng(0))
     assert (torch.equal(torch.get_rng_state(), before)
             and torch.equal(video, torch.full_like(video, 5.0)))
     # seeded by rng
-    assert torch.equal(out, finetune.random_erase(video, 0.25, np.random.default_rng(0)))
+    assert torch.equal(out, augment.random_erase(video, 0.25, np.random.default_rng(0)))
     hit = out != 5.0                                         # (B, C, T, H, W)
     erased = hit.flatten(1).any(1)
     assert erased.float().mean().item() == pytest.approx(0.25, abs=0.07)   # binomial std 0.022
@@ -303,8 +304,8 @@ def test_random_erase_statistics():
     assert np.mean(areas) == pytest.approx((h * w)[ok].mean() / (H * W), abs=0.02)
     assert np.mean(log_ar) == pytest.approx(np.log(h / w)[ok].mean(), abs=0.1)
     # off: no copy, no draw
-    assert finetune.random_erase(video, 0.0, np.random.default_rng(0)) is video
-    const = finetune.random_erase(video, 1.0, np.random.default_rng(0), mode="const")
+    assert augment.random_erase(video, 0.0, np.random.default_rng(0)) is video
+    const = augment.random_erase(video, 1.0, np.random.default_rng(0), mode="const")
     assert ((const == 0) | (const == 5)).all() and (const == 0).flatten(1).any(1).all()
 
 
@@ -323,14 +324,14 @@ def test_mix_batch_cutmix_box_shared_by_frames():
     video = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1, 1).expand(4, 3, 5, 16, 16).clone()
     target = torch.eye(4)
     for seed in range(10):
-        v, t = finetune.mix_batch(video, target, np.random.default_rng(seed), mixup=0.0, cutmix=1.0)
+        v, t = augment.mix_batch(video, target, np.random.default_rng(seed), mixup=0.0, cutmix=1.0)
         # sample 0 got sample 3's pixels
         pasted = (v[0] != 0).float()
         # same box in every frame and channel
         assert torch.equal(pasted, pasted[:, :1].expand_as(pasted))
         torch.testing.assert_close(t[0, 3], pasted.mean())   # soft target = pasted area
         torch.testing.assert_close(t.sum(1), torch.ones(4))
-        v, t = finetune.mix_batch(video, target, np.random.default_rng(seed), mixup=0.8, cutmix=0.0)
+        v, t = augment.mix_batch(video, target, np.random.default_rng(seed), mixup=0.8, cutmix=0.0)
         lam = t[0, 0]
         torch.testing.assert_close(v[0], lam * video[0] + (1 - lam) * video[3])
 
@@ -396,7 +397,7 @@ def test_severe_table_order_and_mean(tmp_path, capsys):
             ("severe-ssv2", 70.0)]
     path = tmp_path / "r.jsonl"
     path.write_text("".join(json.dumps({"setting": s, "value": v}) + "\n" for s, v in rows))
-    shown = evaluation.severe_table(str(path))
+    shown = finetune.severe_table(str(path))
     assert list(shown) == ["SSv2", "Gym99", "UCF (10^3)", "GYM (10^3)", "FX-S1", "UB-S1", "UCF-RC",
                            "Charades", "Mean"]
     assert shown["SSv2"] == "70.0"   # the last row of a setting counts

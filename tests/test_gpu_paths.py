@@ -18,6 +18,7 @@ import torch
 
 import data
 import evaluation
+
 import runtime
 import train
 from conftest import ROOT, TINY, assert_same_weights, run, weights
@@ -121,15 +122,15 @@ def test_nvidia_devices_reads_the_environment(monkeypatch):
     assert "nvidia-smi" in runtime.nvidia_devices()
 
 
-@pytest.mark.parametrize("script", ["train.py", "finetune.py", "probe.py", "extract.py",
-                                    "segment.py"])
+@pytest.mark.parametrize("script", ["train.py", "finetune.py", "probe.py", "-m tools.extract",
+                                    "-m tools.segment"])
 def test_every_entry_script_refuses_a_gpu_node_it_cannot_use(script, tmp_path):
     """The same rule in every entry script: CUDA_VISIBLE_DEVICES names GPUs, torch sees none."""
     flags = {"train.py": ["--preset", "tiny"], "finetune.py": ["--preset", "tiny"],
-             "probe.py": ["--preset", "tiny"], "extract.py": ["--preset", "tiny", "--video-dir", "."],
-             "segment.py": ["--preset", "tiny"]}[script]
+             "probe.py": ["--preset", "tiny"], "-m tools.extract": ["--preset", "tiny", "--video-dir", "."],
+             "-m tools.segment": ["--preset", "tiny"]}[script]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0"}
-    r = subprocess.run([sys.executable, script, *flags, "--out-dir", str(tmp_path / "o")],
+    r = subprocess.run([sys.executable, *script.split(), *flags, "--out-dir", str(tmp_path / "o")],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stdout + r.stderr
     last = r.stderr.strip().splitlines()[-1]
@@ -340,7 +341,7 @@ def test_inner_layer_tokens_keep_an_fp32_residual_stream():
 
 
 def test_segment_uses_the_models_token_forward(monkeypatch):
-    import segment
+    from tools import segment
     assert not hasattr(segment, "encoder_tokens")
     calls = []
     m = VideoClassifier(img_size=32, patch_size=16, num_frames=4, embed_dim=32, depth=2,
@@ -365,13 +366,13 @@ def test_segment_uses_the_models_token_forward(monkeypatch):
 
 
 def test_gpu_check_train_rows_use_the_runs_amp(monkeypatch):
-    import bench
+    from tools import bench_gpu
     seen = []
-    monkeypatch.setattr(bench, "train_run", lambda flags, timeout: seen.append(flags) or
+    monkeypatch.setattr(bench_gpu, "train_run", lambda flags, timeout: seen.append(flags) or
                         (100.0, 0.1, None))
     a = SimpleNamespace(dry_run=False, quick=False, rounds=5, budget_s=1e6, t0=time.time(),
                         no_compile=True)
-    bench.gpu_check(a, {"gpu_results": {"commands": [], "rows": []}})
+    bench_gpu.gpu_check(a, {"gpu_results": {"commands": [], "rows": []}})
     flags = seen[0]
     assert flags[flags.index("--amp") + 1] == "auto"   # fp16 on a V100 / T4, bf16 on Ampere+
 

@@ -17,6 +17,7 @@ import data
 import evaluation
 import finetune
 import probe
+
 import runtime
 import train
 from conftest import TINY
@@ -44,7 +45,9 @@ OTHER_BATCH = 64
 
 def _train_schedule(argv):
     args = train.get_args(argv + ["--batch-size", str(OTHER_BATCH)])
-    return train.lr_schedule(args, 100 * args.num_sample)[0]   # 100 steps per effective epoch
+    lrs, _ = train.lr_schedule(args, 100 * args.num_sample)   # steps per pass: 100 per epoch
+    assert len(lrs) == args.epochs * 100
+    return lrs
 
 
 DERIVED = {
@@ -256,9 +259,9 @@ def test_finetuning_optimizer_after_one_step(tmp_path):
 
 
 def _expected_schedule(peak, floor, total, warmup):
-    """Linear warm-up from 0 (step 0) to the peak, reached at its last step `warmup - 1` (as the
-    reference's scheduler); then a half-cosine from the peak to the floor over the remaining
-    steps, written from its definition."""
+    """Linear warm-up from 0 (step 0) to the peak, reached at its last step `warmup - 1` (the
+    reference's np.linspace, endpoint included); then a half-cosine from the peak to the floor
+    over the remaining steps, written from its definition."""
     k = np.arange(total, dtype=np.float64)
     t = (k - warmup) / (total - warmup)
     return np.where(k < warmup, peak * k / max(warmup - 1, 1),
@@ -280,16 +283,16 @@ def test_schedule_as_an_array(strategy, stage2):
                            stage2, "--batch-size", str(batch)])
     total = args.epochs * per_epoch                # 600 epochs: 1800 steps
     stage1 = int(args.stage1_epochs * per_epoch)   # 300 epochs: 900 steps
-    lrs, start2 = train.lr_schedule(args, per_epoch * args.num_sample)
-    lrs = np.asarray(lrs)
-    assert start2 == (stage1 if strategy == "progressive" else total)
+    lrs, stage1_at = train.lr_schedule(args, per_epoch * args.num_sample)   # steps per pass
+    assert stage1_at == (stage1 if strategy == "progressive" else total)
     peak, floor, warm = 1.5e-4 * batch / 256, 1e-5 * batch / 256, 40 * per_epoch
     assert len(lrs) == total
     if strategy == "progressive" and stage2 == "restart":
         want = np.concatenate([_expected_schedule(peak, floor, stage1, warm),
                                _expected_schedule(peak, floor, total - stage1, warm)])
-        pins = {0: 0.0, warm - 1: peak, warm: peak, stage1: 0.0, stage1 + warm - 1: peak,
-                stage1 + warm: peak, (warm + stage1) // 2: (peak + floor) / 2}
+        pins = {0: 0.0, warm - 1: peak, warm: peak, stage1: 0.0,
+                stage1 + warm - 1: peak, stage1 + warm: peak,
+                (warm + stage1) // 2: (peak + floor) / 2}
     else:
         want = _expected_schedule(peak, floor, total, warm)
         pins = {0: 0.0, warm - 1: peak, warm: peak, (warm + total) // 2: (peak + floor) / 2}
@@ -304,16 +307,17 @@ def test_schedule_as_an_array(strategy, stage2):
 
 
 class StubModel(torch.nn.Module):
-    """Predicts a fixed, known tensor for the masked tokens (B, Nm, Dt), whatever the input."""
+    """Predicts a fixed, known tensor for the masked tokens (B, Nm, Dt), whatever the input; the
+    loss is PretrainModel's own (forward_loss), as the step calls it."""
 
     def __init__(self, pred):
         super().__init__()
         self.pred = torch.nn.Parameter(pred.clone())
 
-    def forward(self, video, idx):
+    def forward(self, video, idx, targets):
         vis_idx, mask_idx = idx
         assert self.pred.shape[:2] == mask_idx.shape
-        return self.pred + 0 * video.sum()
+        return PretrainModel.forward_loss(self, self.pred + 0 * video.sum(), targets, mask_idx)
 
 
 def test_step_loss_is_mse_over_masked_tokens_only():
@@ -330,7 +334,7 @@ def test_step_loss_is_mse_over_masked_tokens_only():
     batch = {"video": torch.zeros(B, 3, 4, 8, 8, dtype=torch.uint8), "visible_idx": vis_idx,
              "masked_idx": mask_idx}
     model = StubModel(pred)
-    sums = train.train_step(model, lambda video: targets, [batch], nullcontext, None, 1)
+    sums = runtime.train_step(model, lambda video: targets, [batch], nullcontext, None, 1)
     # the definition, token by token
     diffs = [(pred[b, j] - targets[b, t]) for b in range(B)
              for j, t in enumerate(torch.nonzero(mask[b]).flatten().tolist())]

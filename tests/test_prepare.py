@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import data
-import prepare
+from tools import prepare
 from conftest import write_video
 from conftest import ROOT
 
@@ -67,7 +67,7 @@ def test_prepare_command_line(video_list, tmp_path):
     with open(video_list, "a") as f:
         f.write("broken.mp4 0\n")
     out = tmp_path / "k400_320"
-    run = subprocess.run([sys.executable, str(ROOT / "prepare.py"), "encode", str(video_list),
+    run = subprocess.run([sys.executable, "-m", "tools.prepare", "encode", str(video_list),
                           str(out), "--short-side", "24", "--workers", "2"], capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 0, run.stderr

@@ -1,5 +1,5 @@
 """segment.py (Table 10): the mIoU metric pinned by hand-made cases, k-means, feature upsampling,
-the synthetic and DAVIS-layout datasets, and `python segment.py --preset tiny` end to end."""
+the synthetic and DAVIS-layout datasets, and `python -m tools.segment --preset tiny` end to end."""
 import json
 import os
 import subprocess
@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import motion
-import segment
+from tools import segment
 from model import MODEL_SIZES, PretrainModel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +22,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def run(args, ok=True):
-    r = subprocess.run([sys.executable, "segment.py", *args], cwd=ROOT, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "tools.segment", *args], cwd=ROOT, capture_output=True,
                        text=True, timeout=300, env=ENV)
     if ok:
         assert r.returncode == 0, r.stdout + r.stderr
@@ -220,7 +220,7 @@ def test_torchrun_splits_videos_and_matches_one_process(tmp_path):
     run([*args, "--out-dir", str(tmp_path / "one")])
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node", "2"]
-    r = subprocess.run([*torchrun, "segment.py", *args, "--out-dir", str(tmp_path / "two")],
+    r = subprocess.run([*torchrun, "-m", "tools.segment", *args, "--out-dir", str(tmp_path / "two")],
                        cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert r.returncode == 0, r.stdout + r.stderr
     one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))

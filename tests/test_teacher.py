@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import teacher as teacher_lib
 from teacher import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Teacher, pixel_targets,
                      target_dim)
 
@@ -447,24 +448,18 @@ def test_teacher_dtype(files, backend):
 
 
 def test_build_target(files):
-    """train.build_target: one source for the target width; dtype reaches the teacher."""
-    import argparse
-
-    import train
+    """teacher.build_target (train.py's targets): one source for the target width; dtype reaches
+    the teacher."""
     cfg_path, ckpt, _ = files
-    args = argparse.Namespace(target="clip", teacher=cfg_path, teacher_weights=ckpt,
-                              teacher_norm="clip", tubelet=2, img_size=32, patch_size=16,
-                              norm_pix=True, compile=False)
-    fn, dim = train.build_target(args, torch.device("cpu"), torch.bfloat16)
+    kw = dict(input_norm="clip", tubelet=2, img_size=32, patch_size=16, device="cpu")
+    fn, dim = teacher_lib.build_target("clip", cfg_path, ckpt, dtype=torch.bfloat16, **kw)
     assert dim == fn.out_dim == WIDTH and next(fn.parameters()).dtype == torch.bfloat16
     assert fn(rand_video(1, 2)).shape == (1, G * G, WIDTH)
-    fn, dim = train.build_target(args, torch.device("cpu"))  # dtype None: fp32
+    fn, dim = teacher_lib.build_target("clip", cfg_path, ckpt, **kw)  # dtype None: fp32
     assert next(fn.parameters()).dtype == torch.float32
     with pytest.raises(ValueError, match="cannot match student grid"):
-        train.build_target(argparse.Namespace(**{**vars(args), "img_size": 64}),
-                           torch.device("cpu"))
-    pix = argparse.Namespace(**{**vars(args), "target": "pixel"})
-    assert train.build_target(pix, torch.device("cpu"))[1] == 1536
+        teacher_lib.build_target("clip", cfg_path, ckpt, **{**kw, "img_size": 64})
+    assert teacher_lib.build_target("pixel", cfg_path, ckpt, **kw)[1] == 1536
 
 
 def test_train_with_dinov2_teacher(tmp_path):

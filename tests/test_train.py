@@ -194,10 +194,10 @@ def test_object_list_selects_exactly_the_listed_pngs(tmp_path):
 
 def test_every_tiny_preset_shares_the_demo_grid():
     """The demo checkpoint (train.py --preset tiny) must load in every script's tiny preset."""
-    import extract
+    from tools import extract
     import finetune
     import probe
-    import segment
+    from tools import segment
     grid = ("model", "img_size", "num_frames", "patch_size", "tubelet")
     demo = [train.PRESETS["tiny"][k] for k in grid]
     for script in (finetune, probe, segment, extract):
@@ -231,7 +231,8 @@ def test_reference_schedule_is_the_official_runs():
     # stage 2 steps back at each pass: warm-up dips, then small jumps up in the cosine
     jumps = np.diff(s2)[np.arange(1, 150) * 1875 - 1]
     assert (jumps[:39] < 0).all() and np.max(jumps) == pytest.approx(1.26e-7, abs=5e-10)
-    summary = train.schedule_summary(args, lrs, stage1)
+    summary = runtime.schedule_summary(lrs, stage1, args.lr * args.batch_size / 256,
+                                       args.schedule)
     for figure in ("421,800 steps", "76.2%", "stage 1: 140,550 steps", "from step 37,479",
                    "0.0001429", "stage 2: 281,250 steps", "from step 73,123", "0.0001428"):
         assert figure in summary, (figure, summary)

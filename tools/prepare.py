@@ -1,14 +1,14 @@
 """Dataset commands: re-encode a list once, check a list before training, cut a stratified subset.
 
-    python prepare.py encode LIST OUT_DIR --short-side 320     # K400 320, SSv2 240
-    python prepare.py check LIST --num-classes 400 --write-clean clean.csv
-    python prepare.py subset LIST 80000 OUT_LIST --seed 0      # or a fraction: 0.5
+    python -m tools.prepare encode LIST OUT_DIR --short-side 320     # K400 320, SSv2 240
+    python -m tools.prepare check LIST --num-classes 400 --write-clean clean.csv
+    python -m tools.prepare subset LIST 80000 OUT_LIST --seed 0      # or a fraction: 0.5
 
 encode: decoding is the loader's main cost, and it grows with the pixels of the stored video and
 with the frames decoded before the first one a clip needs. K400/SSv2 as downloaded are up to full HD
 with keyframes seconds apart; re-encoding once to the short side the crops need, with a keyframe
 every PREPARE_GOP frames and x264's fast-decode settings, makes every later epoch cheaper
-(`python bench.py` shows decode ms per clip before and after). Resumable; bad videos are left out
+(`python -m tools.bench` shows decode ms per clip before and after). Resumable; bad videos are left out
 of the new list.
 
 check: reads a list the way training does (data.read_list: `<path> <label>`, label = last field,
@@ -209,59 +209,24 @@ def encode(list_path, out_dir, short_side=320, workers=None, data_root=None, cod
 
 # ----------------------------------------------------------------------------- check
 
-def read_lines(path):
-    """The list's lines as data.read_list reads them (utf-8-sig, any line ends). Bytes that are not
-    UTF-8 become U+FFFD, so the check can name those lines instead of stopping."""
-    raw = Path(path).read_bytes()
-    try:
-        return raw.decode("utf-8-sig").splitlines()
-    except UnicodeDecodeError:
-        return raw.decode("utf-8-sig", errors="replace").splitlines()
-
-
-def parse_label(label, multi_label=False, num_classes=None):
-    """A label field -> (int or list of ints, None) or (None, reason), by data.read_list's rules."""
-    try:
-        if multi_label:
-            labels = [] if label == "-" else [int(x) for x in label.split(",")]
-        else:
-            labels = [int(label)]
-    except ValueError:
-        return None, f"label {label!r} is not an integer{' list' if multi_label else ''}"
-    for lab in labels:
-        if lab < 0 or (num_classes is not None and lab >= num_classes):
-            return None, f"label {lab} is outside [0, {num_classes})"
-    return (labels if multi_label else labels[0]), None
-
-
 def scan_list(path, data_root=None, num_classes=None, multi_label=False):
-    """Every entry line of a list, bad ones included: [dict(line, text, video, label, kind,
-    reason)]. kind is None for a good line, else "malformed", "label" or "duplicate" (a path seen on
-    an earlier good line, compared after resolving it)."""
-    root = Path(data_root) if data_root else Path(path).parent
-    entries, first = [], {}
-    for n, line in enumerate(read_lines(path), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
+    """Every entry line of a list, bad ones included (data.list_entries, data.parse_label):
+    [dict(line, text, video, label, kind, reason)]. kind is None for a good line, else "malformed",
+    "label" or "duplicate" (a path seen on an earlier good line, compared after resolving it)."""
+    entries, first = data.list_entries(path, data_root), {}
+    for e in entries:
+        e["kind"] = "malformed" if e["reason"] else None
+        if e["kind"]:
             continue
-        e = dict(line=n, text=line, video=None, label=None, kind=None, reason=None)
-        entries.append(e)
-        if "\ufffd" in line:
-            e.update(kind="malformed", reason="not valid UTF-8")
-            continue
-        fields = line.rsplit(None, 1)
-        if len(fields) != 2:
-            e.update(kind="malformed", reason=f"expected '<path> <label>', got {line!r}")
-            continue
-        video = fields[0]
-        e["video"] = os.path.normpath(video if os.path.isabs(video) else str(root / video))
-        e["label"], reason = parse_label(fields[1], multi_label, num_classes)
+        e["video"] = os.path.normpath(e["video"])
+        e["label"], reason = data.parse_label(e["label"], multi_label, num_classes)
         if reason:
             e.update(kind="label", reason=reason)
         elif e["video"] in first:
-            e.update(kind="duplicate", reason=f"duplicate of line {first[e['video']]} ({video})")
+            e.update(kind="duplicate", reason=f"duplicate of line {first[e['video']]} "
+                     f"({e['text'].rsplit(None, 1)[0]})")
         else:
-            first[e["video"]] = n
+            first[e["video"]] = e["line"]
     return entries
 
 
@@ -400,7 +365,7 @@ def subset(list_path, n, out_list, seed=0, data_root=None, multi_label=False, qu
     if bad:
         raise ValueError(f"{list_path}:{bad[0]['line']}: {bad[0]['reason']} "
                          f"({len(bad)} bad line(s): "
-                         "run `prepare.py check` and --write-clean first)")
+                         "run `python -m tools.prepare check` and --write-clean first)")
     if not entries:
         raise ValueError(f"list file {list_path} has no entries")
     count = subset_size(n, len(entries))

@@ -1,9 +1,9 @@
 """Pictures for the README, drawn from a run's own outputs (PIL only, no plotting library).
 
-    python docs/figures.py loss out/tiny/log.jsonl --out docs/demo_loss.png
+    python -m tools.figures loss out/tiny/log.jsonl --out docs/demo_loss.png
         the demo's loss against its two trivial floors (predict zero; predict the visible
         tokens' mean)
-    python docs/figures.py figure4 out/tiny/checkpoint-latest.pth --out docs/figure4.png
+    python -m tools.figures figure4 out/tiny/checkpoint-latest.pth --out docs/figure4.png
         the paper's Figure 4: cosine similarity between the per-frame features of a clip (mean
         over each time slice's tokens), for the checkpoint against a randomly initialised
         encoder of the same shape
@@ -13,13 +13,10 @@ Figures 3 and the mask picture are drawn by `python motion.py` and `python maski
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 COLOURS = {"loss": (31, 119, 180), "floor_zero": (214, 39, 40), "floor_mean": (255, 127, 14)}
 

@@ -1,16 +1,16 @@
 """A miniature of the paper's Table 7 (learning without natural video), and of Table 4g, on a
 2-core CPU.
 
-    python docs/table7.py                 # 5 seeds, all rows, a quarter of the budget: ~70 min
+    python -m tools.table7                 # 5 seeds, all rows, a quarter of the budget: ~70 min
                                           # on 2 cores, and its rows cannot be told apart
-    python docs/table7.py --budget demo   # 5 seeds, all rows at the demo's own budget (the tiny
+    python -m tools.table7 --budget demo   # 5 seeds, all rows at the demo's own budget (the tiny
                                           # presets unchanged): ~3 hours on a fast 2-core machine
-    python docs/table7.py --budget demo32 # the same at the previous demo's 32 pretraining epochs:
+    python -m tools.table7 --budget demo32 # the same at the previous demo's 32 pretraining epochs:
                                           # docs/table7.md's 5 x 6 table, 132 min measured
-    python docs/table7.py --seeds 0 1 2 --rows motion nomotion none      # a subset: the rows by tag
-    python docs/table7.py --seeds 0 --quick   # one seed, 2 pretraining / 1 finetuning epochs:
+    python -m tools.table7 --seeds 0 1 2 --rows motion nomotion none      # a subset: the rows by tag
+    python -m tools.table7 --seeds 0 --quick   # one seed, 2 pretraining / 1 finetuning epochs:
                                               # a smoke run
-    python docs/table7.py --table-only        # the table of the seeds finished in out/table7
+    python -m tools.table7 --table-only        # the table of the seeds finished in out/table7
                                               # (with --budget B: in that budget's folder)
 
 Rows (tags in brackets), all pretrained with `train.py --preset tiny` (the demo's model, grid, lr
@@ -46,8 +46,7 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository
 
 # (name, tag, train.py flags on top of --preset tiny); None = not pretrained
 ROWS = [
@@ -218,7 +217,7 @@ def main():
     if args.table_only:          # the table of the finished seeds in --out-dir, nothing run
         rows, args.seeds = collect(out, args.seeds, tags, args.grid)
         if not args.seeds:
-            sys.exit(f"table7.py --table-only: no seed has finished every row in {out} "
+            sys.exit(f"tools/table7.py --table-only: no seed has finished every row in {out} "
                      "(a seed counts once its finetune and probe results.json exist for every row)")
         return write_table(rows, args)
 

@@ -1,10 +1,10 @@
 """Unsupervised video object segmentation with a frozen SMILE encoder (paper Table 10).
 
-    python segment.py --preset tiny                     # CPU demo: synthetic motion, random encoder
-    python segment.py --preset tiny --checkpoint out/tiny/checkpoint-latest.pth
-    python segment.py --dataset davis --data-root /data/DAVIS --checkpoint smile_vitb_k400.pth
-    torchrun --nproc_per_node=8 segment.py --dataset ytvos --data-root /data/ytvos --checkpoint CK
-    python segment.py -h                                # every flag
+    python -m tools.segment --preset tiny                     # CPU demo: synthetic motion, random encoder
+    python -m tools.segment --preset tiny --checkpoint out/tiny/checkpoint-latest.pth
+    python -m tools.segment --dataset davis --data-root /data/DAVIS --checkpoint smile_vitb_k400.pth
+    torchrun --nproc_per_node=8 -m tools.segment --dataset ytvos --data-root /data/ytvos --checkpoint CK
+    python -m tools.segment -h                                # every flag
 
 SMILE (Table 10) follows SIGMA (ECCV 2024), whose project page (github.com/QUVA-Lab/SIGMA,
 index.html, Table "Unsupervised video object segmentation") says: "We follow the evaluation protocol
@@ -75,13 +75,13 @@ from scipy.optimize import linear_sum_assignment
 
 import data
 import motion
-from evaluation import load_checkpoint_encoder, open_checkpoint
-from model import MODEL_SIZES, VideoClassifier
+from evaluation import frozen_encoder, read_checkpoint
+from model import MODEL_SIZES
 from runtime import (Log, Parser, all_reduce, amp_setup, apply_presets, check_paths, fail,
                      fmt_time, make_out_dir, nonneg_int, positive_int, setup_dist, teardown)
 
 # Clip length per dataset (SIGMA: 16 for DAVIS, 4 for YTVOS); the split each one reads by default.
-DATASETS = {
+VOS_DATASETS = {
     "synthetic": dict(num_frames=16),
     "davis": dict(num_frames=16, split="val"),
     "ytvos": dict(num_frames=4, split="train"),
@@ -93,8 +93,6 @@ PRESETS = {
     "tiny": dict(model="tiny", img_size=32, num_frames=8, patch_size=8, tubelet=2,
                  object_size=[64, 160], out_dir="out/segment-tiny"),
 }
-# The encoder shape: a flag wins, then the checkpoint's args, then the preset, then these.
-SHAPE_DEFAULTS = dict(model="base", patch_size=16, tubelet=2)
 SYNTHETIC_VIDEOS = 30        # as many clips as DAVIS-2017 val has videos
 MAX_POINTS_PER_CENTROID = 256  # faiss.Kmeans' default training subsample
 
@@ -288,7 +286,7 @@ def folder_videos(dataset, root, split, annotations="Annotations"):
         split_file = None
     if not os.path.isdir(img_root):
         fail(f"--data-root {root}: no folder {img_root} ({dataset} layout expected, "
-             f"see segment.py -h)")
+             f"see python -m tools.segment -h)")
     if split_file and os.path.isfile(split_file):
         with open(split_file) as f:
             names = [line.strip() for line in f if line.strip()]
@@ -343,7 +341,7 @@ def get_args(argv=None):
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS), help="tiny = the CPU demo on train.py's tiny grid")
-    a("--dataset", default="synthetic", choices=sorted(DATASETS),
+    a("--dataset", default="synthetic", choices=sorted(VOS_DATASETS),
       help="Table 10: davis (DAVIS-2017), ytvos (YouTube-VOS); synthetic = motion.py clips, "
       "no download")
     a("--data-root", default=None,
@@ -387,48 +385,24 @@ def get_args(argv=None):
       help="encoder autocast dtype")
     a("--log-every", type=positive_int, default=10, help="videos between progress lines")
     explicit = vars(p.parse_known_args(argv)[0])  # before presets: None = the flag was not given
-    args = apply_presets(p, [("dataset", DATASETS), ("preset", PRESETS)], argv)
+    args = apply_presets(p, [("dataset", VOS_DATASETS), ("preset", PRESETS)], argv)
     if args.dataset != "synthetic" and not args.data_root:
         fail(f"--dataset {args.dataset} needs --data-root")
     return args, explicit
 
 
-def resolve_shape(args, explicit, ckpt_args):
-    """model / patch_size / tubelet: a flag wins, then the checkpoint's args, then the preset, then
-    SHAPE_DEFAULTS. The grid fits: S divisible by the patch, T by the tubelet."""
-    for k, default in SHAPE_DEFAULTS.items():
-        if explicit[k] is None and k in ckpt_args:
-            setattr(args, k, ckpt_args[k])
-        elif getattr(args, k) is None:
-            setattr(args, k, default)
-    if args.img_size % args.patch_size or args.num_frames % args.tubelet:
-        fail(f"--img-size {args.img_size} must be divisible by --patch-size {args.patch_size} and "
-             f"--num-frames {args.num_frames} by --tubelet {args.tubelet}")
-
-
 def build_encoder(args, explicit, verbose):
-    """VideoClassifier on the checkpoint's grid (or the run's), encoder weights from the
-    checkpoint."""
-    ckpt, ckpt_args = None, {}
-    if args.checkpoint:   # its shape wins over a preset's; a typed flag that contradicts it fails
-        ckpt = open_checkpoint(args, {k for k, v in explicit.items() if v is not None})
-        ckpt_args = ckpt.get("args") or {}
-    resolve_shape(args, explicit, ckpt_args)
-    depth = MODEL_SIZES[args.model]["depth"]
-    args.layer = depth if args.layer is None else args.layer
-    if not 1 <= args.layer <= depth:
-        fail(f"--layer {args.layer}: the {args.model} encoder has blocks 1..{depth}")
-    # built on the checkpoint's grid; other clip sizes rebuild the position table on the fly
-    grid = dict(img_size=ckpt_args.get("img_size", args.img_size),
-                num_frames=ckpt_args.get("num_frames", args.num_frames))
-    model = VideoClassifier(patch_size=args.patch_size, tubelet_size=args.tubelet, num_classes=1,
-                            **grid, **MODEL_SIZES[args.model])
-    if ckpt is not None:
-        missing, _ = load_checkpoint_encoder(model, ckpt, args, verbose)
-        if any(k.startswith("blocks.") for k in missing):
-            fail(f"--checkpoint {args.checkpoint} holds no encoder blocks "
-                 f"(missing {missing[:3]} ...)")
-    return model.eval().requires_grad_(False)
+    """The frozen encoder on the checkpoint's grid (or the run's), weights from the checkpoint; its
+    shape: a typed flag, else the checkpoint's (a typed flag that contradicts it is an error), else
+    the preset's, else base / 16 / 2 (evaluation.read_checkpoint)."""
+    state = read_checkpoint(args)
+    saved = (state.get("args") or {}) if state is not None else {}
+    model, args.layer, _ = frozen_encoder(
+        state, model=args.model, patch_size=args.patch_size, tubelet=args.tubelet,
+        img_size=saved.get("img_size", args.img_size),
+        num_frames=saved.get("num_frames", args.num_frames), layer=args.layer,
+        path=args.checkpoint, verbose=verbose)
+    return model
 
 
 # ============================================================================= main

@@ -1,13 +1,13 @@
 """Features of a frozen SMILE (or any VideoMAE-family) encoder, for downstream tools: paper Table
 10's temporal action localisation (ActionFormer on THUMOS-14) and users' own work.
 
-    python extract.py --preset tiny --list videos.csv --out-dir out/feats      # the demo's grid
-    python extract.py --preset thumos14 --checkpoint CK --video-dir /data/thumos14 --out-dir D
-    torchrun --nproc_per_node=8 extract.py --preset thumos14 --checkpoint CK --video-dir V \
+    python -m tools.extract --preset tiny --list videos.csv --out-dir out/feats      # the demo's grid
+    python -m tools.extract --preset thumos14 --checkpoint CK --video-dir /data/thumos14 --out-dir D
+    torchrun --nproc_per_node=8 -m tools.extract --preset thumos14 --checkpoint CK --video-dir V \
         --out-dir D
-    python extract.py --mode video --list val.csv --checkpoint CK --out-dir D   # a vector per video
-    python extract.py --mode tokens --list val.csv --layer 6 --out-dir D        # (t, h, w, D) grids
-    python extract.py -h                                                         # every flag
+    python -m tools.extract --mode video --list val.csv --checkpoint CK --out-dir D   # a vector per video
+    python -m tools.extract --mode tokens --list val.csv --layer 6 --out-dir D        # (t, h, w, D) grids
+    python -m tools.extract -h                                                         # every flag
 
 Modes, the array saved per video (D = encoder width; t, h, w = the token grid of one clip):
   snippets  (num_snippets, D): a window of T frames at --stride every --snippet-stride frames over
@@ -17,7 +17,7 @@ Modes, the array saved per video (D = encoder width; t, h, w = the token grid of
             config for them: docs/extract.md.
   video     (D,): pooled tokens averaged over --test-clips x --test-crops views (probe.py's views).
   tokens    (t, h, w, D): the tokens of the centre clip, centre crop, for dense tasks.
---layer L takes block L's output (1-based, as segment.py; default the last). Pooled features go
+--layer L takes block L's output (1-based, as tools/segment.py; default the last). Pooled features go
 through the checkpoint's fc_norm when it has one (a finetuned model: VideoMAE's forward_features)
 and L is the last block; a pretraining checkpoint has none: the raw token mean, as probe.py uses.
 
@@ -34,7 +34,6 @@ import argparse
 import glob
 import json
 import os
-import re
 import time
 from pathlib import Path
 
@@ -42,15 +41,13 @@ import numpy as np
 import torch
 
 import data
-from evaluation import (VideoClipDataset, add_data_args, build_classifier, read_checkpoint,
+from evaluation import (VideoClipDataset, add_data_args, frozen_encoder, read_checkpoint,
                         three_crops)
-from model import MODEL_SIZES, classifier_state_dict, position_table
+from model import MODEL_SIZES
 from runtime import (Log, Parser, all_reduce, amp_setup, apply_presets, check_paths, fail,
                      fmt_time, make_out_dir, positive_int, save_args, setup_dist, teardown)
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
-# a list line's last field is a label when it looks like one: a number, class ids "3,17,42", "-"
-LABEL = re.compile(r"-|[+-]?\d+(\.\d+)?(,[+-]?\d+(\.\d+)?)*")
 PRESETS = {
     # the demo's grid (train.py / probe.py --preset tiny): ViT-tiny, 32 px, 8 frames, 2x8x8
     "tiny": dict(model="tiny", img_size=32, num_frames=8, patch_size=8, tubelet=2, workers=1,
@@ -75,8 +72,8 @@ SHARED = ("--data-root", "--num-frames", "--img-size", "--sampling", "--stride",
 def get_args(argv=None):
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--preset", choices=sorted(PRESETS), help="tiny = the demo's grid (64 px, 16 frames, "
-      "ViT-tiny); thumos14 = 16 consecutive frames every 4 frames, 224 px (VideoMAEv2, OpenTAD)")
+    a("--preset", choices=sorted(PRESETS), help="tiny = the demo's grid (32 px, 8 frames, "
+      "2x8x8 tubelets, ViT-tiny); thumos14 = 16 consecutive frames every 4 frames, 224 px (VideoMAEv2, OpenTAD)")
     a("--list", default=None, help="list file, one '<path> [label]' per line (VideoMAE's format, "
       "the label optional); '#' comments; relative paths against --data-root, else the list's "
       "folder")
@@ -108,24 +105,16 @@ def get_args(argv=None):
 
 
 def read_items(path, data_root=None):
-    """'<path> [label]' lines -> [(video path, label string or None, 'FILE:LINE')]. The last field
-    is a label when it looks like one (LABEL), so paths may hold spaces. Read as utf-8-sig (a
-    Windows BOM is no part of the first path); '#' comments and blank lines skipped; a bad line
-    (a negative label) raises naming FILE:LINE."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"list file {path} does not exist")
-    root, items = Path(data_root) if data_root else path.parent, []
-    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        fields = line.rsplit(None, 1)
-        labelled = len(fields) == 2 and LABEL.fullmatch(fields[1])
-        video, label = fields if labelled else (line, None)
+    """'<path> [label]' lines (data.list_entries, the label optional) -> [(video path, label
+    string or None, 'FILE:LINE')]; a negative label raises naming FILE:LINE."""
+    items = []
+    for e in data.list_entries(path, data_root, optional_label=True):
+        label = e["label"]
         if label is not None and label.startswith("-") and label != "-":
-            raise ValueError(f"{path}:{n}: label {label!r} is negative")
-        items.append((video if os.path.isabs(video) else str(root / video), label, f"{path}:{n}"))
+            raise ValueError(f"{path}:{e['line']}: label {label!r} is negative")
+        if e["reason"]:
+            raise ValueError(f"{path}:{e['line']}: {e['reason']}")
+        items.append((e["video"], label, f"{path}:{e['line']}"))
     if not items:
         raise ValueError(f"list file {path} has no entries")
     return items
@@ -279,30 +268,17 @@ def keep(item):
 def build_encoder(args, verbose):
     """-> (frozen VideoClassifier, whether pooled features take fc_norm); sets --layer 1..depth."""
     state = read_checkpoint(args)
-    depth = MODEL_SIZES[args.model]["depth"]
-    args.layer = depth if args.layer is None else args.layer
-    if not 1 <= args.layer <= depth:
-        fail(f"--layer {args.layer}: the {args.model} encoder has blocks 1..{depth}")
-    keys = classifier_state_dict(state) if state is not None else {}
-    model = build_classifier(args, 1, state, verbose=verbose)
-    auto = "fc_norm.weight" in keys and args.layer == depth
-    use = {"on": True, "off": False, "auto": auto}[args.fc_norm] and args.mode != "tokens"
-    return model.eval().requires_grad_(False), use
-
-
-def encode(model, video, layer):
-    """Normalised video (B, C, T, H, W) -> (B, N, D): the output of block `layer` (1-based), the
-    computation of VideoClassifier.forward_tokens stopped there (fp32 residual stream)."""
-    x = model.patch_embed(video)                                    # (B, N, D)
-    x = x + position_table(model.pos_embed, x.shape[1])
-    for block in model.blocks[:layer]:
-        x = block(x)
-    return x
+    model, args.layer, keys = frozen_encoder(
+        state, model=args.model, patch_size=args.patch_size, tubelet=args.tubelet,
+        img_size=args.img_size, num_frames=args.num_frames, layer=args.layer,
+        path=args.checkpoint, verbose=verbose)
+    auto = "fc_norm.weight" in keys and args.layer == MODEL_SIZES[args.model]["depth"]
+    return model, {"on": True, "off": False, "auto": auto}[args.fc_norm] and args.mode != "tokens"
 
 
 def features(model, video, args, fc_norm):
     """uint8 (B, C, T, H, W) on the device -> float32 (B, D) pooled, or (B, t, h, w, D) tokens."""
-    x = encode(model, data.normalize(video), args.layer).float()     # (B, N, D)
+    x = model.forward_tokens(data.normalize(video), args.layer).float()   # (B, N, D)
     if args.mode == "tokens":
         B, _, T, H, W = video.shape
         return x.view(B, T // args.tubelet, H // args.patch_size, W // args.patch_size, -1)

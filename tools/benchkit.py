@@ -1,0 +1,123 @@
+"""The measuring kit of tools/bench.py and its sections (tools/bench_gpu.py, tools/bench_data.py):
+timing races, the one results table, hand-counted FLOPs and a matmul peak. A library of the
+toolbox: run nothing here, run `python -m tools.bench`."""
+import json
+import os
+import platform
+import tempfile
+import time
+
+import torch
+
+from model import MODEL_SIZES
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository
+ROWS = []
+
+
+def race(fns, rounds):
+    """Run the callables alternately `rounds` times after one warm-up call each -> {name: best
+    seconds}."""
+    for f in fns.values():
+        f()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, f in fns.items():
+            t = time.perf_counter()
+            f()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best
+
+
+def row(what, ours, base, ratio, goal="-", met=None):
+    """ours, base: strings with units; ratio: how many times better ours is (or a share
+    of a peak)."""
+    ROWS.append((what, ours, base, ratio, goal, "-" if met is None else "yes" if met else "NO"))
+
+
+def print_table():
+    head = ("what", "ours", "baseline", "ratio", "goal", "met?")
+    widths = [max(len(r[i]) for r in ROWS + [head]) for i in range(6)]
+    for r in [head, tuple("-" * w for w in widths)] + ROWS:
+        print(" | ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(r, widths))))
+
+
+def machine():
+    cpu = platform.processor() or "cpu"
+    if os.path.exists("/proc/cpuinfo"):
+        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                    if ln.startswith("model name")), cpu)
+    gpu = f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu} | {os.cpu_count()} cores | torch {torch.__version__} | "
+            f"{torch.get_num_threads()} threads | {gpu} | load average {os.getloadavg()[0]:.2f}")
+
+
+def device_race(fns, steps, rounds, device):
+    """race() for device work: per round each callable runs `steps` times back to back, timed from
+    its first launch to its last kernel's end (CUDA events; perf_counter on a CPU) -> {name: best s
+    per call}. Two warm-up calls each first (compilation, cuDNN autotuning, the
+    allocator's pools)."""
+    for f in fns.values():
+        f()
+        f()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, f in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                start, end = (torch.cuda.Event(enable_timing=True),
+                              torch.cuda.Event(enable_timing=True))
+                start.record()
+                for _ in range(steps):
+                    f()
+                end.record()
+                end.synchronize()
+                dt = start.elapsed_time(end) / 1000
+            else:
+                t = time.perf_counter()
+                for _ in range(steps):
+                    f()
+                dt = time.perf_counter() - t
+            best[name] = min(best[name], dt / steps)
+    return best
+
+
+def step_flops(size, img, out_dim=768, ratio=0.8):
+    """Matmul FLOPs of one training step per clip at 16 frames, counted by hand (2 per
+    multiply-add). Forward: patch embedding of the visible tubelets; per block qkv + proj + MLP
+    (12 D^2 per token) and attention (q k^T and attn v: 2 N^2 D); encoder_to_decoder; decoder
+    blocks over all N tokens; the head on the masked ones. Backward = 2x forward, but 1x for the
+    patch embedding (pixels need no grad)."""
+    c, hw = MODEL_SIZES[size], (img // 16) ** 2
+    n, nm = 8 * hw, 8 * int(ratio * hw)
+    D, Dd, nv = c["embed_dim"], c["decoder_embed_dim"], n - nm
+    blocks = lambda n, d, depth: depth * (12 * n * d * d + 2 * n * n * d)   # noqa: E731
+    macs = (blocks(nv, D, c["depth"]) + nv * D * Dd + blocks(n, Dd, c["decoder_depth"])
+            + nm * Dd * out_dim)
+    return 2 * (3 * macs + 2 * nv * 3 * 2 * 16 * 16 * D)
+
+
+def matmul(n, dtype, device="cpu"):
+    """An n x n x n torch.mm in dtype (its best time gives this machine's matmul peak)
+    -> (callable, FLOPs)."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype),
+            torch.randn(n, n, device=device, dtype=dtype))
+    return (lambda: (a @ b, torch.cuda.synchronize() if a.is_cuda else None)), 2 * n ** 3
+
+
+def flop_s(x):
+    """FLOP/s with a unit that suits the size: TFLOP/s on a GPU, GFLOP/s on a CPU."""
+    return f"{x / 1e12:.1f} TFLOP/s" if x >= 1e12 else f"{x / 1e9:.1f} GFLOP/s"
+
+
+def small_clip_config():
+    """A small open_clip config (ViT of width 192, 4 blocks, 64 px) written to a temporary
+    JSON file."""
+    path = os.path.join(tempfile.mkdtemp(), "bench_small_clip.json")
+    with open(path, "w") as f:
+        json.dump({"embed_dim": 64,
+                   "text_cfg": dict(context_length=8, vocab_size=64, width=32, heads=2, layers=1),
+                   "vision_cfg": dict(image_size=64, patch_size=16, width=192, layers=4,
+                                      head_width=64)}, f)
+    return path
