@@ -17,6 +17,7 @@ same stream. A bad item (unreadable video, bad object PNG) is replaced by anothe
 never fatal.
 The evaluation datasets are evaluation.py's; `python -m tools.prepare` re-encodes and checks list files.
 """
+import bisect
 import os
 import re
 import signal
@@ -125,9 +126,12 @@ def decode_frames(path, indices):
     """Decode the frames at `indices` (sorted or not; repeats allowed) -> uint8 (len, H, W, 3).
     indices may be a function of the video's frame count, so the file is opened once.
 
-    Seeks to the key frame before the first index and decodes only up to the last one. A frame
-    index is read off its timestamp; an index the stream does not reach takes the nearest decoded
-    frame.
+    Seeks to the key frame before the first index, then reads packets up to the last one and
+    decodes only the GOPs (key frame to key frame, from the container's index) that hold a wanted
+    frame: in an all-intra file (`prepare encode --gop 1`) a 16-frame clip at stride 4 decodes 16
+    frames instead of the ~61-90 of its span. Each decoded GOP starts at its key frame, so frames
+    equal a decode from the start. A frame index is read off its timestamp; an index the stream
+    does not reach takes the nearest decoded frame.
     One decoder thread: the loader's worker processes are the parallelism (FFmpeg would otherwise
     start a thread per core for every open file, in every worker)."""
     import av
@@ -143,18 +147,53 @@ def decode_frames(path, indices):
         if want[0] > 0:
             container.seek(start + int(want[0] / fps / tb), stream=stream, backward=True,
                            any_frame=False)
-        for frame in container.decode(stream):
-            i = (int(round(float((frame.pts - start) * tb) * fps)) if frame.pts is not None
-                 else len(got))
-            if i in want:
-                got[i] = frame.to_ndarray(format="rgb24")
-            if i >= want[-1]:
+        keys, todo, gop = _key_frames(stream, fps), list(want), (0, float("inf"))
+        for packet in container.demux(stream):
+            if packet.is_keyframe and packet.pts is not None and keys:   # a new GOP [k, next k)
+                k = int(round(float((packet.pts - start) * tb) * fps))
+                j = bisect.bisect_right(keys, k)
+                gop = (k, keys[j] if j < len(keys) else float("inf"))
+            if not todo:
                 break
+            # todo[0] in this GOP, or decoded before it and not out yet (a decoder with B-frames
+            # outputs late): decode. A GOP that holds no wanted frame is skipped, never decoded.
+            if todo[0] >= gop[1]:
+                continue
+            for frame in packet.decode():
+                i = (int(round(float((frame.pts - start) * tb) * fps)) if frame.pts is not None
+                     else len(got))
+                if i in want:
+                    got[i] = _rgb(frame)
+                while todo and todo[0] <= i:
+                    todo.pop(0)
     if not got:
         raise ValueError(f"{path}: no frame could be decoded")
     have = np.array(sorted(got))
     nearest = {i: have[np.abs(have - i).argmin()] for i in want}
     return np.stack([got[nearest[int(i)]] for i in indices])
+
+
+_REFORMATTER = []   # one per process: it keeps FFmpeg's converter, 0.3 -> 0.1 ms per 568x320 frame
+
+
+def _rgb(frame):
+    """A decoded frame -> uint8 (H, W, 3) RGB, as frame.to_ndarray(format="rgb24")."""
+    if not _REFORMATTER:
+        from av.video.reformatter import VideoReformatter
+        _REFORMATTER.append(VideoReformatter())
+    return _REFORMATTER[0].reformat(frame, format="rgb24").to_ndarray()
+
+
+def _key_frames(stream, fps):
+    """Frame indices of the stream's key frames, from the container's index (mp4: its sync-sample
+    table; no decoding), counted from the first entry. [] when the container has no index."""
+    try:
+        entries = stream.index_entries
+        first = entries[0].timestamp if len(entries) else 0
+    except (AttributeError, IndexError):   # PyAV < 15 or an index-less container
+        return []
+    tb = float(stream.time_base)
+    return [int(round((e.timestamp - first) * tb * fps)) for e in entries if e.is_keyframe]
 
 
 def clip_indices(num_video_frames, num_frames, stride, rng):

@@ -55,7 +55,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model import MODEL_SIZES, PretrainModel, mask_indices, sinusoid_table
-from tools.bench_data import bench_data
+from tools.bench_data import bench_data, bench_decode
 from tools.bench_gpu import bench_gpu, gpu_check, markdown_table
 from tools.benchkit import (ROOT, machine, matmul, print_table, race, row, small_clip_config,
                             step_flops)
@@ -355,7 +355,7 @@ def bench_demo(a, model_rate):
 
 # ----------------------------------------------------------------------------- main
 
-SECTIONS = ("step", "memory", "teacher", "gpu", "data", "demo")
+SECTIONS = ("step", "memory", "teacher", "gpu", "data", "decode", "demo")
 
 
 def get_args(argv=None):
@@ -409,7 +409,7 @@ def main(argv=None):
     t0 = a.t0 = time.time()
     failed, rate = [], {}
     run = dict(step=bench_step, memory=bench_memory, teacher=bench_teacher, gpu=bench_gpu,
-               data=bench_data, demo=bench_demo)
+               data=bench_data, decode=bench_decode, demo=bench_demo)
     sections = [(name, run[name]) for name in SECTIONS if name in only]
     for name, fn in sections + ([("train.py", gpu_check)] if a.gpu_check else []):
         try:
