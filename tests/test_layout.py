@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # the project card's files, then the libraries the entry scripts share
 METHOD = ["model.py", "motion.py", "masking.py", "teacher.py", "train.py", "probe.py",
           "finetune.py"]
-LIBRARIES = ["data.py", "runtime.py", "checkpoints.py", "evaluation.py", "augment.py", "hubconf.py"]
+LIBRARIES = ["data.py", "runtime.py", "checkpoints.py", "evaluation.py", "augment.py", "hubconf.py",
+             "objects.py"]
 ENTRY = {"train.py", "probe.py", "finetune.py"}   # top-level scripts run from the command line
 MAX_LINES = 450
 ROW = re.compile(r"^\| `(?P<file>[\w/]+\.py)` \((?P<lines>\d+)\) \|")
