@@ -126,44 +126,39 @@ def decode_frames(path, indices):
     """Decode the frames at `indices` (sorted or not; repeats allowed) -> uint8 (len, H, W, 3).
     indices may be a function of the video's frame count, so the file is opened once.
 
-    Seeks to the key frame before the first index, then reads packets up to the last one and
-    decodes only the GOPs (key frame to key frame, from the container's index) that hold a wanted
-    frame: in an all-intra file (`prepare encode --gop 1`) a 16-frame clip at stride 4 decodes 16
-    frames instead of the ~61-90 of its span. Each decoded GOP starts at its key frame, so frames
-    equal a decode from the start. A frame index is read off its timestamp; an index the stream
-    does not reach takes the nearest decoded frame.
+    Decodes only the GOPs that hold a wanted frame, each from its key frame (all-intra, `prepare
+    encode`: 16 frames for a clip at stride 4, not the 61 of its span), so frames equal a decode
+    from the start. An index is read off the timestamp; one the stream lacks takes the nearest.
     One decoder thread: the loader's worker processes are the parallelism (FFmpeg would otherwise
     start a thread per core for every open file, in every worker)."""
     import av
-    got = {}
+    from av.video.reformatter import VideoReformatter
+    got, rgb = {}, VideoReformatter()   # one converter for all frames: 0.3 -> 0.1 ms per frame
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1
         if callable(indices):
             indices = indices(_frame_count(container, stream))
         want = sorted(set(int(i) for i in indices))
-        fps, tb = float(stream.average_rate or 25), stream.time_base
-        start = stream.start_time or 0
+        fps, tb, start = float(stream.average_rate or 25), stream.time_base, stream.start_time or 0
+        index = lambda pts: int(round(float((pts - start) * tb) * fps))   # noqa: E731
         if want[0] > 0:
             container.seek(start + int(want[0] / fps / tb), stream=stream, backward=True,
                            any_frame=False)
-        keys, todo, gop = _key_frames(stream, fps), list(want), (0, float("inf"))
+        keys, todo, end = _key_frames(stream, fps) + [float("inf")], list(want), float("inf")
         for packet in container.demux(stream):
-            if packet.is_keyframe and packet.pts is not None and keys:   # a new GOP [k, next k)
-                k = int(round(float((packet.pts - start) * tb) * fps))
-                j = bisect.bisect_right(keys, k)
-                gop = (k, keys[j] if j < len(keys) else float("inf"))
-            if not todo:
-                break
+            if packet.is_keyframe and packet.pts is not None:   # a GOP: up to the next key frame
+                end = keys[bisect.bisect_right(keys, index(packet.pts))] if len(keys) > 1 else end
             # todo[0] in this GOP, or decoded before it and not out yet (a decoder with B-frames
             # outputs late): decode. A GOP that holds no wanted frame is skipped, never decoded.
-            if todo[0] >= gop[1]:
+            if not todo:
+                break
+            if todo[0] >= end:
                 continue
             for frame in packet.decode():
-                i = (int(round(float((frame.pts - start) * tb) * fps)) if frame.pts is not None
-                     else len(got))
+                i = index(frame.pts) if frame.pts is not None else len(got)
                 if i in want:
-                    got[i] = _rgb(frame)
+                    got[i] = rgb.reformat(frame, format="rgb24").to_ndarray()
                 while todo and todo[0] <= i:
                     todo.pop(0)
     if not got:
@@ -173,26 +168,11 @@ def decode_frames(path, indices):
     return np.stack([got[nearest[int(i)]] for i in indices])
 
 
-_REFORMATTER = []   # one per process: it keeps FFmpeg's converter, 0.3 -> 0.1 ms per 568x320 frame
-
-
-def _rgb(frame):
-    """A decoded frame -> uint8 (H, W, 3) RGB, as frame.to_ndarray(format="rgb24")."""
-    if not _REFORMATTER:
-        from av.video.reformatter import VideoReformatter
-        _REFORMATTER.append(VideoReformatter())
-    return _REFORMATTER[0].reformat(frame, format="rgb24").to_ndarray()
-
-
 def _key_frames(stream, fps):
-    """Frame indices of the stream's key frames, from the container's index (mp4: its sync-sample
-    table; no decoding), counted from the first entry. [] when the container has no index."""
-    try:
-        entries = stream.index_entries
-        first = entries[0].timestamp if len(entries) else 0
-    except (AttributeError, IndexError):   # PyAV < 15 or an index-less container
-        return []
-    tb = float(stream.time_base)
+    """Frame indices of the key frames, from the container's index (mp4: its sync samples; no
+    decoding), counted from the first entry; [] without an index (then no GOP is skipped)."""
+    entries = getattr(stream, "index_entries", None) or []   # PyAV >= 15
+    tb, first = float(stream.time_base), entries[0].timestamp if entries else 0
     return [int(round((e.timestamp - first) * tb * fps)) for e in entries if e.is_keyframe]
 
 
@@ -260,6 +240,52 @@ def load_image(path):
     from PIL import Image
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
+
+
+class PackedBank:
+    """A bank packed by `python -m tools.prepare objects` (tools/packing.py), memory-mapped: workers
+    share one copy in the page cache. Items as motion.ObjectBank's: RGBA uint8 (h, w, 4)."""
+
+    def __init__(self, path, list_file=None):
+        if list_file:
+            raise ValueError(f"{path} is packed: give --object-list to prepare objects instead")
+        self.path, self.records = str(path), None
+        self.count = len(self.open())
+
+    def open(self):
+        """Map the records; a file that is no packed bank, or is cut short: a ValueError, the fix."""
+        fix = f"(re)pack it with python -m tools.prepare objects DIR {self.path}"
+        try:
+            with open(self.path, "rb") as f:
+                major = np.lib.format.read_magic(f)[0]
+                shape, _, dtype = getattr(np.lib.format, f"read_array_header_{major}_0")(f)
+                at, size = f.tell(), os.fstat(f.fileno()).st_size
+            if dtype.names != ("size", "rgba"):
+                raise ValueError(f"records {dtype}, not (size, rgba)")
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{self.path} is not a whole packed object bank ({e}): {fix}") from None
+        if size < at + shape[0] * dtype.itemsize:
+            raise ValueError(f"{self.path} is truncated ({size} of {at + shape[0] * dtype.itemsize} "
+                             f"bytes): {fix}")
+        self.records = np.memmap(self.path, dtype, "r", offset=at, shape=shape)
+        return self.records
+
+    def __len__(self):
+        return self.count
+
+    def __getstate__(self):   # a pickled bank maps the file again: the tiles never travel
+        return {**self.__dict__, "records": None}
+
+    def premultiplied(self, i):
+        """Object i, uint8 (h, w, 4), colour premultiplied by alpha: a view of the mapped file."""
+        records = self.records if self.records is not None else self.open()
+        h, w = records["size"][i]
+        return records["rgba"][i, :h, :w]
+
+    def __getitem__(self, i):
+        x = self.premultiplied(i).astype(np.float32)
+        x[..., :3] *= 255 / np.maximum(x[..., 3:], 1)   # straight colour, as the PNG held it
+        return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
 def image_items(folder):

@@ -193,12 +193,12 @@ class ObjectBank:
     The paper's bank (PIN synthetic objects: Stable Diffusion + X-Paste, 60 per LVIS category) is
     laid out <category>/<n>.png, 60,687 files. Each item is cropped to its alpha bounding box (so
     the P x Q size applies to the object, not to transparent margins) and capped to max_side pixels.
-    A file instead of a folder is a packed bank (objects.PackedBank): the same items, read once.
+    A file instead of a folder is a packed bank (data.PackedBank): the same items, read once.
     """
 
     def __new__(cls, root, max_side=256, list_file=None):
         if Path(root).is_file():   # `python -m tools.prepare objects DIR OUT` wrote it
-            from objects import PackedBank
+            from data import PackedBank
             return PackedBank(root, list_file)
         return super().__new__(cls)
 
@@ -214,6 +214,21 @@ class ObjectBank:
         if not self.files:
             raise ValueError(f"object bank folder {self.root} holds no .png files")
         self.max_side = max_side
+        self.check()
+
+    def check(self):
+        """At least one usable object, found when the bank is opened (the first good file ends the
+        search): a bank of RGB PNGs stops here, before the first step, not 20 bad draws into it.
+        Single bad objects stay the loader's to skip and name."""
+        first = None
+        for i in range(len(self.files)):
+            try:
+                self[i]
+                return
+            except (OSError, ValueError) as e:
+                first = first or e
+        raise ValueError(f"object bank {self.root}: none of its {len(self.files)} .png files is a "
+                         f"usable RGBA cut-out (first: {first})")
 
     def __len__(self):
         return len(self.files)

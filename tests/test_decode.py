@@ -143,7 +143,7 @@ def test_encode_command_line_gop_and_tune(video_list, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tools.prepare", "encode", str(video_list),
                           str(tmp_path / "x"), "--gop", "0"], capture_output=True, text=True,
                          cwd=ROOT, timeout=60)
-    assert bad.returncode == 2 and "--gop must be >= 1" in bad.stderr
+    assert bad.returncode == 2 and "argument --gop: 0: must be an integer >= 1" in bad.stderr
 
 
 def test_decode_cost_reports_each_decoder(encodings):

@@ -1,7 +1,7 @@
-"""The packed object bank (issue 26, objects.py): `python -m tools.prepare objects DIR OUT` reads
-every PNG once; motion.ObjectBank(OUT) gives the folder's items (RGBA uint8, cropped to alpha,
-capped at the tile side) from a memory-mapped file; bad input is named when packing, and a bank cut
-short is named when opening it."""
+"""The packed object bank (issue 26): `python -m tools.prepare objects DIR OUT` (tools/packing.py)
+reads every PNG once; motion.ObjectBank(OUT) gives the folder's items (RGBA uint8, cropped to alpha,
+capped at the tile side) from a memory-mapped file (data.PackedBank); bad input is named when
+packing, and a bank cut short is named when opening it."""
 import pickle
 import subprocess
 import sys
@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import data
 import motion
-import objects
 from conftest import ROOT, TINY, fails_cleanly
+from tools import packing
 
 
 def cut_out(h, w, seed, margin=5, soft=True):
@@ -54,8 +55,9 @@ def test_packed_items_equal_the_folders(tmp_path):
     pack([folder, tmp_path / "bank", "--tile", "64", "--workers", "2"])
     bank = motion.ObjectBank(tmp_path / "bank")
     ref = motion.ObjectBank(folder, max_side=64)      # the folder read with the tile as its cap
-    assert isinstance(bank, objects.PackedBank) and len(bank) == len(ref) == 4
-    assert bank.names() == ["cat/1.png", "cat/3.png", "dog/0.png", "dog/2.png"]   # sorted
+    assert isinstance(bank, data.PackedBank) and len(bank) == len(ref) == 4
+    names = (tmp_path / "bank.names.txt").read_text().split()
+    assert names == ["cat/1.png", "cat/3.png", "dog/0.png", "dog/2.png"]   # sorted
     for i in range(4):
         a, b = bank[i], ref[i]
         assert a.dtype == np.uint8 and a.shape == b.shape and max(a.shape[:2]) <= 64
@@ -70,7 +72,7 @@ def test_packed_items_equal_the_folders(tmp_path):
         # the stored tile is premultiplied: colour * alpha / 255, rounded
         pm = np.round(b[..., :3].astype(float) * a_[..., None] / 255)
         assert np.abs(bank.premultiplied(i)[..., :3] - pm).max() <= 1
-    assert bank.sizes.tolist() == [list(ref[i].shape[:2]) for i in range(4)]
+    assert bank.records["size"].tolist() == [list(ref[i].shape[:2]) for i in range(4)]
     assert ref[0].shape[:2] == (30, 50) and ref[1].shape[:2] == (32, 64)   # cropped; capped
 
 
@@ -91,12 +93,13 @@ def test_packed_bank_is_mapped_not_copied(tmp_path):
     pack([make_bank(tmp_path / "pngs"), tmp_path / "bank", "--tile", "64", "--workers", "1"])
     bank = motion.ObjectBank(tmp_path / "bank")
     first = bank[0]
-    assert isinstance(bank.tiles, np.memmap) and not bank.premultiplied(0).flags.owndata
+    assert isinstance(bank.records, np.memmap) and not bank.premultiplied(0).flags.owndata
+    assert np.load(tmp_path / "bank", mmap_mode="r").shape == (4,)   # a plain .npy
     # a worker that gets the bank pickled (spawn) maps the file itself: no tile bytes travel
     blob = pickle.dumps(bank)
     assert len(blob) < 4 * 64 * 64
     assert np.array_equal(pickle.loads(blob)[0], first)
-    assert objects.PACK_TILE == 192   # draws up to 128 px at 224 (Sec. 4.1), scaled: 336 px fits
+    assert packing.PACK_TILE == 192   # draws up to 128 px at 224 (Sec. 4.1), scaled: 336 px fits
 
 
 def test_bad_pngs_are_named_when_packing(tmp_path):
@@ -119,22 +122,24 @@ def test_object_list_naming_a_missing_file(tmp_path):
     assert not (tmp_path / "bank").exists()
     (tmp_path / "list.txt").write_text("dog/2.png\n# a comment\ncat/1.png\n")
     pack([folder, tmp_path / "bank", "--object-list", tmp_path / "list.txt", "--workers", "1"])
-    assert motion.ObjectBank(tmp_path / "bank").names() == ["dog/2.png", "cat/1.png"]
-    with pytest.raises(ValueError, match="give --object-list when packing"):
+    assert (tmp_path / "bank.names.txt").read_text().split() == ["dog/2.png", "cat/1.png"]
+    with pytest.raises(ValueError, match="give --object-list to prepare objects"):
         motion.ObjectBank(tmp_path / "bank", list_file=tmp_path / "list.txt")
 
 
 def test_truncated_or_foreign_bank_is_named_with_the_fix(tmp_path):
     pack([make_bank(tmp_path / "pngs"), tmp_path / "bank", "--tile", "64", "--workers", "1"])
     whole = (tmp_path / "bank").read_bytes()
-    for cut in (len(whole) - 1, 5000, 20):   # the meta, the tiles, the header itself cut off
+    for cut in (len(whole) - 1, 5000):   # the last record, most of them
         (tmp_path / "cut").write_bytes(whole[:cut])
-        with pytest.raises(ValueError, match=r"cut is truncated .*repack it with python -m "
-                                             r"tools.prepare objects"):
+        with pytest.raises(ValueError, match=rf"cut is truncated \({cut} of {len(whole)} bytes\): "
+                                             r"\(re\)pack it with python -m tools.prepare objects"):
             motion.ObjectBank(tmp_path / "cut")
-    (tmp_path / "notes.txt").write_text("not a bank")
-    with pytest.raises(ValueError, match="notes.txt is neither a folder nor a packed"):
-        motion.ObjectBank(tmp_path / "notes.txt")
+    for name, text in (("head", whole[:20]), ("notes.txt", b"not a bank")):   # no whole header
+        (tmp_path / name).write_bytes(text)
+        with pytest.raises(ValueError, match=rf"{name} is not a whole packed object bank .*"
+                                             r"\(re\)pack it with python -m tools.prepare objects"):
+            motion.ObjectBank(tmp_path / name)
     # train.py stops before any work, with one line naming the file and the fix
     (tmp_path / "cut").write_bytes(whole[:5000])
     fails_cleanly([*TINY, "--objects", str(tmp_path / "cut"), "--out-dir", str(tmp_path / "r")],

@@ -3,14 +3,14 @@
     python -m tools.prepare encode LIST OUT_DIR --short-side 320     # K400 320, SSv2 240
     python -m tools.prepare check LIST --num-classes 400 --write-clean clean.csv
     python -m tools.prepare subset LIST 80000 OUT_LIST --seed 0      # or a fraction: 0.5
-    python -m tools.prepare objects /data/pin /data/pin.bank --object-list object_instances.txt
+    python -m tools.prepare objects /data/pin pin.npy --object-list object_instances.txt
 
 encode: decoding is the loader's main cost, and it grows with the pixels of the stored video and
 with the frames decoded that a clip does not use. K400/SSv2 as downloaded are up to full HD with
 keyframes seconds apart; re-encoding once to the short side the crops need, all-intra (--gop 1:
 data.decode_frames then decodes only a clip's 16 frames, not the 61 of its span at stride 4) with
 x264's fast-decode settings, makes every later epoch cheaper: ~2x less CPU per clip than GOP 32 for
-~3-4x its disk (`python -m tools.bench --only decode`, docs/performance.md). Resumable; bad videos
+~3x its disk (`python -m tools.bench --only decode`, docs/performance.md). Resumable; bad videos
 are left out of the new list.
 
 check: reads a list the way training does (data.read_list: `<path> <label>`, label = last field,
@@ -23,8 +23,9 @@ subset: a seeded, class-stratified subset (data.stratified_subset): the paper's 
 K400's 240K clips) and SSv2_m (50% of SSv2) for ablations, SEVERE's 10^3 low-shot sets. Output lines
 are lines of the input.
 
-objects: packs an object bank folder into one memory-mapped file (objects.py) that every loader
-worker shares, so that no worker decodes a PNG per object per clip; bad PNGs are named and left out.
+objects: packs an object bank folder into one memory-mapped file (tools/packing.py) that every
+loader worker shares, so that no worker decodes a PNG per object per clip; bad PNGs are named and
+left out.
 """
 import argparse
 import multiprocessing
@@ -37,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 import data
-from objects import PACK_TILE, pack_objects
-from runtime import fail, fmt_time
+from runtime import Parser, check_paths, fail, fmt_time, nonneg_int, positive_int
+from tools.packing import PACK_TILE, pack_objects
 
 PREPARE_GOP = 1   # all-intra: a clip decodes its own frames only (docs/performance.md)
 
@@ -359,7 +360,7 @@ def subset_size(n, total):
     try:
         fraction = any(c in text for c in ".eE")
         count = round(float(text) * total) if fraction else int(text)
-    except ValueError:
+    except (ValueError, OverflowError):   # not a number, NaN, infinity
         raise ValueError(f"N={text!r} is neither a count nor a fraction") from None
     if fraction and not 0 < float(text) <= 1:
         raise ValueError(f"N={text}: a fraction must lie in (0, 1]")
@@ -396,7 +397,7 @@ def subset(list_path, n, out_list, seed=0, data_root=None, multi_label=False, qu
 # ----------------------------------------------------------------------------- objects
 
 def objects(folder, out, tile=PACK_TILE, object_list=None, workers=None, quiet=False):
-    """Pack a folder bank into out (objects.pack_objects); bad PNGs are named and left out."""
+    """Pack a folder bank into out (packing.pack_objects); bad PNGs are named and left out."""
     progress = Progress("objects", 0, quiet)
     r = pack_objects(folder, out, tile, object_list, workers or os.cpu_count() or 1,
                      lambda i, n: (setattr(progress, "total", n), progress.update(i, "PNGs read")))
@@ -410,8 +411,8 @@ def objects(folder, out, tile=PACK_TILE, object_list=None, workers=None, quiet=F
 # ----------------------------------------------------------------------------- command line
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__.split("\n\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     root_help = "folder the list's relative paths are relative to (default: the list's folder)"
     p = sub.add_parser("encode",
@@ -419,24 +420,24 @@ def parse_args(argv=None):
     p.add_argument("list", help="list file '<path> <label>' (VideoMAE convention)")
     p.add_argument("out_dir",
                    help="re-encoded videos and the new list (OUT_DIR/<list name>) go here")
-    p.add_argument("--short-side", type=int, default=320,
+    p.add_argument("--short-side", type=positive_int, default=320,
                    help="K400 320, SSv2 240 (never upscales)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="processes (default: one per CPU core)")
     p.add_argument("--data-root", default=None, help=root_help)
     p.add_argument("--codec", default="libx264", choices=["libx264", "mpeg4"])
-    p.add_argument("--gop", type=int, default=PREPARE_GOP,
+    p.add_argument("--gop", type=positive_int, default=PREPARE_GOP,
                    help=f"a key frame every N frames (default {PREPARE_GOP}: all-intra, the least "
-                   "decoding; 32: ~3-4x less disk, ~2x the decode CPU; docs/performance.md)")
+                   "decoding; 32: ~3x less disk, ~2x the decode CPU; docs/performance.md)")
     p.add_argument("--tune", default="fastdecode", choices=["fastdecode", "none"],
                    help="libx264's tune: fastdecode (no CABAC, no deblocking) decodes faster")
     c = sub.add_parser("check", help="preflight a list: missing, unreadable, short videos, labels")
     c.add_argument("list", help="list file '<path> <label>'")
     c.add_argument("--data-root", default=None, help=root_help)
-    c.add_argument("--num-classes", type=int, default=None, help="labels must lie in [0, K)")
-    c.add_argument("--num-frames", type=int, default=16, help="frames per clip (T)")
-    c.add_argument("--stride", type=int, default=4, help="frame stride of a clip")
-    c.add_argument("--workers", type=int, default=None,
+    c.add_argument("--num-classes", type=positive_int, default=None, help="labels must lie in [0, K)")
+    c.add_argument("--num-frames", type=positive_int, default=16, help="frames per clip (T)")
+    c.add_argument("--stride", type=positive_int, default=4, help="frame stride of a clip")
+    c.add_argument("--workers", type=positive_int, default=None,
                    help="processes (default: one per CPU core)")
     c.add_argument("--multi-label", action="store_true",
                    help="labels are '3,17,42' lists ('-': none)")
@@ -446,41 +447,36 @@ def parse_args(argv=None):
     s.add_argument("list", help="list file '<path> <label>'")
     s.add_argument("n", help="videos to keep: a count (80000) or a fraction of the list (0.5)")
     s.add_argument("out_list", help="the subset list (lines of LIST)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=nonneg_int, default=0)
     s.add_argument("--data-root", default=None, help=root_help)
     s.add_argument("--multi-label", action="store_true",
                    help="stratify on the first label of each line")
     o = sub.add_parser("objects", help="pack an object bank once: objects DIR OUT (one "
                        "memory-mapped file for --objects)")
     o.add_argument("folder", help="folder of RGBA object PNGs (searched recursively)")
-    o.add_argument("out", help="the packed bank to write (train.py --objects OUT)")
+    o.add_argument("out", help="the packed bank to write, a .npy (train.py --objects OUT)")
     o.add_argument("--object-list", default=None,
                    help="pack only these PNGs (paths relative to DIR, one per line)")
-    o.add_argument("--tile", type=int, default=PACK_TILE,
+    o.add_argument("--tile", type=positive_int, default=PACK_TILE,
                    help=f"objects capped at N px (default {PACK_TILE}: draws up to 128 px at 224, "
                    "scaled with --img-size)")
-    o.add_argument("--workers", type=int, default=None,
+    o.add_argument("--workers", type=positive_int, default=None,
                    help="processes (default: one per CPU core)")
     return parser.parse_args(argv)
 
 
 def validate(a):
     """Unusable arguments: one line and exit code 2 (runtime.fail) before any work."""
-    if a.command == "objects" and not Path(a.folder).is_dir():
-        fail(f"{a.folder} is not a folder of object PNGs")
-    if a.command == "objects" and a.object_list and not Path(a.object_list).is_file():
-        fail(f"--object-list {a.object_list} does not exist")
-    elif a.command != "objects" and not Path(a.list).is_file():
-        fail(f"list file {a.list} does not exist")
-    if getattr(a, "data_root", None) and not Path(a.data_root).is_dir():
-        fail(f"--data-root {a.data_root} is not a folder")
+    if a.command == "objects":
+        return check_paths(("DIR", a.folder, "folder"), ("--object-list", a.object_list, "file"),
+                           ("OUT", a.out, "out-file"))
     out = getattr(a, "write_clean", None) or getattr(a, "out_list", None)
+    check_paths(("list file", a.list, "file"), ("--data-root", a.data_root, "folder"),
+                ("OUT_DIR", getattr(a, "out_dir", None), "out-dir"),
+                ("--write-clean" if getattr(a, "write_clean", None) else "OUT_LIST", out,
+                 "out-file"))
     if out and Path(out).resolve() == Path(a.list).resolve():
         fail(f"{out} is the input list: write it somewhere else")
-    for name in ("num_frames", "stride", "workers", "num_classes", "short_side", "gop", "tile"):
-        value = getattr(a, name, None)
-        if value is not None and value < 1:
-            fail(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
 def main(argv=None):
