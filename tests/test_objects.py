@@ -144,3 +144,11 @@ def test_truncated_or_foreign_bank_is_named_with_the_fix(tmp_path):
     (tmp_path / "cut").write_bytes(whole[:5000])
     fails_cleanly([*TINY, "--objects", str(tmp_path / "cut"), "--out-dir", str(tmp_path / "r")],
                   "cut is truncated")
+
+
+def test_bench_bank_cost_runs(tmp_path):
+    """bench's decode section: the packed bank against its PNGs (no speed is asserted)."""
+    from tools.bench_data import bank_cost
+    b = bank_cost(str(tmp_path), num=4, clips=1, seeds=2)
+    assert all(b[k] > 0 for k in ("read png", "read packed", "overlay png", "overlay packed"))
+    assert 0 <= b["over2"] < 0.05 and 0.9 < b["iou"] <= 1 and b["max"] <= 255

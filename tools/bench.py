@@ -29,6 +29,8 @@ Sections (rows: what | ours | baseline | ratio | goal | met?):
            loader worker), overlay and mask ms per clip on one core, uint8 against float32 clips,
            and loaders (decode + crop + overlay + mask) against the model's training speed: the CPU
            step's, and on a GPU the whole GPU step's (clips/s per GPU, workers per GPU)
+  decode   (issue 26) CPU ms per clip for each `prepare encode --gop` x decoder and MB per video;
+           the packed object bank against its PNGs; finetune.py's loader per clip, by part
   demo     `python train.py --preset tiny` end to end, clips/s read from its log.jsonl
 
 Timing: the two sides of a row run alternately (A B A B ...) and each keeps its best round. Other
