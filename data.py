@@ -17,7 +17,7 @@ same stream. A bad item (unreadable video, bad object PNG) is replaced by anothe
 never fatal.
 The evaluation datasets are evaluation.py's; `python -m tools.prepare` re-encodes and checks list files.
 """
-import bisect
+import itertools
 import os
 import re
 import signal
@@ -126,9 +126,10 @@ def decode_frames(path, indices):
     """Decode the frames at `indices` (sorted or not; repeats allowed) -> uint8 (len, H, W, 3).
     indices may be a function of the video's frame count, so the file is opened once.
 
-    Decodes only the GOPs that hold a wanted frame, each from its key frame (all-intra, `prepare
-    encode`: 16 frames for a clip at stride 4, not the 61 of its span), so frames equal a decode
-    from the start. An index is read off the timestamp; one the stream lacks takes the nearest.
+    Decodes only the GOPs (read ahead to the next key frame) that hold a wanted frame, each from
+    its key frame, so frames equal a decode from the start; all-intra (`prepare encode`): 16 frames
+    for a clip at stride 4, not the 61 of its span. An index is read off the timestamp; one the
+    stream lacks takes the nearest.
     One decoder thread: the loader's worker processes are the parallelism (FFmpeg would otherwise
     start a thread per core for every open file, in every worker)."""
     import av
@@ -145,35 +146,29 @@ def decode_frames(path, indices):
         if want[0] > 0:
             container.seek(start + int(want[0] / fps / tb), stream=stream, backward=True,
                            any_frame=False)
-        keys, todo, end = _key_frames(stream, fps) + [float("inf")], list(want), float("inf")
-        for packet in container.demux(stream):
-            if packet.is_keyframe and packet.pts is not None:   # a GOP: up to the next key frame
-                end = keys[bisect.bisect_right(keys, index(packet.pts))] if len(keys) > 1 else end
-            # todo[0] in this GOP, or decoded before it and not out yet (a decoder with B-frames
-            # outputs late): decode. A GOP that holds no wanted frame is skipped, never decoded.
+        todo, gop = list(want), []   # gop: the packets since the last key frame, read ahead
+        for packet in itertools.chain(container.demux(stream), [None]):
+            if gop and (packet is None or packet.is_keyframe):   # the GOP ends before `packet`
+                end = float("inf") if packet is None or packet.pts is None else index(packet.pts)
+                # decode while todo[0] is in it or still in the decoder (B-frames come out late)
+                for p in gop:
+                    if not todo or todo[0] >= end:
+                        break
+                    for frame in p.decode():
+                        i = index(frame.pts) if frame.pts is not None else len(got)
+                        if i in want:
+                            got[i] = rgb.reformat(frame, format="rgb24").to_ndarray()
+                        while todo and todo[0] <= i:
+                            todo.pop(0)
+                gop = []
             if not todo:
                 break
-            if todo[0] >= end:
-                continue
-            for frame in packet.decode():
-                i = index(frame.pts) if frame.pts is not None else len(got)
-                if i in want:
-                    got[i] = rgb.reformat(frame, format="rgb24").to_ndarray()
-                while todo and todo[0] <= i:
-                    todo.pop(0)
+            gop.append(packet)
     if not got:
         raise ValueError(f"{path}: no frame could be decoded")
     have = np.array(sorted(got))
     nearest = {i: have[np.abs(have - i).argmin()] for i in want}
     return np.stack([got[nearest[int(i)]] for i in indices])
-
-
-def _key_frames(stream, fps):
-    """Frame indices of the key frames, from the container's index (mp4: its sync samples; no
-    decoding), counted from the first entry; [] without an index (then no GOP is skipped)."""
-    entries = getattr(stream, "index_entries", None) or []   # PyAV >= 15
-    tb, first = float(stream.time_base), entries[0].timestamp if entries else 0
-    return [int(round((e.timestamp - first) * tb * fps)) for e in entries if e.is_keyframe]
 
 
 def clip_indices(num_video_frames, num_frames, stride, rng):
@@ -249,7 +244,7 @@ class PackedBank:
     def __init__(self, path, list_file=None):
         if list_file:
             raise ValueError(f"{path} is packed: give --object-list to prepare objects instead")
-        self.path, self.records = str(path), None
+        self.path = str(path)
         self.count = len(self.open())
 
     def open(self):
