@@ -193,7 +193,14 @@ class ObjectBank:
     The paper's bank (PIN synthetic objects: Stable Diffusion + X-Paste, 60 per LVIS category) is
     laid out <category>/<n>.png, 60,687 files. Each item is cropped to its alpha bounding box (so
     the P x Q size applies to the object, not to transparent margins) and capped to max_side pixels.
+    A file instead of a folder is a packed bank (data.PackedBank): the same items, read once.
     """
+
+    def __new__(cls, root, max_side=256, list_file=None):
+        if Path(root).is_file():   # `python -m tools.prepare objects DIR OUT` wrote it
+            from data import PackedBank
+            return PackedBank(root, list_file)
+        return super().__new__(cls)
 
     def __init__(self, root, max_side=256, list_file=None):
         self.root = Path(root)

@@ -132,8 +132,8 @@ def get_args(argv=None):
     a("--stage2-schedule", default="restart", choices=["restart", "continue"],
       help="progressive: restart the optimizer and warm-up + cosine for stage 2, as the paper's "
       "two-job runs did; or one schedule")
-    a("--objects", default=None,
-      help="folder of RGBA object PNGs (PIN synthetic set); default: built-in shapes")
+    a("--objects", default=None, help="folder of RGBA object PNGs (PIN synthetic set), or the "
+      "file `python -m tools.prepare objects` packs it into; default: built-in shapes")
     a("--object-list", default=None,
       help="file of PNG paths relative to --objects, one per line: the subset the paper drew from "
       "(the reference's annotation_files/object_instances.txt)")
@@ -257,7 +257,7 @@ def check_files(args):
     check_paths(("--data-root", args.data_root if lists else None, "folder"),
                 ("--train-list", args.train_list if lists else None, "file"),
                 ("--image-dir", args.image_dir if args.source == "images" else None, "folder"),
-                ("--objects", args.objects, "folder"), ("--object-list", args.object_list, "file"),
+                ("--objects", args.objects, "path"), ("--object-list", args.object_list, "file"),
                 ("--teacher", args.teacher if clip and args.teacher.endswith(".json") else None,
                  "file"),
                 ("--teacher-weights", args.teacher_weights if clip and local else None, "file"))

@@ -39,7 +39,7 @@ CASES = [
     ("train", [*TRAIN, "--scale-range", "1.5", "0.5"], "--scale-range"),
     ("train", [*TRAIN, "--object-size", "160", "64"], "--object-size"),
     ("train", [*TRAIN, "--objects", "{rgb_objects}"], "{rgb_objects}"),          # no alpha
-    ("train", [*TRAIN, "--objects", "{notes}"], "--objects {notes} is a file"),
+    ("train", [*TRAIN, "--objects", "{notes}"], "{notes} is not a whole packed object bank"),
     ("train", [*TRAIN, "--dataset", "list", "--train-list", "{list3}"],
      "lower --batch-size to <= 6 or add videos"),
     ("train", [*TRAIN, "--dataset", "list", "--train-list", "{folder}"],

@@ -29,6 +29,8 @@ Sections (rows: what | ours | baseline | ratio | goal | met?):
            loader worker), overlay and mask ms per clip on one core, uint8 against float32 clips,
            and loaders (decode + crop + overlay + mask) against the model's training speed: the CPU
            step's, and on a GPU the whole GPU step's (clips/s per GPU, workers per GPU)
+  decode   (issue 26) CPU ms per clip for each `prepare encode --gop` x decoder and MB per video;
+           the packed object bank against its PNGs; finetune.py's loader per clip, by part
   demo     `python train.py --preset tiny` end to end, clips/s read from its log.jsonl
 
 Timing: the two sides of a row run alternately (A B A B ...) and each keeps its best round. Other
@@ -56,7 +58,7 @@ import torch.nn.functional as F
 
 from model import MODEL_SIZES, PretrainModel, mask_indices, sinusoid_table
 from runtime import Parser, nonneg_int, positive_float, positive_int
-from tools.bench_data import bench_data
+from tools.bench_data import bench_data, bench_decode
 from tools.bench_gpu import bench_gpu, gpu_check, markdown_table
 from tools.benchkit import (ROOT, machine, matmul, print_table, race, row, small_clip_config,
                             step_flops)
@@ -356,7 +358,7 @@ def bench_demo(a, model_rate):
 
 # ----------------------------------------------------------------------------- main
 
-SECTIONS = ("step", "memory", "teacher", "gpu", "data", "demo")
+SECTIONS = ("step", "memory", "teacher", "gpu", "data", "decode", "demo")
 
 
 def get_args(argv=None):
@@ -409,7 +411,7 @@ def main(argv=None):
     t0 = a.t0 = time.time()
     failed, rate = [], {}
     run = dict(step=bench_step, memory=bench_memory, teacher=bench_teacher, gpu=bench_gpu,
-               data=bench_data, demo=bench_demo)
+               data=bench_data, decode=bench_decode, demo=bench_demo)
     sections = [(name, run[name]) for name in SECTIONS if name in only]
     for name, fn in sections + ([("train.py", gpu_check)] if a.gpu_check else []):
         try:

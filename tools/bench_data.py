@@ -184,3 +184,193 @@ def bench_data(a, model_rate):
             f"{r['worker']:.1f} clips/s", f"{need:.1f} clips/s",
             f"{math.ceil(need / r['worker'])} workers", f"<= {cores} cores/GPU",
             need / r["worker"] <= cores)
+
+
+# ----------------------------------------------------------------------------- decode (issue 26)
+
+def decode_through(path, indices):
+    """The decoder before short GOPs (data.decode_frames until issue 26), the baseline: seek to the
+    key frame before the first index, then decode every frame up to the last one."""
+    import av
+    got, want = {}, sorted(set(int(i) for i in indices))
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        fps, tb, start = float(stream.average_rate or 25), stream.time_base, stream.start_time or 0
+        if want[0] > 0:
+            container.seek(start + int(want[0] / fps / tb), stream=stream, backward=True,
+                           any_frame=False)
+        for frame in container.decode(stream):
+            i = int(round(float((frame.pts - start) * tb) * fps))
+            if i in want:
+                got[i] = frame.to_ndarray(format="rgb24")
+            if i >= want[-1]:
+                break
+    return np.stack([got[i] for i in indices])
+
+
+def torchcodec_frames(path, indices):
+    """torchcodec's CPU decoder, one FFmpeg thread, as a loader worker would use it."""
+    from torchcodec.decoders import VideoDecoder
+    decoder = VideoDecoder(str(path), device="cpu", num_ffmpeg_threads=1, seek_mode="approximate",
+                           dimension_order="NHWC")
+    return decoder.get_frames_at([int(i) for i in indices]).data.numpy()
+
+
+DECODERS = {"PyAV, decode through (before)": decode_through,
+            "PyAV, data.decode_frames (wanted GOPs only)": None,
+            "torchcodec CPU": torchcodec_frames}
+
+
+def decode_cost(paths, decoders=None, clips=24, num_frames=16, stride=4, seed=0, rounds=2):
+    """CPU ms (time.process_time, one thread: a loader worker's cost) per clip of num_frames at
+    stride, from random starts, frames to RGB included -> {(path, decoder name): ms, or the error
+    text when a decoder cannot run}. Each round decodes the same clips with every (path, decoder)
+    in turn, so the load falls on all of them alike; each keeps its best round."""
+    import data
+    decoders = decoders or {k: f or data.decode_frames for k, f in DECODERS.items()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    best = {}
+    for name, fn in decoders.items():   # warm-up: the first call loads libraries
+        try:
+            fn(paths[0], np.arange(num_frames))
+        except Exception:   # noqa: BLE001 -- reported below, per path
+            pass
+    for _ in range(rounds):
+        for path in paths:
+            n = data.video_info(path)[0]
+            rng = np.random.default_rng(seed)
+            starts = rng.integers(0, n - (num_frames - 1) * stride, size=clips)
+            for name, fn in decoders.items():
+                if isinstance(best.get((path, name)), str):
+                    continue
+                try:
+                    t = time.process_time()
+                    for s in starts:
+                        fn(path, s + stride * np.arange(num_frames))
+                    ms = 1000 * (time.process_time() - t) / clips
+                except Exception as e:   # noqa: BLE001 -- e.g. torchcodec without FFmpeg
+                    best[(path, name)] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+                    continue
+                best[(path, name)] = min(best.get((path, name), float("inf")), ms)
+    torch.set_num_threads(threads)
+    return best
+
+
+ENCODINGS = [("GOP 32 (before)", 32, "fastdecode"), ("GOP 32, no fastdecode", 32, ""),
+             ("GOP 16", 16, "fastdecode"), ("GOP 8", 8, "fastdecode"), ("GOP 4", 4, "fastdecode"),
+             ("all-intra (GOP 1)", 1, "fastdecode"), ("all-intra, no fastdecode", 1, "")]
+
+
+def bench_decode(a, model_rate=None):
+    """Section decode: a 640x360 textured moving source re-encoded by `prepare encode` to short
+    side 320 (568x320) with each of ENCODINGS, decoded by each of DECODERS: CPU ms per 16-frame
+    clip at stride 4, MB per video; then the packed object bank against its PNGs (bank_cost).
+    `python -m tools.bench --only decode`."""
+    tmp = tempfile.mkdtemp()
+    write_mp4(os.path.join(tmp, "src.mp4"), 64 if a.quick else 300)
+    with open(os.path.join(tmp, "list.csv"), "w") as f:
+        f.write("src.mp4 0\n")
+    paths = {}
+    for name, gop, tune in ENCODINGS[:2] + ENCODINGS[-2:-1] if a.quick else ENCODINGS:
+        out = os.path.join(tmp, f"gop{gop}{tune}")
+        # the tool as a user runs it (a tool imports no other tool)
+        subprocess.run([sys.executable, "-m", "tools.prepare", "encode",
+                        os.path.join(tmp, "list.csv"), out, "--short-side",
+                        "160" if a.quick else "320", "--workers", "1", "--gop", str(gop),
+                        "--tune", tune or "none"], cwd=ROOT, check=True, capture_output=True)
+        paths[name] = os.path.join(out, "src.mp4")
+    cost = decode_cost(list(paths.values()), clips=4 if a.quick else 24, rounds=a.rounds)
+    before = cost[(paths[ENCODINGS[0][0]], next(iter(DECODERS)))]
+    for name, path in paths.items():
+        mb = os.path.getsize(path) / 1e6
+        for dec in DECODERS:
+            ms = cost[(path, dec)]
+            if isinstance(ms, str):
+                row(f"decode 16x4, {name}, {dec}: not available ({ms})", "-", "-", "-")
+                continue
+            row(f"decode 16 frames at stride 4, {name} ({mb:.2f} MB/video), {dec}",
+                f"{ms:.1f} ms/clip", f"{before:.1f} ms/clip", f"{before / ms:.2f}x")
+    for name in (ENCODINGS[0][0], "all-intra (GOP 1)"):
+        parts = finetune_clip_cost(paths[name], clips=2 if a.quick else 24)
+        row(f"finetune.py's loader per clip, one core, {name}: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()),
+            f"{sum(parts.values()):.1f} ms/clip", "15 ms", f"{15 / sum(parts.values()):.2f}x",
+            "<= 15 ms", sum(parts.values()) <= 15)
+    b = bank_cost(tmp, num=8 if a.quick else 32, clips=4 if a.quick else 20,
+                  seeds=5 if a.quick else 50)
+    row("read one 512 px object PNG, one core: packed bank (prepare objects) vs the PNG",
+        f"{b['read packed']:.2f} ms", f"{b['read png']:.2f} ms",
+        f"{b['read png'] / b['read packed']:.2f}x")
+    row("overlay of 2 objects on 16x224, one core: packed bank vs PNGs (reads included)",
+        f"{b['overlay packed']:.1f} ms/clip", f"{b['overlay png']:.1f} ms/clip",
+        f"{b['overlay png'] / b['overlay packed']:.2f}x")
+    row(f"packed (192 px) vs PNG (256 px cap) clips, same seeds: pixels differing > 2 levels, "
+        f"max {b['max']}, mean {b['mean']:.2f} where any differs; footprint IoU",
+        f"{100 * b['over2']:.3f}%", "0%", f"IoU {b['iou']:.4f}")
+
+
+def bank_cost(tmp, num=32, clips=20, seeds=50):
+    """The packed bank against the folder it was packed from: num synthetic 512 px cut-outs (PIN's
+    canvas), CPU ms to read one object and to overlay 2 objects on a 16x224 clip, and how far the
+    packed bank's clips lie from the folder's for the same seeds -> dict."""
+    import motion
+    from PIL import Image
+    rng, folder = np.random.default_rng(0), os.path.join(tmp, "pngs")
+    os.makedirs(folder)
+    for i, obj in enumerate(motion.synthetic_objects(num, rng, size=512)):
+        canvas = np.zeros((512, 512, 4), np.uint8)   # the cut-out inside transparent margins
+        canvas[:obj.shape[0], :obj.shape[1]] = obj
+        Image.fromarray(canvas, "RGBA").save(os.path.join(folder, f"{i}.png"))
+    subprocess.run([sys.executable, "-m", "tools.prepare", "objects", folder,
+                    os.path.join(tmp, "pin.npy"), "--workers", "1"], cwd=ROOT, check=True,
+                   capture_output=True)
+    banks = {"png": motion.ObjectBank(folder), "packed": motion.ObjectBank(f"{tmp}/pin.npy")}
+    frames = rng.integers(0, 256, (16, 224, 224, 3), dtype=np.uint8)
+    threads, out = torch.get_num_threads(), {}
+    torch.set_num_threads(1)
+    for name, bank in banks.items():
+        t = time.process_time()
+        for i in range(2 * num):
+            bank[i % num]
+        out[f"read {name}"] = 1000 * (time.process_time() - t) / (2 * num)
+        t, g = time.process_time(), np.random.default_rng(1)
+        for _ in range(clips):
+            motion.overlay(frames, bank, g)
+        out[f"overlay {name}"] = 1000 * (time.process_time() - t) / clips
+    torch.set_num_threads(threads)
+    diff, iou = [], []
+    for seed in range(seeds):
+        (a, fa), (b, fb) = (motion.overlay(frames, bank, np.random.default_rng(seed))
+                            for bank in banks.values())
+        diff.append(np.abs(a.astype(int) - b).max(-1))
+        iou.append((fa & fb).sum() / max((fa | fb).sum(), 1))
+    diff = np.stack(diff)
+    out.update(max=int(diff.max()), mean=float(diff[diff > 0].mean()),
+               over2=float((diff > 2).mean()), iou=float(np.mean(iou)))
+    return out
+
+
+def finetune_clip_cost(path, clips=24, seed=0):
+    """finetune.py's training loader per clip, by part (CPU ms, one core): decode 16 frames at
+    stride 4, random resized crop + flip to 224, RandAugment (Table 17: m9, n2, mstd 0.5) over the
+    16 frames, to tensor. Random erasing runs on the device, in the step. -> {part: ms}."""
+    import data
+    from augment import RandAug, randaugment_clip
+    aug, rng, parts = RandAug(2, 9, 0.5), np.random.default_rng(seed), {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    n = data.video_info(path)[0]
+    steps = [("decode", lambda f, s: data.decode_frames(path, s + 4 * np.arange(16))),
+             ("crop + flip", lambda f, s: data.crop_and_flip(f, 224, rng, True, crop="rrc")),
+             ("RandAugment", lambda f, s: randaugment_clip(aug, f, rng)),
+             ("to tensor", lambda f, s: data.to_tensor(f))]
+    for s in rng.integers(0, n - 61, clips):
+        frames = None
+        for name, fn in steps:
+            t = time.process_time()
+            frames = fn(frames, s)
+            parts[name] = parts.get(name, 0) + 1000 * (time.process_time() - t) / clips
+    torch.set_num_threads(threads)
+    return parts

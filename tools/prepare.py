@@ -3,13 +3,15 @@
     python -m tools.prepare encode LIST OUT_DIR --short-side 320     # K400 320, SSv2 240
     python -m tools.prepare check LIST --num-classes 400 --write-clean clean.csv
     python -m tools.prepare subset LIST 80000 OUT_LIST --seed 0      # or a fraction: 0.5
+    python -m tools.prepare objects /data/pin pin.npy --object-list object_instances.txt
 
 encode: decoding is the loader's main cost, and it grows with the pixels of the stored video and
-with the frames decoded before the first one a clip needs. K400/SSv2 as downloaded are up to full HD
-with keyframes seconds apart; re-encoding once to the short side the crops need, with a keyframe
-every PREPARE_GOP frames and x264's fast-decode settings, makes every later epoch cheaper
-(`python -m tools.bench` shows decode ms per clip before and after). Resumable; bad videos are left out
-of the new list.
+with the frames decoded that a clip does not use. K400/SSv2 as downloaded are up to full HD with
+keyframes seconds apart; re-encoding once to the short side the crops need, all-intra (--gop 1:
+data.decode_frames then decodes only a clip's 16 frames, not the 61 of its span at stride 4) with
+x264's fast-decode settings, makes every later epoch cheaper: ~2x less CPU per clip than GOP 32 for
+~3x its disk (`python -m tools.bench --only decode`, docs/performance.md). Resumable; bad videos
+are left out of the new list.
 
 check: reads a list the way training does (data.read_list: `<path> <label>`, label = last field,
 `#` comments, relative paths against --data-root or the list's folder) and opens and decodes one
@@ -20,6 +22,10 @@ labels show up here, named FILE:LINE, and not hours into a GPU run. Exit code 0:
 subset: a seeded, class-stratified subset (data.stratified_subset): the paper's K400_m (80K of
 K400's 240K clips) and SSv2_m (50% of SSv2) for ablations, SEVERE's 10^3 low-shot sets. Output lines
 are lines of the input.
+
+objects: packs an object bank folder into one memory-mapped file (tools/packing.py) that every
+loader worker shares, so that no worker decodes a PNG per object per clip; bad PNGs are named and
+left out.
 """
 import argparse
 import multiprocessing
@@ -33,8 +39,9 @@ import numpy as np
 
 import data
 from runtime import Parser, check_paths, fail, fmt_time, nonneg_int, positive_int
+from tools.packing import PACK_TILE, pack_objects
 
-PREPARE_GOP = 32   # a clip decodes at most 31 frames before its first one
+PREPARE_GOP = 1   # all-intra: a clip decodes its own frames only (docs/performance.md)
 
 
 # ------------------------------------------------------------------------ shared: pool and progress
@@ -93,18 +100,21 @@ def decodes(path):
         return False
 
 
-def reencode(src, dst, short_side, codec="libx264", threads=0):
+def reencode(src, dst, short_side, codec="libx264", threads=0, gop=PREPARE_GOP,
+             tune="fastdecode"):
     """Re-encode the video stream of src to dst (mp4): short side short_side, same frame rate, no
-    audio. Written to a temporary file and renamed, so dst exists only when complete. -> number of
-    frames."""
+    audio, a key frame every `gop` frames (1: all-intra). tune: x264's tune (fastdecode: no CABAC,
+    no deblocking, no weighted prediction; "" for none). Written to a temporary file and renamed, so
+    dst exists only when complete. -> number of frames."""
     import av
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
     # x264 veryfast + fastdecode: quick to write, cheap to read; crf 23 is x264's default quality
-    options = ({"preset": "veryfast", "tune": "fastdecode", "crf": "23"} if codec == "libx264"
-               else {})
-    options["g"] = str(PREPARE_GOP)
+    options = {"preset": "veryfast", "crf": "23"} if codec == "libx264" else {}
+    if codec == "libx264" and tune:
+        options["tune"] = tune
+    options["g"] = str(gop)
     n = 0
     try:
         with av.open(str(src)) as inp, av.open(str(tmp), "w", format="mp4") as out:
@@ -138,12 +148,13 @@ def reencode(src, dst, short_side, codec="libx264", threads=0):
 
 
 def _encode_one(job):
-    """Pool worker: (src, dst, short_side, codec, threads) -> (src, status, error); never raises."""
-    src, dst, short_side, codec, threads = job
+    """Pool worker: (src, dst, short_side, codec, threads, gop, tune) -> (src, status, error);
+    never raises."""
+    src, dst, short_side, codec, threads, gop, tune = job
     if decodes(dst):
         return src, "skipped", None
     try:
-        reencode(src, dst, short_side, codec, threads)
+        reencode(src, dst, short_side, codec, threads, gop, tune)
         return src, "done", None
     except Exception as e:   # noqa: BLE001 -- one unreadable video must not stop the others
         return src, "bad", f"{type(e).__name__}: {e}"
@@ -167,7 +178,7 @@ def output_paths(items, root):
 
 
 def encode(list_path, out_dir, short_side=320, workers=None, data_root=None, codec="libx264",
-           quiet=False):
+           quiet=False, gop=PREPARE_GOP, tune="fastdecode"):
     """Re-encode every video of a list file into out_dir and write out_dir/<list name> (same labels,
     paths relative to out_dir, bad videos left out). Parallel over processes; resumable: outputs
     that already exist and decode are skipped. -> dict(list, done, skipped, bad=[(path, error)])."""
@@ -183,7 +194,8 @@ def encode(list_path, out_dir, short_side=320, workers=None, data_root=None, cod
     workers = max(1, min(workers or os.cpu_count() or 1, len(rel_of)))
     # codec threads per process: no oversubscription
     threads = max(1, (os.cpu_count() or 1) // workers)
-    jobs = [(src, str(out_dir / rel), short_side, codec, threads) for src, rel in rel_of.items()]
+    jobs = [(src, str(out_dir / rel), short_side, codec, threads, gop, tune)
+            for src, rel in rel_of.items()]
     counts, bad = {"done": 0, "skipped": 0, "bad": 0}, []
     progress = Progress("prepare", len(jobs), quiet)
     for i, (src, status, err) in enumerate(pool_map(_encode_one, jobs, workers), 1):
@@ -382,6 +394,20 @@ def subset(list_path, n, out_list, seed=0, data_root=None, multi_label=False, qu
     return lines
 
 
+# ----------------------------------------------------------------------------- objects
+
+def objects(folder, out, tile=PACK_TILE, object_list=None, workers=None, quiet=False):
+    """Pack a folder bank into out (packing.pack_objects); bad PNGs are named and left out."""
+    progress = Progress("objects", 0, quiet)
+    r = pack_objects(folder, out, tile, object_list, workers or os.cpu_count() or 1,
+                     lambda i, n: (setattr(progress, "total", n), progress.update(i, "PNGs read")))
+    progress.close()
+    if not quiet:
+        print(f"wrote {out}: {r['count']} objects at {tile} px, {os.path.getsize(out) / 1e9:.2f} GB"
+              + "".join(f"\n  left out: {err}" for err in r["bad"]))
+    return 0
+
+
 # ----------------------------------------------------------------------------- command line
 
 def parse_args(argv=None):
@@ -400,6 +426,11 @@ def parse_args(argv=None):
                    help="processes (default: one per CPU core)")
     p.add_argument("--data-root", default=None, help=root_help)
     p.add_argument("--codec", default="libx264", choices=["libx264", "mpeg4"])
+    p.add_argument("--gop", type=positive_int, default=PREPARE_GOP,
+                   help=f"a key frame every N frames (default {PREPARE_GOP}: all-intra, the least "
+                   "decoding; 32: ~3x less disk, ~2x the decode CPU; docs/performance.md)")
+    p.add_argument("--tune", default="fastdecode", choices=["fastdecode", "none"],
+                   help="libx264's tune: fastdecode (no CABAC, no deblocking) decodes faster")
     c = sub.add_parser("check", help="preflight a list: missing, unreadable, short videos, labels")
     c.add_argument("list", help="list file '<path> <label>'")
     c.add_argument("--data-root", default=None, help=root_help)
@@ -420,11 +451,25 @@ def parse_args(argv=None):
     s.add_argument("--data-root", default=None, help=root_help)
     s.add_argument("--multi-label", action="store_true",
                    help="stratify on the first label of each line")
+    o = sub.add_parser("objects", help="pack an object bank once: objects DIR OUT (one "
+                       "memory-mapped file for --objects)")
+    o.add_argument("folder", help="folder of RGBA object PNGs (searched recursively)")
+    o.add_argument("out", help="the packed bank to write, a .npy (train.py --objects OUT)")
+    o.add_argument("--object-list", default=None,
+                   help="pack only these PNGs (paths relative to DIR, one per line)")
+    o.add_argument("--tile", type=positive_int, default=PACK_TILE,
+                   help=f"objects capped at N px (default {PACK_TILE}: draws up to 128 px at 224, "
+                   "scaled with --img-size)")
+    o.add_argument("--workers", type=positive_int, default=None,
+                   help="processes (default: one per CPU core)")
     return parser.parse_args(argv)
 
 
 def validate(a):
     """Unusable arguments: one line and exit code 2 (runtime.fail) before any work."""
+    if a.command == "objects":
+        return check_paths(("DIR", a.folder, "folder"), ("--object-list", a.object_list, "file"),
+                           ("OUT", a.out, "out-file"))
     out = getattr(a, "write_clean", None) or getattr(a, "out_list", None)
     check_paths(("list file", a.list, "file"), ("--data-root", a.data_root, "folder"),
                 ("OUT_DIR", getattr(a, "out_dir", None), "out-dir"),
@@ -439,8 +484,11 @@ def main(argv=None):
     a = parse_args(argv)
     validate(a)
     try:
+        if a.command == "objects":
+            return objects(a.folder, a.out, a.tile, a.object_list, a.workers)
         if a.command == "encode":
-            r = encode(a.list, a.out_dir, a.short_side, a.workers, a.data_root, a.codec)
+            r = encode(a.list, a.out_dir, a.short_side, a.workers, a.data_root, a.codec,
+                       gop=a.gop, tune="" if a.tune == "none" else a.tune)
             return 1 if r["bad"] and not (r["done"] + r["skipped"]) else 0
         if a.command == "check":
             r = check(a.list, a.data_root, a.num_classes, a.num_frames, a.stride, a.workers,
