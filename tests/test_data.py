@@ -73,10 +73,12 @@ def test_dataset_repeated_sampling_and_determinism(video_list):
     # 4x less shared / pinned memory than float32; normalised on device
     assert s["video"].dtype == torch.uint8
     assert (s["mask"].sum(1) == int(0.75 * 4) * 4).all()
-    assert not torch.equal(s["video"][0], s["video"][1])     # own crop / overlay per clip
+    v = data.infuse(data.collate([s]))                       # the objects, as the step pastes them
+    assert not torch.equal(v[0], v[1])                       # own crop / objects per clip
     torch.testing.assert_close(ds[0]["video"], s["video"])   # pure function of (seed, pass, index)
+    torch.testing.assert_close(ds[0]["tiles"], s["tiles"])
     ds.set_state(1)
-    assert not torch.equal(ds[0]["video"], s["video"])       # a new pass draws anew
+    assert not torch.equal(data.infuse(data.collate([ds[0]])), v)   # a new pass draws anew
 
 
 def test_dataset_mixed_motion(video_list):
@@ -85,7 +87,7 @@ def test_dataset_mixed_motion(video_list):
     obj[..., 0], obj[..., 3] = 255, 255   # opaque pure red square
     ds = data.PretrainDataset("video", items=items, num_frames=4, stride=1, img_size=32,
                               num_sample=4, objects=[obj], motion="mixed", seed=0)
-    v = data.normalize(ds[2]["video"])    # grey video: red only where objects are
+    v = data.normalize(data.infuse(data.collate([ds[2]])))   # grey video: red only on objects
     red = (v[:, 0] - v[:, 1]).amax(dim=(1, 2, 3))
     assert (red[::2] > 1).all() and (red[1::2] < 0.5).all()
 
