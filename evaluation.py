@@ -21,8 +21,8 @@ import torch
 import data
 import motion
 from model import MODEL_SIZES, VideoClassifier, classifier_state_dict, load_encoder
-from checkpoints import load_checkpoint
-from runtime import all_reduce, fail, fmt_time, print_table
+from runtime import (CheckpointError, all_reduce, check_paths, describe_checkpoint, fail, fmt_time,
+                     load_checkpoint, nonneg_int, positive_int, print_table)
 
 # Datasets (Table 15, SPEC 6): list files <data-root>/<splits>; `motion` is the embedded
 # synthetic set.
@@ -43,10 +43,6 @@ EVAL_DATASETS = {
 # ============================================================================= flags
 
 
-# The encoder's shape when neither a flag, the checkpoint nor a preset says (read_checkpoint).
-SHAPE_DEFAULTS = dict(model="base", patch_size=16, tubelet=2)
-
-
 def add_data_args(a, tasks=("single", "multi", "count")):
     """Data and model flags shared by finetune.py, probe.py and tools/extract.py; tasks: the --task
     values the script runs."""
@@ -62,35 +58,35 @@ def add_data_args(a, tasks=("single", "multi", "count")):
     a("--train-list", default=None,
       help="'<path> <label>' list (default <data-root>/<first of --splits>)")
     a("--val-list", default=None, help="(default <data-root>/<second of --splits>)")
-    a("--num-classes", type=int, default=None,
+    a("--num-classes", type=positive_int, default=None,
       help="from the dataset preset; required for --dataset list")
-    a("--train-samples", type=int, default=0, help="low-shot: a seeded class-stratified subset "
+    a("--train-samples", type=nonneg_int, default=0, help="low-shot: a seeded class-stratified subset "
       "of this many training clips (SEVERE UCF/GYM 10^3: 1000); 0 = all")
-    a("--motion-train", type=int, default=512, help="motion: training clips")
-    a("--motion-val", type=int, default=256, help="motion: validation clips")
+    a("--motion-train", type=positive_int, default=512, help="motion: training clips")
+    a("--motion-val", type=positive_int, default=256, help="motion: validation clips")
     a("--motion-backgrounds", nargs="+", default=["black", "image"],
       choices=["black", "image", "noise"],
       help="motion: backgrounds drawn from (noise makes it far harder for a small model "
       "from scratch)")
-    a("--num-frames", type=int, default=16, help="T (Sec. 4.1: 16)")
-    a("--img-size", type=int, default=224)
+    a("--num-frames", type=positive_int, default=16, help="T (Sec. 4.1: 16)")
+    a("--img-size", type=positive_int, default=224)
     a("--sampling", default="dense", choices=["dense", "segment"],
       help="dense: T frames at --stride; segment: TSN-style, one frame per segment (SSv2)")
-    a("--stride", type=int, default=4, help="dense sampling: frames between samples")
+    a("--stride", type=positive_int, default=4, help="dense sampling: frames between samples")
     a("--flip", action=argparse.BooleanOptionalAction, default=True,
       help="horizontal flip (not for SSv2 / motion)")
-    a("--test-clips", type=int, default=5, help="temporal views at test (K400 5, SSv2 2)")
-    a("--test-crops", type=int, default=3, help="spatial views at test (3)")
-    a("--workers", type=int, default=8, help="data loader processes per rank")
+    a("--test-clips", type=positive_int, default=5, help="temporal views at test (K400 5, SSv2 2)")
+    a("--test-crops", type=positive_int, default=3, help="spatial views at test (3)")
+    a("--workers", type=nonneg_int, default=8, help="data loader processes per rank")
     a("--checkpoint", default=None, help="train.py checkpoint or a released VideoMAE-family one; "
       "none = random init")
     a("--model", default=None, choices=["tiny", "small", "base"],
       help="ViT size (default: the checkpoint's, else base)")
-    a("--patch-size", type=int, default=None, help="default: the checkpoint's, else 16")
-    a("--tubelet", type=int, default=None, help="default: the checkpoint's, else 2")
+    a("--patch-size", type=positive_int, default=None, help="default: the checkpoint's, else 16")
+    a("--tubelet", type=positive_int, default=None, help="default: the checkpoint's, else 2")
     a("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
       help="auto: bf16 on GPUs of compute capability >= 8, fp16 on older ones, fp32 on CPU")
-    a("--seed", type=int, default=0)
+    a("--seed", type=nonneg_int, default=0)
     a("--device", default=None, help="cpu / cuda (default: cuda when available)")
 
 
@@ -103,22 +99,72 @@ def check_data_args(args):
     if args.dataset != "motion":
         args.train_list = args.train_list or os.path.join(args.data_root, args.splits[0])
         args.val_list = args.val_list or os.path.join(args.data_root, args.splits[1])
-    if args.checkpoint and not os.path.isfile(args.checkpoint):
-        fail(f"--checkpoint {args.checkpoint} does not exist")
+    check_paths(("--checkpoint", args.checkpoint, "file"))
 
 
-def read_checkpoint(args, fallback=None):
-    """Load --checkpoint once (None without one). A train.py or finetune.py checkpoint says what
-    model it holds: where args leave --model/--patch-size/--tubelet None, its args fill them, then
-    fallback's (a preset's), then SHAPE_DEFAULTS. The grid must split into tubelets."""
-    if args.checkpoint and not os.path.isfile(args.checkpoint):
-        fail(f"--checkpoint {args.checkpoint} does not exist")
-    state = load_checkpoint(args.checkpoint) if args.checkpoint else None
-    saved = (state.get("args") or {}) if isinstance(state, dict) else {}
-    for key, default in SHAPE_DEFAULTS.items():
+def check_data_paths(args):
+    """The path flags of probe.py and finetune.py, each for what it must be (main, before any
+    work: get_args reads no file)."""
+    lists = args.dataset != "motion"
+    check_paths(("--data-root", args.data_root if lists else None, "folder"),
+                ("--train-list", args.train_list if lists else None, "file"),
+                ("--val-list", args.val_list if lists else None, "file"),
+                ("--results-file", args.results_file, "out-file"))
+
+
+SHAPE_FLAGS = (("model", "base"), ("patch_size", 16), ("tubelet", 2))   # and their fallbacks
+
+
+def open_checkpoint(args, typed):
+    """The one way the evaluation scripts open --checkpoint (probe, finetune, extract, segment):
+    load it (runtime.load_checkpoint), check that it holds an encoder, and set --model,
+    --patch-size and --tubelet to the shape it states (its args, else its weights) where the flag
+    was not typed (`typed`: the dests given on the command line; a preset's value gives way). A
+    typed flag that contradicts the checkpoint is a one-line error naming what it holds and the
+    fix. -> the loaded checkpoint."""
+    try:
+        state = load_checkpoint(args.checkpoint)
+    except CheckpointError as e:
+        fail(f"--checkpoint {e}")
+    weights, saved = classifier_state_dict(state), state.get("args") or {}
+    shape = {k: saved[k] for k, _ in SHAPE_FLAGS if saved.get(k) is not None}
+    if not any(k.startswith("blocks.") for k in weights):
+        fail(f"--checkpoint {args.checkpoint} is {describe_checkpoint(state)}, with no encoder "
+             f"inside (no blocks.* weights): give train.py's or finetune.py's checkpoint")
+    embed = weights.get("patch_embed.proj.weight")
+    what = describe_checkpoint(state)
+    if embed is not None and embed.ndim == 5:                       # (D, 3, tubelet, patch, patch)
+        depth = len({k.split(".")[1] for k in weights if k.startswith("blocks.")})
+        sizes = [n for n, s in MODEL_SIZES.items()
+                 if (s["embed_dim"], s["depth"]) == (embed.shape[0], depth)]
+        if not sizes:
+            fail(f"--checkpoint {args.checkpoint} holds a ViT of width {embed.shape[0]} and depth "
+                 f"{depth}, none of --model {', '.join(MODEL_SIZES)}")
+        read = dict(model=sizes[0], tubelet=embed.shape[2], patch_size=embed.shape[3])
+        shape = {**read, **shape}
+        if not saved:
+            what += (f" (--model {read['model']} --patch-size {read['patch_size']} --tubelet "
+                     f"{read['tubelet']}, read from its weights)")
+    clash = [k for k in shape if k in typed and getattr(args, k) != shape[k]]
+    if clash:
+        fail(f"--checkpoint {args.checkpoint} is {what}; this command asked for "
+             + " ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in clash)
+             + ": pass " + " ".join(f"--{k.replace('_', '-')} {shape[k]}" for k in clash)
+             + " or leave the flag out (the checkpoint's shape is the default)")
+    for k, v in shape.items():
+        setattr(args, k, v)
+    return state
+
+
+def read_checkpoint(args):
+    """Load --checkpoint once (None without one, open_checkpoint's checks); the checkpoint's shape
+    fills --model/--patch-size/--tubelet where the flags are not typed, the fallbacks the rest."""
+    typed = (set(args.flags_given) if hasattr(args, "flags_given") else   # apply_presets' record
+             {k for k, _ in SHAPE_FLAGS if getattr(args, k) is not None})  # a hand-made Namespace
+    state = open_checkpoint(args, typed) if args.checkpoint else None
+    for key, fallback in SHAPE_FLAGS:
         if getattr(args, key) is None:
-            given = (fallback or {}).get(key)
-            setattr(args, key, saved.get(key, default if given is None else given))
+            setattr(args, key, fallback)
     if args.num_frames % args.tubelet or args.img_size % args.patch_size:
         fail(f"{args.num_frames} frames x {args.img_size} px do not split into {args.tubelet} x "
              f"{args.patch_size} x {args.patch_size} tubelets")
@@ -126,26 +172,21 @@ def read_checkpoint(args, fallback=None):
 
 
 def frozen_encoder(state, *, model, patch_size, tubelet, img_size, num_frames, layer=None,
-                   name="--checkpoint", verbose=True):
+                   path=None, verbose=True):
     """The frozen encoder of a checkpoint (None: random) for tools/extract.py and tools/segment.py:
     a one-output VideoClassifier on the grid given, read up to block `layer` (1-based, default the
-    last); one-line errors for a bad layer or checkpoint. -> (model, layer, its classifier keys)"""
+    last); one-line errors for a bad layer or weights of another shape (read_checkpoint has
+    checked the rest). -> (model, layer, its classifier keys)"""
     depth = MODEL_SIZES[model]["depth"]
     layer = depth if layer is None else layer
     if not 1 <= layer <= depth:
         fail(f"--layer {layer}: the {model} encoder has blocks 1..{depth}")
     keys = classifier_state_dict(state) if state is not None else {}
-    if state is not None and not any(k.startswith("blocks.") for k in keys):
-        fail(f"{name} holds no encoder blocks")
     encoder = {k: v for k, v in MODEL_SIZES[model].items() if not k.startswith("decoder")}
     net = VideoClassifier(img_size=img_size, patch_size=patch_size, num_frames=num_frames,
                           tubelet_size=tubelet, num_classes=1, **encoder)
     if state is not None:
-        try:
-            load_encoder(net, state, verbose=verbose)
-        except RuntimeError as e:
-            fail(f"{name} does not fit a {model} encoder with patch {patch_size} and tubelet "
-                 f"{tubelet}: {str(e).splitlines()[0]}")
+        load_checkpoint_encoder(net, state, path, model, patch_size, tubelet, verbose)
     return net.eval().requires_grad_(False), layer, keys
 
 
@@ -422,8 +463,21 @@ def build_classifier(args, num_outputs, state=None, verbose=True, drop_path=0.0,
                             num_classes=num_outputs, drop_path=drop_path,
                             head_init_scale=head_init_scale, **encoder)
     if state is not None:
-        load_encoder(model, state, verbose=verbose)
+        load_checkpoint_encoder(model, state, args.checkpoint, args.model, args.patch_size,
+                                args.tubelet, verbose)
     return model
+
+
+def load_checkpoint_encoder(model, state, path, size, patch_size, tubelet, verbose=True):
+    """load_encoder, a failure (weights of another shape) one line naming the checkpoint, what it
+    holds and the model this command built. -> (missing, unexpected) keys."""
+    try:
+        return load_encoder(model, state, verbose=verbose)
+    except RuntimeError as e:
+        fail(f"--checkpoint {path} is {describe_checkpoint(state)}; its weights do not "
+             f"load into the --model {size} --patch-size {patch_size} --tubelet "
+             f"{tubelet} encoder this command built: "
+             f"{(str(e).strip().splitlines()[:2])[-1].strip()[:120]}")
 
 
 @torch.no_grad()

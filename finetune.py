@@ -36,13 +36,15 @@ import torch.nn.functional as F
 import data
 from augment import RandAug, mix_batch, randaugment_clip, random_erase
 from evaluation import (EVAL_DATASETS, add_data_args, build_classifier, build_datasets,
-                        check_data_args, compute_metrics, eval_collate, per_video,
+                        check_data_args, check_data_paths, compute_metrics, eval_collate, per_video,
                         read_checkpoint, write_results)
-from checkpoints import CheckpointClock, resume, rng_state, save_checkpoint
-from runtime import (Log, StepGuard, adamw, add_run_args, amp_setup, apply_presets, print_table,
-                     check_ranks_agree, cosine_schedule, fail, fast_math, fmt_time, make_out_dir,
-                     no_weight_decay, optimizer_step, save_args, set_lr, setup_dist, teardown,
-                     wrap_model)
+from model import classifier_state_dict
+from runtime import (CheckpointClock, Log, Parser, StepGuard, adamw, add_run_args, amp_setup,
+                     apply_presets, below_one, bounded, check_paths, check_ranks_agree,
+                     cosine_schedule, describe_checkpoint, fail, fast_math, fmt_time, fraction,
+                     make_out_dir, no_weight_decay, nonneg_float, nonneg_int, open_resume,
+                     optimizer_step, positive_float, positive_int, print_table, resume, rng_state,
+                     save_args, save_checkpoint, set_lr, setup_dist, teardown, wrap_model)
 
 # ============================================================================= presets
 
@@ -179,8 +181,7 @@ def severe_table(path):
 def get_args(argv=None):
     """Parse and check the flags; no side effects (folders are made and checkpoints read
     in main)."""
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS),
       help="tiny = the 2-core CPU demo; severe-* = Table 6's settings")
@@ -190,50 +191,50 @@ def get_args(argv=None):
     a("--metric", default=None, choices=["top1", "mean_class_acc", "map", "count_error"],
       help="headline metric (default: top1 / map / count_error by task)")
     # model and optimisation (Table 17)
-    a("--drop-path", type=float, default=0.1, help="stochastic depth (Table 17: 0.1)")
-    a("--head-init-scale", type=float, default=0.001,
+    a("--drop-path", type=below_one, default=0.1, help="stochastic depth (Table 17: 0.1)")
+    a("--head-init-scale", type=nonneg_float, default=0.001,
       help="head weights x this at init (Table 17: 0.001)")
-    a("--epochs", type=int, default=100, help="Table 17: 100 K400, 40 SSv2; SEVERE 100")
-    a("--warmup-epochs", type=float, default=5, help="Table 17: 5")
-    a("--batch-size", type=int, default=16,
+    a("--epochs", type=positive_int, default=100, help="Table 17: 100 K400, 40 SSv2; SEVERE 100")
+    a("--warmup-epochs", type=nonneg_float, default=5, help="Table 17: 5")
+    a("--batch-size", type=positive_int, default=16,
       help="total clips per optimizer step over all ranks and --accum-iter micro-steps "
       "(Table 17: 16 K400, 32 SSv2)")
-    a("--accum-iter", type=int, default=1,
+    a("--accum-iter", type=positive_int, default=1,
       help="micro-steps per optimizer step (gradient accumulation)")
-    a("--lr", type=float, default=1e-3,
+    a("--lr", type=positive_float, default=1e-3,
       help="base lr for a batch of 256 (actual = lr * batch / 256)")
-    a("--min-lr", type=float, default=1e-6,
+    a("--min-lr", type=nonneg_float, default=1e-6,
       help="cosine floor for a batch of 256, scaled like --lr (VideoMAE: 1e-6)")
-    a("--weight-decay", type=float, default=0.05)
-    a("--betas", type=float, nargs=2, default=[0.9, 0.999])
+    a("--weight-decay", type=nonneg_float, default=0.05)
+    a("--betas", type=below_one, nargs=2, default=[0.9, 0.999])
     a("--compile", action="store_true",
       help="torch.compile the classifier for training (after DDP: the all-reduce overlaps)")
-    a("--layer-decay", type=float, default=0.75, help="layer-wise lr decay (Table 17: 0.75; the "
+    a("--layer-decay", type=fraction, default=0.75, help="layer-wise lr decay (Table 17: 0.75; the "
       "reference's SSv2 script: 0.7)")
-    a("--label-smoothing", type=float, default=0.1, help="Table 17: 0.1 (single-label only)")
-    a("--mixup", type=float, default=0.8, help="mixup alpha (Table 17: 0.8); 0 = off")
-    a("--cutmix", type=float, default=1.0, help="cutmix alpha (Table 17: 1.0); 0 = off")
-    a("--randaug-n", type=int, default=2,
+    a("--label-smoothing", type=fraction, default=0.1, help="Table 17: 0.1 (single-label only)")
+    a("--mixup", type=nonneg_float, default=0.8, help="mixup alpha (Table 17: 0.8); 0 = off")
+    a("--cutmix", type=nonneg_float, default=1.0, help="cutmix alpha (Table 17: 1.0); 0 = off")
+    a("--randaug-n", type=nonneg_int, default=2,
       help="RandAugment ops per clip, timm's convention (Table 17's RandAug (9, 0.5) = timm's "
       "rand-m9-mstd0.5-inc1, n defaulting to 2; the reference runs rand-m7-n4-mstd0.5-inc1); 0 "
       "= off")
-    a("--randaug-m", type=float, default=9,
+    a("--randaug-m", type=bounded(float, 0, 10), default=9,
       help="RandAugment magnitude out of timm's 10 (Table 17: 9; reference 7): m=9 rotates up "
       "to 27 degrees, shears up to 0.27")
-    a("--randaug-mstd", type=float, default=0.5,
+    a("--randaug-mstd", type=nonneg_float, default=0.5,
       help="std of the Gaussian noise on the magnitude, drawn per op and clip (Table 17: 0.5)")
     a("--crop", default="rrc", choices=["rrc", "multiscale", "none"],
       help="training crop: rrc = VideoMAE's random resized crop (SPEC 6), multiscale "
       "= MultiScaleCrop (pretraining's), none = the whole frame")
-    a("--crop-scale", type=float, nargs=2, default=[0.25, 1.0], metavar=("LO", "HI"),
+    a("--crop-scale", type=fraction, nargs=2, default=[0.25, 1.0], metavar=("LO", "HI"),
       help="rrc: area fraction range (the SMILE reference: 0.25 1.0; VideoMAE: 0.08 1.0)")
-    a("--crop-ratio", type=float, nargs=2, default=[3 / 4, 4 / 3], metavar=("LO", "HI"),
+    a("--crop-ratio", type=positive_float, nargs=2, default=[3 / 4, 4 / 3], metavar=("LO", "HI"),
       help="rrc: aspect (w / h) range (VideoMAE and the reference: 3/4 4/3)")
-    a("--reprob", type=float, default=0.25,
+    a("--reprob", type=fraction, default=0.25,
       help="random erasing probability per clip (VideoMAE: 0.25); 0 = off")
     a("--remode", default="pixel", choices=["pixel", "rand", "const"],
       help="erased box filled with N(0, 1) per pixel / per channel, or 0 (VideoMAE: pixel)")
-    a("--recount", type=int, default=1, help="erased boxes per clip (VideoMAE: 1)")
+    a("--recount", type=nonneg_int, default=1, help="erased boxes per clip (VideoMAE: 1)")
     a("--linear-probing", action="store_true",
       help="freeze the encoder, train fc_norm and head only, everything else as finetuning: the "
       "linear probe behind the paper's Table 1 (SIGMA, QUVA-Lab/SIGMA run_class_finetuning.py "
@@ -244,7 +245,7 @@ def get_args(argv=None):
       help="append the result as a JSON row (keyed by setting) to this file")
     a("--eval-only", action="store_true",
       help="test --checkpoint (a finetuned classifier) and exit")
-    a("--eval-every", type=int, default=0,
+    a("--eval-every", type=nonneg_int, default=0,
       help="epochs between validations during training; 0 = at the end only")
     # dataset tables first, the preset last: a preset's values win over its dataset's; flags
     # win over both
@@ -279,7 +280,9 @@ def main(argv=None):
     # ------------------------------------------------------------------ args + dist
     args = get_args(argv)
     if args.severe_table:
+        check_paths(("--severe-table", args.severe_table, "file"))
         return severe_table(args.severe_table)
+    check_data_paths(args)
     rank, world, device = setup_dist(args.device)
     master = rank == 0
     if args.batch_size % (world * args.accum_iter):
@@ -287,7 +290,17 @@ def main(argv=None):
              f"{args.accum_iter}")
     per_micro = args.batch_size // world // args.accum_iter   # clips per rank and micro-step
     make_out_dir(args.out_dir)
+    found = open_resume(args, master, SHAPE_FLAGS, SCHEDULE_FLAGS)   # read before any work
     state = read_checkpoint(args)
+    num_outputs = 1 if args.task == "count" else args.num_classes
+    if args.eval_only and state is not None:   # tests the checkpoint's head: it must be there
+        head = classifier_state_dict(state).get("head.weight")
+        if head is None or head.shape[0] != num_outputs:
+            fail(f"--eval-only tests a finetuned classifier, and --checkpoint {args.checkpoint} is "
+                 f"{describe_checkpoint(state)}, with "
+                 + ("no classifier head: drop --eval-only to finetune it" if head is None else
+                    f"a head of {head.shape[0]} outputs (this command: {num_outputs}): pass its "
+                    f"--num-classes / --task"))
     torch.manual_seed(args.seed)
     fast_math(device, args.workers)
     log = Log(args.out_dir, master, args.tensorboard, args)
@@ -303,12 +316,14 @@ def main(argv=None):
     loader = data.loader(train_set, sampler, per_micro, args.workers, device, eval_collate)
     steps_per_epoch = len(train_set) // world // (per_micro * args.accum_iter)
     if steps_per_epoch == 0 and not args.eval_only:
+        unit = world * args.accum_iter                      # --batch-size must be a multiple
+        fits = len(train_set) // world * world // unit * unit
         fail(f"{len(train_set)} training clips cannot fill one step of "
-             f"{per_micro * args.accum_iter} on each of {world} ranks")
+             f"{per_micro * args.accum_iter} on each of {world} ranks: "
+             + (f"lower --batch-size to <= {fits} or " if fits else "") + "add videos")
     total_steps = args.epochs * steps_per_epoch
 
     # ------------------------------------------------------------------ model
-    num_outputs = 1 if args.task == "count" else args.num_classes
     raw_model = build_classifier(args, num_outputs, state, verbose=master, drop_path=args.drop_path,
                                  head_init_scale=args.head_init_scale).to(device)
     if args.linear_probing:   # SIGMA's probe: the blocks frozen (drop path still on), LayerNorm + head
@@ -345,8 +360,7 @@ def main(argv=None):
     lrs = cosine_schedule(lr, min_lr, total_steps, int(args.warmup_epochs * steps_per_epoch))
 
     # ------------------------------------------------------------------ resume
-    step, _ = resume(args, master, raw_model, optimizer, scaler, SHAPE_FLAGS, SCHEDULE_FLAGS,
-                     steps_per_epoch)
+    step, _ = resume(found, master, raw_model, optimizer, scaler, steps_per_epoch)
     check_ranks_agree(step, {k: getattr(args, k) for k in SHAPE_FLAGS}, device)
 
     def checkpoint(step):

@@ -304,6 +304,21 @@ class ObjectBank:
         if not self.files:
             raise ValueError(f"object bank folder {self.root} holds no .png files")
         self.max_side = max_side
+        self.check()
+
+    def check(self):
+        """At least one usable object, found when the bank is opened (the first good file ends the
+        search): a bank of RGB PNGs stops here, before the first step, not 20 bad draws into it.
+        Single bad objects stay the loader's to skip and name."""
+        first = None
+        for i in range(len(self.files)):
+            try:
+                self[i]
+                return
+            except (OSError, ValueError) as e:
+                first = first or e
+        raise ValueError(f"object bank {self.root}: none of its {len(self.files)} .png files is a "
+                         f"usable RGBA cut-out (first: {first})")
 
     def __len__(self):
         return len(self.files)

@@ -46,12 +46,12 @@ import torch.nn.functional as F
 
 import data
 from evaluation import (EVAL_DATASETS, add_data_args, build_classifier, build_datasets,
-                        check_data_args, compute_metrics, eval_collate, per_video, read_checkpoint,
-                        write_results)
+                        check_data_args, check_data_paths, compute_metrics, eval_collate, per_video,
+                        read_checkpoint, write_results)
 from model import Block, Mlp
-from checkpoints import save_checkpoint
-from runtime import (Log, add_wandb_args, all_reduce, amp_setup, apply_presets, cosine_schedule,
-                     fail, fmt_time, make_out_dir, no_weight_decay, save_args, set_lr, setup_dist,
+from runtime import (Log, Parser, add_wandb_args, all_reduce, amp_setup, apply_presets, below_one,
+                     cosine_schedule, fail, fmt_time, make_out_dir, no_weight_decay, nonneg_float,
+                     positive_float, positive_int, save_args, save_checkpoint, set_lr, setup_dist,
                      teardown)
 
 # Table 16: probe epochs per dataset (flips come with the dataset preset: all but SSv2 and motion).
@@ -79,38 +79,37 @@ Run = collections.namedtuple("Run", "rank world device log")
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS), help="tiny = the 2-core CPU demo on synthetic motion")
     add_data_args(a, tasks=("single", "multi"))   # counting is finetune.py's (--task count)
     a("--head", default="linear", choices=sorted(HEADS), help="linear: Table 16's probe on "
       "mean-pooled features; attentive: V-JEPA's cross-attention pooler on the tokens (jepa "
       "configs/evals/vitl16_k400_16x8x3.yaml: its own defaults, marked V-JEPA below)")
-    a("--attn-depth", type=int, default=1, help="attentive: blocks (V-JEPA: 1 = the "
+    a("--attn-depth", type=positive_int, default=1, help="attentive: blocks (V-JEPA: 1 = the "
       "cross-attention block only; V-JEPA 2: 4 = 3 self-attention blocks over the tokens + the "
       "cross-attention)")
-    a("--attn-heads", type=int, default=None, help="attentive: heads (default the encoder's, as "
+    a("--attn-heads", type=positive_int, default=None, help="attentive: heads (default the encoder's, as "
       "V-JEPA)")
-    a("--cache-gb", type=float, default=4.0, help="attentive: cache the training tokens (per rank, "
+    a("--cache-gb", type=nonneg_float, default=4.0, help="attentive: cache the training tokens (per rank, "
       "on the device) when they fit in this many GB, else run the encoder every epoch (0: never)")
-    a("--epochs", type=int, default=100, help="linear, Table 16: K400 30, UCF 100, HMDB 100, SSv2 "
+    a("--epochs", type=positive_int, default=100, help="linear, Table 16: K400 30, UCF 100, HMDB 100, SSv2 "
       "50, GYM 100, EPIC 100; attentive, V-JEPA: 20")
-    a("--warmup-epochs", type=float, default=0, help="Table 16 gives none, V-JEPA uses none")
-    a("--batch-size", type=int, default=128, help="head batch (Table 16: 128; V-JEPA: 256)")
-    a("--feature-batch", type=int, default=16, help="videos per encoder forward per rank")
-    a("--lr", type=float, default=1e-3, help="base lr for a batch of 256 (Table 16: 1e-3; V-JEPA: "
+    a("--warmup-epochs", type=nonneg_float, default=0, help="Table 16 gives none, V-JEPA uses none")
+    a("--batch-size", type=positive_int, default=128, help="head batch (Table 16: 128; V-JEPA: 256)")
+    a("--feature-batch", type=positive_int, default=16, help="videos per encoder forward per rank")
+    a("--lr", type=positive_float, default=1e-3, help="base lr for a batch of 256 (Table 16: 1e-3; V-JEPA: "
       "1e-3 at 256); actual = lr x batch / 256, the rule of Table 17's same words and of MAE's "
       "linear probe")
-    a("--min-lr", type=float, default=0.0, help="cosine floor, scaled like --lr")
-    a("--weight-decay", type=float, default=0.05, help="Table 16: 0.05; V-JEPA: 0.01")
-    a("--betas", type=float, nargs=2, default=[0.9, 0.999],
+    a("--min-lr", type=nonneg_float, default=0.0, help="cosine floor, scaled like --lr")
+    a("--weight-decay", type=nonneg_float, default=0.05, help="Table 16: 0.05; V-JEPA: 0.01")
+    a("--betas", type=below_one, nargs=2, default=[0.9, 0.999],
       help="Table 16 and V-JEPA: (0.9, 0.999)")
-    a("--clip-grad", type=float, default=None,
+    a("--clip-grad", type=positive_float, default=None,
       help="gradient norm clip (V-JEPA: 1.0; Table 16: none)")
     a("--out-dir", default="out/probe", help="everything a run writes goes here")
     a("--results-file", default=None, help="append the result as a JSON row to this file")
-    a("--eval-every", type=int, default=10, help="epochs between validation lines in the log")
+    a("--eval-every", type=positive_int, default=10, help="epochs between validation lines in the log")
     add_wandb_args(a)
     # dataset tables first, then the head's recipe, the preset last: a preset's values win over its
     # dataset's and head's (its shortened head recipe last of all); flags win over every table
@@ -118,8 +117,6 @@ def get_args(argv=None):
     tables = [("preset", PRESETS), ("dataset", EVAL_DATASETS), ("dataset", PROBE_EPOCHS),
               ("head", HEADS), ("preset", PRESETS), ("head", PRESET_HEADS.get(preset, {}))]
     args = apply_presets(p, tables, argv)
-    if args.attn_depth < 1:
-        fail("--attn-depth must be >= 1 (the cross-attention block)")
     args.metric = "map" if args.task == "multi" else "top1"
     check_data_args(args)
     return args
@@ -128,14 +125,13 @@ def get_args(argv=None):
 def main(argv=None):
     # ------------------------------------------------------------------ args, dist, data
     args = get_args(argv)
+    check_data_paths(args)
     rank, world, device = setup_dist(args.device)
     master = rank == 0
     make_out_dir(args.out_dir)
     state = read_checkpoint(args)
     torch.manual_seed(args.seed)
     run = Run(rank, world, device, Log(args.out_dir, master, args=args))
-    if master:
-        save_args(args, args.out_dir)
     try:
         train_set, val_set = build_datasets(args, train_mode="test")   # train: one centre view each
     except (OSError, ValueError) as e:
@@ -147,7 +143,8 @@ def main(argv=None):
     encoder = build_classifier(args, 1, state, verbose=master).to(device)   # 1-output head: unused
     encoder.fc_norm = nn.Identity()
     encoder.eval().requires_grad_(False)
-    if master:
+    if master:   # the checkpoint has loaded: the run starts
+        save_args(args, args.out_dir)
         n_train, n_val = len(train_set.targets()), len(val_set.targets())
         views = 1 if args.dataset == "motion" else args.test_clips * args.test_crops
         print(f"probing {args.model} on {args.dataset} ({args.head} head): {n_train} training "

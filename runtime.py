@@ -3,13 +3,17 @@ tools/segment.py).
 
 Only what at least two scripts use, each helper short: DDP setup and teardown, mixed precision, the
 lr schedule, the pretraining step (train.py's, which tools/bench.py times), what can go wrong in a
-step (StepGuard), preemption signals, the log, one-line errors, presets. Checkpoints and resume are
-checkpoints.py's.
+step (StepGuard), checkpoint IO and resume, flag checks, preemption signals, the log,
+one-line errors, presets.
 The method lives in model.py, motion.py, masking.py and teacher.py; this file only runs it.
 """
+import argparse
 import datetime
+import glob
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -35,6 +39,7 @@ def fail(msg):
 
 def make_out_dir(out_dir):
     """Create --out-dir and check that it is writable (called from main, never while parsing)."""
+    check_paths(("--out-dir", out_dir, "out-dir"))
     try:
         os.makedirs(out_dir, exist_ok=True)
         probe = os.path.join(out_dir, f".write_test{os.getpid()}")
@@ -44,41 +49,114 @@ def make_out_dir(out_dir):
         fail(f"--out-dir {out_dir} is not writable ({e.strerror})")
 
 
-def add_run_args(a, out_dir, log_every):
-    """The flags of a training run itself (train.py, finetune.py): output, resume, logging,
-    checkpoints, the non-finite guard. a: parser.add_argument."""
-    a("--out-dir", default=out_dir, help="everything a run writes goes here")
-    a("--resume", nargs="?", const="auto", default=None,
-      help="continue from <out-dir>/checkpoint-latest.pth or a path")
-    a("--accept-changes", action="store_true",
-      help="--resume: continue although schedule or data flags differ from the checkpoint's run "
-      "(each change is printed)")
-    a("--steps", type=int, default=None,
-      help="stop after this many optimizer steps (schedule unchanged)")
-    a("--log-every", type=int, default=log_every)
-    a("--tensorboard", action="store_true",
-      help="also write <out-dir>/tb (needs tensorboard installed)")
-    add_wandb_args(a)
-    a("--ckpt-minutes", type=float, default=30,
-      help="minutes between writes of checkpoint-latest.pth (also written at the end of each stage "
-      "and of the run, and on preemption); ViT-B + AdamW is ~1.1 GB that every rank waits for")
-    a("--ckpt-every", type=int, default=0,
-      help="also write checkpoint-latest.pth every this many steps (0: by time only)")
-    a("--max-nonfinite", type=int, default=3,
-      help="stop after this many non-finite losses in a row")
-
-
 def apply_presets(parser, presets, argv=None):
     """Two-pass parse: a preset's dict becomes the parser's defaults, so flags given on the command
     line always win. presets: list of (flag dest, {name: overrides}), applied in order, later ones
     winning. The scripts list the dataset table first and `--preset` last, so a preset (tiny: a
-    small grid) wins over the dataset's defaults (k400: 224 px), and a flag wins over both."""
+    small grid) wins over the dataset's defaults (k400: 224 px), and a flag wins over both.
+    args.flags_given: the dests typed on the command line (a checkpoint's own shape wins over a
+    preset's, never over a flag: evaluation.read_checkpoint)."""
+    unset = object()
+    typed = argparse.Namespace(**{a.dest: unset for a in parser._actions})
+    typed = vars(parser.parse_known_args(argv, typed)[0])
     for dest, table in presets:
         known, _ = parser.parse_known_args(argv)
         name = getattr(known, dest)
         if name is not None and name in table:
             parser.set_defaults(**table[name])
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.flags_given = sorted(k for k, v in typed.items() if v is not unset and k != "help")
+    return args
+
+
+# ============================================================================= flags
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: 'error: argument --epochs: ...', exit code 2, without the
+    usage block (a page for train.py's flags). After parsing, every `LO HI` pair (metavar
+    ("LO", "HI")) is checked for LO <= HI. Subcommands (prepare.py) inherit both."""
+
+    def error(self, message):
+        fail(f"{message} (-h lists the flags)")
+
+    def parse_known_args(self, args=None, namespace=None):
+        args, rest = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            pair = getattr(args, action.dest, None)
+            if action.metavar == ("LO", "HI") and isinstance(pair, (list, tuple)) \
+                    and len(pair) == 2 and pair[0] > pair[1]:
+                fail(f"argument {action.option_strings[0]}: LO {pair[0]} > HI {pair[1]}; give "
+                     f"the smaller value first")
+        return args, rest
+
+
+def bounded(kind, lo=None, hi=None, open_lo=False, open_hi=False):
+    """An argparse type: `kind` (int or float) in [lo, hi] (an end open where asked), never NaN or
+    infinity; a value outside -> argparse's one-line error naming the flag, the value and the
+    range. The scripts use the named ones below."""
+    word = "an integer" if kind is int else "a number"
+    if lo is not None and hi is not None:
+        allowed = f"in {'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
+    elif lo is not None:
+        allowed = f"{'>' if open_lo else '>='} {lo:g}"
+    elif hi is not None:
+        allowed = f"{'<' if open_hi else '<='} {hi:g}"
+    else:
+        allowed = "(finite)"
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) \
+                or (lo is not None and (value < lo or (open_lo and value == lo))) \
+                or (hi is not None and (value > hi or (open_hi and value == hi))):
+            raise argparse.ArgumentTypeError(f"{text}: must be {word} {allowed}")
+        return value
+    parse.__name__ = f"{word} {allowed}"
+    return parse
+
+
+positive_int = bounded(int, 1)
+nonneg_int = bounded(int, 0)
+positive_float = bounded(float, 0, open_lo=True)
+nonneg_float = bounded(float, 0)
+finite_float = bounded(float)
+fraction = bounded(float, 0, 1)                   # a probability, a share, an area fraction
+below_one = bounded(float, 0, 1, open_hi=True)    # Adam's betas, drop path
+
+
+def path_problem(path, want):
+    """What is wrong with a path flag's value ('' when nothing): want "file" or "folder" (to read),
+    "out-file" or "out-dir" (to write: not the other kind, its folder there or creatable)."""
+    if want == "out-file" and os.path.isdir(path):
+        return "is a folder, not a file"
+    if want == "out-dir" and os.path.exists(path) and not os.path.isdir(path):
+        return "is a file, not a folder"
+    if want.startswith("out-"):
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        return "" if os.path.isdir(parent) else f"cannot be created: {parent} is a file"
+    if not os.path.exists(path):
+        return "does not exist"
+    if want == "file" and os.path.isdir(path):
+        return "is a folder, not a file"
+    if want == "folder" and not os.path.isdir(path):
+        return "is a file, not a folder"
+    if not os.access(path, os.R_OK):
+        return "is not readable (permissions)"
+    return ""
+
+
+def check_paths(*checks):
+    """(flag, path, want) triples (path_problem's want; a None or empty path is skipped): the first
+    problem is a one-line error, before any work."""
+    for flag, path, want in checks:
+        why = path_problem(path, want) if path else ""
+        if why:
+            fail(f"{flag} {path} {why}")
 
 
 # ============================================================================= distributed
@@ -319,6 +397,233 @@ def optimizer_step(optimizer, scaler):
     optimizer.zero_grad(set_to_none=True)
 
 
+# ============================================================================= checkpoints
+
+
+def save_checkpoint(state, path):
+    """Atomic: write a temporary file, then rename over the target, so a crash mid-write leaves the
+    previous checkpoint intact. Plain tensors and builtins only: loads with weights_only=True."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or used; the message is one line naming the file."""
+
+
+def load_checkpoint(path):
+    """The one way a checkpoint is read: torch.load(weights_only=True) on the CPU -> dict. Every
+    failure (missing, a folder, empty, truncated, not a torch file, objects weights_only refuses,
+    no dict inside) raises CheckpointError: '<path> <what it found>'."""
+    why = path_problem(path, "file")
+    if not why:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:   # noqa: BLE001 -- every way torch.load fails becomes one line
+            with open(path, "rb") as f:
+                head, size = f.read(8), os.path.getsize(path)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:90]
+            if size == 0:
+                why = "is empty (0 bytes)"
+            elif not (head.startswith(b"PK") or head[:1] == b"\x80"):   # torch's zip, old pickle
+                why = f"is not a torch checkpoint (it starts with {head!r})"
+            elif "Weights only load failed" in str(e):
+                why = ("holds Python objects beyond tensors (weights_only loading refuses them): "
+                       "not a checkpoint these scripts wrote")
+            else:
+                why = f"is truncated or damaged ({size} bytes; torch.load: {first})"
+        else:
+            if isinstance(ckpt, dict):
+                return ckpt
+            why = f"holds a {type(ckpt).__name__}, not a checkpoint (a dict of weights)"
+    raise CheckpointError(f"{path} {why}")
+
+
+def checkpoint_script(ckpt):
+    """Which script wrote a checkpoint (or whose flags an args dict holds): "train.py",
+    "finetune.py", "probe.py" or "" (another's, e.g. a released VideoMAE one)."""
+    a = ckpt.get("args") or {}
+    if "head_type" in ckpt or "attn_depth" in a:
+        return "probe.py"
+    if "count_stats" in ckpt or "layer_decay" in a:
+        return "finetune.py"
+    if "stage" in ckpt or "strategy" in a:
+        return "train.py"
+    return ""
+
+
+def describe_checkpoint(ckpt):
+    """What a checkpoint holds, in words, from its own args: "a train.py checkpoint (--model tiny
+    --patch-size 8 ..., step 64)". For one-line errors that say what was found."""
+    a, script = ckpt.get("args") or {}, checkpoint_script(ckpt)
+    flags = [f"--{k.replace('_', '-')} {a[k]}" for k in ("model", "patch_size", "tubelet",
+             "img_size", "num_frames", "target", "task", "num_classes") if a.get(k) is not None]
+    text = " ".join(flags) + (f"{'; ' if flags else ''}step {ckpt['step']}" if "step" in ckpt
+                              else "")
+    what = {"probe.py": "probe.py's head file", "": "a checkpoint" + ("" if a else " without args")
+            }.get(script, f"a {script} checkpoint")
+    return what + (f" ({text})" if text else "")
+
+
+def prune_checkpoints(out_dir, keep, pattern="checkpoint-[0-9]*.pth"):
+    """Keep only the newest `keep` periodic checkpoints (the latest one is never pruned)."""
+    def number(p):
+        return int(re.findall(r"\d+", os.path.basename(p))[0])
+    paths = sorted(glob.glob(os.path.join(out_dir, pattern)), key=number)
+    for p in paths[:-keep] if keep > 0 else []:
+        os.remove(p)
+
+
+def rng_state():
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def find_resume(resume, out_dir, master):
+    """--resume: "auto" takes <out_dir>/checkpoint-latest.pth when there is one (so
+    `torchrun --max-restarts N ... --resume` also makes the first start), a path takes that
+    checkpoint. A latest that is missing or cannot be read (truncated, damaged) gives way to the
+    newest readable checkpoint-NNNN.pth / checkpoint-stage1.pth in out_dir, said so; an unreadable
+    latest with none to fall back on, or an unreadable path, is a one-line error.
+    -> checkpoint dict (its "path" added) or None."""
+    if not resume:
+        return None
+    if resume != "auto":
+        try:
+            return {**load_checkpoint(resume), "path": resume}
+        except CheckpointError as e:
+            fail(f"--resume {e}")
+    latest, problem = os.path.join(out_dir, "checkpoint-latest.pth"), None
+    if os.path.exists(latest):
+        try:
+            return {**load_checkpoint(latest), "path": latest}
+        except CheckpointError as e:
+            problem = str(e)
+    others = [p for p in glob.glob(os.path.join(out_dir, "checkpoint-*.pth")) if p != latest]
+    for path in sorted(others, key=os.path.getmtime, reverse=True):
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as e:
+            if master:
+                print(f"--resume: {e}; skipped", flush=True)
+            continue
+        if master:
+            print(f"--resume: {problem or f'no checkpoint at {latest}'}; resuming from {path}, "
+                  f"the newest readable checkpoint there", flush=True)
+        return {**ckpt, "path": path}
+    if problem:
+        fail(f"--resume: {problem}, and {out_dir} holds no readable checkpoint-NNNN.pth to fall "
+             f"back on; rerun without --resume (from scratch) or into another --out-dir")
+    if master:
+        print(f"--resume: no checkpoint at {latest} yet, starting from scratch")
+    return None
+
+
+def check_resume_args(saved, args, shape_keys, schedule_keys, path=""):
+    """--resume with other flags than the checkpoint's run. A different shape (model, grid, target)
+    cannot load: one-line error. A different schedule or data stream (batch, epochs, lr, dataset)
+    would silently continue another run: an error unless --accept-changes, then each change is
+    printed. The world size may change: --batch-size is the total over all ranks, so the schedule
+    and data order stay the same."""
+    def flag(k):
+        return "--" + k.replace("_", "-")
+    shape = [k for k in shape_keys if k in saved and saved[k] != getattr(args, k)]
+    if shape:
+        fail(f"--resume {path or saved.get('out_dir', '')}: the checkpoint has "
+             + ", ".join(f"{flag(k)} {saved[k]} (this run: {getattr(args, k)})" for k in shape)
+             + "; its weights cannot load: pass "
+             + " ".join(f"{flag(k)} {saved[k]}" for k in shape)
+             + ", or start afresh in another --out-dir")
+    changed = [k for k in schedule_keys if k in saved and saved[k] != getattr(args, k)]
+    lines = [f"{flag(k)} {saved[k]} -> {getattr(args, k)}" for k in changed]
+    if changed and not args.accept_changes:
+        fail("--resume with other flags than the checkpoint's run: " + "; ".join(lines)
+             + " (pass --accept-changes to continue with them)")
+    return lines
+
+
+def resume_state(ckpt, model, optimizer, scaler):
+    """Load model, optimizer, scaler and RNG states from a checkpoint dict (find_resume's)."""
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        fail(f"--resume {ckpt['path']} is {describe_checkpoint(ckpt)}; it does not load into this "
+             f"run's model: {(str(e).strip().splitlines()[:2])[-1].strip()[:120]}")
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+
+
+def check_resume_kind(ckpt, args):
+    """--resume continues a run of the same script: another's checkpoint is a one-line error that
+    says what it is and what to do with it."""
+    mine, theirs, path = checkpoint_script({"args": vars(args)}), checkpoint_script(ckpt), \
+        ckpt["path"]
+    if theirs == mine and {"model", "optimizer", "step", "rng"} <= set(ckpt):
+        return
+    fix = {("train.py", "finetune.py"): f"to finetune its encoder pass --checkpoint {path} "
+                                        f"instead of --resume",
+           ("finetune.py", "train.py"): f"to test it: python finetune.py --eval-only "
+                                        f"--checkpoint {path}"}.get(
+        (theirs, mine), f"--resume continues an earlier {mine} run from its "
+                        f"<out-dir>/checkpoint-latest.pth")
+    fail(f"--resume {path} is {describe_checkpoint(ckpt)}, not a {mine} checkpoint to continue; "
+         f"{fix}")
+
+
+def open_resume(args, master, shape_keys, schedule_keys):
+    """--resume's checkpoint, found and checked before any work: another script's, another shape
+    or (unless --accept-changes) another schedule are one-line errors. -> the checkpoint dict (its
+    accepted "changes" added) or None (no --resume, or nothing to resume yet)."""
+    ckpt = find_resume(args.resume, args.out_dir, master)
+    if ckpt is None:
+        return None
+    check_resume_kind(ckpt, args)
+    ckpt["changes"] = check_resume_args(ckpt["args"], args, shape_keys, schedule_keys,
+                                        ckpt["path"])
+    return ckpt
+
+
+def resume(ckpt, master, model, optimizer, scaler, steps_per_epoch):
+    """Restore model, optimizer, scaler and RNG states from open_resume's checkpoint (None: a
+    fresh start), say so. -> (the step to continue from, the checkpoint dict or None)."""
+    if ckpt is None:
+        return 0, None
+    resume_state(ckpt, model, optimizer, scaler)
+    if master:
+        stage = f", stage {ckpt['stage']}" if "stage" in ckpt else ""
+        print(f"resumed from {ckpt['path']} at step {ckpt['step']} (epoch "
+              f"{ckpt['step'] / steps_per_epoch:.2f}{stage})"
+              + "".join(f"\n  changed: {c}" for c in ckpt["changes"]), flush=True)
+    return ckpt["step"], ckpt
+
+
+class CheckpointClock:
+    """When checkpoint-latest is due: every `minutes` of wall time, and every `steps` steps when
+    steps > 0 (a ViT-B + AdamW checkpoint is ~1.1 GB that every rank waits for: by time, not by
+    step count). The caller also writes it at stage ends, the run's end and preemption."""
+
+    def __init__(self, minutes, steps=0):
+        self.minutes, self.steps, self.last = minutes, steps, time.time()
+
+    def due(self, step):
+        return (self.steps > 0 and step % self.steps == 0) or \
+            time.time() - self.last >= 60 * self.minutes
+
+    def done(self):
+        self.last = time.time()
+
+
 # ============================================================================= the pretraining step
 
 
@@ -407,9 +712,6 @@ class StepGuard:
         raise SystemExit(0)
 
 
-# ============================================================================= preemption
-
-
 class Preemption:
     """SIGTERM or SIGUSR1 (what SLURM sends before it kills a job, --signal=USR1@120; torchrun
     forwards SIGTERM to its workers): remember it, so the loop finishes its step, writes
@@ -434,6 +736,30 @@ def add_wandb_args(a):
       "writes <out-dir>/wandb only")
     a("--wandb-project", default="smile", help="the wandb project")
     a("--wandb-run-name", default=None, help="the wandb run name (default: the --out-dir's name)")
+
+
+def add_run_args(a, out_dir, log_every):
+    """The flags of a training run itself (train.py, finetune.py): output, resume, logging,
+    checkpoints, the non-finite guard. a: parser.add_argument."""
+    a("--out-dir", default=out_dir, help="everything a run writes goes here")
+    a("--resume", nargs="?", const="auto", default=None,
+      help="continue from <out-dir>/checkpoint-latest.pth or a path")
+    a("--accept-changes", action="store_true",
+      help="--resume: continue although schedule or data flags differ from the checkpoint's run "
+      "(each change is printed)")
+    a("--steps", type=positive_int, default=None,
+      help="stop after this many optimizer steps (schedule unchanged)")
+    a("--log-every", type=positive_int, default=log_every)
+    a("--tensorboard", action="store_true",
+      help="also write <out-dir>/tb (needs tensorboard installed)")
+    add_wandb_args(a)
+    a("--ckpt-minutes", type=nonneg_float, default=30,
+      help="minutes between writes of checkpoint-latest.pth (also written at the end of each stage "
+      "and of the run, and on preemption); ViT-B + AdamW is ~1.1 GB that every rank waits for")
+    a("--ckpt-every", type=nonneg_int, default=0,
+      help="also write checkpoint-latest.pth every this many steps (0: by time only)")
+    a("--max-nonfinite", type=positive_int, default=3,
+      help="stop after this many non-finite losses in a row")
 
 
 class Log:
@@ -491,6 +817,11 @@ class Log:
             self.wb = None
 
 
+def save_args(args, out_dir):
+    with open(os.path.join(out_dir, "args.json"), "w") as f:
+        json.dump(vars(args), f, indent=1)
+
+
 def print_table(rows, title):
     """rows: list of dicts with the same keys -> a plain aligned table."""
     keys = list(rows[0])
@@ -500,11 +831,6 @@ def print_table(rows, title):
     print("  ".join(k.rjust(w) for k, w in zip(keys, widths)))
     for c in cells:
         print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
-
-
-def save_args(args, out_dir):
-    with open(os.path.join(out_dir, "args.json"), "w") as f:
-        json.dump(vars(args), f, indent=1)
 
 
 def fmt_time(seconds):

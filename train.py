@@ -20,11 +20,13 @@ import masking
 import motion
 import teacher as teacher_lib
 from model import MODEL_SIZES, PretrainModel
-from checkpoints import CheckpointClock, prune_checkpoints, resume, rng_state, save_checkpoint
-from runtime import (Log, StepGuard, adamw, add_run_args, amp_setup, apply_presets,
-                     check_ranks_agree, cosine_schedule, fail, fast_math, fmt_time, log_window,
-                     make_out_dir, new_window, no_weight_decay, optimizer_step, save_args,
-                     schedule_summary, set_lr, setup_dist, teardown, to_device, train_step,
+from runtime import (CheckpointClock, Log, Parser, StepGuard, adamw, add_run_args, amp_setup,
+                     apply_presets, below_one, check_paths, check_ranks_agree, cosine_schedule,
+                     fail, fast_math, finite_float, fmt_time, fraction, log_window, make_out_dir,
+                     new_window, no_weight_decay, nonneg_float, nonneg_int, open_resume,
+                     optimizer_step, positive_float, positive_int, prune_checkpoints, resume,
+                     rng_state, save_args, save_checkpoint, schedule_summary, set_lr, setup_dist,
+                     teardown, to_device, train_step,
                      wrap_model)
 
 # ============================================================================= presets
@@ -85,8 +87,7 @@ SCHEDULE_FLAGS = ("batch_size", "accum_iter", "epochs", "stage1_epochs", "warmup
 def get_args(argv=None):
     """Parse and check the flags; no side effects (folders are made and checkpoints read
     in main)."""
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS), help="bundle of overrides; tiny = the 2-core CPU demo, "
       "ablation = Table 4's base setting (ViT-S, mask 0.9, single, 400 epochs), reference = the "
@@ -99,17 +100,18 @@ def get_args(argv=None):
     a("--train-list", default=None,
       help="list file '<path> <label>' (default <data-root>/train.csv)")
     a("--image-dir", default=None, help="folder of still images for --dataset images")
-    a("--synthetic-length", type=int, default=80000,
+    a("--synthetic-length", type=positive_int, default=80000,
       help="clips per pass for noise/black backgrounds (Table 7: 80K, the size of K400_m)")
     a("--frame-pick", default="fixed", choices=["fixed", "per-pass"],
       help="--dataset frames: one frame per video chosen once from the seed (Table 7's fixed "
       "K400m-1frm set), or a new one every pass")
-    a("--num-frames", type=int, default=16, help="T, frames per clip (Sec. 4.1: 16)")
-    a("--stride", type=int, default=4, help="temporal stride (Table 18: 4 for K400, 2 for SSv2)")
-    a("--img-size", type=int, default=224)
+    a("--num-frames", type=positive_int, default=16, help="T, frames per clip (Sec. 4.1: 16)")
+    a("--stride", type=positive_int, default=4,
+      help="temporal stride (Table 18: 4 for K400, 2 for SSv2)")
+    a("--img-size", type=positive_int, default=224)
     a("--flip", action=argparse.BooleanOptionalAction, default=True,
       help="horizontal flip (Table 18: K400 yes, SSv2 no)")
-    a("--num-sample", type=int, default=2,
+    a("--num-sample", type=positive_int, default=2,
       help="clips per decoded video, repeated sampling (F.3: 2)")
     a("--repeated-sampling", nargs="+", default=["independent"],
       choices=["independent", "same-crop", "off"], metavar="MODE",
@@ -117,14 +119,14 @@ def get_args(argv=None):
       "(progressive): independent = each clip its own crop, flip, objects and mask (F.3); "
       "same-crop = one crop and flip, own objects and mask (the reference's stage 2); off = each "
       "clip from another video, a step of batch different videos (the reference's stage 1)")
-    a("--workers", type=int, default=8, help="data loader processes per rank (docs/performance.md: "
-      "how many a GPU needs)")
-    a("--max-bad-fraction", type=float, default=0.01,
+    a("--workers", type=nonneg_int, default=8,
+      help="data loader processes per rank (docs/performance.md: how many a GPU needs)")
+    a("--max-bad-fraction", type=fraction, default=0.01,
       help="stop when more than this share of the items are unreadable")
     # motion (Sec. 3.3)
     a("--strategy", default="progressive", choices=["progressive", "mixed", "single", "none"],
       help="Table 4d: progressive 79.8 > mixed 79.5 > single 78.9; none = SMILE w/o motion")
-    a("--stage1-epochs", type=float, default=None,
+    a("--stage1-epochs", type=nonneg_float, default=None,
       help="progressive: epochs with motion before plain clips (default: half of --epochs, as the "
       "paper's 300 + 300 and 400 + 400)")
     a("--stage2-schedule", default="restart", choices=["restart", "continue"],
@@ -135,21 +137,21 @@ def get_args(argv=None):
     a("--object-list", default=None,
       help="file of PNG paths relative to --objects, one per line: the subset the paper drew from "
       "(the reference's annotation_files/object_instances.txt)")
-    a("--num-objects", type=int, default=2, help="objects per clip (Table 4f: 1 < 2 ~ 3)")
-    a("--object-size", type=int, nargs=2, default=[32, 128],
+    a("--num-objects", type=nonneg_int, default=2, help="objects per clip (Table 4f: 1 < 2 ~ 3)")
+    a("--object-size", type=positive_int, nargs=2, default=[32, 128], metavar=("LO", "HI"),
       help="object side range in px at 224 (Sec. 4.1)")
-    a("--angle-range", type=float, nargs=2, default=[-90, 90], metavar=("LO", "HI"),
+    a("--angle-range", type=finite_float, nargs=2, default=[-90, 90], metavar=("LO", "HI"),
       help="keyframe rotation in degrees (Table 4c: 0 0 = scaling only)")
-    a("--scale-range", type=float, nargs=2, default=[0.5, 1.5], metavar=("LO", "HI"),
+    a("--scale-range", type=positive_float, nargs=2, default=[0.5, 1.5], metavar=("LO", "HI"),
       help="keyframe scale (Table 4c: 1 1 = rotation only; both = no transformation)")
     a("--masking", default="trajectory", choices=["trajectory", "tube"],
       help="Table 4g: trajectory +~1%%")
-    a("--mask-ratio", type=float, default=0.8, help="Table 4e: 0.8 > 0.9 > 0.95")
+    a("--mask-ratio", type=fraction, default=0.8, help="Table 4e: 0.8 > 0.9 > 0.95")
     # model and target
     a("--model", default="base", choices=["tiny", "small", "base"],
       help="ViT size (small = ViT-S, base = ViT-B)")
-    a("--patch-size", type=int, default=16)
-    a("--tubelet", type=int, default=2)
+    a("--patch-size", type=positive_int, default=16)
+    a("--tubelet", type=positive_int, default=2)
     a("--target", default="clip", choices=["clip", "pixel"],
       help="Table 4b: CLIP features (default) or pixels")
     a("--teacher", default="ViT-B-16", help="open_clip model name (or a model-config JSON), or "
@@ -166,26 +168,26 @@ def get_args(argv=None):
     a("--norm-pix", action=argparse.BooleanOptionalAction, default=True,
       help="pixel target: per-tubelet normalisation (VideoMAE)")
     # optimisation (SPEC 5, Table 18)
-    a("--epochs", type=int, default=600,
+    a("--epochs", type=positive_int, default=600,
       help="effective epochs = passes x num-sample (K400 600, SSv2 800)")
-    a("--warmup-epochs", type=float, default=40)
+    a("--warmup-epochs", type=nonneg_float, default=40)
     a("--schedule", default="cosine", choices=["cosine", "reference"],
       help="cosine: warm-up + cosine to --min-lr over each stage (Table 18); reference: the "
       "official scripts' lr as it ran, a cosine planned for --planned-epochs stopped at the end "
       "of each stage (lr_schedule)")
-    a("--planned-epochs", type=int, default=801,
+    a("--planned-epochs", type=positive_int, default=801,
       help="--schedule reference: the epochs each stage's cosine is planned for (the scripts' "
       "--epochs 801)")
-    a("--batch-size", type=int, default=256,
+    a("--batch-size", type=positive_int, default=256,
       help="total clips per optimizer step over all ranks and --accum-iter micro-steps "
       "(paper: 256)")
-    a("--accum-iter", type=int, default=1,
+    a("--accum-iter", type=positive_int, default=1,
       help="micro-steps per optimizer step (gradient accumulation: fewer GPUs, same total batch)")
-    a("--lr", type=float, default=1.5e-4,
+    a("--lr", type=positive_float, default=1.5e-4,
       help="base lr for a total batch of 256 (actual = lr * batch / 256)")
-    a("--min-lr", type=float, default=1e-5, help="cosine floor, scaled like --lr")
-    a("--weight-decay", type=float, default=0.05)
-    a("--betas", type=float, nargs=2, default=[0.9, 0.95])
+    a("--min-lr", type=nonneg_float, default=1e-5, help="cosine floor, scaled like --lr")
+    a("--weight-decay", type=nonneg_float, default=0.05)
+    a("--betas", type=below_one, nargs=2, default=[0.9, 0.95])
     a("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
       help="auto: bf16 on GPUs of compute capability >= 8 (A100, H100), fp16 + loss scaler on "
       "older ones (V100), fp32 on CPU")
@@ -193,9 +195,9 @@ def get_args(argv=None):
     a("--grad-checkpointing", action="store_true",
       help="recompute activations in backward: less memory, slower")
     add_run_args(a, out_dir="out/pretrain", log_every=50)
-    a("--seed", type=int, default=0)
-    a("--save-every", type=int, default=50, help="effective epochs between kept checkpoints")
-    a("--keep", type=int, default=3, help="periodic checkpoints kept")
+    a("--seed", type=nonneg_int, default=0)
+    a("--save-every", type=nonneg_int, default=50, help="effective epochs between kept checkpoints")
+    a("--keep", type=nonneg_int, default=3, help="periodic checkpoints kept")
     a("--device", default=None, help="cpu / cuda (default: cuda when available)")
     # A preset may name a dataset (tiny: stills), so the dataset table is read once the preset is
     # known, then the preset again so that its own values win over its dataset's; flags
@@ -228,9 +230,8 @@ def check_args(args):
         (args.strategy != "progressive" or 0 < args.stage1_epochs < args.epochs,
          f"--strategy progressive needs 0 < --stage1-epochs ({args.stage1_epochs:g}) < --epochs "
          f"({args.epochs})"),
-        (args.source != "images" or (args.image_dir and os.path.isdir(args.image_dir)),
-         f"--dataset images needs --image-dir pointing at a folder of images, got "
-         f"{args.image_dir}"),
+        (args.source != "images" or args.image_dir,
+         "--dataset images needs --image-dir, a folder of images"),
         (args.object_list is None or args.objects,
          "--object-list needs --objects (the folder it is relative to)"),
         (len(args.repeated_sampling) <= 2,
@@ -246,6 +247,20 @@ def check_args(args):
         fail(f"--mask-ratio {args.mask_ratio} masks no token of a {side}x{side} patch grid")
     if args.source in ("video", "frames") and args.train_list is None:
         args.train_list = os.path.join(args.data_root, "train.csv")
+
+
+def check_files(args):
+    """Each path flag for what it must be, in main before any work (get_args reads no file)."""
+    lists, clip = args.source in ("video", "frames"), args.target == "clip"
+    local = os.sep in args.teacher_weights or args.teacher_weights.endswith(
+        (".pt", ".pth", ".bin", ".safetensors"))               # a file, not a tag
+    check_paths(("--data-root", args.data_root if lists else None, "folder"),
+                ("--train-list", args.train_list if lists else None, "file"),
+                ("--image-dir", args.image_dir if args.source == "images" else None, "folder"),
+                ("--objects", args.objects, "folder"), ("--object-list", args.object_list, "file"),
+                ("--teacher", args.teacher if clip and args.teacher.endswith(".json") else None,
+                 "file"),
+                ("--teacher-weights", args.teacher_weights if clip and local else None, "file"))
 
 
 # =========================================================================== data, target, schedule
@@ -336,6 +351,7 @@ def lr_schedule(args, steps_per_pass):
 def main(argv=None):
     # ------------------------------------------------------------------ args + dist
     args = get_args(argv)
+    check_files(args)
     rank, world, device = setup_dist(args.device)
     master = rank == 0
     if args.batch_size % (world * args.num_sample * args.accum_iter):
@@ -343,6 +359,7 @@ def main(argv=None):
              f"{args.accum_iter} x {args.num_sample} clips per video")
     videos_per_micro = args.batch_size // world // args.accum_iter // args.num_sample   # per rank
     make_out_dir(args.out_dir)
+    found = open_resume(args, master, SHAPE_FLAGS, SCHEDULE_FLAGS)   # read before any work
     torch.manual_seed(args.seed)   # same initial weights on every rank
     fast_math(device, args.workers)
     log = Log(args.out_dir, master, args.tensorboard, args)
@@ -360,14 +377,21 @@ def main(argv=None):
     videos_per_step = videos_per_micro * args.accum_iter
     steps_per_pass = len(dataset) // world // videos_per_step
     if steps_per_pass == 0:
+        unit = world * args.num_sample * args.accum_iter   # --batch-size must be a multiple
+        fits = len(dataset) // world * world * args.num_sample // unit * unit
         fail(f"{len(dataset)} items cannot fill one step of {videos_per_step} videos on each of "
-             f"{world} ranks")
+             f"{world} ranks: " + (f"lower --batch-size to <= {fits} or " if fits else "")
+             + {"video": "add videos", "frames": "add videos",
+                "images": "add images"}.get(args.source, "raise --synthetic-length"))
     # one pass over the videos = num_sample effective epochs (SPEC 5 counts epochs x
     # clips per video)
     steps_per_epoch = steps_per_pass / args.num_sample
     progressive = args.strategy == "progressive"
     lrs, stage1_steps = lr_schedule(args, steps_per_pass)
     total_steps = len(lrs)
+    if total_steps == 0:
+        fail(f"--epochs {args.epochs} x {steps_per_epoch:g} steps per epoch rounds to 0 optimizer "
+             f"steps: raise --epochs to {int(0.5 / steps_per_epoch) + 1}")
     if master:
         print(schedule_summary(lrs, stage1_steps, args.lr * args.batch_size / 256,
                                args.schedule), flush=True)
@@ -410,9 +434,12 @@ def main(argv=None):
                          "rng": rng_state(), "args": vars(args)}, path)
 
     # ------------------------------------------------------------------ resume
-    step, _ = resume(args, master, raw_model, optimizer, scaler, SHAPE_FLAGS, SCHEDULE_FLAGS,
-                     steps_per_epoch)
+    step = resume(found, master, raw_model, optimizer, scaler, steps_per_epoch)[0]
     check_ranks_agree(step, {k: getattr(args, k) for k in SHAPE_FLAGS}, device)
+    start_step, resumed_from = step, found["path"] if found else "the run"
+    del found   # the checkpoint's tensors: not kept through the run
+
+    # ------------------------------------------------------------------ loop
     end_step = min(total_steps, args.steps) if args.steps else total_steps
     if master:
         save_args(args, args.out_dir)
@@ -480,9 +507,11 @@ def main(argv=None):
             t_wait = time.time()
 
     # ------------------------------------------------------------------ teardown
-    if master:
-        print(f"done: {step} steps in {fmt_time(time.time() - t_start)}, checkpoint {latest}",
-              flush=True)
+    if master:   # the loop writes checkpoint-latest at its end; a resumed run at its end runs none
+        saved = (f"checkpoint {latest}" if step > start_step else
+                 f"nothing to run: {resumed_from} is at step {start_step}, the end is step "
+                 f"{end_step}; no checkpoint written")
+        print(f"done: {step} steps in {fmt_time(time.time() - t_start)}, {saved}", flush=True)
         log.finish(latest)
     teardown(world, device)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoints
+import runtime
 import train
 from conftest import (ROOT, TINY, assert_same_weights, fails_cleanly, read_log, run, weights,
                       write_video)
@@ -168,7 +168,7 @@ def test_nonfinite_step_is_not_applied(tmp_path, monkeypatch):
 
 def test_crash_mid_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint-latest.pth"
-    checkpoints.save_checkpoint({"step": 1, "w": torch.ones(3)}, str(path))
+    runtime.save_checkpoint({"step": 1, "w": torch.ones(3)}, str(path))
 
     def crashing_save(obj, f):
         with open(f, "wb") as fh:
@@ -177,8 +177,8 @@ def test_crash_mid_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crashing_save)
     with pytest.raises(KeyboardInterrupt):
-        checkpoints.save_checkpoint({"step": 2, "w": torch.zeros(3)}, str(path))
-    assert checkpoints.load_checkpoint(str(path))["step"] == 1
+        runtime.save_checkpoint({"step": 2, "w": torch.zeros(3)}, str(path))
+    assert runtime.load_checkpoint(str(path))["step"] == 1
 
 
 def test_checkpoints_load_weights_only_and_last_k_kept(tmp_path):

@@ -38,7 +38,7 @@ def data_args(**kw):
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def test_train_py_checkpoint_gives_encoder_features(tmp_path):
+def test_train_py_checkpoint_gives_encoder_features(tmp_path, capsys):
     """A train.py checkpoint names its model: --model/--patch/--tubelet come from it; the
     classifier's pooled tokens equal the pretraining encoder's, also on another grid (position table
     rebuilt)."""
@@ -62,10 +62,11 @@ def test_train_py_checkpoint_gives_encoder_features(tmp_path):
             x = blk(x)
         clf.fc_norm = torch.nn.Identity()
         torch.testing.assert_close(clf.forward_features(video), x.mean(1), atol=1e-5, rtol=1e-5)
-    args = data_args(checkpoint=str(path), model="small")                 # a flag still wins
+    args = data_args(checkpoint=str(path), model="small")   # a flag that contradicts it: the fix
     evaluation.check_data_args(args)
-    evaluation.read_checkpoint(args)
-    assert args.model == "small"
+    with pytest.raises(SystemExit) as e:
+        evaluation.read_checkpoint(args)
+    assert e.value.code == 2 and "pass --model tiny" in capsys.readouterr().err
 
 
 def test_reference_checkpoint_loads_and_matches(monkeypatch, capsys):

@@ -18,7 +18,7 @@ import torch
 
 import data
 import evaluation
-import checkpoints
+
 import runtime
 import train
 from conftest import ROOT, TINY, assert_same_weights, run, weights
@@ -267,14 +267,14 @@ def test_checkpoint_latest_is_written_by_time_not_every_epoch(monkeypatch, tmp_p
 
 def test_checkpoint_clock(monkeypatch):
     now = [1000.0]
-    monkeypatch.setattr(checkpoints.time, "time", lambda: now[0])
-    clock = checkpoints.CheckpointClock(30, steps=0)
+    monkeypatch.setattr(runtime.time, "time", lambda: now[0])
+    clock = runtime.CheckpointClock(30, steps=0)
     assert not clock.due(500)
     now[0] += 30 * 60
     assert clock.due(501)
     clock.done()
     assert not clock.due(502)
-    assert checkpoints.CheckpointClock(30, steps=10).due(20)
+    assert runtime.CheckpointClock(30, steps=10).due(20)
 
 
 # ------------------------------------------------------------------ 8-9. the loader's memory

@@ -17,7 +17,7 @@ import data
 import evaluation
 import finetune
 import probe
-import checkpoints
+
 import runtime
 import train
 from conftest import TINY
@@ -431,9 +431,9 @@ def _spy_resume(monkeypatch, module, record):
     real = module.resume
 
     def spy(*a, **kw):
-        record["before"] = checkpoints.rng_state()
+        record["before"] = runtime.rng_state()
         out = real(*a, **kw)
-        record["after"] = checkpoints.rng_state()
+        record["after"] = runtime.rng_state()
         return out
     monkeypatch.setattr(module, "resume", spy)
 
@@ -452,7 +452,7 @@ def test_resume_restores_every_rng(tmp_path, monkeypatch, script):
     """--resume sets torch's RNG (and CUDA's, when present) to the checkpoint's states: asserted
     on the states, right after the resume. numpy's and Python's global RNGs have no state to
     restore: every random draw of the scripts comes from explicitly seeded generators, so a run
-    must leave both untouched (a change that draws from them must save them in checkpoints.rng_state
+    must leave both untouched (a change that draws from them must save them in runtime.rng_state
     too)."""
     module = {"train": train, "finetune": finetune}[script]
     args = ([*TINY, "--strategy", "single"] if script == "train" else
@@ -465,7 +465,7 @@ def test_resume_restores_every_rng(tmp_path, monkeypatch, script):
     globals_before = _global_rngs()
     module.main([*args, "--steps", "2"])
     assert _same_global_rngs(globals_before, _global_rngs()), \
-        f"{script}.py drew from numpy's or Python's global RNG; checkpoints.rng_state does not save it"
+        f"{script}.py drew from numpy's or Python's global RNG; runtime.rng_state does not save it"
     saved = torch.load(tmp_path / script / "checkpoint-latest.pth", weights_only=True)["rng"]
     record = {}
     _spy_resume(monkeypatch, module, record)
@@ -475,16 +475,16 @@ def test_resume_restores_every_rng(tmp_path, monkeypatch, script):
 
 
 def test_rng_state_round_trip():
-    """checkpoints.set_rng_state(checkpoints.rng_state()) puts back every generator the checkpoint holds,
+    """runtime.set_rng_state(runtime.rng_state()) puts back every generator the checkpoint holds,
     after each has moved on."""
     torch.manual_seed(5)
-    saved = checkpoints.rng_state()
+    saved = runtime.rng_state()
     want = torch.rand(3)
     if torch.cuda.is_available():
         want_cuda = torch.rand(3, device="cuda")
     torch.rand(7)
-    checkpoints.set_rng_state(saved)
-    assert all(torch.equal(checkpoints.rng_state()[k], saved[k]) for k in saved)
+    runtime.set_rng_state(saved)
+    assert all(torch.equal(runtime.rng_state()[k], saved[k]) for k in saved)
     assert torch.equal(torch.rand(3), want)
     if torch.cuda.is_available():
         assert torch.equal(torch.rand(3, device="cuda"), want_cuda)

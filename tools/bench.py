@@ -55,6 +55,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model import MODEL_SIZES, PretrainModel, mask_indices, sinusoid_table
+from runtime import Parser, nonneg_int, positive_float, positive_int
 from tools.bench_data import bench_data
 from tools.bench_gpu import bench_gpu, gpu_check, markdown_table
 from tools.benchkit import (ROOT, machine, matmul, print_table, race, row, small_clip_config,
@@ -359,16 +360,15 @@ SECTIONS = ("step", "memory", "teacher", "gpu", "data", "demo")
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="small shapes and few rounds: under a minute")
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
-    p.add_argument("--rounds", type=int, default=None,
+    p.add_argument("--rounds", type=positive_int, default=None,
                    help="timing rounds per row (default 7, --quick 2)")
-    p.add_argument("--workers", type=int, default=os.cpu_count(),
+    p.add_argument("--workers", type=nonneg_int, default=os.cpu_count(),
                    help="loader processes (default: one per core)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch threads (default: torch's choice)")
     p.add_argument("--no-compile", action="store_true",
                    help="skip the --compile rows (compiling takes a minute)")
@@ -376,7 +376,7 @@ def get_args(argv=None):
                    help="on a GPU: sections gpu and data at full size, then train.py (ViT-B, CLIP "
                    "teacher with random weights, bf16, 30 steps of 32 clips, 8 workers) eager and "
                    "--compile; ends with one markdown table for docs/performance.md")
-    p.add_argument("--budget", dest="budget_s", type=float, default=570,
+    p.add_argument("--budget", dest="budget_s", type=positive_float, default=570,
                    help="--gpu-check: seconds for the whole check; a train.py run that would start "
                    "with less than a minute left is skipped")
     p.add_argument("--dry-run", action="store_true",

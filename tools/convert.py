@@ -37,8 +37,7 @@ import sys
 import torch
 
 from model import MODEL_SIZES, Encoder, PretrainModel, VideoClassifier
-from checkpoints import load_checkpoint, save_checkpoint
-from runtime import fail
+from runtime import Parser, fail, load_checkpoint, positive_float, positive_int, save_checkpoint
 
 WB = ("weight", "bias")
 HF_CLASS = {"pretrain": "VideoMAEForPreTraining", "classifier": "VideoMAEForVideoClassification",
@@ -349,16 +348,15 @@ def from_hf(folder, ck, atol=1e-4):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("to-hf", help="a smile checkpoint -> a transformers VideoMAE folder")
     a.add_argument("checkpoint")
     a.add_argument("out_dir")
-    a.add_argument("--img-size", type=int, default=None,
+    a.add_argument("--img-size", type=positive_int, default=None,
                    help="the clip side the transformers model takes (default: the "
                    "checkpoint's run, else 224)")
-    a.add_argument("--num-frames", type=int, default=None,
+    a.add_argument("--num-frames", type=positive_int, default=None,
                    help="frames per clip (default: the checkpoint's run, else 16)")
     a.add_argument("--encoder-only", action="store_true",
                    help="from a pretraining checkpoint, write the encoder alone (VideoMAEModel)")
@@ -366,7 +364,7 @@ def main(argv=None):
     b.add_argument("folder")
     b.add_argument("checkpoint")
     for s in (a, b):
-        s.add_argument("--atol", type=float, default=1e-4,
+        s.add_argument("--atol", type=positive_float, default=1e-4,
                        help="largest output difference accepted between the two models")
     args = p.parse_args(argv)
     if args.command == "to-hf":

@@ -44,8 +44,8 @@ import data
 from evaluation import (VideoClipDataset, add_data_args, frozen_encoder, read_checkpoint,
                         three_crops)
 from model import MODEL_SIZES
-from runtime import (Log, all_reduce, amp_setup, apply_presets, fail, fmt_time, make_out_dir,
-                     save_args, setup_dist, teardown)
+from runtime import (Log, Parser, all_reduce, amp_setup, apply_presets, check_paths, fail,
+                     fmt_time, make_out_dir, positive_int, save_args, setup_dist, teardown)
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
 PRESETS = {
@@ -70,8 +70,7 @@ SHARED = ("--data-root", "--num-frames", "--img-size", "--sampling", "--stride",
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS), help="tiny = the demo's grid (32 px, 8 frames, "
       "2x8x8 tubelets, ViT-tiny); thumos14 = 16 consecutive frames every 4 frames, 224 px (VideoMAEv2, OpenTAD)")
@@ -84,26 +83,21 @@ def get_args(argv=None):
       help="snippets: (num_snippets, D) per video, for TAL (ActionFormer / OpenTAD); video: (D,), "
       "test views averaged; tokens: (t, h, w, D) of the centre clip")
     a("--out-dir", default="out/extract", help="<name>.npy per video, index.jsonl, bad.txt")
-    a("--snippet-stride", type=int, default=4, help="frames between snippet starts (OpenTAD's "
+    a("--snippet-stride", type=positive_int, default=4, help="frames between snippet starts (OpenTAD's "
       "feature_stride; THUMOS-14 VideoMAEv2 features: 4)")
-    a("--layer", type=int, default=None, help="features of encoder block L, 1-based (default last)")
+    a("--layer", type=positive_int, default=None, help="features of encoder block L, 1-based (default last)")
     a("--fc-norm", default="auto", choices=["auto", "on", "off"], help="pooled features through "
       "the checkpoint's fc_norm; auto: when it has one and --layer is the last (pretraining "
       "checkpoints have none: the raw token mean, as probe.py)")
     a("--fp16", action="store_true", help="float16 .npy files (half the disk; OpenTAD casts them "
       "to fp32)")
-    a("--batch-size", type=int, default=32, help="snippets (or views) per encoder forward")
-    a("--log-every", type=int, default=10, help="videos between progress lines")
+    a("--batch-size", type=positive_int, default=32, help="snippets (or views) per encoder forward")
+    a("--log-every", type=positive_int, default=10, help="videos between progress lines")
     add_data_args(lambda *flags, **kw: a(*flags, **kw) if flags[0] in SHARED else None)
     args = apply_presets(p, [("preset", PRESETS)], argv)
     if (args.list is None) == (args.video_dir is None):
         fail("give exactly one of --list and --video-dir")
-    for flag in ("snippet_stride", "batch_size", "num_frames", "stride", "test_clips", "test_crops",
-                 "log_every"):
-        if getattr(args, flag) < 1:
-            fail(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.checkpoint and not os.path.isfile(args.checkpoint):
-        fail(f"--checkpoint {args.checkpoint} does not exist")
+    check_paths(("--checkpoint", args.checkpoint, "file"))
     return args
 
 
@@ -277,7 +271,7 @@ def build_encoder(args, verbose):
     model, args.layer, keys = frozen_encoder(
         state, model=args.model, patch_size=args.patch_size, tubelet=args.tubelet,
         img_size=args.img_size, num_frames=args.num_frames, layer=args.layer,
-        name=f"--checkpoint {args.checkpoint}", verbose=verbose)
+        path=args.checkpoint, verbose=verbose)
     auto = "fc_norm.weight" in keys and args.layer == MODEL_SIZES[args.model]["depth"]
     return model, {"on": True, "off": False, "auto": auto}[args.fc_norm] and args.mode != "tokens"
 
@@ -416,6 +410,8 @@ def run_shard(model, todo, items, names, args, device, fc_norm, log, rank, world
 
 def main(argv=None):
     args = get_args(argv)
+    check_paths(("--list", args.list, "file"), ("--video-dir", args.video_dir, "folder"),
+                ("--data-root", args.data_root, "folder"))
     rank, world, device = setup_dist(args.device)
     master = rank == 0
     make_out_dir(args.out_dir)

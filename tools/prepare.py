@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 import data
-from runtime import fail, fmt_time
+from runtime import Parser, check_paths, fail, fmt_time, nonneg_int, positive_int
 
 PREPARE_GOP = 32   # a clip decodes at most 31 frames before its first one
 
@@ -348,7 +348,7 @@ def subset_size(n, total):
     try:
         fraction = any(c in text for c in ".eE")
         count = round(float(text) * total) if fraction else int(text)
-    except ValueError:
+    except (ValueError, OverflowError):   # not a number, NaN, infinity
         raise ValueError(f"N={text!r} is neither a count nor a fraction") from None
     if fraction and not 0 < float(text) <= 1:
         raise ValueError(f"N={text}: a fraction must lie in (0, 1]")
@@ -385,8 +385,8 @@ def subset(list_path, n, out_list, seed=0, data_root=None, multi_label=False, qu
 # ----------------------------------------------------------------------------- command line
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__.split("\n\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     root_help = "folder the list's relative paths are relative to (default: the list's folder)"
     p = sub.add_parser("encode",
@@ -394,19 +394,19 @@ def parse_args(argv=None):
     p.add_argument("list", help="list file '<path> <label>' (VideoMAE convention)")
     p.add_argument("out_dir",
                    help="re-encoded videos and the new list (OUT_DIR/<list name>) go here")
-    p.add_argument("--short-side", type=int, default=320,
+    p.add_argument("--short-side", type=positive_int, default=320,
                    help="K400 320, SSv2 240 (never upscales)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="processes (default: one per CPU core)")
     p.add_argument("--data-root", default=None, help=root_help)
     p.add_argument("--codec", default="libx264", choices=["libx264", "mpeg4"])
     c = sub.add_parser("check", help="preflight a list: missing, unreadable, short videos, labels")
     c.add_argument("list", help="list file '<path> <label>'")
     c.add_argument("--data-root", default=None, help=root_help)
-    c.add_argument("--num-classes", type=int, default=None, help="labels must lie in [0, K)")
-    c.add_argument("--num-frames", type=int, default=16, help="frames per clip (T)")
-    c.add_argument("--stride", type=int, default=4, help="frame stride of a clip")
-    c.add_argument("--workers", type=int, default=None,
+    c.add_argument("--num-classes", type=positive_int, default=None, help="labels must lie in [0, K)")
+    c.add_argument("--num-frames", type=positive_int, default=16, help="frames per clip (T)")
+    c.add_argument("--stride", type=positive_int, default=4, help="frame stride of a clip")
+    c.add_argument("--workers", type=positive_int, default=None,
                    help="processes (default: one per CPU core)")
     c.add_argument("--multi-label", action="store_true",
                    help="labels are '3,17,42' lists ('-': none)")
@@ -416,7 +416,7 @@ def parse_args(argv=None):
     s.add_argument("list", help="list file '<path> <label>'")
     s.add_argument("n", help="videos to keep: a count (80000) or a fraction of the list (0.5)")
     s.add_argument("out_list", help="the subset list (lines of LIST)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=nonneg_int, default=0)
     s.add_argument("--data-root", default=None, help=root_help)
     s.add_argument("--multi-label", action="store_true",
                    help="stratify on the first label of each line")
@@ -425,17 +425,13 @@ def parse_args(argv=None):
 
 def validate(a):
     """Unusable arguments: one line and exit code 2 (runtime.fail) before any work."""
-    if not Path(a.list).is_file():
-        fail(f"list file {a.list} does not exist")
-    if getattr(a, "data_root", None) and not Path(a.data_root).is_dir():
-        fail(f"--data-root {a.data_root} is not a folder")
     out = getattr(a, "write_clean", None) or getattr(a, "out_list", None)
+    check_paths(("list file", a.list, "file"), ("--data-root", a.data_root, "folder"),
+                ("OUT_DIR", getattr(a, "out_dir", None), "out-dir"),
+                ("--write-clean" if getattr(a, "write_clean", None) else "OUT_LIST", out,
+                 "out-file"))
     if out and Path(out).resolve() == Path(a.list).resolve():
         fail(f"{out} is the input list: write it somewhere else")
-    for name in ("num_frames", "stride", "workers", "num_classes", "short_side"):
-        value = getattr(a, name, None)
-        if value is not None and value < 1:
-            fail(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
 def main(argv=None):

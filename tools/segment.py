@@ -75,10 +75,10 @@ from scipy.optimize import linear_sum_assignment
 
 import data
 import motion
-from evaluation import SHAPE_DEFAULTS, frozen_encoder, read_checkpoint
+from evaluation import frozen_encoder, read_checkpoint
 from model import MODEL_SIZES
-from runtime import (Log, all_reduce, amp_setup, apply_presets, fail, fmt_time, make_out_dir,
-                     setup_dist, teardown)
+from runtime import (Log, Parser, all_reduce, amp_setup, apply_presets, check_paths, fail,
+                     fmt_time, make_out_dir, nonneg_int, positive_int, setup_dist, teardown)
 
 # Clip length per dataset (SIGMA: 16 for DAVIS, 4 for YTVOS); the split each one reads by default.
 VOS_DATASETS = {
@@ -338,8 +338,7 @@ def load_folder_clip(pairs, num_frames, size):
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS), help="tiny = the CPU demo on train.py's tiny grid")
     a("--dataset", default="synthetic", choices=sorted(VOS_DATASETS),
@@ -352,63 +351,57 @@ def get_args(argv=None):
       "ytvos: the <split>/ folder (default train: valid/ annotates first frames only)")
     a("--annotations", default="Annotations", help="annotation folder name (DAVIS-2017 "
       "unsupervised: Annotations_unsupervised)")
-    a("--num-videos", type=int, default=None, help=f"evaluate the first N videos (synthetic: "
+    a("--num-videos", type=positive_int, default=None, help=f"evaluate the first N videos (synthetic: "
       f"default {SYNTHETIC_VIDEOS})")
-    a("--num-frames", type=int, default=16,
+    a("--num-frames", type=positive_int, default=16,
       help="T, frames per clip (SIGMA: 16 on DAVIS, 4 on YTVOS)")
-    a("--img-size", type=int, default=224,
+    a("--img-size", type=positive_int, default=224,
       help="frames and masks resized to S x S (TimeTuning: 224)")
-    a("--clusters", type=int, default=None, help="K for clustering (default: the number of labels "
+    a("--clusters", type=positive_int, default=None, help="K for clustering (default: the number of labels "
       "in the clip's annotation, objects + background, as TimeTuning)")
-    a("--overcluster", type=int, default=10, help="K for overclustering (SIGMA: 10)")
-    a("--layer", type=int, default=None,
+    a("--overcluster", type=positive_int, default=10, help="K for overclustering (SIGMA: 10)")
+    a("--layer", type=positive_int, default=None,
       help="features of encoder block L, 1-based (default the last)")
-    a("--pca-dim", type=int, default=50,
+    a("--pca-dim", type=positive_int, default=50,
       help="PCA dimensions after standardisation (TimeTuning: 50)")
-    a("--kmeans-iters", type=int, default=50,
+    a("--kmeans-iters", type=positive_int, default=50,
       help="Lloyd iterations (TimeTuning's faiss.Kmeans: niter 50)")
-    a("--kmeans-restarts", type=int, default=5, help="restarts, best inertia kept (faiss nredo 5)")
+    a("--kmeans-restarts", type=positive_int, default=5, help="restarts, best inertia kept (faiss nredo 5)")
     a("--checkpoint", default=None,
       help="a train.py checkpoint (or any VideoMAE-layout one); none: random")
     a("--model", default=None, choices=sorted(MODEL_SIZES),
       help="ViT size (default from the checkpoint)")
-    a("--patch-size", type=int, default=None,
+    a("--patch-size", type=positive_int, default=None,
       help="patch side (default from the checkpoint, else 16)")
-    a("--tubelet", type=int, default=None,
+    a("--tubelet", type=positive_int, default=None,
       help="tubelet length (default from the checkpoint, else 2)")
-    a("--num-objects", type=int, default=2, help="synthetic: objects per clip (Table 4f: 2)")
-    a("--object-size", type=int, nargs=2, default=[32, 128], help="synthetic: object side range "
-      "in pixels at 224, scaled with the frame (Sec. 4.1: 32-128)")
-    a("--seed", type=int, default=0, help="random encoder, synthetic clips and k-means seeds")
+    a("--num-objects", type=nonneg_int, default=2, help="synthetic: objects per clip (Table 4f: 2)")
+    a("--object-size", type=positive_int, nargs=2, default=[32, 128], metavar=("LO", "HI"),
+      help="synthetic: object side range in pixels at 224, scaled with the frame (Sec. 4.1: 32-128)")
+    a("--seed", type=nonneg_int, default=0, help="random encoder, synthetic clips and k-means seeds")
     a("--out-dir", default="out/segment", help="results.json and log.jsonl go here")
     a("--device", default=None, help="torch device (default: cuda when available)")
     a("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
       help="encoder autocast dtype")
-    a("--log-every", type=int, default=10, help="videos between progress lines")
+    a("--log-every", type=positive_int, default=10, help="videos between progress lines")
     explicit = vars(p.parse_known_args(argv)[0])  # before presets: None = the flag was not given
     args = apply_presets(p, [("dataset", VOS_DATASETS), ("preset", PRESETS)], argv)
     if args.dataset != "synthetic" and not args.data_root:
         fail(f"--dataset {args.dataset} needs --data-root")
-    for flag in ("num_frames", "img_size", "overcluster", "pca_dim", "kmeans_iters",
-                 "kmeans_restarts"):
-        if getattr(args, flag) < 1:
-            fail(f"--{flag.replace('_', '-')} must be at least 1")
     return args, explicit
 
 
 def build_encoder(args, explicit, verbose):
     """The frozen encoder on the checkpoint's grid (or the run's), weights from the checkpoint; its
-    shape: a flag wins, then the checkpoint's args, then the preset, then SHAPE_DEFAULTS."""
-    preset = {k: getattr(args, k) for k in SHAPE_DEFAULTS}
-    for k in SHAPE_DEFAULTS:
-        setattr(args, k, explicit[k])
-    state = read_checkpoint(args, fallback=preset)
-    saved = (state.get("args") or {}) if isinstance(state, dict) else {}
+    shape: a typed flag, else the checkpoint's (a typed flag that contradicts it is an error), else
+    the preset's, else base / 16 / 2 (evaluation.read_checkpoint)."""
+    state = read_checkpoint(args)
+    saved = (state.get("args") or {}) if state is not None else {}
     model, args.layer, _ = frozen_encoder(
         state, model=args.model, patch_size=args.patch_size, tubelet=args.tubelet,
         img_size=saved.get("img_size", args.img_size),
         num_frames=saved.get("num_frames", args.num_frames), layer=args.layer,
-        name=f"--checkpoint {args.checkpoint}", verbose=verbose)
+        path=args.checkpoint, verbose=verbose)
     return model
 
 
@@ -460,6 +453,8 @@ def write_results(args, names, scores):
 def main(argv=None):
     # ------------------------------------------------------------------ args, dist
     args, explicit = get_args(argv)
+    check_paths(("--data-root", args.data_root, "folder"),
+                ("--checkpoint", args.checkpoint, "file"))
     rank, world, device = setup_dist(args.device)
     master = rank == 0
     make_out_dir(args.out_dir)
