@@ -9,20 +9,21 @@ to track it to predict the masked teacher features (SPEC 2). In the order the me
                          centres
     keyframe_transforms  Sec. 3.3, 4.1: angle in [-90, 90] deg and scale in [0.5, 1.5] at three
                          keyframes (first, a random middle one, last), linear in between
-    overlay              pastes 2 objects (Table 4f) and returns each object's per-frame pixel
-                         footprint, which masking.object_tokens turns into object tokens
+    draw_motion          every draw of a clip's motion: 2 objects (Table 4f), their P x Q sizes,
+                         trajectories and keyframe transforms, before any pixel
+    overlay              pastes them here and returns each object's per-frame pixel footprint,
+                         which masking.object_tokens turns into object tokens
+    render               pastes them for a batch on the device, in the training step (the loader
+                         ships motion_tiles and the draws; masking.motion_tokens the tokens)
     ObjectBank           a folder of RGBA cut-outs (the paper's PIN bank, <category>/<n>.png)
     synthetic_objects    textured cut-out shapes, a stand-in when no bank is on disk (not the
                          paper's bank)
     background           Table 7 / Appendix D: noise, black or a still image repeated over T frames
 
 Frames are uint8 (T, H, W, 3), already cropped, before normalisation. Everything is a pure function
-of an explicit numpy.random.Generator: same seed, same clip.
-
-    # draws Figure 3: clips on noise, black, an image
-    python motion.py --out docs/figure3_motion.png
+of an explicit numpy.random.Generator: same seed, same clip. Figure 3: `python -m tools.figures
+figure3`.
 """
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -503,55 +504,3 @@ def draw_outlines(frames, footprints, width=1):
     for k, edge in enumerate(outline(footprints, width)):
         frames[edge] = COLOURS[k % len(COLOURS)]
     return frames
-
-
-def _figure3(out_path, seed, size, num_frames, columns):
-    """Figure 3: rows = motion-infused clips on noise, black and an image; columns = frames."""
-    rng = np.random.default_rng(seed)
-    objects = synthetic_objects(8, rng, size=128)
-    image = still_image(size, size, rng)
-    shown = np.round(np.linspace(0, num_frames - 1, columns)).astype(int)
-    label_w, pad, head = 48, 2, 14
-    fig = Image.new("RGB", (label_w + columns * (size + pad), head + 3 * (size + pad)),
-                    (255, 255, 255))
-    draw = ImageDraw.Draw(fig)
-    for col, t in enumerate(shown):
-        draw.text((label_w + col * (size + pad) + size // 2 - 12, 1), f"t={t}", fill=(0, 0, 0))
-    for row, kind in enumerate(["noise", "black", "image"]):
-        clip = background(kind, num_frames, size, size, rng, image=image)
-        clip, footprints = overlay(clip, objects, rng)
-        clip = draw_outlines(clip, footprints)
-        # Each object's path: footprint centroids over all frames, drawn on every shown frame.
-        paths = [[ndimage.center_of_mass(m) if m.any() else None for m in obj]
-                 for obj in footprints]
-        y = head + row * (size + pad)
-        draw.text((4, y + size // 2 - 5), kind, fill=(0, 0, 0))
-        for col, t in enumerate(shown):
-            x = label_w + col * (size + pad)
-            fig.paste(Image.fromarray(clip[t]), (x, y))
-            for k, path in enumerate(paths):
-                colour = COLOURS[k % len(COLOURS)]
-                draw.line([(x + px, y + py) for py, px in (p for p in path if p is not None)],
-                          fill=colour)
-                if path[t] is not None:
-                    cy, cx = path[t]
-                    draw.ellipse([x + cx - 2, y + cy - 2, x + cx + 2, y + cy + 2], fill=colour)
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    # Noise does not compress; a 256-colour palette keeps the PNG small and looks the same.
-    fig = fig.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
-    fig.save(out_path, optimize=True)
-    print(f"wrote {out_path}: frames {shown.tolist()} of a {num_frames}-frame clip "
-          f"at {size}x{size}")
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Draw the paper's Figure 3: synthetic motion on "
-                                                 "noise, black and an image background.")
-    parser.add_argument("--out", default="docs/figure3_motion.png", help="PNG to write")
-    parser.add_argument("--seed", type=int, default=0, help="numpy seed: same seed, same figure")
-    parser.add_argument("--size", type=int, default=112,
-                        help="frame side (objects and paths scale with it)")
-    parser.add_argument("--frames", type=int, default=16, help="clip length T (Sec. 4.1: 16)")
-    parser.add_argument("--columns", type=int, default=8, help="frames shown per row")
-    args = parser.parse_args()
-    _figure3(args.out, args.seed, args.size, args.frames, args.columns)
