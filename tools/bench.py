@@ -376,7 +376,7 @@ def get_args(argv=None):
     p.add_argument("--objects", default=None, help="data check: your object bank (RGBA PNG folder)")
     p.add_argument("--object-list", default=None, help="data check: PNGs of --objects to draw from")
     p.add_argument("--clips", type=positive_int, default=None,
-                   help="data check: clips per path and round (default 40, --quick 8)")
+                   help="data check: clips per path and round (default 64, --quick 8)")
     p.add_argument("--quick", action="store_true",
                    help="small shapes and few rounds: under a minute")
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
@@ -402,7 +402,7 @@ def get_args(argv=None):
     if a.dry_run and not a.gpu_check:
         p.error("--dry-run goes with --gpu-check")
     a.rounds = a.rounds or (2 if a.quick else 7 if not a.check else 3)
-    a.clips = a.clips or (8 if a.quick else 40)
+    a.clips = a.clips or (8 if a.quick else 64)
     check_paths(("--list", a.list, "file"), ("--data-root", a.data_root, "folder"),
                 ("--objects", a.objects, "folder"), ("--object-list", a.object_list, "file"))
     if a.gpu_check:   # full size; the sections the check needs and nothing else

@@ -219,15 +219,15 @@ def stamped_collate(samples):
     return {**data.collate(samples), "cpu": time.process_time()}
 
 
-def worker_cpu(dataset, videos):
-    """CPU seconds one loader worker spends per clip over `videos` batches of one video
-    (num_sample clips), its first batch (start-up) not counted."""
+def worker_cpu(dataset, batches, videos_per_batch):
+    """CPU seconds one loader worker spends per clip over `batches` batches of videos_per_batch
+    videos (num_sample clips each), its first batch (start-up) not counted."""
     import data
-    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=1,
+    loader = torch.utils.data.DataLoader(dataset, batch_size=videos_per_batch, num_workers=1,
                                          collate_fn=stamped_collate,
                                          worker_init_fn=data.worker_init, prefetch_factor=2)
-    batches = [(b["cpu"], len(b["mask"])) for _, b in zip(range(videos + 1), loader)]
-    return (batches[-1][0] - batches[0][0]) / sum(n for _, n in batches[1:])
+    stamps = [(b["cpu"], len(b["mask"])) for _, b in zip(range(batches + 1), loader)]
+    return (stamps[-1][0] - stamps[0][0]) / sum(n for _, n in stamps[1:])
 
 
 def worker_check(a):
@@ -247,22 +247,39 @@ def worker_check(a):
         listed, objects = listed or made[0], objects or made[1]
     items = data.read_list(listed, a.data_root or None)
     bank = motion.ObjectBank(objects, list_file=a.object_list)
-    videos = a.clips // 2
-    items = (items * (videos + 1))[:videos + 1]   # the same videos, in the same order, both paths
+    # batches of 8 videos (16 clips, half a GPU's share of the paper's batch of 256 on 8 GPUs): a
+    # batch's own costs (shared memory, handing it over) shared as in training
+    per_batch = max(min(2 if a.quick else 8, a.clips // 4), 1)   # >= 2 batches measured
+    batches = max(a.clips // (2 * per_batch), 1)
+    videos = batches * per_batch
+    items = (items * (videos + per_batch))[:videos + per_batch]   # both paths: the same videos
     kw = dict(items=items, num_frames=16, stride=4, img_size=224, num_sample=2, objects=bank,
               num_objects=2, masking="trajectory", seed=0)
     best = {"step": float("inf"), "worker": float("inf")}
     for _ in range(a.rounds):   # alternately, so both see the same load; best round each
         for render in best:
-            cpu = worker_cpu(data.PretrainDataset("video", render=render, **kw), videos)
+            cpu = worker_cpu(data.PretrainDataset("video", render=render, **kw), batches,
+                             per_batch)
             best[render] = min(best[render], cpu)
     new, old = 1000 * best["step"], 1000 * best["worker"]
+    # where a clip's CPU goes, in this process on one thread: decoding (half a video), reading
+    # two objects, and the rest (crop, draws, tokens, mask, tiles, collate) by difference
+    ds, rng, t = data.PretrainDataset("video", **kw), np.random.default_rng(0), time.process_time()
+    for i in range(videos):
+        ds.background(i, rng)
+    decode, t = 1000 * (time.process_time() - t) / (2 * videos), time.process_time()
+    for i in range(2 * videos):
+        np.asarray(bank[i % len(bank)])
+    read = 1000 * (time.process_time() - t) / videos
     student = step_flops("base", 224, 768)
     clip_teacher = teacher_flops(teacher_lib.Teacher("ViT-B-16", pretrained=None))
     flops, peak = student + clip_teacher, gpu_peak("H100")
     print(f"loader check: {listed} ({len(set(items))} videos), objects {objects}; 16x224, 2 "
-          f"objects, trajectory masks, 2 clips per video, one worker, {2 * videos} clips per path, "
-          f"best of {a.rounds} rounds; load average {os.getloadavg()[0]:.2f}")
+          f"objects, trajectory masks, 2 clips per video, one worker, {2 * videos} clips per path in "
+          f"batches of {2 * per_batch}, best of {a.rounds} rounds; load average "
+          f"{os.getloadavg()[0]:.2f}")
+    print(f"per clip: decoding {decode:.1f} ms, reading 2 objects {read:.1f} ms, the rest "
+          f"{new - decode - read:.1f} ms (today's path: {old - decode - read:.1f} ms)")
     print(f"ViT-B step with the CLIP ViT-B/16 teacher: {flops / 1e9:.0f} GFLOP per clip (student "
           f"{student / 1e9:.0f} + teacher {clip_teacher / 1e9:.0f}); H100 bf16 peak "
           f"{peak / 1e12:.0f} TFLOP/s")
