@@ -182,8 +182,9 @@ def resize(frames, size):
     size = (size, size) if isinstance(size, int) else tuple(size)
     if frames.shape[1:3] == size:
         return frames
-    # (T, 3, H, W), channels last
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    # (T, 3, H, W), channels last; a crop read in place (its strides), not copied first
+    x = torch.from_numpy(frames if min(frames.strides) > 0 else np.ascontiguousarray(frames))
+    x = x.permute(0, 3, 1, 2)
     x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
 
