@@ -404,11 +404,7 @@ class PretrainDataset(torch.utils.data.Dataset):
         if self.render == "step" and with_objects:   # tokens from the alpha: the same tokens
             m = motion.draw_motion((T, H, W), len(self.objects), rng, **self.overlay_kw)
             tiles = motion.motion_tiles(self.objects, m, side)
-            obj = np.zeros((T // self.tubelet, H // self.patch, W // self.patch), dtype=bool)
-            for k, (P, Q) in enumerate(m["sizes"]):
-                obj |= masking.motion_tokens(tiles[k, 3, :P, :Q], (P, Q), m["centres"][k],
-                                             m["angles"][k], m["scales"][k], (T, H, W),
-                                             self.tubelet, self.patch)
+            obj = masking.drawn_tokens(tiles, m, (T, H, W), self.tubelet, self.patch)
         if with_objects and self.masking == "trajectory":
             mask = masking.trajectory_mask(obj, self.mask_ratio, rng)
         else:   # square crops: w = h

@@ -127,6 +127,17 @@ def motion_tokens(alpha, size, centres, angles, scales, shape, tubelet=2, patch=
     return tokens
 
 
+def drawn_tokens(tiles, m, shape, tubelet=2, patch=16):
+    """object_tokens of all of draw_motion's objects m, from motion_tiles' alpha channels
+    (motion_tokens, object by object). -> bool (t, h, w)."""
+    T, H, W = shape
+    tokens = np.zeros((T // tubelet, H // patch, W // patch), dtype=bool)
+    for k, (P, Q) in enumerate(m["sizes"]):
+        tokens |= motion_tokens(tiles[k, 3, :P, :Q], (P, Q), m["centres"][k], m["angles"][k],
+                                m["scales"][k], shape, tubelet, patch)
+    return tokens
+
+
 def _cells(ylo, yhi, xlo, xhi):
     """Every integer cell of the rectangles [ylo_i, yhi_i] x [xlo_i, xhi_i] (int arrays; empty when
     lo > hi) -> (i, y, x), the rectangle each belongs to and its coordinates."""

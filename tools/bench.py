@@ -373,7 +373,8 @@ def get_args(argv=None):
                    "against today's overlay in the worker, and the workers an H100 needs")
     p.add_argument("--list", default=None, help="data check: your video list ('<path> <label>')")
     p.add_argument("--data-root", default="", help="data check: the folder the list is relative to")
-    p.add_argument("--objects", default=None, help="data check: your object bank (RGBA PNG folder)")
+    p.add_argument("--objects", default=None,
+                   help="data check: your object bank (RGBA PNG folder, or prepare objects' file)")
     p.add_argument("--object-list", default=None, help="data check: PNGs of --objects to draw from")
     p.add_argument("--clips", type=positive_int, default=None,
                    help="data check: clips per path and round (default 64, --quick 8)")
@@ -404,7 +405,8 @@ def get_args(argv=None):
     a.rounds = a.rounds or (2 if a.quick else 7 if not a.check else 3)
     a.clips = a.clips or (8 if a.quick else 64)
     check_paths(("--list", a.list, "file"), ("--data-root", a.data_root, "folder"),
-                ("--objects", a.objects, "folder"), ("--object-list", a.object_list, "file"))
+                ("--objects", a.objects, "folder" if a.objects and os.path.isdir(a.objects)
+                 else "file"), ("--object-list", a.object_list, "file"))
     if a.gpu_check:   # full size; the sections the check needs and nothing else
         a.quick, a.only = False, "gpu" if a.dry_run else "gpu,data"
         a.no_compile = a.no_compile or a.dry_run
