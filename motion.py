@@ -89,7 +89,7 @@ def _boxes(shape, size, centres, angles, scales):
     around the rotated, scaled object, clipped to the frame, as one ragged batch. centres (T, 2)
     (x, y) px, angles (T,) degrees counter-clockwise on screen, scales (T,). -> grid, float32
     (1, 1, n, 2) in grid_sample's units of the object, and the flat (t, y, x) pixel of each point,
-    (n,). _paste blends there; motion_tiles reads the footprint there from the alpha alone."""
+    (n,). _paste blends there; masking.motion_tokens samples these points from the alpha alone."""
     T, H, W = shape
     P, Q = size
     cos, sin, cx, cy, x0, x1, y0, y1 = box_geometry(shape, size, centres, angles, scales)
