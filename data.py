@@ -3,15 +3,16 @@
 Paper: Sec. 3.3-3.4, 4.1, Table 7 (backgrounds), Table 18 and Appendix F.3 (sampling);
 SPEC 2, 3, 5, 6.
 Each pretraining sample is one decoded video (or generated background) turned into `num_sample`
-clips (repeated sampling, F.3), each with its own crop, flip, object overlay and mask:
+clips (repeated sampling, F.3), each with its own crop, flip, objects and mask:
 
-    decode T frames at a stride -> MultiScaleCrop + flip -> paste objects (motion.py)
-    -> mask (masking.py)
-    -> video (num_sample, C, T, H, W) uint8, mask (num_sample, N) bool
-    -> on the device: normalize(video), ImageNet statistics, float
+    decode T frames at a stride -> MultiScaleCrop + flip -> draw the objects' motion and read their
+    footprints from the alpha alone (motion.py) -> mask (masking.py)
+    -> video (num_sample, C, T, H, W) uint8, mask (num_sample, N) bool, the objects' tiles and motion
+    -> on the device: infuse (motion.render pastes the objects), normalize, ImageNet statistics
 
 Clips cross the worker -> main process -> device boundary as uint8: 4x less shared and pinned memory
-than float32, and the normalisation runs on the GPU, not on the loader's CPU cores.
+than float32, and the pixel work (the paste, the normalisation) runs on the GPU, not on the loader's
+CPU cores (issue 26: a worker spends its CPU on decoding).
 Every sample is a pure function of (seed, pass, index): workers, ranks and resumed runs all see the
 same stream. A bad item (unreadable video, bad object PNG) is replaced by another one and reported,
 never fatal.
@@ -195,17 +196,19 @@ def resize(frames, size):
     size = (size, size) if isinstance(size, int) else tuple(size)
     if frames.shape[1:3] == size:
         return frames
-    # (T, 3, H, W), channels last
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    # (T, 3, H, W), channels last; a crop read in place (its strides), not copied first
+    x = torch.from_numpy(frames if min(frames.strides) > 0 else np.ascontiguousarray(frames))
+    x = x.permute(0, 3, 1, 2)
     x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
 
 
 def crop_and_flip(frames, size, rng, flip, scales=(1, 0.875, 0.75, 0.66), crop="multiscale",
-                  crop_scale=(0.25, 1.0), crop_ratio=(3 / 4, 4 / 3)):
+                  crop_scale=(0.25, 1.0), crop_ratio=(3 / 4, 4 / 3), defer_flip=False):
     """Training augmentation: a crop resized to size x size, then a horizontal flip (p=0.5). crop:
     "multiscale" (MultiScaleCrop with `scales`, Table 18), "rrc" (random_resized_crop_box with
-    crop_scale / crop_ratio, VideoMAE finetuning) or "none" (the whole frame; no draw)."""
+    crop_scale / crop_ratio, VideoMAE finetuning) or "none" (the whole frame; no draw).
+    defer_flip: -> (the crop unflipped, whether to flip it), for the device to flip (infuse)."""
     H, W = frames.shape[1:3]
     if crop == "rrc":
         y, x, h, w = random_resized_crop_box(H, W, rng, crop_scale, crop_ratio)
@@ -214,9 +217,10 @@ def crop_and_flip(frames, size, rng, flip, scales=(1, 0.875, 0.75, 0.66), crop="
     else:
         y, x, h, w = multiscale_crop_box(H, W, rng, scales)
     out = resize(frames[:, y:y + h, x:x + w], size)
-    if flip and rng.random() < 0.5:
-        out = out[:, :, ::-1]
-    return np.ascontiguousarray(out)
+    flipped = flip and rng.random() < 0.5
+    if defer_flip:
+        return out, flipped
+    return np.ascontiguousarray(out[:, :, ::-1] if flipped else out)
 
 
 def to_tensor(frames):
@@ -355,14 +359,16 @@ class PretrainDataset(torch.utils.data.Dataset):
     sample's mask); "off", no repeated sampling: clip k comes from video (index + k * shift) %
     length, shift drawn per pass, so a pass still reads every video num_sample times but a step
     holds batch different videos (the reference's stage 1, whose script lost --multiple_sampling).
+    render: "step" (a sample's video is the background; the worker draws the motion and the
+    training step renders it, data.infuse: issue 26) or "worker" (overlay here, the path before).
     """
 
     def __init__(self, source, items=None, length=1000, num_frames=16, stride=4, img_size=224,
                  flip=True, num_sample=2, objects=None, num_objects=2, motion="on",
                  masking="trajectory", mask_ratio=0.8, tubelet=2, patch=16, seed=0,
                  object_size=(32, 128), angle_range=(-90, 90), scale_range=(0.5, 1.5),
-                 frame_pick="fixed", repeat="independent"):
-        assert repeat in ("independent", "same-crop", "off"), repeat
+                 frame_pick="fixed", repeat="independent", render="step"):
+        assert repeat in ("independent", "same-crop", "off") and render in ("step", "worker")
         assert source in ("video", "frames", "images", "stills", "noise", "black"), source
         assert frame_pick in ("fixed", "per-pass"), frame_pick
         self.source, self.items = source, items
@@ -374,6 +380,7 @@ class PretrainDataset(torch.utils.data.Dataset):
         self.overlay_kw = dict(num_objects=num_objects, size_range=tuple(object_size),
                                angle_range=tuple(angle_range), scale_range=tuple(scale_range))
         self.frame_pick, self.pass_index, self.repeat = frame_pick, 0, repeat
+        self.render = render
 
     def set_state(self, pass_index, motion=None, repeat=None):
         """Called before each pass (and at a stage switch): the pass seeds every sample of it."""
@@ -391,8 +398,8 @@ class PretrainDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, self.pass_index, index])
         # a bad item is replaced by another one, drawn from the same stream
         # (make_sample names the file when the background fails; an object PNG names itself)
-        (video, mask), bad = with_retries(lambda i: self.make_sample(i, rng), index, self.length, rng)
-        return {"video": video, "mask": mask, "bad": bad}
+        sample, bad = with_retries(lambda i: self.make_sample(i, rng), index, self.length, rng)
+        return {**sample, "bad": bad}
 
     def describe(self, index):
         return self.items[index][0] if self.items is not None else f"{self.source}#{index}"
@@ -426,24 +433,63 @@ class PretrainDataset(torch.utils.data.Dataset):
                 frames.append(self.background(i, rng))
             except Exception as e:   # noqa: BLE001 -- name the file that failed
                 raise BadItem(f"{self.describe(i)}: {type(e).__name__}: {e}") from e
-        videos, masks = [], []
-        t, h = self.num_frames // self.tubelet, self.img_size // self.patch
-        # repeated sampling (F.3): own crop (unless "same-crop"), overlay and mask per clip
+        clips, step = [], self.render == "step"
+        # repeated sampling (F.3): own crop (unless "same-crop"), objects and mask per clip
         for k in range(self.num_sample):
             if k == 0 or self.repeat != "same-crop":
-                crop = crop_and_flip(frames[k % len(frames)], self.img_size, rng, self.flip)
-            clip = crop
+                crop = crop_and_flip(frames[k % len(frames)], self.img_size, rng, self.flip,
+                                     defer_flip=step)
             with_objects = self.motion == "on" or (self.motion == "mixed" and k % 2 == 0)
-            if with_objects:
-                clip, footprints = motion.overlay(clip, self.objects, rng, **self.overlay_kw)
-            if with_objects and self.masking == "trajectory":
-                obj = masking.object_tokens(footprints, self.tubelet, self.patch)
-                mask = masking.trajectory_mask(obj, self.mask_ratio, rng)
-            else:
-                mask = masking.tube_mask(t, h, h, self.mask_ratio, rng)     # square crops: w = h
-            videos.append(to_tensor(clip))                                  # uint8 (C, T, H, W)
-            masks.append(torch.from_numpy(mask.reshape(-1)))
-        return torch.stack(videos), torch.stack(masks)
+            clips.append(self.infuse(crop, with_objects, rng))
+        sample = {key: torch.stack([c[key] for c in clips]) for key in clips[0]}
+        if step:   # (S, T, H, W, C) -> (S, C, T, H, W) channels last: no transposing copy here
+            sample["video"] = sample["video"].permute(0, 4, 1, 2, 3)
+        return sample
+
+    def infuse(self, clip, with_objects, rng):
+        """One clip's motion (Sec. 3.3) and mask (Sec. 3.2): pasted here (render "worker": overlay,
+        the path before issue 26), or drawn here and rendered by the training step (render "step":
+        draw_motion, motion_tiles; infuse below), the same draws and masks either way. -> dict of
+        tensors: video uint8 (C, T, H, W), mask bool (N,), and for "step" render's inputs."""
+        if self.render == "step":
+            clip, flipped = clip   # the flip is the device's, before render (infuse)
+        T, H, W = clip.shape[:3]
+        if self.render == "worker" and with_objects:
+            clip, footprints = motion.overlay(clip, self.objects, rng, **self.overlay_kw)
+            obj = masking.object_tokens(footprints, self.tubelet, self.patch)
+        if self.render == "step":   # K tiles that paste nothing, unless drawn below
+            K = self.num_objects if self.objects is not None else 0
+            side = motion.object_side(self.overlay_kw["size_range"], H, W)[1]
+            m, tiles = motion.no_motion(K, T), torch.zeros(K, 4, side, side)
+        if self.render == "step" and with_objects:   # tokens from the alpha: the same tokens
+            m = motion.draw_motion((T, H, W), len(self.objects), rng, **self.overlay_kw)
+            tiles = motion.motion_tiles(self.objects, m, side)
+            obj = masking.drawn_tokens(tiles, m, (T, H, W), self.tubelet, self.patch)
+        if with_objects and self.masking == "trajectory":
+            mask = masking.trajectory_mask(obj, self.mask_ratio, rng)
+        else:   # square crops: w = h
+            mask = masking.tube_mask(T // self.tubelet, H // self.patch, W // self.patch,
+                                     self.mask_ratio, rng)
+        if self.render == "worker":
+            return {"video": to_tensor(clip), "mask": torch.from_numpy(mask.reshape(-1))}
+        return {"video": torch.from_numpy(clip), "mask": torch.from_numpy(mask.reshape(-1)),
+                "flip": torch.tensor(flipped), "tiles": tiles,
+                **{key: torch.from_numpy(m[key]) for key in MOTION_KEYS[1:]}}
+
+
+MOTION_KEYS = ("tiles", "centres", "angles", "scales", "sizes")   # motion.render's inputs
+
+
+def infuse(batch):
+    """V' (Sec. 3.3, SPEC 2) of a batch on any device, uint8 (B, C, T, H, W) contiguous: what the
+    loader left to the training step done, the flips (crop_and_flip's) and then the objects
+    (motion.render); the step hands V' to the teacher and the student alike."""
+    video = batch["video"]
+    if "flip" in batch:
+        video = torch.where(batch["flip"].view(-1, 1, 1, 1, 1), video.flip(-1), video)
+    if "tiles" in batch:
+        video = motion.render(video, *(batch[key] for key in MOTION_KEYS))
+    return video.contiguous()
 
 
 def cat(tensors, stack=False):
@@ -458,6 +504,9 @@ def cat(tensors, stack=False):
         numel = int(np.prod(shape))
         storage = first._typed_storage()._new_shared(numel, device=first.device)
         out = first.new(storage).view(shape)
+        if (first.dim() == 5 and not stack and not first.is_contiguous()
+                and first.is_contiguous(memory_format=torch.channels_last_3d)):   # clips, as they are
+            out = first.new(storage).view(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
     return torch.stack(tensors, out=out) if stack else torch.cat(tensors, out=out)
 
 
@@ -465,10 +514,9 @@ def collate(samples):
     """Stack samples and flatten repeated clips into the batch: video (B*num_sample, C, T, H, W)
     uint8, mask (B*num_sample, N) bool, and the mask as token indices (model.mask_indices), made
     here on the CPU so that the training step never syncs with the GPU to find the masked tokens."""
-    video = cat([s["video"] for s in samples])
-    mask = cat([s["mask"] for s in samples])
-    visible_idx, masked_idx = mask_indices(mask)
-    return {"video": video, "mask": mask, "visible_idx": visible_idx, "masked_idx": masked_idx,
+    batch = {key: cat([s[key] for s in samples]) for key in samples[0] if key != "bad"}
+    visible_idx, masked_idx = mask_indices(batch["mask"])
+    return {**batch, "visible_idx": visible_idx, "masked_idx": masked_idx,
             "bad": [b for s in samples for b in s["bad"]]}
 
 

@@ -53,6 +53,101 @@ def object_tokens(footprints, tubelet=2, patch=16):
                            patch).any(axis=(1, 3, 5))
 
 
+def motion_tokens(alpha, size, centres, angles, scales, shape, tubelet=2, patch=16, block=4):
+    """object_tokens of one object pasted as motion.paste pastes it, from its alpha alone and
+    without its pixel footprint: the same tokens for a fraction of the work (issue 26). alpha:
+    float tensor (P, Q), the resized object's alpha (motion._resize_premultiplied(...)[3]); size
+    (P, Q); centres, angles, scales as motion._boxes; shape (T, H, W). -> bool (t, h, w).
+
+    A pixel is in the footprint iff the alpha grid_sample gives it rounds to >= 1 / 255
+    (motion._kept). Exact, cell by cell of each frame's box (motion.box_geometry), patches first,
+    then blocks of block x block pixels:
+    - a cell with no texel of alpha > 0 within bilinear reach (1 texel, + 0.01 for float32
+      rounding) of its image in the object samples 0 everywhere: no pixel kept (summed-area table);
+    - a patch's centre pixel kept covers its token;
+    - in the patches of tokens still uncovered, every pixel of every block within reach.
+    Each pixel sampled is sampled as _boxes and _paste sample it (the same float32 operations).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    import motion
+    T, H, W = shape
+    P, Q = size
+    b = block if patch % block == 0 else 1
+    cos, sin, cx, cy, x0, x1, y0, y1 = motion.box_geometry(shape, size, centres, angles, scales)
+    c, s = cos / scales, sin / scales
+    x0, x1, y0, y1 = (v.astype(np.int64) for v in (x0, x1, y0, y1))
+    sat = np.pad((alpha.numpy() > 0).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    tokens = np.zeros((T // tubelet, H // patch, W // patch), dtype=bool)
+
+    def pixels(t, cy_, cx_, n):   # cell (cy_, cx_) of n x n pixels, clipped to frame t's box
+        return (np.maximum(cy_ * n, y0[t]), np.minimum(cy_ * n + n - 1, y1[t]),
+                np.maximum(cx_ * n, x0[t]), np.minimum(cx_ * n + n - 1, x1[t]))
+
+    def within_reach(t, ya, yb, xa, xb):   # some texel > 0 within reach of pixels [ya..yb, xa..xb]
+        dx, dy = (xa - cx[t], xb - cx[t]), (ya - cy[t], yb - cy[t])
+        ends = []
+        for u, w, n, side in ((c[t], -s[t], Q, Q), (s[t], c[t], P, P)):  # ox, then oy
+            lo = np.minimum(u * dx[0], u * dx[1]) + np.minimum(w * dy[0], w * dy[1]) + (n - 1) / 2
+            hi = np.maximum(u * dx[0], u * dx[1]) + np.maximum(w * dy[0], w * dy[1]) + (n - 1) / 2
+            ends += [np.clip(np.floor(lo - 0.01), 0, side - 1).astype(np.int64),
+                     np.clip(np.floor(hi + 0.01) + 1, -1, side - 1).astype(np.int64)]
+        jx0, jx1, jy0, jy1 = ends
+        ok = (ya <= yb) & (xa <= xb) & (jx0 <= jx1) & (jy0 <= jy1)
+        return ok & (sat[jy1 + 1, jx1 + 1] - sat[jy0, jx1 + 1] - sat[jy1 + 1, jx0]
+                     + sat[jy0, jx0] > 0)
+
+    def cover(t, y, x):   # _boxes' float32 grid at pixels (x, y) of frames t, _paste's test
+        dx, dy = (x - cx[t]).astype(np.float32), (y - cy[t]).astype(np.float32)
+        cf, sf = c[t].astype(np.float32), s[t].astype(np.float32)
+        grid = np.stack([(cf * dx - sf * dy) * np.float32(2 / Q),
+                         (sf * dx + cf * dy) * np.float32(2 / P)], -1)
+        sample = F.grid_sample(alpha[None, None], torch.from_numpy(grid)[None, None],
+                               mode="bilinear", padding_mode="zeros", align_corners=False)
+        k = motion._kept(sample[0, 0, 0].numpy())
+        tokens[t[k] // tubelet, y[k] // patch, x[k] // patch] = True
+
+    # patches within reach, each probed at its centre
+    i, py, px = _cells(y0 // patch, y1 // patch, x0 // patch, x1 // patch)
+    t = np.arange(T)[i]
+    ya, yb, xa, xb = pixels(t, py, px, patch)
+    live = within_reach(t, ya, yb, xa, xb)
+    t, py, px = t[live], py[live], px[live]
+    cover(t, (ya[live] + yb[live]) // 2, (xa[live] + xb[live]) // 2)
+    # the patches of uncovered tokens: their blocks within reach, every pixel
+    open_ = ~tokens[t // tubelet, py, px]
+    t, py, px, n = t[open_], py[open_], px[open_], patch // b
+    i, by, bx = _cells(py * n, py * n + n - 1, px * n, px * n + n - 1)
+    t = t[i]
+    ya, yb, xa, xb = pixels(t, by, bx, b)
+    live = within_reach(t, ya, yb, xa, xb)
+    i, y, x = _cells(ya[live], yb[live], xa[live], xb[live])
+    cover(t[live][i], y, x)
+    return tokens
+
+
+def drawn_tokens(tiles, m, shape, tubelet=2, patch=16):
+    """object_tokens of all of draw_motion's objects m, from motion_tiles' alpha channels
+    (motion_tokens, object by object). -> bool (t, h, w)."""
+    T, H, W = shape
+    tokens = np.zeros((T // tubelet, H // patch, W // patch), dtype=bool)
+    for k, (P, Q) in enumerate(m["sizes"]):
+        tokens |= motion_tokens(tiles[k, 3, :P, :Q], (P, Q), m["centres"][k], m["angles"][k],
+                                m["scales"][k], shape, tubelet, patch)
+    return tokens
+
+
+def _cells(ylo, yhi, xlo, xhi):
+    """Every integer cell of the rectangles [ylo_i, yhi_i] x [xlo_i, xhi_i] (int arrays; empty when
+    lo > hi) -> (i, y, x), the rectangle each belongs to and its coordinates."""
+    ny, nx = np.maximum(yhi - ylo + 1, 0), np.maximum(xhi - xlo + 1, 0)
+    n = ny * nx
+    i = np.repeat(np.arange(len(n)), n)
+    j = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+    return i, ylo[i] + j // nx[i], xlo[i] + j % nx[i]
+
+
 def trajectory_mask(object_tokens, ratio, rng):
     """bool (t, h, w) SMILE trajectory mask hiding exactly num_masked(t, h, w, ratio) tokens
     (Sec. 3.2).

@@ -9,22 +9,21 @@ to track it to predict the masked teacher features (SPEC 2). In the order the me
                          centres
     keyframe_transforms  Sec. 3.3, 4.1: angle in [-90, 90] deg and scale in [0.5, 1.5] at three
                          keyframes (first, a random middle one, last), linear in between
-    overlay              pastes 2 objects (Table 4f) and returns each object's per-frame pixel
-                         footprint, which masking.object_tokens turns into object tokens
+    draw_motion          every draw of a clip's motion: 2 objects (Table 4f), their P x Q sizes,
+                         trajectories and keyframe transforms, before any pixel
+    overlay              pastes them here and returns each object's per-frame pixel footprint,
+                         which masking.object_tokens turns into object tokens
+    render               pastes them for a batch on the device, in the training step (the loader
+                         ships motion_tiles and the draws; masking.motion_tokens the tokens)
     ObjectBank           a folder of RGBA cut-outs (the paper's PIN bank, <category>/<n>.png)
     synthetic_objects    textured cut-out shapes, a stand-in when no bank is on disk (not the
                          paper's bank)
     background           Table 7 / Appendix D: noise, black or a still image repeated over T frames
 
 Frames are uint8 (T, H, W, 3), already cropped, before normalisation. Everything is a pure function
-of an explicit numpy.random.Generator: same seed, same clip.
-
-    # draws Figure 3: clips on noise, black, an image
-    python motion.py --out docs/figure3_motion.png
-    # times overlay: ms per 16x224x224 clip, one core
-    python motion.py --bench
+of an explicit numpy.random.Generator: same seed, same clip. Figure 3: `python -m tools.figures
+figure3`.
 """
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -85,33 +84,18 @@ def _resize_premultiplied(obj, height, width):
     return x[0].clamp_(0, 1)
 
 
-def _paste(out, footprint, obj, centres, angles, scales):
-    """Rotate, scale and alpha-blend one object into every frame of out, in place.
-
-    out: uint8 (T, H, W, 3); footprint: bool (T, H, W), set where alpha > 0; obj: (4, P, Q)
-    premultiplied; centres (T, 2) (x, y) pixels; angles (T,) degrees, counter-clockwise on screen;
-    scales (T,).
-    Only the pixels of each frame's box around the transformed object are touched, clipped to the
-    frame; one grid_sample call resamples the object for all T frames at once.
-    """
-    T, H, W, _ = out.shape
-    _, P, Q = obj.shape
-    rad = np.deg2rad(angles)
-    cos, sin = np.cos(rad), np.sin(rad)
-    # Half sizes of the rotated, scaled box that can get alpha > 0: bilinear sampling with zero
-    # padding reaches half an object pixel past each edge, hence (Q + 1) x (P + 1).
-    half_w = scales * (np.abs(cos) * (Q + 1) + np.abs(sin) * (P + 1)) / 2
-    half_h = scales * (np.abs(sin) * (Q + 1) + np.abs(cos) * (P + 1)) / 2
-    # Snap centres so that object pixel centres fall on frame pixel centres: at angle 0 and scale 1
-    # the paste is then an exact copy (<= 0.5 px off the trajectory).
-    cx = np.round(centres[:, 0] - (Q - 1) / 2) + (Q - 1) / 2
-    cy = np.round(centres[:, 1] - (P - 1) / 2) + (P - 1) / 2
+def _boxes(shape, size, centres, angles, scales):
+    """Where one object of size (P, Q) can land in frames of shape (T, H, W): each frame's box
+    around the rotated, scaled object, clipped to the frame, as one ragged batch. centres (T, 2)
+    (x, y) px, angles (T,) degrees counter-clockwise on screen, scales (T,). -> grid, float32
+    (1, 1, n, 2) in grid_sample's units of the object, and the flat (t, y, x) pixel of each point,
+    (n,). _paste blends there; masking.motion_tokens samples these points from the alpha alone."""
+    T, H, W = shape
+    P, Q = size
+    cos, sin, cx, cy, x0, x1, y0, y1 = box_geometry(shape, size, centres, angles, scales)
     grids, index = [], []
     for t in range(T):
-        xs = np.arange(max(np.ceil(cx[t] - half_w[t]), 0),
-                       min(np.floor(cx[t] + half_w[t]), W - 1) + 1)
-        ys = np.arange(max(np.ceil(cy[t] - half_h[t]), 0),
-                       min(np.floor(cy[t] + half_h[t]), H - 1) + 1)
+        xs, ys = np.arange(x0[t], x1[t] + 1), np.arange(y0[t], y1[t] + 1)
         # Offsets from the centre, (1, nx) and (ny, 1), in float32 like grid_sample's grid.
         dx = (xs - cx[t]).astype(np.float32)[None, :]
         dy = (ys - cy[t]).astype(np.float32)[:, None]
@@ -123,19 +107,59 @@ def _paste(out, footprint, obj, centres, angles, scales):
         grids.append(np.stack(np.broadcast_arrays(u, v), axis=-1).reshape(-1, 2))
         index.append(((t * H + ys[:, None].astype(np.int64)) * W
                       + xs[None, :].astype(np.int64)).reshape(-1))
-    grid = torch.from_numpy(np.concatenate(grids))[None, None]  # (1, 1, n, 2)
-    index = np.concatenate(index)  # flat (t, y, x) pixel of each sample
+    return torch.from_numpy(np.concatenate(grids))[None, None], np.concatenate(index)
+
+
+def box_geometry(shape, size, centres, angles, scales):
+    """_boxes' per-frame geometry, float64 (T,) each: cos, sin of the angle, the snapped centre
+    cx, cy, and the pixel box x0..x1, y0..y1 (inclusive, empty when x0 > x1) clipped to the frame."""
+    T, H, W = shape
+    P, Q = size
+    rad = np.deg2rad(angles)
+    cos, sin = np.cos(rad), np.sin(rad)
+    # Half sizes of the rotated, scaled box that can get alpha > 0: bilinear sampling with zero
+    # padding reaches half an object pixel past each edge, hence (Q + 1) x (P + 1).
+    half_w = scales * (np.abs(cos) * (Q + 1) + np.abs(sin) * (P + 1)) / 2
+    half_h = scales * (np.abs(sin) * (Q + 1) + np.abs(cos) * (P + 1)) / 2
+    cx, cy = snap_centres(centres, size)
+    return (cos, sin, cx, cy, np.maximum(np.ceil(cx - half_w), 0),
+            np.minimum(np.floor(cx + half_w), W - 1), np.maximum(np.ceil(cy - half_h), 0),
+            np.minimum(np.floor(cy + half_h), H - 1))
+
+
+def snap_centres(centres, size):
+    """Centres (..., 2) (x, y) snapped so that object pixel centres fall on frame pixel centres: at
+    angle 0 and scale 1 a paste is then an exact copy (<= 0.5 px off the trajectory). numpy or
+    torch (round half to even in both); size (P, Q) broadcasts against centres[..., 0]. -> cx, cy."""
+    P, Q = size
+    return ((centres[..., 0] - (Q - 1) / 2).round() + (Q - 1) / 2,
+            (centres[..., 1] - (P - 1) / 2).round() + (P - 1) / 2)
+
+
+def _kept(alpha):
+    """Sampled alpha in [0, 1] -> where it rounds to at least 1 on the 8-bit scale of the PNG it came
+    from (round half to even sends 0.5 to 0): the footprint, alpha > 0 after the transform."""
+    return alpha * 255 > 0.5
+
+
+def _paste(out, footprint, obj, centres, angles, scales):
+    """Rotate, scale and alpha-blend one object into every frame of out, in place, on the CPU
+    (overlay, paste; render is the training step's batched path).
+
+    out: uint8 (T, H, W, 3); footprint: bool (T, H, W), set where alpha > 0; obj: (4, P, Q)
+    premultiplied; centres, angles, scales as in _boxes. Only the pixels of each frame's box are
+    touched; one grid_sample call resamples the object for all T frames at once.
+    """
+    grid, index = _boxes(out.shape[:3], obj.shape[1:], centres, angles, scales)
     if len(index) == 0:
         return  # nothing of the object falls inside the frame
-    # The boxes of all frames form one ragged batch: a single bilinear grid_sample call.
     sample = F.grid_sample(obj[None], grid, mode="bilinear", padding_mode="zeros",
                            align_corners=False)
     sample = sample[0, :, 0].numpy()  # (4, n): premultiplied RGB + alpha
-    # Alpha back on the 8-bit scale of the PNG it came from: a = alpha / 255, footprint = alpha > 0.
-    # Only pixels whose alpha rounds to at least 1 are kept (round half to even sends 0.5 to 0).
-    alpha = sample[3] * 255
-    keep = np.flatnonzero(alpha > 0.5)
-    index, sample, a = index[keep], np.take(sample, keep, axis=1), np.round(alpha[keep]) / 255
+    # Alpha back on the 8-bit scale: a = round(255 alpha) / 255, kept where a >= 1 / 255.
+    keep = np.flatnonzero(_kept(sample[3]))
+    index, sample = index[keep], np.take(sample, keep, axis=1)
+    a = np.round(sample[3] * 255) / 255
     # Sec. 3.3: out = frame * (1 - a) + object * a, where object * a = (premultiplied / alpha) * a.
     flat = out.reshape(-1, 3)  # a view: writes land in out
     frame = np.take(flat, index, axis=0).T  # (3, n) uint8
@@ -145,35 +169,61 @@ def _paste(out, footprint, obj, centres, angles, scales):
     footprint.reshape(-1)[index] = True
 
 
-def overlay(frames, objects, rng, num_objects=2, size_range=(32, 128), angle_range=(-90, 90),
-            scale_range=(0.5, 1.5), num_points=48, sigma=8.0, extent=(40, 180)):
-    """Paste num_objects random objects moving along smooth trajectories onto a clip (Sec. 3.3).
+def object_side(size_range, height, width):
+    """Sec. 4.1: P and Q are drawn uniformly in size_range at 224, scaled by min(H, W) / 224.
+    -> (smallest, largest) side in pixels; the largest is the side of render's tiles."""
+    f = min(height, width) / 224
+    return max(round(size_range[0] * f), 1), max(round(size_range[1] * f), 1)
+
+
+def draw_motion(shape, num_bank, rng, num_objects=2, size_range=(32, 128), angle_range=(-90, 90),
+                scale_range=(0.5, 1.5), num_points=48, sigma=8.0, extent=(40, 180)):
+    """The motion of one clip of shape (T, H, W), every draw and no pixel (Sec. 3.3, 4.1): objects
+    picked from a bank of num_bank, each one's size P x Q, trajectory and keyframe transforms.
+    Sizes and extents are pixels at 224, scaled by min(H, W) / 224. -> dict(picks (K,), sizes
+    (K, 2) (P, Q), centres (K, T, 2), angles (K, T), scales (K, T)): overlay pastes it in the loader
+    worker, render in the training step."""
+    T, H, W = shape
+    K, m = num_objects, no_motion(num_objects, T)
+    if K == 0:
+        return m
+    if num_bank == 0:
+        raise ValueError("overlay needs at least one object")
+    m["picks"][:] = rng.choice(num_bank, size=K, replace=num_bank < K)
+    lo, hi = object_side(size_range, H, W)
+    for k in range(K):
+        m["sizes"][k] = rng.integers(lo, hi + 1, size=2)   # Sec. 4.1: P x Q in [32, 128] at 224
+        m["centres"][k] = random_trajectory(T, H, W, rng, num_points=num_points, sigma=sigma,
+                                            extent=extent)
+        m["angles"][k], m["scales"][k] = keyframe_transforms(T, rng, angle_range=angle_range,
+                                                             scale_range=scale_range)
+    return m
+
+
+def no_motion(num_objects, num_frames):
+    """draw_motion's dict for num_objects objects that stay put, unrotated, unscaled, 1 x 1 px."""
+    K, T = num_objects, num_frames
+    return dict(picks=np.zeros(K, np.int64), sizes=np.ones((K, 2), np.int64),
+                centres=np.zeros((K, T, 2)), angles=np.zeros((K, T)), scales=np.ones((K, T)))
+
+
+def overlay(frames, objects, rng, **draw):
+    """Paste draw_motion's objects moving along smooth trajectories onto a clip (Sec. 3.3), in
+    this process: the figures', the tools' and the path the loader took before render.
 
     frames: uint8 (T, H, W, 3), left untouched. objects: any sequence of RGBA uint8 (h, w, 4) arrays
-    (an ObjectBank, synthetic_objects(...)). Sizes and extents are pixels at 224, scaled by
-    min(H, W) / 224. Returns the motion-infused frames, uint8 (T, H, W, 3), and footprints, bool
-    (K, T, H, W): object k's pixel footprint (alpha > 0 after the transform) in frame t. Objects may
-    partly leave the frame; later objects are drawn over earlier ones.
+    (an ObjectBank, synthetic_objects(...)). draw: draw_motion's keywords (num_objects=2, ...).
+    Returns the motion-infused frames, uint8 (T, H, W, 3), and footprints, bool (K, T, H, W):
+    object k's pixel footprint (alpha > 0 after the transform) in frame t. Objects may partly leave
+    the frame; later objects are drawn over earlier ones.
     """
-    T, H, W, _ = frames.shape
     out = frames.copy()
-    footprints = np.zeros((num_objects, T, H, W), dtype=bool)
-    if num_objects == 0:
-        return out, footprints
-    if len(objects) == 0:
-        raise ValueError("overlay needs at least one object")
-    picks = rng.choice(len(objects), size=num_objects, replace=len(objects) < num_objects)
-    # Sec. 4.1: P x Q uniform in [32, 128] at 224, scaled with the resolution.
-    f = min(H, W) / 224
-    lo, hi = max(round(size_range[0] * f), 1), max(round(size_range[1] * f), 1)
-    for k, i in enumerate(picks):
-        P, Q = rng.integers(lo, hi + 1, size=2)
-        centres = random_trajectory(T, H, W, rng, num_points=num_points, sigma=sigma, extent=extent)
-        angles, scales = keyframe_transforms(T, rng, angle_range=angle_range,
-                                             scale_range=scale_range)
+    m = draw_motion(frames.shape[:3], len(objects), rng, **draw)
+    footprints = np.zeros((len(m["picks"]), *frames.shape[:3]), dtype=bool)
+    for k, i in enumerate(m["picks"]):
         # The object is stretched to P x Q ((ref) does the same), then transformed per frame.
-        footprints[k] = paste(out, np.asarray(objects[int(i)]), (int(P), int(Q)), centres, angles,
-                         scales)
+        footprints[k] = paste(out, np.asarray(objects[int(i)]), tuple(m["sizes"][k]),
+                              m["centres"][k], m["angles"][k], m["scales"][k])
     return out, footprints
 
 
@@ -185,6 +235,54 @@ def paste(frames, obj, size, centres, angles, scales):
     footprint = np.zeros(frames.shape[:3], dtype=bool)
     _paste(frames, footprint, _resize_premultiplied(obj, *size), centres, angles, scales)
     return footprint
+
+
+def motion_tiles(objects, m, side):
+    """The loader worker's half of render: each object of draw_motion's m resized once to its
+    P x Q and premultiplied (as paste does it), in the top-left corner of a float32 (4, side, side)
+    tile, zeros around it. -> (K, 4, side, side). masking.motion_tokens reads its tokens from the
+    alpha channel."""
+    tiles = torch.zeros(len(m["picks"]), 4, side, side)
+    for k, i in enumerate(m["picks"]):
+        P, Q = (int(n) for n in m["sizes"][k])
+        tiles[k, :, :P, :Q] = _resize_premultiplied(np.asarray(objects[int(i)]), P, Q)
+    return tiles
+
+
+def render(frames, tiles, centres, angles, scales, sizes):
+    """Sec. 3.3's paste for a batch of clips on any device: the training step's V' from the
+    loader's draws (draw_motion, motion_tiles), overlay's pixels (within 1 / 255: float rounding).
+
+    frames: uint8 (B, C, T, H, W); tiles: float (B, K, 4, S, S), motion_tiles'; centres (B, K, T, 2),
+    angles (B, K, T), scales (B, K, T), sizes (B, K, 2) (P, Q): draw_motion's. -> uint8
+    (B, C, T, H, W). Every pixel of every frame samples every tile (all-zero tiles paste nothing):
+    static shapes, no host sync, one graph under torch.compile.
+    """
+    B, C, T, H, W = frames.shape
+    S = tiles.shape[-1]
+    P, Q = sizes[..., 0:1].double(), sizes[..., 1:2].double()   # (B, K, 1)
+    cx, cy = snap_centres(centres.double(), (P, Q))   # (B, K, T)
+    rad = torch.deg2rad(angles.double())
+    c, s = torch.cos(rad) / scales, torch.sin(rad) / scales
+    # Frame pixel (x, y) -> object pixel (c dx - s dy + (Q - 1) / 2, s dx + c dy + (P - 1) / 2),
+    # dx = x - cx, dy = y - cy (_boxes' inverse transform), in grid_sample's units of the S x S
+    # tile: u = (2 ox + 1) / S - 1, an affine function of (x, y).
+    coef = torch.stack([2 * c / S, -2 * s / S, (Q - 2 * (c * cx - s * cy)) / S - 1,
+                        2 * s / S, 2 * c / S, (P - 2 * (s * cx + c * cy)) / S - 1], -1).float()
+    x = torch.arange(W, device=frames.device, dtype=torch.float32)
+    y = torch.arange(H, device=frames.device, dtype=torch.float32)[:, None]
+    out = frames.float()
+    for k in range(tiles.shape[1]):   # later objects over earlier ones
+        a = coef[:, k, :, :, None, None]   # (B, T, 6, 1, 1)
+        grid = torch.stack([a[:, :, 0] * x + a[:, :, 1] * y + a[:, :, 2],
+                            a[:, :, 3] * x + a[:, :, 4] * y + a[:, :, 5]], -1)   # (B, T, H, W, 2)
+        sample = F.grid_sample(tiles[:, k].float(), grid.view(B, T * H, W, 2), mode="bilinear",
+                               padding_mode="zeros", align_corners=False).view(B, 4, T, H, W)
+        alpha = sample[:, 3:]
+        a8 = torch.where(_kept(alpha), (alpha * 255).round(), 0) / 255   # _paste's a
+        blend = out * (1 - a8) + sample[:, :3] * (a8 * 255 / alpha.clamp_min(1e-12))
+        out = blend.round().clamp(0, 255)   # uint8 after each object, as _paste
+    return out.to(torch.uint8)
 
 
 class ObjectBank:
@@ -413,79 +511,3 @@ def draw_outlines(frames, footprints, width=1):
     for k, edge in enumerate(outline(footprints, width)):
         frames[edge] = COLOURS[k % len(COLOURS)]
     return frames
-
-
-def _figure3(out_path, seed, size, num_frames, columns):
-    """Figure 3: rows = motion-infused clips on noise, black and an image; columns = frames."""
-    rng = np.random.default_rng(seed)
-    objects = synthetic_objects(8, rng, size=128)
-    image = still_image(size, size, rng)
-    shown = np.round(np.linspace(0, num_frames - 1, columns)).astype(int)
-    label_w, pad, head = 48, 2, 14
-    fig = Image.new("RGB", (label_w + columns * (size + pad), head + 3 * (size + pad)),
-                    (255, 255, 255))
-    draw = ImageDraw.Draw(fig)
-    for col, t in enumerate(shown):
-        draw.text((label_w + col * (size + pad) + size // 2 - 12, 1), f"t={t}", fill=(0, 0, 0))
-    for row, kind in enumerate(["noise", "black", "image"]):
-        clip = background(kind, num_frames, size, size, rng, image=image)
-        clip, footprints = overlay(clip, objects, rng)
-        clip = draw_outlines(clip, footprints)
-        # Each object's path: footprint centroids over all frames, drawn on every shown frame.
-        paths = [[ndimage.center_of_mass(m) if m.any() else None for m in obj]
-                 for obj in footprints]
-        y = head + row * (size + pad)
-        draw.text((4, y + size // 2 - 5), kind, fill=(0, 0, 0))
-        for col, t in enumerate(shown):
-            x = label_w + col * (size + pad)
-            fig.paste(Image.fromarray(clip[t]), (x, y))
-            for k, path in enumerate(paths):
-                colour = COLOURS[k % len(COLOURS)]
-                draw.line([(x + px, y + py) for py, px in (p for p in path if p is not None)],
-                          fill=colour)
-                if path[t] is not None:
-                    cy, cx = path[t]
-                    draw.ellipse([x + cx - 2, y + cy - 2, x + cx + 2, y + cy + 2], fill=colour)
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    # Noise does not compress; a 256-colour palette keeps the PNG small and looks the same.
-    fig = fig.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
-    fig.save(out_path, optimize=True)
-    print(f"wrote {out_path}: frames {shown.tolist()} of a {num_frames}-frame clip "
-          f"at {size}x{size}")
-
-
-def _bench(seed, clips=100):
-    """Time overlay on one core: 16 x 224 x 224 clips on noise, 2 synthetic objects (SPEC 2 goal
-    <= 10 ms)."""
-    import time
-    torch.set_num_threads(1)  # as in a DataLoader worker
-    rng = np.random.default_rng(seed)
-    objects = synthetic_objects(16, rng)
-    frames = background("noise", 16, 224, 224, rng)
-    wall, cpu = [], []
-    for _ in range(clips + 5):
-        w, c = time.perf_counter(), time.process_time()
-        overlay(frames, objects, rng)
-        wall.append(time.perf_counter() - w)
-        cpu.append(time.process_time() - c)
-    wall, cpu = 1e3 * np.array(wall[5:]), 1e3 * np.array(cpu[5:])  # the first calls warm up torch
-    # CPU time is what one core spends; wall time also counts waiting for a busy machine.
-    print(f"overlay 16x224x224, 2 objects, 1 thread: {np.median(cpu):.1f} ms/clip CPU (median), "
-          f"{np.median(wall):.1f} ms wall (median), {wall.min():.1f} ms wall (best)")
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Draw the paper's Figure 3: synthetic motion on "
-                                                 "noise, black and an image background.")
-    parser.add_argument("--out", default="docs/figure3_motion.png", help="PNG to write")
-    parser.add_argument("--seed", type=int, default=0, help="numpy seed: same seed, same figure")
-    parser.add_argument("--size", type=int, default=112,
-                        help="frame side (objects and paths scale with it)")
-    parser.add_argument("--frames", type=int, default=16, help="clip length T (Sec. 4.1: 16)")
-    parser.add_argument("--columns", type=int, default=8, help="frames shown per row")
-    parser.add_argument("--bench", action="store_true", help="time overlay instead of drawing")
-    args = parser.parse_args()
-    if args.bench:
-        _bench(args.seed)
-    else:
-        _figure3(args.out, args.seed, args.size, args.frames, args.columns)

@@ -644,7 +644,7 @@ def train_step(model, target_fn, micro_batches, autocast, scaler, accum):
     micro-batches / accum, on the device: the floors predict zero and the visible tokens' mean."""
     total = torch.zeros(3, device=micro_batches[0]["video"].device)
     for i, batch in enumerate(micro_batches):
-        video = data.normalize(batch["video"])                # uint8 -> float (B, C, T, H, W), V'
+        video = data.normalize(data.infuse(batch))            # objects rendered: V', float
         idx = vis_idx, mask_idx = batch["visible_idx"], batch["masked_idx"]   # (B, Nv), (B, Nm)
         with torch.no_grad(), autocast():
             targets = target_fn(video).float()                # (B, N, Dt); teacher sees V' (SPEC 2)

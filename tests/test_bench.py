@@ -1,11 +1,14 @@
 """bench.py: `python -m tools.bench --quick` and `--gpu-check --dry-run` run end to end and print their
 tables (no speed assertions); the GPU rows' arithmetic (peaks, teacher FLOPs, the markdown table)
 checked by hand."""
+import math
 import os
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT
@@ -112,3 +115,55 @@ def test_markdown_table_by_hand():
     assert lines[-1] == "    python train.py --compile"
     # unknown GPU
     assert "| - |" in bench_gpu.markdown_table({**results, "peak_flops": None}).splitlines()[2]
+
+
+CHECK_LINE = re.compile(r"worker CPU per clip: (\d+\.\d) ms \(today's path: (\d+\.\d) ms, "
+                        r"(\d+\.\d\d)x\)")
+
+
+def run_check(tmp_path, *flags):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "tools.bench", "data", *flags], capture_output=True,
+                         text=True, timeout=400, cwd=ROOT, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    last = run.stdout.strip().splitlines()[-1]
+    m = CHECK_LINE.fullmatch(last)
+    assert m, last   # the issue's line, exactly, last
+    new, old, ratio = (float(x) for x in m.groups())
+    assert new > 0 and abs(old / new - ratio) < 0.01 + 0.06 * ratio / new
+    # the workers an H100 needs, from bench's FLOP count (572 GFLOP per ViT-B clip with its CLIP
+    # teacher, issue 26) and GPU_PEAKS
+    assert "572 GFLOP per clip" in run.stdout and "989 TFLOP/s" in run.stdout
+    for mfu, rate in ((40, 692), (60, 1038)):
+        assert f"H100 at {mfu}% MFU: {rate} clips/s -> {math.ceil(rate * new / 1000)} workers" \
+            in run.stdout
+    return run.stdout
+
+
+def test_loader_check_on_a_users_data(tmp_path):
+    """`python -m tools.bench data --list L --data-root R --objects DIR`: a user's videos and PNG
+    objects, one worker per path, ending with the issue's line."""
+    import motion
+    from conftest import write_video
+    from PIL import Image
+    for i in range(2):
+        write_video(tmp_path / f"v {i}.mp4", num_frames=70)
+    (tmp_path / "list.csv").write_text("v 0.mp4 0\nv 1.mp4 1\n")
+    (tmp_path / "objects").mkdir()
+    for i, obj in enumerate(motion.synthetic_objects(3, np.random.default_rng(0), size=48)):
+        Image.fromarray(obj, "RGBA").save(tmp_path / "objects" / f"{i}.png")
+    out = run_check(tmp_path, "--list", str(tmp_path / "list.csv"), "--data-root", str(tmp_path),
+                    "--objects", str(tmp_path / "objects"), "--clips", "4", "--rounds", "1")
+    assert "list.csv (2 videos)" in out and "4 clips per path in batches of 2" in out
+
+
+def test_loader_check_on_synthetic_data(tmp_path):
+    """Without --list and --objects: prepared synthetic mp4s and 512 px PNG objects."""
+    out = run_check(tmp_path, "--quick", "--rounds", "1")
+    assert "prepared/train.csv" in out and "8 clips per path in batches of 4" in out
+
+
+def test_loader_check_names_a_missing_list():
+    from conftest import fails_cleanly
+    fails_cleanly(["tools.bench", "data", "--list", "no_such.csv"], "--list no_such.csv does not "
+                  "exist", script="-m")

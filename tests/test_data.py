@@ -5,6 +5,7 @@ import torch
 
 import augment
 import data
+import motion
 from conftest import write_video
 
 
@@ -73,10 +74,12 @@ def test_dataset_repeated_sampling_and_determinism(video_list):
     # 4x less shared / pinned memory than float32; normalised on device
     assert s["video"].dtype == torch.uint8
     assert (s["mask"].sum(1) == int(0.75 * 4) * 4).all()
-    assert not torch.equal(s["video"][0], s["video"][1])     # own crop / overlay per clip
+    v = data.infuse(data.collate([s]))                       # the objects, as the step pastes them
+    assert not torch.equal(v[0], v[1])                       # own crop / objects per clip
     torch.testing.assert_close(ds[0]["video"], s["video"])   # pure function of (seed, pass, index)
+    torch.testing.assert_close(ds[0]["tiles"], s["tiles"])
     ds.set_state(1)
-    assert not torch.equal(ds[0]["video"], s["video"])       # a new pass draws anew
+    assert not torch.equal(data.infuse(data.collate([ds[0]])), v)   # a new pass draws anew
 
 
 def test_dataset_mixed_motion(video_list):
@@ -85,7 +88,7 @@ def test_dataset_mixed_motion(video_list):
     obj[..., 0], obj[..., 3] = 255, 255   # opaque pure red square
     ds = data.PretrainDataset("video", items=items, num_frames=4, stride=1, img_size=32,
                               num_sample=4, objects=[obj], motion="mixed", seed=0)
-    v = data.normalize(ds[2]["video"])    # grey video: red only where objects are
+    v = data.normalize(data.infuse(data.collate([ds[2]])))   # grey video: red only on objects
     red = (v[:, 0] - v[:, 1]).amax(dim=(1, 2, 3))
     assert (red[::2] > 1).all() and (red[1::2] < 0.5).all()
 
@@ -163,3 +166,48 @@ def test_stills_source_is_a_fixed_set_of_procedural_images():
     assert a.shape == (4, 32, 32, 3) and a.dtype == np.uint8 and (a == a[0]).all()
     assert np.array_equal(a, ds.background(1, np.random.default_rng(5)))     # not drawn per pass
     assert not np.array_equal(a, ds.background(2, np.random.default_rng(0)))
+
+
+@pytest.mark.parametrize("source,kw", [
+    ("video", dict(motion="on", repeat="independent")),
+    ("video", dict(motion="mixed", repeat="same-crop", masking="trajectory")),
+    ("noise", dict(motion="on", num_objects=3, object_size=(16, 300))),
+    ("stills", dict(motion="on", masking="tube", flip=True)),
+])
+def test_step_render_equals_the_worker_overlay(video_list, source, kw):
+    """Issue 26: the loader that leaves the pixels to the step (render "step": background, flip
+    flag, tiles and draws; data.infuse on the device) gives the clips of the loader that pastes
+    in the worker (render "worker", the path before) within 2 / 255, and the same masks, for the
+    same seed: the same draws in the same order."""
+    items = data.read_list(video_list) if source == "video" else None
+    objs = motion.synthetic_objects(5, np.random.default_rng(0), size=64)
+    args = dict(items=items, length=6, num_frames=8, stride=2, img_size=64, num_sample=2,
+                objects=objs, mask_ratio=0.75, seed=4, **kw)
+    step, worker = (data.PretrainDataset(source, render=r, **args) for r in ("step", "worker"))
+    for p in range(2):
+        step.set_state(p), worker.set_state(p)
+        a, b = data.collate([step[i] for i in range(6)]), data.collate([worker[i] for i in range(6)])
+        assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["masked_idx"], b["masked_idx"])
+        v = data.infuse(a)
+        assert v.shape == b["video"].shape and v.is_contiguous() and v.dtype == torch.uint8
+        assert (v.int() - b["video"].int()).abs().max() <= 2
+    assert a["flip"].any() and not a["flip"].all()       # both sides of the coin were drawn
+    side = round(kw.get("object_size", (32, 128))[1] * 64 / 224)   # Sec. 4.1's sides at 64 px
+    assert a["tiles"].shape == (12, kw.get("num_objects", 2), 4, side, side)
+
+
+def test_step_batches_cross_a_worker_in_shared_memory():
+    """A loader worker collates the step's clips channels last into shared memory (no transposing
+    copy in the worker), and infuse hands the step a contiguous (B, C, T, H, W) V'."""
+    objs = motion.synthetic_objects(3, np.random.default_rng(0), size=32)
+    ds = data.PretrainDataset("noise", length=4, num_frames=4, img_size=32, num_sample=2,
+                              objects=objs, patch=16, seed=1)
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1,
+                                                  collate_fn=data.collate)))
+    ref = data.collate([ds[0], ds[1]])
+    assert batch["video"].shape == (4, 3, 4, 32, 32)
+    assert batch["video"].is_contiguous(memory_format=torch.channels_last_3d)
+    for key in ref:
+        if torch.is_tensor(ref[key]):
+            assert torch.equal(batch[key], ref[key]), key
+    assert torch.equal(data.infuse(batch), data.infuse(ref)) and data.infuse(batch).is_contiguous()

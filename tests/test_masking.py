@@ -165,3 +165,36 @@ def test_figure_script_runs(tmp_path):
                    cwd=ROOT, check=True, capture_output=True)
     with Image.open(out) as im:
         assert im.size[0] > 8 * 48 and im.size[1] > 3 * 48
+
+
+@pytest.mark.parametrize("shape,tubelet,patch,draw", [
+    ((16, 224, 224), 2, 16, dict()),                                        # the paper's clips
+    ((8, 96, 64), 2, 16, dict(size_range=(100, 400))),                      # big, off-frame
+    ((8, 32, 32), 2, 8, dict(size_range=(64, 160))),                        # the tiny demo's
+    ((6, 48, 60), 3, 12, dict(size_range=(4, 30), scale_range=(0.5, 0.6))),  # small, odd grid
+    ((4, 64, 64), 2, 16, dict(angle_range=(0, 0), scale_range=(1, 1))),     # unrotated copies
+])
+def test_motion_tokens_equal_the_footprints_tokens(shape, tubelet, patch, draw):
+    """Issue 26: the object tokens the loader reads from the alpha alone (motion_tokens) are those
+    of overlay's pixel footprints, exactly, object by object, over many draws: rotated, scaled,
+    partly off-frame, soft and hard edges, transparent holes."""
+    import motion
+    g = rng(0)
+    objs = motion.synthetic_objects(6, g, size=96)
+    holed = objs[0].copy()
+    holed[::5, :, 3] = 0                    # thin transparent stripes: tokens with slivers only
+    objs.append(holed)
+    covered = 0
+    for seed in range(12):
+        m = motion.draw_motion(shape, len(objs), rng(seed), num_objects=2, **draw)
+        for k, i in enumerate(m["picks"]):
+            P, Q = m["sizes"][k]
+            tile = motion._resize_premultiplied(objs[i], P, Q)
+            footprint = motion.paste(np.zeros((*shape, 3), np.uint8), objs[i], (P, Q),
+                                     m["centres"][k], m["angles"][k], m["scales"][k])
+            want = masking.object_tokens(footprint[None], tubelet, patch)
+            got = masking.motion_tokens(tile[3], (P, Q), m["centres"][k], m["angles"][k],
+                                        m["scales"][k], shape, tubelet, patch)
+            np.testing.assert_array_equal(got, want, err_msg=f"seed {seed} object {k}")
+            covered += want.sum()
+    assert covered > 0

@@ -74,7 +74,7 @@ def test_progressive_switches_stage(tmp_path, monkeypatch):
 
     def recording_collate(samples):
         batch = collate(samples)
-        for v, m in zip(batch["video"], batch["mask"]):
+        for v, m in zip(data.infuse(batch), batch["mask"]):   # V', as the step sees it
             # black: only objects vary
             has_objects = bool(v.float().flatten(1).std(1).max() > 1e-4)
             # (t=2, h*w): every slice the same
@@ -162,14 +162,15 @@ def test_ablation_preset_is_table4_base_setting():
 
 
 def test_rotation_and_scaling_flags_reach_the_overlay(monkeypatch):
-    """Table 4c: --angle-range 0 0 = scaling only, --scale-range 1 1 = rotation only."""
+    """Table 4c: --angle-range 0 0 = scaling only, --scale-range 1 1 = rotation only (the draws of
+    the motion the step renders)."""
     import motion
-    seen = {}
+    seen, draw_motion = {}, motion.draw_motion
 
-    def spy(frames, objects, rng, **kw):
+    def spy(shape, num_bank, rng, **kw):
         seen.update(kw)
-        return frames.copy(), np.zeros((kw["num_objects"], *frames.shape[:3]), bool)
-    monkeypatch.setattr(motion, "overlay", spy)
+        return draw_motion(shape, num_bank, rng, **kw)
+    monkeypatch.setattr(motion, "draw_motion", spy)
     args = train.get_args([*TINY, "--angle-range", "0", "0", "--scale-range", "1", "1"])
     train.build_dataset(args)[0]
     assert seen["angle_range"] == (0, 0) and seen["scale_range"] == (1, 1)

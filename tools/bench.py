@@ -5,6 +5,11 @@ the same run.
                                   # 2 CPU cores
     python -m tools.bench --quick       # small shapes, under a minute (tests/test_bench.py runs it)
     python -m tools.bench --only step,data --rounds 8 --workers 4
+    python -m tools.bench data --list L --data-root R --objects DIR
+                                  # before renting GPUs, on your data (synthetic without the
+                                  # flags): one loader worker's CPU per 16x224 clip, the step
+                                  # rendering the objects vs today's overlay in the worker, and
+                                  # the workers an H100 needs; ends 'worker CPU per clip: ...'
     python -m tools.bench --gpu-check   # on a GPU: the gpu and data rows, then train.py eager and
                                   # --compile, and one markdown table for docs/performance.md
                                   # (under 10 minutes)
@@ -57,8 +62,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model import MODEL_SIZES, PretrainModel, mask_indices, sinusoid_table
-from runtime import Parser, nonneg_int, positive_float, positive_int
-from tools.bench_data import bench_data, bench_decode
+from runtime import Parser, check_paths, nonneg_int, positive_float, positive_int
+from tools.bench_data import bench_data, bench_decode, worker_check
 from tools.bench_gpu import bench_gpu, gpu_check, markdown_table
 from tools.benchkit import (ROOT, machine, matmul, print_table, race, row, small_clip_config,
                             step_flops)
@@ -363,6 +368,18 @@ SECTIONS = ("step", "memory", "teacher", "gpu", "data", "decode", "demo")
 
 def get_args(argv=None):
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("check", nargs="?", choices=["data"],
+                   help="data: the loader check to run on your own data before renting GPUs "
+                   "(--list, --data-root, --objects; synthetic videos and PNG objects without "
+                   "them): one worker's CPU per 16x224 clip, the step rendering the objects "
+                   "against today's overlay in the worker, and the workers an H100 needs")
+    p.add_argument("--list", default=None, help="data check: your video list ('<path> <label>')")
+    p.add_argument("--data-root", default="", help="data check: the folder the list is relative to")
+    p.add_argument("--objects", default=None,
+                   help="data check: your object bank (RGBA PNG folder, or prepare objects' file)")
+    p.add_argument("--object-list", default=None, help="data check: PNGs of --objects to draw from")
+    p.add_argument("--clips", type=positive_int, default=None,
+                   help="data check: clips per path and round (default 64, --quick 8)")
     p.add_argument("--quick", action="store_true",
                    help="small shapes and few rounds: under a minute")
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
@@ -387,7 +404,11 @@ def get_args(argv=None):
     a = p.parse_args(argv)
     if a.dry_run and not a.gpu_check:
         p.error("--dry-run goes with --gpu-check")
-    a.rounds = a.rounds or (2 if a.quick else 7)
+    a.rounds = a.rounds or (2 if a.quick else 7 if not a.check else 3)
+    a.clips = a.clips or (8 if a.quick else 64)
+    check_paths(("--list", a.list, "file"), ("--data-root", a.data_root, "folder"),
+                ("--objects", a.objects, "folder" if a.objects and os.path.isdir(a.objects)
+                 else "file"), ("--object-list", a.object_list, "file"))
     if a.gpu_check:   # full size; the sections the check needs and nothing else
         a.quick, a.only = False, "gpu" if a.dry_run else "gpu,data"
         a.no_compile = a.no_compile or a.dry_run
@@ -406,8 +427,11 @@ def main(argv=None):
     if not a.gpu_check and only & {"data", "demo"}:
         # data and demo are judged against the CPU step's clips/s
         only.add("step")
-    print(f"smile bench{' --quick' if a.quick else ''}{' --gpu-check' if a.gpu_check else ''}"
-          f"{' --dry-run' if a.dry_run else ''} | {machine()}", flush=True)
+    print(f"smile bench{' data' if a.check else ''}{' --quick' if a.quick else ''}"
+          f"{' --gpu-check' if a.gpu_check else ''}{' --dry-run' if a.dry_run else ''} | "
+          f"{machine()}", flush=True)
+    if a.check == "data":
+        return worker_check(a)
     t0 = a.t0 = time.time()
     failed, rate = [], {}
     run = dict(step=bench_step, memory=bench_memory, teacher=bench_teacher, gpu=bench_gpu,

@@ -374,3 +374,105 @@ def finetune_clip_cost(path, clips=24, seed=0):
             parts[name] = parts.get(name, 0) + 1000 * (time.process_time() - t) / clips
     torch.set_num_threads(threads)
     return parts
+# ----------------------------------------------------------------------------- the loader check
+
+def synthetic_data(folder, quick):
+    """A stand-in for a user's data: mp4s re-encoded by `python -m tools.prepare encode` (as a run
+    on prepared videos reads them) and RGBA PNG objects of the PIN bank's size (512 px), so the
+    check runs without any download. -> (list file, objects folder)."""
+    import motion
+    from PIL import Image
+    src, objects = os.path.join(folder, "src"), os.path.join(folder, "objects")
+    os.makedirs(src), os.makedirs(objects)
+    names = [f"v{i}.mp4" for i in range(1 if quick else 3)]
+    for i, name in enumerate(names):
+        write_mp4(os.path.join(src, name), 70 if quick else 130, *((180, 320) if quick else
+                                                                     (360, 640)))
+    with open(os.path.join(src, "train.csv"), "w") as f:
+        f.write("".join(f"{name} 0\n" for name in names))
+    subprocess.run([sys.executable, "-m", "tools.prepare", "encode", os.path.join(src, "train.csv"),
+                    os.path.join(folder, "prepared"), "--short-side", "160" if quick else "320",
+                    "--workers", "1"], cwd=ROOT, check=True, capture_output=True)
+    for i, obj in enumerate(motion.synthetic_objects(4 if quick else 8, np.random.default_rng(0))):
+        h, w = obj.shape[:2]
+        big = Image.fromarray(obj, "RGBA").resize((512 * w // max(h, w), 512 * h // max(h, w)))
+        big.save(os.path.join(objects, f"{i}.png"))
+    return os.path.join(folder, "prepared", "train.csv"), objects
+
+
+def stamped_collate(samples):
+    """data.collate, stamped with the CPU seconds the worker has spent so far (time.process_time
+    in the worker: its decoder, its torch ops, its collate, all its threads)."""
+    import data
+    return {**data.collate(samples), "cpu": time.process_time()}
+
+
+def worker_cpu(dataset, batches, videos_per_batch):
+    """CPU seconds one loader worker spends per clip over `batches` batches of videos_per_batch
+    videos (num_sample clips each), its first batch (start-up) not counted."""
+    import data
+    loader = torch.utils.data.DataLoader(dataset, batch_size=videos_per_batch, num_workers=1,
+                                         collate_fn=stamped_collate,
+                                         worker_init_fn=data.worker_init, prefetch_factor=2)
+    stamps = [(b["cpu"], len(b["mask"])) for _, b in zip(range(batches + 1), loader)]
+    return (stamps[-1][0] - stamps[0][0]) / sum(n for _, n in stamps[1:])
+
+
+def worker_check(a):
+    """`python -m tools.bench data`: the loader on the user's data (or synthetic stand-ins) at the
+    paper's setting, the new path (the step renders the objects) against today's (overlay in the
+    worker), one worker each, CPU time; how many workers an H100 then needs. Ends with the line
+    'worker CPU per clip: NEW ms (today's path: OLD ms, RATIO x)'."""
+    import data
+    import motion
+    import teacher as teacher_lib
+    from tools.bench_gpu import gpu_peak, teacher_flops
+    from tools.benchkit import step_flops
+    torch.set_num_threads(1)   # as data.worker_init does in each worker
+    listed, objects = a.list, a.objects
+    if not listed or not objects:
+        made = synthetic_data(tempfile.mkdtemp(), a.quick)
+        listed, objects = listed or made[0], objects or made[1]
+    items = data.read_list(listed, a.data_root or None)
+    bank = motion.ObjectBank(objects, list_file=a.object_list)
+    # batches of 8 videos (16 clips, half a GPU's share of the paper's batch of 256 on 8 GPUs): a
+    # batch's own costs (shared memory, handing it over) shared as in training
+    per_batch = max(min(2 if a.quick else 8, a.clips // 4), 1)   # >= 2 batches measured
+    batches = max(a.clips // (2 * per_batch), 1)
+    videos = batches * per_batch
+    items = (items * (videos + per_batch))[:videos + per_batch]   # both paths: the same videos
+    kw = dict(items=items, num_frames=16, stride=4, img_size=224, num_sample=2, objects=bank,
+              num_objects=2, masking="trajectory", seed=0)
+    best = {"step": float("inf"), "worker": float("inf")}
+    for _ in range(a.rounds):   # alternately, so both see the same load; best round each
+        for render in best:
+            cpu = worker_cpu(data.PretrainDataset("video", render=render, **kw), batches,
+                             per_batch)
+            best[render] = min(best[render], cpu)
+    new, old = 1000 * best["step"], 1000 * best["worker"]
+    # where a clip's CPU goes, in this process on one thread: decoding (half a video), reading
+    # two objects, and the rest (crop, draws, tokens, mask, tiles, collate) by difference
+    ds, rng, t = data.PretrainDataset("video", **kw), np.random.default_rng(0), time.process_time()
+    for i in range(videos):
+        ds.background(i, rng)
+    decode, t = 1000 * (time.process_time() - t) / (2 * videos), time.process_time()
+    for i in range(2 * videos):
+        np.asarray(bank[i % len(bank)])
+    read = 1000 * (time.process_time() - t) / videos
+    student = step_flops("base", 224, 768)
+    clip_teacher = teacher_flops(teacher_lib.Teacher("ViT-B-16", pretrained=None))
+    flops, peak = student + clip_teacher, gpu_peak("H100")
+    print(f"loader check: {listed} ({len(set(items))} videos), objects {objects}; 16x224, 2 "
+          f"objects, trajectory masks, 2 clips per video, one worker, {2 * videos} clips per path in "
+          f"batches of {2 * per_batch}, best of {a.rounds} rounds; load average "
+          f"{os.getloadavg()[0]:.2f}")
+    print(f"per clip: decoding {decode:.1f} ms, reading 2 objects {read:.1f} ms, the rest "
+          f"{new - decode - read:.1f} ms (today's path: {old - decode - read:.1f} ms)")
+    print(f"ViT-B step with the CLIP ViT-B/16 teacher: {flops / 1e9:.0f} GFLOP per clip (student "
+          f"{student / 1e9:.0f} + teacher {clip_teacher / 1e9:.0f}); H100 bf16 peak "
+          f"{peak / 1e12:.0f} TFLOP/s")
+    for mfu in (0.4, 0.6):
+        rate = mfu * peak / flops
+        print(f"H100 at {100 * mfu:.0f}% MFU: {rate:.0f} clips/s -> {math.ceil(rate * new / 1000)} "
+              f"workers (cores) at this rate (today's path: {math.ceil(rate * old / 1000)})")
+    print(f"worker CPU per clip: {new:.1f} ms (today's path: {old:.1f} ms, {old / new:.2f}x)")

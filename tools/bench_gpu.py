@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from model import MODEL_SIZES, PretrainModel, mask_indices
+from model import MODEL_SIZES, PretrainModel
 from tools.benchkit import ROOT, device_race, flop_s, matmul, row, small_clip_config, step_flops
 
 # ----------------------------------------------------------------------- gpu: train.py's whole step
@@ -111,19 +111,20 @@ class WholeStep:
         self.cached = None
 
     def batch(self, B):
-        """B random uint8 clips with tube masks, as data.collate makes them (pinned on a GPU)."""
-        import masking
-        a, rng = self.args, np.random.default_rng(0)
-        side, t = a.img_size // a.patch_size, a.num_frames // a.tubelet
-        mask = torch.from_numpy(np.stack([masking.tube_mask(t, side, side, a.mask_ratio, rng)
-                                          .reshape(-1) for _ in range(B)]))
-        video = torch.randint(0, 256, (B, 3, a.num_frames, a.img_size, a.img_size),
-                              dtype=torch.uint8)
-        visible_idx, masked_idx = mask_indices(mask)
-        out = {"video": video, "mask": mask, "visible_idx": visible_idx, "masked_idx": masked_idx}
+        """B clips as train.py's loader makes them: data.PretrainDataset (black backgrounds, two
+        built-in objects each, trajectory masks, render "step": the timed step pastes the objects,
+        motion.render) and data.collate (pinned on a GPU)."""
+        import data
+        import motion
+        a = self.args
+        ds = data.PretrainDataset("black", length=B, num_frames=a.num_frames, img_size=a.img_size,
+                                  num_sample=1, objects=motion.synthetic_objects(
+                                      8, np.random.default_rng(0)), mask_ratio=a.mask_ratio,
+                                  tubelet=a.tubelet, patch=a.patch_size)
+        out = data.collate([ds[i] for i in range(B)])
         if self.device.type == "cuda":
-            out = {k: v.pin_memory() for k, v in out.items()}
-        return {**out, "bad": []}
+            out = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in out.items()}
+        return out
 
     def __call__(self, batch, teacher=True):
         import data
@@ -131,7 +132,7 @@ class WholeStep:
         b = rt.to_device(batch, self.device)
         if not teacher and self.cached is None:
             with torch.no_grad(), self.autocast():
-                self.cached = self.teacher(data.normalize(b["video"])).float()   # (B, N, Dt)
+                self.cached = self.teacher(data.normalize(data.infuse(b))).float()   # (B, N, Dt)
         target_fn = self.teacher if teacher else (lambda video: self.cached)
         sums = rt.train_step(self.model, target_fn, [b], self.autocast, self.scaler, 1)
         # StepGuard.check's one collective and host sync (a no-op all-reduce on one process)

@@ -8,7 +8,10 @@
         over each time slice's tokens), for the checkpoint against a randomly initialised
         encoder of the same shape
 
-Figures 3 and the mask picture are drawn by `python motion.py` and `python masking.py`.
+    python -m tools.figures figure3 --out docs/figure3_motion.png
+        the paper's Figure 3: synthetic motion on noise, black and an image background
+
+The mask picture is drawn by `python masking.py`.
 """
 import argparse
 import json
@@ -17,6 +20,7 @@ import os
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from scipy import ndimage
 
 COLOURS = {"loss": (31, 119, 180), "floor_zero": (214, 39, 40), "floor_mean": (255, 127, 14)}
 
@@ -134,12 +138,63 @@ def figure4(checkpoint, out, num_clips=16, seed=0):
     img.save(out)
 
 
+def figure3(out_path, seed=0, size=112, num_frames=16, columns=8):
+    """The paper's Figure 3: rows = motion-infused clips on noise, black and an image (motion.py,
+    objects outlined, their paths drawn); columns = frames. Frame side `size`: objects and paths
+    scale with it."""
+    import motion
+    rng = np.random.default_rng(seed)
+    objects = motion.synthetic_objects(8, rng, size=128)
+    image = motion.still_image(size, size, rng)
+    shown = np.round(np.linspace(0, num_frames - 1, columns)).astype(int)
+    label_w, pad, head = 48, 2, 14
+    fig = Image.new("RGB", (label_w + columns * (size + pad), head + 3 * (size + pad)),
+                    (255, 255, 255))
+    draw = ImageDraw.Draw(fig)
+    for col, t in enumerate(shown):
+        draw.text((label_w + col * (size + pad) + size // 2 - 12, 1), f"t={t}", fill=(0, 0, 0))
+    for row, kind in enumerate(["noise", "black", "image"]):
+        clip = motion.background(kind, num_frames, size, size, rng, image=image)
+        clip, footprints = motion.overlay(clip, objects, rng)
+        clip = motion.draw_outlines(clip, footprints)
+        # Each object's path: footprint centroids over all frames, drawn on every shown frame.
+        paths = [[ndimage.center_of_mass(m) if m.any() else None for m in obj]
+                 for obj in footprints]
+        y = head + row * (size + pad)
+        draw.text((4, y + size // 2 - 5), kind, fill=(0, 0, 0))
+        for col, t in enumerate(shown):
+            x = label_w + col * (size + pad)
+            fig.paste(Image.fromarray(clip[t]), (x, y))
+            for k, path in enumerate(paths):
+                colour = motion.COLOURS[k % len(motion.COLOURS)]
+                draw.line([(x + px, y + py) for py, px in (p for p in path if p is not None)],
+                          fill=colour)
+                if path[t] is not None:
+                    cy, cx = path[t]
+                    draw.ellipse([x + cx - 2, y + cy - 2, x + cx + 2, y + cy + 2], fill=colour)
+    os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
+    # Noise does not compress; a 256-colour palette keeps the PNG small and looks the same.
+    fig = fig.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+    fig.save(out_path, optimize=True)
+    print(f"wrote {out_path}: frames {shown.tolist()} of a {num_frames}-frame clip "
+          f"at {size}x{size}")
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["loss", "figure4"])
-    p.add_argument("path", help="log.jsonl (loss) or a checkpoint (figure4)")
+    p.add_argument("what", choices=["loss", "figure4", "figure3"])
+    p.add_argument("path", nargs="?", help="log.jsonl (loss) or a checkpoint (figure4)")
     p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0, help="figure3: same seed, same figure")
+    p.add_argument("--size", type=int, default=112, help="figure3: frame side")
+    p.add_argument("--frames", type=int, default=16, help="figure3: clip length T (Sec. 4.1: 16)")
+    p.add_argument("--columns", type=int, default=8, help="figure3: frames shown per row")
     args = p.parse_args()
-    (loss_figure if args.what == "loss" else figure4)(args.path, args.out)
-    print(f"wrote {args.out}")
+    if args.what == "figure3":
+        figure3(args.out, args.seed, args.size, args.frames, args.columns)
+    elif args.path is None:
+        p.error(f"{args.what} needs a path")
+    else:
+        (loss_figure if args.what == "loss" else figure4)(args.path, args.out)
+        print(f"wrote {args.out}")
