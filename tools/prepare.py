@@ -61,8 +61,8 @@ class Progress:
     """One line on stderr: rewritten in place on a TTY, else a new line every ~10 s (logs stay
     short)."""
 
-    def __init__(self, label, total, quiet=False):
-        self.label, self.total, self.quiet = label, total, quiet
+    def __init__(self, label, total, quiet=False, unit="videos"):
+        self.label, self.total, self.quiet, self.unit = label, total, quiet, unit
         self.tty, self.t0, self.last = sys.stderr.isatty(), time.time(), 0.0
 
     def update(self, i, counts):
@@ -71,7 +71,7 @@ class Progress:
             return
         rate = i / max(now - self.t0, 1e-9)
         lead, end = ("\r", "") if self.tty else ("", "\n")
-        print(f"{lead}{self.label} {i}/{self.total} | {counts} | {rate:.1f} videos/s | eta "
+        print(f"{lead}{self.label} {i}/{self.total} | {counts} | {rate:.1f} {self.unit}/s | eta "
               f"{fmt_time((self.total - i) / rate)}", end=end, file=sys.stderr, flush=True)
         self.last = now
 
@@ -398,7 +398,7 @@ def subset(list_path, n, out_list, seed=0, data_root=None, multi_label=False, qu
 
 def objects(folder, out, tile=PACK_TILE, object_list=None, workers=None, quiet=False):
     """Pack a folder bank into out (packing.pack_objects); bad PNGs are named and left out."""
-    progress = Progress("objects", 0, quiet)
+    progress = Progress("objects", 0, quiet, unit="objects")
     r = pack_objects(folder, out, tile, object_list, workers or os.cpu_count() or 1,
                      lambda i, n: (setattr(progress, "total", n), progress.update(i, "PNGs read")))
     progress.close()
