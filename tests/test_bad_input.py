@@ -253,3 +253,14 @@ def test_a_checkpoints_shape_wins_over_a_presets(files, tmp_path):
         assert (args.model, args.patch_size, args.tubelet) == ("tiny", 8, 2)   # the preset's
         evaluation.read_checkpoint(args)
         assert (args.model, args.patch_size, args.tubelet) == ("tiny", 16, 2), ckpt
+
+
+@pytest.mark.parametrize("argv,names", [(["--jobs", "0"], "--jobs"), (["--finetune-lr", "nan"],
+                                        "--finetune-lr"), (["--grid", "32", "0", "8"], "--grid")])
+def test_table7_flags_are_range_checked(capsys, argv, names):
+    """tools/table7.py: a bad number is one line at parse time, before any run starts."""
+    import tools.table7
+    with pytest.raises(SystemExit) as e:
+        tools.table7.get_args(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and names in err and len(err.strip().splitlines()) == 1, err

@@ -46,6 +46,8 @@ import time
 
 import numpy as np
 
+from runtime import Parser, nonneg_int, positive_float, positive_int
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository
 
 # (name, tag, train.py flags on top of --preset tiny); None = not pretrained
@@ -158,9 +160,9 @@ def get_args(argv=None):
     import train
     tiny, finetune_tiny = train.PRESETS["tiny"], finetune.PRESETS["tiny"]
     budget_table = budgets(tiny, finetune_tiny)
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p = Parser(description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=nonneg_int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--rows", nargs="+", default=[t for _, t, _ in ROWS],
                    choices=[t for _, t, _ in ROWS],
                    help="which rows to run, by tag (default: all)")
@@ -169,26 +171,26 @@ def get_args(argv=None):
                    f"{budget_table['quarter']}; demo = {budget_table['demo']}, the tiny presets' own; "
                    f"demo32 = {budget_table['demo32']}, the previous demo's")
     p.add_argument("--out-dir", default=None, help="default: by --budget")
-    p.add_argument("--pretrain-epochs", type=int, default=None,
+    p.add_argument("--pretrain-epochs", type=positive_int, default=None,
                    help="train.py --epochs (1,024 clips each); quarter: 8, a quarter of the "
                    f"previous demo's steps; demo32: 32; demo: the tiny preset's {tiny['epochs']}")
-    p.add_argument("--finetune-epochs", type=int, default=None,
+    p.add_argument("--finetune-epochs", type=positive_int, default=None,
                    help="finetune.py --epochs (its tiny preset: "
                    f"{finetune_tiny['epochs']} of {finetune_tiny['motion_train']} clips)")
-    p.add_argument("--pretrain-lr", type=float, default=4e-3,
+    p.add_argument("--pretrain-lr", type=positive_float, default=4e-3,
                    help="train.py --lr (base lr for 256 clips; the tiny preset's is "
                    f"{tiny['lr']:g})")
-    p.add_argument("--pretrain-batch", type=int, default=None,
+    p.add_argument("--pretrain-batch", type=positive_int, default=None,
                    help="train.py --batch-size; quarter: 32, the demo's batch before it moved to "
                    f"{tiny['batch_size']}")
-    p.add_argument("--finetune-lr", type=float, default=None,
+    p.add_argument("--finetune-lr", type=positive_float, default=None,
                    help="finetune.py --lr (per 256); quarter: 1.6e-2, the tiny preset's before it "
                    f"moved to {finetune_tiny['lr']:g}")
-    p.add_argument("--grid", nargs=3, type=int, default=None, metavar=("SIZE", "FRAMES", "PATCH"),
+    p.add_argument("--grid", nargs=3, type=positive_int, default=None, metavar=("SIZE", "FRAMES", "PATCH"),
                    help="clip size, frames and patch of every run (tubelet 2); "
                    "default: the tiny presets' "
                    f"{tiny['img_size']} {tiny['num_frames']} {tiny['patch_size']}")
-    p.add_argument("--jobs", type=int, default=2,
+    p.add_argument("--jobs", type=positive_int, default=2,
                    help="(seed, row) cells run at a time, each on 1 thread (default 2: on 2 cores "
                    "the tiny model runs ~2x faster as two 1-thread jobs than as one 2-thread job)")
     p.add_argument("--table-only", action="store_true",
