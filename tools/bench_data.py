@@ -449,7 +449,7 @@ def worker_check(a):
             cpu = worker_cpu(data.PretrainDataset("video", render=render, **kw), batches,
                              per_batch)
             best[render] = min(best[render], cpu)
-    new, old = 1000 * best["step"], 1000 * best["worker"]
+    new, old = round(1000 * best["step"], 1), round(1000 * best["worker"], 1)   # as printed
     # where a clip's CPU goes, in this process on one thread: decoding (half a video), reading
     # two objects, and the rest (crop, draws, tokens, mask, tiles, collate) by difference
     ds, rng, t = data.PretrainDataset("video", **kw), np.random.default_rng(0), time.process_time()
@@ -472,7 +472,7 @@ def worker_check(a):
           f"{student / 1e9:.0f} + teacher {clip_teacher / 1e9:.0f}); H100 bf16 peak "
           f"{peak / 1e12:.0f} TFLOP/s")
     for mfu in (0.4, 0.6):
-        rate = mfu * peak / flops
+        rate = round(mfu * peak / flops)
         print(f"H100 at {100 * mfu:.0f}% MFU: {rate:.0f} clips/s -> {math.ceil(rate * new / 1000)} "
               f"workers (cores) at this rate (today's path: {math.ceil(rate * old / 1000)})")
     print(f"worker CPU per clip: {new:.1f} ms (today's path: {old:.1f} ms, {old / new:.2f}x)")
