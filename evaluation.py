@@ -171,22 +171,16 @@ def read_checkpoint(args):
     return state
 
 
-def frozen_encoder(state, *, model, patch_size, tubelet, img_size, num_frames, layer=None,
-                   path=None, verbose=True):
+def frozen_encoder(state, *, model, layer=None, **grid):
     """The frozen encoder of a checkpoint (None: random) for tools/extract.py and tools/segment.py:
-    a one-output VideoClassifier on the grid given, read up to block `layer` (1-based, default the
-    last); one-line errors for a bad layer or weights of another shape (read_checkpoint has
-    checked the rest). -> (model, layer, its classifier keys)"""
+    build_classifier's with one output (grid: its keywords), read up to block `layer` (1-based,
+    default the last; out of range: a one-line error). -> (model, layer, its classifier keys)"""
     depth = MODEL_SIZES[model]["depth"]
     layer = depth if layer is None else layer
     if not 1 <= layer <= depth:
         fail(f"--layer {layer}: the {model} encoder has blocks 1..{depth}")
     keys = classifier_state_dict(state) if state is not None else {}
-    encoder = {k: v for k, v in MODEL_SIZES[model].items() if not k.startswith("decoder")}
-    net = VideoClassifier(img_size=img_size, patch_size=patch_size, num_frames=num_frames,
-                          tubelet_size=tubelet, num_classes=1, **encoder)
-    if state is not None:
-        load_checkpoint_encoder(net, state, path, model, patch_size, tubelet, verbose)
+    net = build_classifier(state, 1, model=model, **grid)
     return net.eval().requires_grad_(False), layer, keys
 
 
@@ -424,60 +418,54 @@ def eval_collate(samples):
     return out
 
 
-def build_datasets(args, augment=None, train_mode="train", crop=None):
-    """-> (train set, validation set in test mode). train_mode "test": one centre view per training
-    video (probe.py's cached features). crop: the training set's crop keywords (finetune.py's
-    --crop*)."""
+def build_datasets(dataset, task, num_classes, *, num_frames, img_size, seed, data_root="",
+                   train_list=None, val_list=None, train_samples=0, sampling="dense", stride=4,
+                   flip=True, test_clips=1, test_crops=1, motion_train=512, motion_val=256,
+                   motion_backgrounds=("black", "image"), augment=None, train_mode="train",
+                   crop=None):
+    """add_data_args' flags (by dest) -> (train set, validation set in test mode). train_mode
+    "test": one centre view per training video (probe.py's cached features). crop: the training
+    set's crop keywords (finetune.py's --crop*)."""
     crop = crop or {}
-    if args.dataset == "motion":
-        kw = dict(task=args.task, num_frames=args.num_frames, img_size=args.img_size,
-                  seed=args.seed, max_count=min(4, args.num_frames // 4),
-                  backgrounds=tuple(args.motion_backgrounds))
-        return (MotionClassDataset("train", args.motion_train, mode=train_mode, augment=augment,
+    if dataset == "motion":
+        kw = dict(task=task, num_frames=num_frames, img_size=img_size, seed=seed,
+                  max_count=min(4, num_frames // 4), backgrounds=tuple(motion_backgrounds))
+        return (MotionClassDataset("train", motion_train, mode=train_mode, augment=augment,
                                    **crop, **kw),
-                MotionClassDataset("val", args.motion_val, mode="test", **kw))
-    classes = None if args.task == "count" else args.num_classes
-    multi, root = args.task == "multi", args.data_root or None
-    train_items = data.read_list(args.train_list, root, classes, multi_label=multi)
-    val_items = data.read_list(args.val_list, root, classes, multi_label=multi)
-    if args.train_samples:
-        train_items = data.stratified_subset(train_items, args.train_samples, args.seed)
-    kw = dict(task=args.task, num_classes=args.num_classes, num_frames=args.num_frames,
-              stride=args.stride, sampling=args.sampling, img_size=args.img_size, seed=args.seed)
-    return (VideoClipDataset(train_items, mode=train_mode, flip=args.flip, augment=augment, **crop,
+                MotionClassDataset("val", motion_val, mode="test", **kw))
+    classes, multi = None if task == "count" else num_classes, task == "multi"
+    train_items = data.read_list(train_list, data_root or None, classes, multi_label=multi)
+    val_items = data.read_list(val_list, data_root or None, classes, multi_label=multi)
+    if train_samples:
+        train_items = data.stratified_subset(train_items, train_samples, seed)
+    kw = dict(task=task, num_classes=num_classes, num_frames=num_frames, stride=stride,
+              sampling=sampling, img_size=img_size, seed=seed)
+    return (VideoClipDataset(train_items, mode=train_mode, flip=flip, augment=augment, **crop,
                              **kw),
-            VideoClipDataset(val_items, mode="test", num_clips=args.test_clips,
-                             num_crops=args.test_crops, **kw))
+            VideoClipDataset(val_items, mode="test", num_clips=test_clips, num_crops=test_crops,
+                             **kw))
 
 
 # ==================================================================== model and multi-view testing
 
 
-def build_classifier(args, num_outputs, state=None, verbose=True, drop_path=0.0,
-                     head_init_scale=1.0):
-    """VideoClassifier for the evaluation grid; loads the encoder (position table rebuilt for
-    the grid)."""
-    encoder = {k: v for k, v in MODEL_SIZES[args.model].items() if not k.startswith("decoder")}
-    model = VideoClassifier(img_size=args.img_size, patch_size=args.patch_size,
-                            num_frames=args.num_frames, tubelet_size=args.tubelet,
-                            num_classes=num_outputs, drop_path=drop_path,
-                            head_init_scale=head_init_scale, **encoder)
+def build_classifier(state, num_outputs, *, model, patch_size, tubelet, img_size, num_frames,
+                     path=None, drop_path=0.0, head_init_scale=1.0, verbose=True):
+    """A VideoClassifier on the evaluation grid, its encoder loaded from a checkpoint's `state`
+    (None: random init; the position table rebuilt for the grid). Weights of another shape: one
+    line naming the checkpoint (`path`), what it holds and the model this command built."""
+    encoder = {k: v for k, v in MODEL_SIZES[model].items() if not k.startswith("decoder")}
+    net = VideoClassifier(img_size=img_size, patch_size=patch_size, num_frames=num_frames,
+                          tubelet_size=tubelet, num_classes=num_outputs, drop_path=drop_path,
+                          head_init_scale=head_init_scale, **encoder)
     if state is not None:
-        load_checkpoint_encoder(model, state, args.checkpoint, args.model, args.patch_size,
-                                args.tubelet, verbose)
-    return model
-
-
-def load_checkpoint_encoder(model, state, path, size, patch_size, tubelet, verbose=True):
-    """load_encoder, a failure (weights of another shape) one line naming the checkpoint, what it
-    holds and the model this command built. -> (missing, unexpected) keys."""
-    try:
-        return load_encoder(model, state, verbose=verbose)
-    except RuntimeError as e:
-        fail(f"--checkpoint {path} is {describe_checkpoint(state)}; its weights do not "
-             f"load into the --model {size} --patch-size {patch_size} --tubelet "
-             f"{tubelet} encoder this command built: "
-             f"{(str(e).strip().splitlines()[:2])[-1].strip()[:120]}")
+        try:
+            load_encoder(net, state, verbose=verbose)
+        except RuntimeError as e:
+            fail(f"--checkpoint {path} is {describe_checkpoint(state)}; its weights do not load "
+                 f"into the --model {model} --patch-size {patch_size} --tubelet {tubelet} encoder "
+                 f"this command built: {(str(e).strip().splitlines()[:2])[-1].strip()[:120]}")
+    return net
 
 
 @torch.no_grad()
@@ -558,17 +546,15 @@ def compute_metrics(task, scores, targets):
             "mean_class_acc": mean_class_accuracy(top5[:, 0], targets)}
 
 
-def write_results(args, metrics, headline, name):
-    """results.json in --out-dir, one row appended to --results-file (keyed by the setting),
-    a table."""
-    row = {"setting": args.preset or args.dataset, "script": name, "metric": headline,
-           "value": metrics[headline], **metrics, "checkpoint": args.checkpoint,
-           "out_dir": args.out_dir}
-    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
+def write_results(metrics, headline, name, *, setting, checkpoint, out_dir, results_file=None):
+    """results.json in out_dir, one row appended to results_file (keyed by the setting: the preset
+    or the dataset), a table."""
+    row = {"setting": setting, "script": name, "metric": headline, "value": metrics[headline],
+           **metrics, "checkpoint": checkpoint, "out_dir": out_dir}
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(row, f, indent=1)
-    if getattr(args, "results_file", None):
-        os.makedirs(os.path.dirname(args.results_file) or ".", exist_ok=True)
-        with open(args.results_file, "a") as f:
+    if results_file:
+        os.makedirs(os.path.dirname(results_file) or ".", exist_ok=True)
+        with open(results_file, "a") as f:
             f.write(json.dumps(row) + "\n")
-    print_table([{"setting": row["setting"], **metrics}],
-                f"{name} results ({args.out_dir}/results.json):")
+    print_table([{"setting": setting, **metrics}], f"{name} results ({out_dir}/results.json):")

@@ -92,7 +92,7 @@ PRESETS = {
               "results_file": "out/severe/results.jsonl"} for name, p in SEVERE.items()},
 }
 # flags whose change makes a checkpoint unloadable / a resumed run another run
-# (checkpoints.check_resume_args)
+# (runtime.open_resume)
 SHAPE_FLAGS = ("model", "img_size", "patch_size", "tubelet", "num_frames", "task", "num_classes")
 SCHEDULE_FLAGS = ("batch_size", "accum_iter", "epochs", "warmup_epochs", "lr", "min_lr",
                   "layer_decay", "dataset", "train_list", "seed", "linear_probing")
@@ -290,7 +290,9 @@ def main(argv=None):
              f"{args.accum_iter}")
     per_micro = args.batch_size // world // args.accum_iter   # clips per rank and micro-step
     make_out_dir(args.out_dir)
-    found = open_resume(args, master, SHAPE_FLAGS, SCHEDULE_FLAGS)   # read before any work
+    shape = {k: getattr(args, k) for k in SHAPE_FLAGS}
+    found = open_resume(args.resume, args.out_dir, master, "finetune.py", shape,   # before any work
+                        {k: getattr(args, k) for k in SCHEDULE_FLAGS}, args.accept_changes)
     state = read_checkpoint(args)
     num_outputs = 1 if args.task == "count" else args.num_classes
     if args.eval_only and state is not None:   # tests the checkpoint's head: it must be there
@@ -307,7 +309,14 @@ def main(argv=None):
 
     # ------------------------------------------------------------------ data
     try:
-        train_set, val_set = build_datasets(args, make_augment(args), crop=crop_args(args))
+        train_set, val_set = build_datasets(
+            args.dataset, args.task, args.num_classes, num_frames=args.num_frames,
+            img_size=args.img_size, seed=args.seed, data_root=args.data_root,
+            train_list=args.train_list, val_list=args.val_list, train_samples=args.train_samples,
+            sampling=args.sampling, stride=args.stride, flip=args.flip, test_clips=args.test_clips,
+            test_crops=args.test_crops, motion_train=args.motion_train, motion_val=args.motion_val,
+            motion_backgrounds=args.motion_backgrounds, augment=make_augment(args),
+            crop=crop_args(args))
     except (OSError, ValueError) as e:
         # missing list, malformed line, label out of range: before any work
         fail(str(e))
@@ -324,8 +333,10 @@ def main(argv=None):
     total_steps = args.epochs * steps_per_epoch
 
     # ------------------------------------------------------------------ model
-    raw_model = build_classifier(args, num_outputs, state, verbose=master, drop_path=args.drop_path,
-                                 head_init_scale=args.head_init_scale).to(device)
+    raw_model = build_classifier(
+        state, num_outputs, model=args.model, patch_size=args.patch_size, tubelet=args.tubelet,
+        img_size=args.img_size, num_frames=args.num_frames, path=args.checkpoint,
+        drop_path=args.drop_path, head_init_scale=args.head_init_scale, verbose=master).to(device)
     if args.linear_probing:   # SIGMA's probe: the blocks frozen (drop path still on), LayerNorm + head
         for name, p in raw_model.named_parameters():
             p.requires_grad_(name.startswith(("fc_norm.", "head.")))
@@ -451,7 +462,9 @@ def main(argv=None):
     metrics = evaluate("test")
     if master:
         log({"step": step, "test": metrics})
-        write_results(args, metrics, args.metric, "finetune")
+        write_results(metrics, args.metric, "finetune", setting=args.preset or args.dataset,
+                      checkpoint=args.checkpoint, out_dir=args.out_dir,
+                      results_file=args.results_file)
         log.finish(os.path.join(args.out_dir, "checkpoint-latest.pth"))
     teardown(world, device)
     return metrics

@@ -133,14 +133,23 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     run = Run(rank, world, device, Log(args.out_dir, master, args=args))
     try:
-        train_set, val_set = build_datasets(args, train_mode="test")   # train: one centre view each
+        train_set, val_set = build_datasets(   # train mode "test": one centre view per video
+            args.dataset, args.task, args.num_classes, num_frames=args.num_frames,
+            img_size=args.img_size, seed=args.seed, data_root=args.data_root,
+            train_list=args.train_list, val_list=args.val_list, train_samples=args.train_samples,
+            sampling=args.sampling, stride=args.stride, flip=args.flip, test_clips=args.test_clips,
+            test_crops=args.test_crops, motion_train=args.motion_train, motion_val=args.motion_val,
+            motion_backgrounds=args.motion_backgrounds, train_mode="test")
     except (OSError, ValueError) as e:
         fail(str(e))
 
     # ------------------------------------------------------------------ frozen encoder
     # fc_norm is a finetuning layer (absent from pretraining checkpoints): the probes read the last
     # block's raw tokens (their mean for the linear head), normalised without parameters.
-    encoder = build_classifier(args, 1, state, verbose=master).to(device)   # 1-output head: unused
+    encoder = build_classifier(   # its 1-output head: unused
+        state, 1, model=args.model, patch_size=args.patch_size, tubelet=args.tubelet,
+        img_size=args.img_size, num_frames=args.num_frames, path=args.checkpoint,
+        verbose=master).to(device)
     encoder.fc_norm = nn.Identity()
     encoder.eval().requires_grad_(False)
     if master:   # the checkpoint has loaded: the run starts
@@ -159,7 +168,9 @@ def main(argv=None):
     if master:
         save_checkpoint({**saved, "head_type": args.head, "args": vars(args)},
                         os.path.join(args.out_dir, "probe-head.pth"))
-        write_results(args, metrics, args.metric, "probe")
+        write_results(metrics, args.metric, "probe", setting=args.preset or args.dataset,
+                      checkpoint=args.checkpoint, out_dir=args.out_dir,
+                      results_file=args.results_file)
         run.log.finish(os.path.join(args.out_dir, "probe-head.pth"))
     teardown(world, device)
     return metrics

@@ -528,31 +528,49 @@ def find_resume(resume, out_dir, master):
     return None
 
 
-def check_resume_args(saved, args, shape_keys, schedule_keys, path=""):
-    """--resume with other flags than the checkpoint's run. A different shape (model, grid, target)
-    cannot load: one-line error. A different schedule or data stream (batch, epochs, lr, dataset)
-    would silently continue another run: an error unless --accept-changes, then each change is
-    printed. The world size may change: --batch-size is the total over all ranks, so the schedule
-    and data order stay the same."""
+def open_resume(resume, out_dir, master, script, shape, schedule, accept_changes=False):
+    """--resume's checkpoint (find_resume), checked before any work. script: the one resuming
+    ("train.py"); shape, schedule: this run's values ({dest: value}) of the flags whose change makes
+    the checkpoint unloadable / the run another run. Another script's checkpoint or another shape is
+    a one-line error; another schedule or data stream (batch, epochs, lr, dataset) would silently
+    continue another run: an error unless accept_changes, then each change is printed. The world
+    size may change: --batch-size is the total over all ranks, so the schedule and data order stay
+    the same. -> the checkpoint dict (its accepted "changes" added) or None (nothing to resume)."""
+    ckpt = find_resume(resume, out_dir, master)
+    if ckpt is None:
+        return None
+    theirs, path, saved = checkpoint_script(ckpt), ckpt["path"], ckpt.get("args") or {}
+    if theirs != script or not {"model", "optimizer", "step", "rng"} <= set(ckpt):
+        fix = {("train.py", "finetune.py"): f"to finetune its encoder pass --checkpoint {path} "
+                                            f"instead of --resume",
+               ("finetune.py", "train.py"): f"to test it: python finetune.py --eval-only "
+                                            f"--checkpoint {path}"}.get(
+            (theirs, script), f"--resume continues an earlier {script} run from its "
+                              f"<out-dir>/checkpoint-latest.pth")
+        fail(f"--resume {path} is {describe_checkpoint(ckpt)}, not a {script} checkpoint to "
+             f"continue; {fix}")
+
     def flag(k):
         return "--" + k.replace("_", "-")
-    shape = [k for k in shape_keys if k in saved and saved[k] != getattr(args, k)]
-    if shape:
-        fail(f"--resume {path or saved.get('out_dir', '')}: the checkpoint has "
-             + ", ".join(f"{flag(k)} {saved[k]} (this run: {getattr(args, k)})" for k in shape)
-             + "; its weights cannot load: pass "
-             + " ".join(f"{flag(k)} {saved[k]}" for k in shape)
+    other = [k for k, v in shape.items() if k in saved and saved[k] != v]
+    if other:
+        fail(f"--resume {path}: the checkpoint has "
+             + ", ".join(f"{flag(k)} {saved[k]} (this run: {shape[k]})" for k in other)
+             + "; its weights cannot load: pass " + " ".join(f"{flag(k)} {saved[k]}" for k in other)
              + ", or start afresh in another --out-dir")
-    changed = [k for k in schedule_keys if k in saved and saved[k] != getattr(args, k)]
-    lines = [f"{flag(k)} {saved[k]} -> {getattr(args, k)}" for k in changed]
-    if changed and not args.accept_changes:
-        fail("--resume with other flags than the checkpoint's run: " + "; ".join(lines)
+    ckpt["changes"] = [f"{flag(k)} {saved[k]} -> {v}" for k, v in schedule.items()
+                       if k in saved and saved[k] != v]
+    if ckpt["changes"] and not accept_changes:
+        fail("--resume with other flags than the checkpoint's run: " + "; ".join(ckpt["changes"])
              + " (pass --accept-changes to continue with them)")
-    return lines
+    return ckpt
 
 
-def resume_state(ckpt, model, optimizer, scaler):
-    """Load model, optimizer, scaler and RNG states from a checkpoint dict (find_resume's)."""
+def resume(ckpt, master, model, optimizer, scaler, steps_per_epoch):
+    """Restore model, optimizer, scaler and RNG states from open_resume's checkpoint (None: a
+    fresh start), say so. -> (the step to continue from, the checkpoint dict or None)."""
+    if ckpt is None:
+        return 0, None
     try:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -562,44 +580,6 @@ def resume_state(ckpt, model, optimizer, scaler):
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
-
-
-def check_resume_kind(ckpt, args):
-    """--resume continues a run of the same script: another's checkpoint is a one-line error that
-    says what it is and what to do with it."""
-    mine, theirs, path = checkpoint_script({"args": vars(args)}), checkpoint_script(ckpt), \
-        ckpt["path"]
-    if theirs == mine and {"model", "optimizer", "step", "rng"} <= set(ckpt):
-        return
-    fix = {("train.py", "finetune.py"): f"to finetune its encoder pass --checkpoint {path} "
-                                        f"instead of --resume",
-           ("finetune.py", "train.py"): f"to test it: python finetune.py --eval-only "
-                                        f"--checkpoint {path}"}.get(
-        (theirs, mine), f"--resume continues an earlier {mine} run from its "
-                        f"<out-dir>/checkpoint-latest.pth")
-    fail(f"--resume {path} is {describe_checkpoint(ckpt)}, not a {mine} checkpoint to continue; "
-         f"{fix}")
-
-
-def open_resume(args, master, shape_keys, schedule_keys):
-    """--resume's checkpoint, found and checked before any work: another script's, another shape
-    or (unless --accept-changes) another schedule are one-line errors. -> the checkpoint dict (its
-    accepted "changes" added) or None (no --resume, or nothing to resume yet)."""
-    ckpt = find_resume(args.resume, args.out_dir, master)
-    if ckpt is None:
-        return None
-    check_resume_kind(ckpt, args)
-    ckpt["changes"] = check_resume_args(ckpt["args"], args, shape_keys, schedule_keys,
-                                        ckpt["path"])
-    return ckpt
-
-
-def resume(ckpt, master, model, optimizer, scaler, steps_per_epoch):
-    """Restore model, optimizer, scaler and RNG states from open_resume's checkpoint (None: a
-    fresh start), say so. -> (the step to continue from, the checkpoint dict or None)."""
-    if ckpt is None:
-        return 0, None
-    resume_state(ckpt, model, optimizer, scaler)
     if master:
         stage = f", stage {ckpt['stage']}" if "stage" in ckpt else ""
         print(f"resumed from {ckpt['path']} at step {ckpt['step']} (epoch "

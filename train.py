@@ -77,7 +77,7 @@ PRESETS = {
 REFERENCE_RUNS = {"k400": dict(stage1_epochs=150, epochs=450),
                   "ssv2": dict(stage1_epochs=200, epochs=600)}
 # flags whose change makes a checkpoint unloadable / a resumed run another run
-# (checkpoints.check_resume_args)
+# (runtime.open_resume)
 SHAPE_FLAGS = ("model", "img_size", "patch_size", "tubelet", "num_frames", "target", "teacher")
 SCHEDULE_FLAGS = ("batch_size", "accum_iter", "epochs", "stage1_epochs", "warmup_epochs", "lr",
                   "min_lr", "dataset", "train_list", "num_sample", "strategy", "seed",
@@ -359,7 +359,9 @@ def main(argv=None):
              f"{args.accum_iter} x {args.num_sample} clips per video")
     videos_per_micro = args.batch_size // world // args.accum_iter // args.num_sample   # per rank
     make_out_dir(args.out_dir)
-    found = open_resume(args, master, SHAPE_FLAGS, SCHEDULE_FLAGS)   # read before any work
+    shape = {k: getattr(args, k) for k in SHAPE_FLAGS}
+    found = open_resume(args.resume, args.out_dir, master, "train.py", shape,   # before any work
+                        {k: getattr(args, k) for k in SCHEDULE_FLAGS}, args.accept_changes)
     torch.manual_seed(args.seed)   # same initial weights on every rank
     fast_math(device, args.workers)
     log = Log(args.out_dir, master, args.tensorboard, args)
@@ -435,7 +437,7 @@ def main(argv=None):
 
     # ------------------------------------------------------------------ resume
     step = resume(found, master, raw_model, optimizer, scaler, steps_per_epoch)[0]
-    check_ranks_agree(step, {k: getattr(args, k) for k in SHAPE_FLAGS}, device)
+    check_ranks_agree(step, shape, device)
     start_step, resumed_from = step, found["path"] if found else "the run"
     del found   # the checkpoint's tensors: not kept through the run
 

@@ -5,7 +5,7 @@ How to check that a test can fail: a test that cannot go red guards nothing. Bef
 test (or when a test looks too easy), plant the bug it is meant to catch, alone, in the product code
 (e.g. the loss averaged over all N tokens instead of the masked ones in runtime.train_step (PretrainModel.forward_loss), the
 warm-up dropped from train.lr_schedule, SSv2's preset given `flip=True`, set_rng_state removed from
-runtime.resume_state), run the test file, and watch the test go red with a message that names the
+runtime.resume), run the test file, and watch the test go red with a message that names the
 paper's value; then revert the plant (`git diff` must show nothing of it) and watch it go green
 again. If nothing goes red, the test is missing an assertion, or checks the code against itself
 (the expected value computed by the function under test) instead of against the paper's number or

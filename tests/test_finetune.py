@@ -35,6 +35,12 @@ def data_args(**kw):
     return argparse.Namespace(**a)
 
 
+def grid(args):
+    """build_classifier's keywords from data_args' flags."""
+    return {k: getattr(args, k)
+            for k in ("model", "patch_size", "tubelet", "img_size", "num_frames")}
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
@@ -53,7 +59,7 @@ def test_train_py_checkpoint_gives_encoder_features(tmp_path, capsys):
     evaluation.check_data_args(args)
     state = evaluation.read_checkpoint(args)
     assert (args.model, args.patch_size, args.tubelet) == ("tiny", 16, 2)
-    clf = evaluation.build_classifier(args, 5, state).eval()
+    clf = evaluation.build_classifier(state, 5, **grid(args)).eval()
     video = torch.randn(2, 3, 8, 32, 32)
     with torch.no_grad():
         enc = pre.encoder
@@ -80,11 +86,12 @@ def test_reference_checkpoint_loads_and_matches(monkeypatch, capsys):
                              num_heads=c["encoder_num_heads"], mlp_ratio=c["mlp_ratio"]))
     args = data_args(model="tiny", img_size=c["img_size"], num_frames=c["num_frames"],
                      patch_size=c["patch_size"], tubelet=c["tubelet_size"])
-    evaluation.build_classifier(args, 5, {"model": ref["pretrain_state_dict"]})
+    evaluation.build_classifier({"model": ref["pretrain_state_dict"]}, 5, **grid(args))
     printed = capsys.readouterr().out
     for k in ref["finetune_missing"] + ref["finetune_unexpected"]:
         assert k in printed
-    clf = evaluation.build_classifier(args, 5, {"module": ref["finetune_state_dict"]}).eval()
+    clf = evaluation.build_classifier({"module": ref["finetune_state_dict"]}, 5, **grid(args))
+    clf.eval()
     with torch.no_grad():
         torch.testing.assert_close(clf.forward_features(ref["video"]), ref["finetune_features"],
                                    atol=1e-5, rtol=1e-5)

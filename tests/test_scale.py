@@ -75,6 +75,26 @@ def test_resume_with_another_shape_or_schedule(tmp_path):
     assert "changed: --batch-size 8 -> 16" in r.stdout
 
 
+def test_open_resume_checks_kind_shape_and_schedule_from_the_values_given(tmp_path, capsys):
+    """runtime.open_resume takes the values it compares (no args): another script's checkpoint,
+    another shape, another schedule (unless accepted) are one-line errors naming both values."""
+    torch.save({"model": {}, "optimizer": {}, "step": 3, "rng": {}, "stage": 1,
+                "args": {"strategy": "single", "model": "tiny", "lr": 1e-3}},
+               tmp_path / "checkpoint-latest.pth")
+
+    def open_(script="train.py", model="tiny", lr=1e-3, accept=False):
+        return runtime.open_resume("auto", str(tmp_path), True, script, {"model": model},
+                                   {"lr": lr}, accept)
+    assert open_()["step"] == 3 and open_()["changes"] == []
+    assert open_(lr=2e-3, accept=True)["changes"] == ["--lr 0.001 -> 0.002"]
+    for kw, msg in [(dict(script="finetune.py"), "not a finetune.py checkpoint to continue"),
+                    (dict(model="small"), "--model tiny (this run: small); its weights cannot"),
+                    (dict(lr=2e-3), "--lr 0.001 -> 0.002 (pass --accept-changes")]:
+        with pytest.raises(SystemExit) as e:
+            open_(**kw)
+        assert e.value.code == 2 and msg in capsys.readouterr().err, kw
+
+
 @pytest.mark.parametrize("capability,amp,dtype",
                          [((7, 0), "auto", torch.float16), ((8, 0), "auto", torch.bfloat16),
                           ((9, 0), "auto", torch.bfloat16), ((7, 5), "bf16", torch.bfloat16),
