@@ -1,14 +1,11 @@
-"""Evaluation library shared by probe.py, finetune.py and tools/extract.py (Tables 6, 15-17; SPEC 6).
-
-Datasets and their test views, the classifier built from a checkpoint, multi-view testing over
-ranks, metrics (top-1/5, mean class accuracy, mAP, counting error), result files and the SEVERE
-table.
+"""Evaluation library shared by probe.py, finetune.py and tools/ (Tables 6, 15-17; SPEC 6): the
+datasets and their test views, the classifier built from a checkpoint, multi-view testing over
+ranks, metrics (top-1/5, mean class accuracy, mAP, counting error), result files.
 Every dataset returns dicts of uint8 clips, normalised on the device (data.normalize):
   train mode: {"video": (C, T, H, W) uint8, "label", "index", "bad"}, one augmented clip per item;
   test mode:  {"video": (V, C, T, H, W) uint8, "label", "video_id"}, V spatial views of one
               temporal view.
-label: a long (single-label), a multi-hot float (num_classes,) (multi-label) or a float count
-(counting).
+label: a long (single-label), a multi-hot float (num_classes,) (multi-label) or a float count.
 """
 import argparse
 import json
@@ -24,11 +21,9 @@ from model import MODEL_SIZES, VideoClassifier, classifier_state_dict, load_enco
 from runtime import (CheckpointError, all_reduce, check_paths, describe_checkpoint, fail, fmt_time,
                      load_checkpoint, nonneg_int, positive_int, print_table)
 
-# Datasets (Table 15, SPEC 6): list files <data-root>/<splits>; `motion` is the embedded
-# synthetic set.
-# sampling: "dense" = T frames at a stride; "segment" = TSN-style, one frame per T equal
-# segments (SSv2).
-# flip: SSv2 has left/right classes, and so does `motion`. Test views = clips x crops.
+# Datasets (Table 15, SPEC 6): list files <data-root>/<splits>; `motion` is the embedded synthetic
+# set. sampling: "dense" = T frames at a stride; "segment" = TSN-style, one frame per T equal
+# segments (SSv2). flip: SSv2 has left/right classes, so has `motion`. Test views = clips x crops.
 EVAL_DATASETS = {
     "k400": dict(num_classes=400, sampling="dense", stride=4, flip=True, test_clips=5, test_crops=3),
     "ssv2": dict(num_classes=174, sampling="segment", flip=False, test_clips=2, test_crops=3),
@@ -53,21 +48,17 @@ def add_data_args(a, tasks=("single", "multi", "count")):
       help="single-label, multi-label (Charades; list labels '3,17,42') or repetition counting "
       "(UCFRep; label = the count)")
     a("--data-root", default="", help="folder that list paths are relative to")
-    a("--splits", nargs=2, default=["train.csv", "val.csv"],
-      help="list file names under --data-root")
-    a("--train-list", default=None,
-      help="'<path> <label>' list (default <data-root>/<first of --splits>)")
-    a("--val-list", default=None, help="(default <data-root>/<second of --splits>)")
-    a("--num-classes", type=positive_int, default=None,
-      help="from the dataset preset; required for --dataset list")
+    a("--splits", nargs=2, default=["train.csv", "val.csv"], help="the list files in --data-root")
+    a("--train-list", help="'<path> <label>' list (default <data-root>/<first of --splits>)")
+    a("--val-list", help="(default <data-root>/<second of --splits>)")
+    a("--num-classes", type=positive_int, help="from the dataset preset; needed for --dataset list")
     a("--train-samples", type=nonneg_int, default=0, help="low-shot: a seeded class-stratified subset "
       "of this many training clips (SEVERE UCF/GYM 10^3: 1000); 0 = all")
     a("--motion-train", type=positive_int, default=512, help="motion: training clips")
     a("--motion-val", type=positive_int, default=256, help="motion: validation clips")
     a("--motion-backgrounds", nargs="+", default=["black", "image"],
       choices=["black", "image", "noise"],
-      help="motion: backgrounds drawn from (noise makes it far harder for a small model "
-      "from scratch)")
+      help="motion: backgrounds to draw from (noise: far harder for a small model from scratch)")
     a("--num-frames", type=positive_int, default=16, help="T (Sec. 4.1: 16)")
     a("--img-size", type=positive_int, default=224)
     a("--sampling", default="dense", choices=["dense", "segment"],
@@ -80,10 +71,10 @@ def add_data_args(a, tasks=("single", "multi", "count")):
     a("--workers", type=nonneg_int, default=8, help="data loader processes per rank")
     a("--checkpoint", default=None, help="train.py checkpoint or a released VideoMAE-family one; "
       "none = random init")
-    a("--model", default=None, choices=["tiny", "small", "base"],
+    a("--model", choices=["tiny", "small", "base"],
       help="ViT size (default: the checkpoint's, else base)")
-    a("--patch-size", type=positive_int, default=None, help="default: the checkpoint's, else 16")
-    a("--tubelet", type=positive_int, default=None, help="default: the checkpoint's, else 2")
+    a("--patch-size", type=positive_int, help="default: the checkpoint's, else 16")
+    a("--tubelet", type=positive_int, help="default: the checkpoint's, else 2")
     a("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
       help="auto: bf16 on GPUs of compute capability >= 8, fp16 on older ones, fp32 on CPU")
     a("--seed", type=nonneg_int, default=0)
@@ -103,8 +94,7 @@ def check_data_args(args):
 
 
 def check_data_paths(args):
-    """The path flags of probe.py and finetune.py, each for what it must be (main, before any
-    work: get_args reads no file)."""
+    """probe.py's and finetune.py's path flags, each for what it must be (in main, before work)."""
     lists = args.dataset != "motion"
     check_paths(("--data-root", args.data_root if lists else None, "folder"),
                 ("--train-list", args.train_list if lists else None, "file"),
@@ -115,56 +105,49 @@ def check_data_paths(args):
 SHAPE_FLAGS = (("model", "base"), ("patch_size", 16), ("tubelet", 2))   # and their fallbacks
 
 
-def open_checkpoint(args, typed):
-    """The one way the evaluation scripts open --checkpoint (probe, finetune, extract, segment):
-    load it (runtime.load_checkpoint), check that it holds an encoder, and set --model,
-    --patch-size and --tubelet to the shape it states (its args, else its weights) where the flag
-    was not typed (`typed`: the dests given on the command line; a preset's value gives way). A
-    typed flag that contradicts the checkpoint is a one-line error naming what it holds and the
-    fix. -> the loaded checkpoint."""
-    try:
-        state = load_checkpoint(args.checkpoint)
-    except CheckpointError as e:
-        fail(f"--checkpoint {e}")
-    weights, saved = classifier_state_dict(state), state.get("args") or {}
-    shape = {k: saved[k] for k, _ in SHAPE_FLAGS if saved.get(k) is not None}
-    if not any(k.startswith("blocks.") for k in weights):
-        fail(f"--checkpoint {args.checkpoint} is {describe_checkpoint(state)}, with no encoder "
-             f"inside (no blocks.* weights): give train.py's or finetune.py's checkpoint")
-    embed = weights.get("patch_embed.proj.weight")
-    what = describe_checkpoint(state)
-    if embed is not None and embed.ndim == 5:                       # (D, 3, tubelet, patch, patch)
-        depth = len({k.split(".")[1] for k in weights if k.startswith("blocks.")})
-        sizes = [n for n, s in MODEL_SIZES.items()
-                 if (s["embed_dim"], s["depth"]) == (embed.shape[0], depth)]
-        if not sizes:
-            fail(f"--checkpoint {args.checkpoint} holds a ViT of width {embed.shape[0]} and depth "
-                 f"{depth}, none of --model {', '.join(MODEL_SIZES)}")
-        read = dict(model=sizes[0], tubelet=embed.shape[2], patch_size=embed.shape[3])
-        shape = {**read, **shape}
-        if not saved:
-            what += (f" (--model {read['model']} --patch-size {read['patch_size']} --tubelet "
-                     f"{read['tubelet']}, read from its weights)")
-    clash = [k for k in shape if k in typed and getattr(args, k) != shape[k]]
-    if clash:
-        fail(f"--checkpoint {args.checkpoint} is {what}; this command asked for "
-             + " ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in clash)
-             + ": pass " + " ".join(f"--{k.replace('_', '-')} {shape[k]}" for k in clash)
-             + " or leave the flag out (the checkpoint's shape is the default)")
-    for k, v in shape.items():
-        setattr(args, k, v)
-    return state
-
-
 def read_checkpoint(args):
-    """Load --checkpoint once (None without one, open_checkpoint's checks); the checkpoint's shape
-    fills --model/--patch-size/--tubelet where the flags are not typed, the fallbacks the rest."""
+    """The one way the evaluation scripts open --checkpoint (probe, finetune, extract, segment):
+    load it once (runtime.load_checkpoint; None without one), check that it holds an encoder, and
+    set --model, --patch-size and --tubelet to the shape it states (its args, else its weights)
+    where the flag was not typed (args.flags_given: a preset's value gives way), the fallbacks
+    where neither says. A typed flag that contradicts the checkpoint is a one-line error naming
+    what it holds and the fix. -> the loaded checkpoint or None."""
     typed = (set(args.flags_given) if hasattr(args, "flags_given") else   # apply_presets' record
              {k for k, _ in SHAPE_FLAGS if getattr(args, k) is not None})  # a hand-made Namespace
-    state = open_checkpoint(args, typed) if args.checkpoint else None
+    state, shape, path = None, {}, args.checkpoint
+    if path:
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as e:
+            fail(f"--checkpoint {e}")
+        weights, saved, what = classifier_state_dict(state), state.get("args") or {}, \
+            describe_checkpoint(state)
+        if not any(k.startswith("blocks.") for k in weights):
+            fail(f"--checkpoint {path} is {what}, with no encoder inside (no blocks.* weights): "
+                 f"give train.py's or finetune.py's checkpoint")
+        shape = {k: saved[k] for k, _ in SHAPE_FLAGS if saved.get(k) is not None}
+        embed = weights.get("patch_embed.proj.weight")
+        if embed is not None and embed.ndim == 5:                   # (D, 3, tubelet, patch, patch)
+            depth = len({k.split(".")[1] for k in weights if k.startswith("blocks.")})
+            sizes = [n for n, s in MODEL_SIZES.items()
+                     if (s["embed_dim"], s["depth"]) == (embed.shape[0], depth)]
+            if not sizes:
+                fail(f"--checkpoint {path} holds a ViT of width {embed.shape[0]} and depth "
+                     f"{depth}, none of --model {', '.join(MODEL_SIZES)}")
+            read = dict(model=sizes[0], tubelet=embed.shape[2], patch_size=embed.shape[3])
+            shape = {**read, **shape}
+            if not saved:
+                what += (f" (--model {read['model']} --patch-size {read['patch_size']} --tubelet "
+                         f"{read['tubelet']}, read from its weights)")
+        clash = [k for k in shape if k in typed and getattr(args, k) != shape[k]]
+        if clash:
+            fail(f"--checkpoint {path} is {what}; this command asked for "
+                 + " ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in clash)
+                 + ": pass " + " ".join(f"--{k.replace('_', '-')} {shape[k]}" for k in clash)
+                 + " or leave the flag out (the checkpoint's shape is the default)")
     for key, fallback in SHAPE_FLAGS:
-        if getattr(args, key) is None:
-            setattr(args, key, fallback)
+        value = shape.get(key, getattr(args, key))
+        setattr(args, key, fallback if value is None else value)
     if args.num_frames % args.tubelet or args.img_size % args.patch_size:
         fail(f"{args.num_frames} frames x {args.img_size} px do not split into {args.tubelet} x "
              f"{args.patch_size} x {args.patch_size} tubelets")
@@ -172,24 +155,22 @@ def read_checkpoint(args):
 
 
 def frozen_encoder(state, *, model, layer=None, **grid):
-    """The frozen encoder of a checkpoint (None: random) for tools/extract.py and tools/segment.py:
-    build_classifier's with one output (grid: its keywords), read up to block `layer` (1-based,
-    default the last; out of range: a one-line error). -> (model, layer, its classifier keys)"""
+    """tools/extract.py's and tools/segment.py's frozen encoder: build_classifier's (grid: its
+    keywords; state None: random) to block `layer` (1-based, default the last). -> (model, layer,
+    the checkpoint's classifier keys)"""
     depth = MODEL_SIZES[model]["depth"]
     layer = depth if layer is None else layer
     if not 1 <= layer <= depth:
         fail(f"--layer {layer}: the {model} encoder has blocks 1..{depth}")
     keys = classifier_state_dict(state) if state is not None else {}
-    net = build_classifier(state, 1, model=model, **grid)
-    return net.eval().requires_grad_(False), layer, keys
+    return build_classifier(state, 1, model=model, **grid).eval().requires_grad_(False), layer, keys
 
 
 # ============================================================================= datasets
 
 
 def make_target(label, task, num_classes):
-    """A list label as a tensor: class id (single), multi-hot (multi) or the count as a float
-    (count)."""
+    """A list label as a tensor: class id (single), multi-hot (multi), the count as a float."""
     if task == "multi":
         t = torch.zeros(num_classes)
         t[list(label)] = 1.0
@@ -202,8 +183,7 @@ def segment_indices(num_video_frames, num_frames, rng=None, view=0, num_views=1)
     frames, take one frame of each; a random one when training (rng). At test, the reference's
     (ssv2.py, test mode): frame int(tick * i + tick * view / num_views) of segment i, i.e. the
     segments' starts and midpoints for its 2 views ([0, 3, 6, 9] and [1, 4, 7, 10] of a 12-frame
-    video at T = 4). One view: the midpoints (the reference's one-view test would take the
-    starts)."""
+    video at T = 4). One view: the midpoints (the reference's one-view test takes the starts)."""
     seg = num_video_frames / num_frames
     if rng is not None:
         offset = rng.uniform(0, seg, num_frames)
@@ -238,18 +218,15 @@ def crop_boxes(height, width, size, num_crops=3):
 
 
 def three_crops(frames, size, num_crops=3):
-    """Resize the short side to size, take num_crops size x size crops along the long side (start,
-    centre, end; one crop = centre), at crop_boxes' places. uint8 (T, H, W, 3) -> list of uint8
-    (T, size, size, 3)."""
-    T, H, W, _ = frames.shape
-    (h, w), boxes = crop_boxes(H, W, size, num_crops)
+    """crop_boxes' num_crops size x size crops (start, centre, end; one: the centre) of the frames
+    resized. uint8 (T, H, W, 3) -> list of uint8 (T, size, size, 3)."""
+    (h, w), boxes = crop_boxes(*frames.shape[1:3], size, num_crops)
     x = data.resize(frames, (h, w))
     return [x[:, top:top + size, left:left + size] for top, left in boxes]
 
 
 class VideoClipDataset(torch.utils.data.Dataset):
     """Decoded clips of a classification list (K400, SSv2, UCF, ... or any `<path> <label>` list).
-
     train: one clip per item: T frames at `stride` from a random start ("dense") or one random frame
     per segment ("segment", TSN-style, SSv2), a crop (`crop`: "multiscale" = MultiScaleCrop as in
     pretraining, "rrc" = VideoMAE's random resized crop, see data.crop_and_flip) + flip, then
@@ -257,9 +234,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
     reported (sample["bad"]).
     test: item i = video i // num_clips, temporal view i % num_clips; num_crops crops after resizing
     the short side -> (num_crops, C, T, H, W). A bad video is an error here: it would bias the
-    result.
-    Randomness is a pure function of (seed, epoch, index), so workers and resumed runs agree.
-    """
+    result. Randomness: a pure function of (seed, epoch, index): workers and resumed runs agree."""
 
     def __init__(self, items, mode="train", task="single", num_classes=400, num_frames=16, stride=4,
                  sampling="dense", img_size=224, flip=True, num_clips=1, num_crops=1, augment=None,
@@ -268,8 +243,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
         assert crop in ("multiscale", "rrc", "none"), crop
         self.crop = dict(crop=crop, crop_scale=tuple(crop_scale), crop_ratio=tuple(crop_ratio))
         self.items, self.mode, self.task, self.num_classes = items, mode, task, num_classes
-        self.num_frames, self.stride, self.sampling, self.img_size = (num_frames, stride, sampling,
-                                                                      img_size)
+        self.num_frames, self.stride, self.sampling, self.img_size = num_frames, stride, sampling, \
+            img_size
         self.flip, self.num_clips, self.num_crops = flip, num_clips, num_crops
         self.augment, self.seed, self.epoch = augment, seed, 0
 
@@ -319,32 +294,27 @@ MOTION_CLASSES = ("left", "right", "up", "down", "clockwise", "counter-clockwise
 
 
 class MotionClassDataset(torch.utils.data.Dataset):
-    """Synthetic motion classification (`--dataset motion`): only the motion tells the classes
-    apart.
+    """Synthetic motion classification (--dataset motion): only motion tells the classes apart.
 
-    task "single": 8 classes (MOTION_CLASSES): travel left/right/up/down, rotate clockwise/counter-
-    clockwise, grow/shrink. Clips come in groups of 8: clip i has class i % 8, and all clips of
-    group i // 8 share the object (motion.synthetic_objects), background (black or a still image;
-    "noise" can be added but makes the task far harder for a small model trained from scratch),
-    size, start position, angle, scale and speed. The first frame is therefore identical across the
-    8 classes: no single frame tells them apart, only the change over time does.
+    task "single": the 8 MOTION_CLASSES (motion.class_path). Clips come in groups of 8: clip i has
+    class i % 8, and all clips of group i // 8 share the object (motion.synthetic_objects),
+    background (black or a still image; "noise" makes the task far harder for a small model trained
+    from scratch), size, start position, angle, scale and speed: the first frame is the same across
+    the 8 classes, only the change over time tells them apart.
     task "multi": two class draws, one object per distinct class (1 in 8 clips draws the same class
     twice and shows one object); label = the set (multi-hot). Stand-in for Charades.
-    task "count": one object moves out and back k = 1..max_count times along a random direction (at
-    least 4 frames per repetition); label = k, the same group trick keeps frame 0 independent of k.
-    Stand-in for UCFRep repetition counting.
+    task "count": one object moves out and back k = 1..max_count times (>= 4 frames per repetition);
+    label = k, the same group trick keeps frame 0 independent of k. Stand-in for UCFRep.
     Objects are pasted with motion.paste, the pretraining overlay's own resampling and blend. Each
-    clip is a pure function of (seed, split, index); train mode's crop (`crop`, default "none": as
-    rendered; no flip, the classes have a direction) and augment(frames, rng) draw from (seed,
-    epoch, index). Sizes and speeds are fractions of the frame, so any img_size works.
-    """
+    clip is a pure function of (seed, split, index); train mode's crop (`crop`, default "none"; no
+    flip: the classes have a direction) and augment(frames, rng) draw from (seed, epoch, index).
+    Sizes and speeds are fractions of the frame, so any img_size works."""
 
     def __init__(self, split, length, mode="train", task="single", num_frames=16, img_size=64,
                  seed=0, max_count=4, augment=None, num_objects_bank=64,
                  backgrounds=("black", "image"), crop="none", crop_scale=(0.25, 1.0),
                  crop_ratio=(3 / 4, 4 / 3)):
-        assert (task in ("single", "multi", "count")
-                and crop in ("multiscale", "rrc", "none")), (task, crop)
+        assert task in ("single", "multi", "count") and crop in ("multiscale", "rrc", "none")
         self.crop = dict(crop=crop, crop_scale=tuple(crop_scale), crop_ratio=tuple(crop_ratio))
         if task == "count" and num_frames < 4 * max_count:
             raise ValueError(f"counting up to {max_count} repetitions needs "
@@ -378,8 +348,7 @@ class MotionClassDataset(torch.utils.data.Dataset):
     def clip(self, index):
         """-> uint8 (T, S, S, 3) frames and the label."""
         T, S = self.T, self.S
-        # shared by the group
-        g = np.random.default_rng([self.seed, self.split_id, index // self.group])
+        g = np.random.default_rng([self.seed, self.split_id, index // self.group])   # the group's
         kind = self.backgrounds[g.integers(len(self.backgrounds))]
         still = motion.still_image(S, S, g) if kind == "image" else None
         frames = motion.background(kind, T, S, S, g, image=still)
@@ -401,8 +370,7 @@ class MotionClassDataset(torch.utils.data.Dataset):
         if self.mode == "test":
             return {"video": data.to_tensor(frames)[None], "label": target, "video_id": index}
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        # "none": unchanged, no draw
-        frames = data.crop_and_flip(frames, self.S, rng, False, **self.crop)
+        frames = data.crop_and_flip(frames, self.S, rng, False, **self.crop)   # "none": no draw
         if self.augment is not None:
             frames = self.augment(frames, rng)
         return {"video": data.to_tensor(frames), "label": target, "index": index, "bad": []}
@@ -411,9 +379,8 @@ class MotionClassDataset(torch.utils.data.Dataset):
 def eval_collate(samples):
     """Stack a batch; test-mode items keep their views: video (B, V, C, T, H, W)."""
     out = {k: data.cat([s[k] for s in samples], stack=True) for k in ("video", "label")}
-    for k in ("index", "video_id"):
-        if k in samples[0]:
-            out[k] = torch.tensor([s[k] for s in samples])
+    out.update({k: torch.tensor([s[k] for s in samples]) for k in ("index", "video_id")
+                if k in samples[0]})
     out["bad"] = [b for s in samples for b in s.get("bad", [])]
     return out
 
@@ -424,8 +391,7 @@ def build_datasets(dataset, task, num_classes, *, num_frames, img_size, seed, da
                    motion_backgrounds=("black", "image"), augment=None, train_mode="train",
                    crop=None):
     """add_data_args' flags (by dest) -> (train set, validation set in test mode). train_mode
-    "test": one centre view per training video (probe.py's cached features). crop: the training
-    set's crop keywords (finetune.py's --crop*)."""
+    "test": one centre view per training video (probe.py's cached features); crop: finetune's."""
     crop = crop or {}
     if dataset == "motion":
         kw = dict(task=task, num_frames=num_frames, img_size=img_size, seed=seed,
@@ -471,10 +437,9 @@ def build_classifier(state, num_outputs, *, model, patch_size, tubelet, img_size
 @torch.no_grad()
 def per_video(fn, dataset, out_dim, batch_size, workers, rank, world, device, log=None,
               what="views"):
-    """Multi-view testing: fn(video (B*V, C, T, H, W), normalised) -> (B*V, out_dim), averaged over
-    all views of each video (temporal clips = items, spatial crops = V per item), over all ranks
-    (rank r runs items r, r + world, ...; sums and counts are all-reduced on the device).
-    -> (num_videos, out_dim) on every rank, on the device."""
+    """Multi-view testing: fn(normalised video (B*V, C, T, H, W)) -> (B*V, out_dim), averaged over
+    a video's views (temporal clips: items, spatial crops: V per item) and ranks (rank r runs items
+    r, r + world, ...; sums, counts all-reduced). -> (num_videos, out_dim), every rank's device."""
     shard = torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
     loader = data.loader(shard, None, batch_size, workers, device, eval_collate)
     n = dataset.targets().shape[0]
@@ -518,32 +483,26 @@ def mean_average_precision(scores, targets):
     return 100 * torch.stack(aps).mean().item()
 
 
-def mean_class_accuracy(pred, labels):
-    """Mean over the classes present of per-class accuracy (%) (FX-S1, UB-S1)."""
-    classes = labels.unique()
-    return 100 * torch.stack([(pred[labels == c] == c).float().mean()
-                              for c in classes]).mean().item()
-
-
 def counting_error(pred, counts):
-    """UCFRep's metrics: MAE = mean |pred - true| / true (lower is better) and
-    OBO = share off by <= 1."""
+    """UCFRep's metrics: MAE = mean |pred - true| / true (lower is better), OBO = share off by
+    <= 1."""
     return {"count_error": ((pred - counts).abs() / counts.clamp(min=1)).mean().item(),
             "obo": 100 * ((pred.round() - counts).abs() <= 1).float().mean().item()}
 
 
 def compute_metrics(task, scores, targets):
-    """Per-video scores (softmax / sigmoid / count) against targets -> dict of metrics
-    (% or error)."""
+    """Per-video scores (softmax / sigmoid / count) against targets -> dict of metrics (% or error;
+    mean_class_acc: the mean over the classes present of per-class accuracy)."""
     scores, targets = scores.cpu(), targets.cpu()
     if task == "count":
         return counting_error(scores[:, 0], targets.float())
     if task == "multi":
         return {"map": mean_average_precision(scores, targets)}
     top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices
+    per_class = [(top5[targets == c, 0] == c).float().mean() for c in targets.unique()]
     return {"top1": 100 * (top5[:, 0] == targets).float().mean().item(),
             "top5": 100 * (top5 == targets[:, None]).any(1).float().mean().item(),
-            "mean_class_acc": mean_class_accuracy(top5[:, 0], targets)}
+            "mean_class_acc": 100 * torch.stack(per_class).mean().item()}   # FX-S1, UB-S1
 
 
 def write_results(metrics, headline, name, *, setting, checkpoint, out_dir, results_file=None):
