@@ -820,19 +820,25 @@ def fmt_time(seconds):
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def new_window(device):
-    return {"t0": time.time(), "wait": 0.0, "clips": 0, "n": 0,
-            "sums": torch.zeros(3, device=device)}
+class LogWindow:
+    """One --log-every window of train.py: the loss and its floors summed on the device (read at
+    log time only), clips, the wait for data; log() writes their means, then starts the next."""
 
+    def __init__(self, device):
+        self.device, self.t0, self.wait, self.clips, self.n = device, time.time(), 0.0, 0, 0
+        self.sums = torch.zeros(3, device=device)
 
-def log_window(log, window, step, end_step, stage, lr, epoch, bad_total):
-    """One line and one log.jsonl record per --log-every steps (means over the window)."""
-    dt, n = time.time() - window["t0"], window["n"]
-    loss, zero, mean = (window["sums"] / n).tolist()
-    rec = {"step": step, "epoch": round(epoch, 3), "stage": stage, "loss": loss, "floor_zero": zero,
-           "floor_mean": mean, "lr": float(lr), "clips_per_s": window["clips"] / dt,
-           "data_wait": window["wait"] / dt, "bad": bad_total, "time": time.time()}
-    log(rec, f"step {step}/{end_step} | ep {rec['epoch']:.2f} | stage {stage} | loss {loss:.4f} "
-             f"(floors: zero {zero:.4f}, mean {mean:.4f}) | lr {lr:.2e} | {rec['clips_per_s']:.1f} "
-             f"clips/s | data wait {100 * rec['data_wait']:.0f}% | bad {bad_total} | eta "
-             f"{fmt_time((end_step - step) * dt / n)}")
+    def add(self, sums, clips):
+        self.sums, self.n, self.clips = self.sums + sums, self.n + 1, self.clips + clips
+
+    def log(self, log, step, end_step, stage, lr, epoch, bad_total):
+        dt, n = time.time() - self.t0, self.n
+        loss, zero, mean = (self.sums / n).tolist()
+        rec = dict(step=step, epoch=round(epoch, 3), stage=stage, loss=loss, floor_zero=zero,
+                   floor_mean=mean, lr=float(lr), clips_per_s=self.clips / dt,
+                   data_wait=self.wait / dt, bad=bad_total, time=time.time())
+        log(rec, f"step {step}/{end_step} | ep {rec['epoch']:.2f} | stage {stage} | loss "
+                 f"{loss:.4f} (floors: zero {zero:.4f}, mean {mean:.4f}) | lr {lr:.2e} | "
+                 f"{rec['clips_per_s']:.1f} clips/s | data wait {100 * rec['data_wait']:.0f}% | "
+                 f"bad {bad_total} | eta {fmt_time((end_step - step) * dt / n)}")
+        self.__init__(self.device)   # the next window

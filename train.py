@@ -1,5 +1,4 @@
-"""SMILE pretraining: motion-infused clips, trajectory masking, CLIP feature targets
-(Sec. 3, 4.1, F.3).
+"""SMILE pretraining (Sec. 3, 4.1, F.3): motion-infused clips, trajectory masking, CLIP targets.
 
     python train.py --preset tiny     # CPU demo: synthetic data, minutes
     torchrun --nproc_per_node=8 train.py --dataset k400 --data-root /data/k400 --objects /data/pin
@@ -20,19 +19,17 @@ import masking
 import motion
 import teacher as teacher_lib
 from model import MODEL_SIZES, PretrainModel
-from runtime import (CheckpointClock, Log, Parser, StepGuard, adamw, add_run_args, amp_setup,
-                     apply_presets, below_one, check_paths, check_ranks_agree, cosine_schedule,
-                     fail, fast_math, finite_float, fmt_time, fraction, log_window, make_out_dir,
-                     new_window, no_weight_decay, nonneg_float, nonneg_int, open_resume,
+from runtime import (CheckpointClock, Log, LogWindow, Parser, StepGuard, adamw, add_run_args,
+                     amp_setup, apply_presets, below_one, check_paths, check_ranks_agree,
+                     cosine_schedule, fail, fast_math, finite_float, fmt_time, fraction,
+                     make_out_dir, no_weight_decay, nonneg_float, nonneg_int, open_resume,
                      optimizer_step, positive_float, positive_int, prune_checkpoints, resume,
                      rng_state, save_args, save_checkpoint, schedule_summary, set_lr, setup_dist,
-                     teardown, to_device, train_step,
-                     wrap_model)
+                     teardown, to_device, train_step, wrap_model)
 
 # ============================================================================= presets
 
-# Dataset presets (SPEC 5, Table 18): overrides applied right after parsing; command-line
-# flags still win.
+# Dataset presets (SPEC 5, Table 18): the parser's defaults (apply_presets); command-line flags win.
 PRETRAIN_DATASETS = {
     "k400": dict(source="video", stride=4, flip=True, epochs=600),
     "ssv2": dict(source="video", stride=2, flip=False, epochs=800),
@@ -76,8 +73,7 @@ PRESETS = {
 # passes per stage).
 REFERENCE_RUNS = {"k400": dict(stage1_epochs=150, epochs=450),
                   "ssv2": dict(stage1_epochs=200, epochs=600)}
-# flags whose change makes a checkpoint unloadable / a resumed run another run
-# (runtime.open_resume)
+# flags whose change makes a checkpoint unloadable / a resumed run another (runtime.open_resume)
 SHAPE_FLAGS = ("model", "img_size", "patch_size", "tubelet", "num_frames", "target", "teacher")
 SCHEDULE_FLAGS = ("batch_size", "accum_iter", "epochs", "stage1_epochs", "warmup_epochs", "lr",
                   "min_lr", "dataset", "train_list", "num_sample", "strategy", "seed",
@@ -85,8 +81,7 @@ SCHEDULE_FLAGS = ("batch_size", "accum_iter", "epochs", "stage1_epochs", "warmup
 
 
 def get_args(argv=None):
-    """Parse and check the flags; no side effects (folders are made and checkpoints read
-    in main)."""
+    """Parse and check the flags; no side effects (main makes folders and reads checkpoints)."""
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--preset", choices=sorted(PRESETS), help="bundle of overrides; tiny = the 2-core CPU demo, "
@@ -97,8 +92,7 @@ def get_args(argv=None):
       help="k400/ssv2 read <data-root>/train.csv; list reads --train-list; "
       "noise/black/images/frames are Table 7's backgrounds; stills = procedural landscape images")
     a("--data-root", default="", help="folder that list paths are relative to")
-    a("--train-list", default=None,
-      help="list file '<path> <label>' (default <data-root>/train.csv)")
+    a("--train-list", help="list file '<path> <label>' (default <data-root>/train.csv)")
     a("--image-dir", default=None, help="folder of still images for --dataset images")
     a("--synthetic-length", type=positive_int, default=80000,
       help="clips per pass for noise/black backgrounds (Table 7: 80K, the size of K400_m)")
@@ -200,21 +194,17 @@ def get_args(argv=None):
     a("--keep", type=nonneg_int, default=3, help="periodic checkpoints kept")
     a("--device", default=None, help="cpu / cuda (default: cuda when available)")
     # A preset may name a dataset (tiny: stills), so the dataset table is read once the preset is
-    # known, then the preset again so that its own values win over its dataset's; flags
-    # win over both.
+    # known, then the preset again so that its own values win over its dataset's; flags over both.
     tables = [("preset", PRESETS), ("dataset", PRETRAIN_DATASETS), ("preset", PRESETS)]
     if p.parse_known_args(argv)[0].preset == "reference":   # its epochs differ per dataset
         tables.append(("dataset", REFERENCE_RUNS))
-    args = apply_presets(p, tables, argv)
-    check_args(args)
-    return args
+    return check_args(apply_presets(p, tables, argv))
 
 
 def check_args(args):
-    """One-line errors for flags that cannot work, before any work; derived values filled in."""
+    """One-line errors for flags that cannot work, before any work; derived values set. -> args"""
     args.source = PRETRAIN_DATASETS[args.dataset]["source"]
-    if args.stage1_epochs is None:
-        args.stage1_epochs = args.epochs / 2
+    args.stage1_epochs = args.epochs / 2 if args.stage1_epochs is None else args.stage1_epochs
     side = args.img_size // args.patch_size
     checks = [
         (0 < args.mask_ratio < 1, f"--mask-ratio must lie in (0, 1), got {args.mask_ratio}"),
@@ -222,9 +212,6 @@ def check_args(args):
          f"--num-frames {args.num_frames} is not divisible by --tubelet {args.tubelet}"),
         (args.img_size % args.patch_size == 0,
          f"--img-size {args.img_size} is not divisible by --patch-size {args.patch_size}"),
-        (args.batch_size % (args.num_sample * args.accum_iter) == 0,
-         f"--batch-size {args.batch_size} is not divisible by --num-sample {args.num_sample} x "
-         f"--accum-iter {args.accum_iter}"),
         (args.strategy != "mixed" or args.num_sample % 2 == 0,
          "--strategy mixed needs an even --num-sample (half the clips with motion, half without)"),
         (args.strategy != "progressive" or 0 < args.stage1_epochs < args.epochs,
@@ -247,6 +234,7 @@ def check_args(args):
         fail(f"--mask-ratio {args.mask_ratio} masks no token of a {side}x{side} patch grid")
     if args.source in ("video", "frames") and args.train_list is None:
         args.train_list = os.path.join(args.data_root, "train.csv")
+    return args
 
 
 def check_files(args):
@@ -267,8 +255,7 @@ def check_files(args):
 
 
 def build_objects(args):
-    """The object bank O (Sec. 3.3): a folder of RGBA PNGs, or built-in textured shapes as a
-    stand-in."""
+    """The object bank O (Sec. 3.3): a folder of RGBA PNGs, or built-in textured shapes instead."""
     if args.objects:
         return motion.ObjectBank(args.objects, list_file=args.object_list)
     return motion.synthetic_objects(256, np.random.default_rng(args.seed), size=128)
@@ -292,8 +279,7 @@ def build_dataset(args):
 
 
 def motion_for_stage(strategy, stage):
-    """Which clips get objects (Table 4d). Progressive: stage 1 motion-infused V',
-    stage 2 plain V."""
+    """Which clips get objects (Table 4d). Progressive: stage 1 motion-infused (V'), 2 plain (V)."""
     return {"progressive": "on" if stage == 1 else "off", "mixed": "mixed", "single": "on",
             "none": "off"}[strategy]
 
@@ -315,8 +301,7 @@ def lr_schedule(args, steps_per_pass):
     ends, so the lr never anneals. Step s of pass e reads entry e * n + s: a pass of 2 clips per
     video has 2n (or 2n + 1) steps, so stage 2's warm-up lasts about twice as long and the lr
     steps back a little at every pass (a saw-tooth). A stage without repeated sampling ("off", the
-    scripts' stage 1) runs its epochs x n steps, n per epoch, as the reference's loader did.
-    """
+    scripts' stage 1) runs its epochs x n steps, n per epoch, as the reference's loader did."""
     lr, min_lr = args.lr * args.batch_size / 256, args.min_lr * args.batch_size / 256
     steps_per_epoch = steps_per_pass / args.num_sample
     progressive = args.strategy == "progressive"
@@ -370,11 +355,9 @@ def main(argv=None):
     # ------------------------------------------------------------------ data
     try:
         dataset = build_dataset(args)
-    except (OSError, ValueError) as e:
-        # empty list, missing folder, malformed line: before any work
+    except (OSError, ValueError) as e:   # empty list, missing folder, malformed line: before work
         fail(str(e))
-    sampler = data.ResumableSampler(dataset, world, rank, seed=args.seed, shuffle=True,
-                                    drop_last=True)
+    sampler = data.ResumableSampler(dataset, world, rank, seed=args.seed)   # shuffled, drop_last
     loader = data.loader(dataset, sampler, videos_per_micro, args.workers, device, data.collate)
     videos_per_step = videos_per_micro * args.accum_iter
     steps_per_pass = len(dataset) // world // videos_per_step
@@ -385,8 +368,7 @@ def main(argv=None):
              f"{world} ranks: " + (f"lower --batch-size to <= {fits} or " if fits else "")
              + {"video": "add videos", "frames": "add videos",
                 "images": "add images"}.get(args.source, "raise --synthetic-length"))
-    # one pass over the videos = num_sample effective epochs (SPEC 5 counts epochs x
-    # clips per video)
+    # one pass over the videos = num_sample effective epochs (SPEC 5: epochs x clips per video)
     steps_per_epoch = steps_per_pass / args.num_sample
     progressive = args.strategy == "progressive"
     lrs, stage1_steps = lr_schedule(args, steps_per_pass)
@@ -394,15 +376,12 @@ def main(argv=None):
     if total_steps == 0:
         fail(f"--epochs {args.epochs} x {steps_per_epoch:g} steps per epoch rounds to 0 optimizer "
              f"steps: raise --epochs to {int(0.5 / steps_per_epoch) + 1}")
-    if master:
-        print(schedule_summary(lrs, stage1_steps, args.lr * args.batch_size / 256,
-                               args.schedule), flush=True)
+    if master:   # the plan before any work
+        print(schedule_summary(lrs, stage1_steps, args.lr * args.batch_size / 256, args.schedule),
+              flush=True)
 
     def stage_of(s):   # Sec. 3.4, Table 4d: progressive = motion-infused clips, then plain ones
         return 1 if s < stage1_steps else 2
-
-    def epoch_of(s):
-        return int(s / steps_per_epoch)
 
     # ------------------------------------------------------------------ model + teacher
     autocast, scaler, amp = amp_setup(device, args.amp)
@@ -422,11 +401,10 @@ def main(argv=None):
     # ------------------------------------------------------------------ optimizer + schedule
     def make_optimizer():   # SPEC 5: no weight decay on biases, norms and the mask token
         params = [(n, p) for n, p in raw_model.named_parameters() if p.requires_grad]
-        groups = [{"params": [p for n, p in params if not no_weight_decay(n, p, ["mask_token"])],
-                   "weight_decay": args.weight_decay},
-                  {"params": [p for n, p in params if no_weight_decay(n, p, ["mask_token"])],
-                   "weight_decay": 0.0}]
-        return adamw(groups, args.betas, device)
+        decay = [p for n, p in params if not no_weight_decay(n, p, ["mask_token"])]
+        rest = [p for n, p in params if no_weight_decay(n, p, ["mask_token"])]
+        return adamw([{"params": decay, "weight_decay": args.weight_decay},
+                      {"params": rest, "weight_decay": 0.0}], args.betas, device)
     optimizer = make_optimizer()
 
     def checkpoint(path):
@@ -450,63 +428,55 @@ def main(argv=None):
               f"({steps_per_pass} per pass of {args.num_sample} clips per video, {args.accum_iter} "
               f"micro-step(s) each), stage 2 from step {stage1_steps} | running to step {end_step}",
               flush=True)
-
-    # ------------------------------------------------------------------ loop
     # pass by pass; each pass's sampler state (seed, pass, offset) makes --resume replay the stream
     guard = StepGuard(len(dataset), args.max_bad_fraction, args.max_nonfinite, rank, latest)
     saver = CheckpointClock(args.ckpt_minutes, args.ckpt_every)
-    window, t_start = new_window(device), time.time()
+    window, t_start = LogWindow(device), time.time()
     while step < end_step:
         stage = stage_of(step)
         if progressive and args.stage2_schedule == "restart" and step == stage1_steps:
             optimizer = make_optimizer()   # stage 2 starts from stage 1's weights, fresh optimizer
         pass_index, offset = divmod(step, steps_per_pass)
         sampler.set_epoch(pass_index, start=offset * videos_per_step,   # -> dataset.set_state
-                          state=dict(pass_index=pass_index,
-                                     motion=motion_for_stage(args.strategy, stage),
-                                     repeat=repeat_for_stage(args, stage)))
+                          state=dict(pass_index=pass_index, repeat=repeat_for_stage(args, stage),
+                                     motion=motion_for_stage(args.strategy, stage)))
         batches = iter(loader)
-        t_wait = time.time()
         for _ in range(offset, steps_per_pass):
             # ---- fetch
+            t_wait = time.time()
             micro = [to_device(next(batches), device) for _ in range(args.accum_iter)]
-            window["wait"] += time.time() - t_wait
+            window.wait += time.time() - t_wait
 
             # ---- one optimizer step (Eq. 2); skipped on every rank when a loss is not finite
             set_lr(optimizer, lrs[step])
             sums = train_step(model, target_fn, micro, autocast, scaler, args.accum_iter)
             if not guard.check(sums[:1], [b for m in micro for b in m["bad"]], step):
                 optimizer.zero_grad(set_to_none=True)
-                t_wait = time.time()
                 continue
             optimizer_step(optimizer, scaler)
             step += 1
 
             # ---- log: the loss beside its trivial floors, read from the device at log time only
-            window["sums"] += sums
-            window["n"] += 1
-            window["clips"] += len(micro) * micro[0]["video"].shape[0] * world
+            window.add(sums, clips=len(micro) * micro[0]["video"].shape[0] * world)
             if step % args.log_every == 0 or step == end_step:
-                log_window(log, window, step, end_step, stage_of(step - 1), lrs[step - 1],
+                window.log(log, step, end_step, stage_of(step - 1), lrs[step - 1],
                            step / steps_per_epoch, guard.bad_total)
-                window = new_window(device)
 
             # ---- checkpoint: latest (for --resume: every --ckpt-minutes, at the end of stage 1
             # and of the run, on preemption), periodic ones (kept)
-            epoch_done = epoch_of(step) > epoch_of(step - 1)
+            epoch, before = (int(s / steps_per_epoch) for s in (step, step - 1))
             if master:
                 if saver.due(step) or step in (end_step, stage1_steps) or guard.stop:
                     checkpoint(latest)
                     saver.done()
-                if epoch_done and args.save_every > 0 and epoch_of(step) % args.save_every == 0:
-                    checkpoint(os.path.join(args.out_dir, f"checkpoint-{epoch_of(step):04d}.pth"))
+                if epoch > before and args.save_every > 0 and epoch % args.save_every == 0:
+                    checkpoint(os.path.join(args.out_dir, f"checkpoint-{epoch:04d}.pth"))
                     prune_checkpoints(args.out_dir, args.keep)
                 if progressive and step == stage1_steps:
                     checkpoint(os.path.join(args.out_dir, "checkpoint-stage1.pth"))
             guard.exit_if_preempted(step, world, device)
             if step >= end_step or stage_of(step) != stage:
                 break
-            t_wait = time.time()
 
     # ------------------------------------------------------------------ teardown
     if master:   # the loop writes checkpoint-latest at its end; a resumed run at its end runs none
