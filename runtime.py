@@ -1,12 +1,8 @@
-"""Run plumbing shared by the entry scripts (train.py, probe.py, finetune.py, tools/extract.py,
-tools/segment.py).
-
-Only what at least two scripts use, each helper short: DDP setup and teardown, mixed precision, the
-lr schedule, the pretraining step (train.py's, which tools/bench.py times), what can go wrong in a
-step (StepGuard), checkpoint IO and resume, flag checks, preemption signals, the log,
-one-line errors, presets.
-The method lives in model.py, motion.py, masking.py and teacher.py; this file only runs it.
-"""
+"""Run plumbing shared by the entry scripts (train.py, probe.py, finetune.py, tools/): one-line
+errors, presets and flag checks, DDP setup and teardown, mixed precision, the lr schedule,
+checkpoint IO and resume, the pretraining step (train.py's, which tools/bench.py times), what can
+go wrong in a step (StepGuard), preemption signals, the log. The method lives in model.py,
+motion.py, masking.py and teacher.py; this file only runs it."""
 import argparse
 import datetime
 import glob
@@ -50,12 +46,11 @@ def make_out_dir(out_dir):
 
 
 def apply_presets(parser, presets, argv=None):
-    """Two-pass parse: a preset's dict becomes the parser's defaults, so flags given on the command
-    line always win. presets: list of (flag dest, {name: overrides}), applied in order, later ones
-    winning. The scripts list the dataset table first and `--preset` last, so a preset (tiny: a
-    small grid) wins over the dataset's defaults (k400: 224 px), and a flag wins over both.
-    args.flags_given: the dests typed on the command line (a checkpoint's own shape wins over a
-    preset's, never over a flag: evaluation.read_checkpoint)."""
+    """Two-pass parse: a preset's dict becomes the parser's defaults, so a flag typed on the command
+    line always wins. presets: [(flag dest, {name: overrides})], later ones winning (the scripts
+    list the dataset table first and --preset last: tiny's small grid beats k400's 224 px).
+    args.flags_given: the dests typed (a checkpoint's own shape wins over a preset's, never over a
+    flag: evaluation.read_checkpoint)."""
     unset = object()
     typed = argparse.Namespace(**{a.dest: unset for a in parser._actions})
     typed = vars(parser.parse_known_args(argv, typed)[0])
@@ -72,9 +67,9 @@ def apply_presets(parser, presets, argv=None):
 # ============================================================================= flags
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: 'error: argument --epochs: ...', exit code 2, without the
-    usage block (a page for train.py's flags). After parsing, every `LO HI` pair (metavar
-    ("LO", "HI")) is checked for LO <= HI. Subcommands (prepare.py) inherit both."""
+    """argparse with one-line errors ('error: argument --epochs: ...', exit code 2, no usage block:
+    a page for train.py), and every metavar ("LO", "HI") pair checked for LO <= HI. Subcommands
+    (prepare.py) inherit both."""
 
     def error(self, message):
         fail(f"{message} (-h lists the flags)")
@@ -92,8 +87,7 @@ class Parser(argparse.ArgumentParser):
 
 def bounded(kind, lo=None, hi=None, open_lo=False, open_hi=False):
     """An argparse type: `kind` (int or float) in [lo, hi] (an end open where asked), never NaN or
-    infinity; a value outside -> argparse's one-line error naming the flag, the value and the
-    range. The scripts use the named ones below."""
+    infinity; else argparse's one-line error naming the flag, the value and the range."""
     word = "an integer" if kind is int else "a number"
     if lo is not None and hi is not None:
         allowed = f"in {'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
@@ -175,11 +169,11 @@ def nvidia_devices():
 
 
 def pick_device(name=None):
-    """--device -> torch.device, the same rule in every entry script. None or "cuda": the GPU when
-    torch can use one, under torchrun cuda:LOCAL_RANK (an explicit index there would put every rank
-    on one GPU: refused). A machine with NVIDIA GPUs that this torch cannot use (a wheel built for
-    a newer driver, or without kernels for the GPU, e.g. CUDA 13 wheels on a V100) stops with one
-    line instead of training on the CPU unnoticed; --device cpu still forces the CPU."""
+    """--device -> torch.device in every entry script. None or "cuda": the GPU when torch can use
+    one, cuda:LOCAL_RANK under torchrun (an explicit index there would put every rank on one GPU:
+    refused). NVIDIA GPUs this torch cannot use (a wheel for a newer driver or without the GPU's
+    kernels, e.g. CUDA 13 on a V100) stop with one line, not a silent CPU run (--device cpu: the
+    CPU)."""
     local_rank = int(os.environ.get("LOCAL_RANK", 0)) if "RANK" in os.environ else None
     build = f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none: a CPU-only build'})"
     fix = ("install the torch wheel for this machine's driver (pip install torch --index-url "
@@ -209,9 +203,9 @@ def pick_device(name=None):
 
 
 def setup_dist(device_name=None):
-    """nanoGPT-style DDP: under torchrun RANK is set; NCCL on GPU (every collective, flags included,
-    is a small CUDA tensor), gloo on CPU. Without torchrun: one process. device_name: --device
-    (pick_device). -> (rank, world, device)."""
+    """nanoGPT-style DDP when torchrun sets RANK: NCCL on GPU (every collective, flags included, is
+    a small CUDA tensor), gloo on CPU; else one process. device_name: --device. -> (rank, world,
+    device)."""
     device = pick_device(device_name)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -277,12 +271,11 @@ def check_ranks_agree(step, shape, device, what="--resume"):
 
 
 def wrap_model(model, device, world, compile=False):
-    """DDP when world > 1, then torch.compile when asked. The order matters: compiling the
-    DDP-wrapped module lets Dynamo split the graph at DDP's buckets (its DDPOptimizer), so the
-    gradient all-reduce overlaps the backward; DDP around a compiled module gets every gradient
-    only at the very end of the backward (PyTorch's DDP + compile notes). The position tables are
-    constant buffers: no need to re-broadcast them every forward (broadcast_buffers=False);
-    gradients share the buckets' memory (gradient_as_bucket_view)."""
+    """DDP when world > 1, then torch.compile when asked. In this order Dynamo splits the graph at
+    DDP's buckets (DDPOptimizer), so the gradient all-reduce overlaps the backward; DDP around a
+    compiled module gets every gradient only at the end of the backward (PyTorch's DDP + compile
+    notes). The position tables are constant buffers (broadcast_buffers=False); gradients share
+    the buckets' memory (gradient_as_bucket_view)."""
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -306,9 +299,8 @@ def teardown(world, device):
 
 def amp_dtype(device, amp):
     """--amp -> torch dtype or None (fp32). auto: bf16 on GPUs with native bf16 (compute capability
-    >= 8.0, Ampere and newer), fp16 + loss scaling on older ones (V100, T4: there
-    torch.cuda.is_bf16_supported() is true, but bf16 is emulated), fp32 on CPU. bf16 on CPU only
-    when asked (--amp bf16)."""
+    >= 8.0), fp16 + loss scaling on older ones (V100, T4: is_bf16_supported() is true there, but
+    bf16 is emulated), fp32 on CPU (bf16 there only when asked)."""
     if amp == "auto":
         if device.type != "cuda":
             return None
@@ -317,8 +309,7 @@ def amp_dtype(device, amp):
 
 
 def amp_setup(device, amp):
-    """-> (autocast context factory, GradScaler or None, dtype or None). The scaler only for
-    fp16."""
+    """-> (autocast context factory, GradScaler (fp16 only) or None, dtype or None)."""
     dtype = amp_dtype(device, amp)
     if dtype is None:
         return nullcontext, None, None
@@ -327,11 +318,10 @@ def amp_setup(device, amp):
 
 
 def fast_math(device, workers=0):
-    """On GPU: cuDNN autotuning for the fixed clip shape, TF32 matmuls for fp32 runs (amp runs are
-    bf16). On CPU: the loader's `workers` processes need cores too, so the step gets the others
-    (torch's default takes every core and the two fight: on 2 cores the demo, 1 worker, runs 1.4x
-    faster with one compute thread than with two; docs/performance.md). OMP_NUM_THREADS, when
-    set, wins (torchrun sets it to 1 per rank)."""
+    """GPU: cuDNN autotuning for the fixed clip shape, TF32 matmuls for fp32 runs. CPU: the step
+    gets the cores the loader's `workers` leave (with every core the two fight: the 2-core demo,
+    1 worker, runs 1.4x faster on one compute thread than on two; docs/performance.md);
+    OMP_NUM_THREADS, when set, wins (torchrun sets 1 per rank)."""
     if device.type == "cpu" and workers and "OMP_NUM_THREADS" not in os.environ:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         torch.set_num_threads(max(1, min(torch.get_num_threads(), cores - workers)))
@@ -350,8 +340,7 @@ def no_weight_decay(name, param, extra=()):
 
 
 def adamw(groups, betas, device):
-    """AdamW with lr set per step by set_lr; the fused CUDA kernel on GPU (one launch for all
-    params)."""
+    """AdamW, its lr set per step by set_lr; on GPU the fused kernel (one launch for all params)."""
     return torch.optim.AdamW(groups, lr=0.0, betas=tuple(betas), eps=1e-8,
                              fused=device.type == "cuda")
 
@@ -387,8 +376,7 @@ def set_lr(optimizer, lr):
 
 
 def optimizer_step(optimizer, scaler):
-    """Backward has run: step (through the fp16 loss scaler when there is one) and clear the
-    gradients."""
+    """After backward: step (through the fp16 loss scaler if any), clear the gradients."""
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
@@ -415,7 +403,7 @@ class CheckpointError(ValueError):
 def load_checkpoint(path):
     """The one way a checkpoint is read: torch.load(weights_only=True) on the CPU -> dict. Every
     failure (missing, a folder, empty, truncated, not a torch file, objects weights_only refuses,
-    no dict inside) raises CheckpointError: '<path> <what it found>'."""
+    no dict inside) raises CheckpointError('<path> <what it found>')."""
     why = path_problem(path, "file")
     if not why:
         try:
@@ -489,11 +477,10 @@ def set_rng_state(state):
 
 
 def find_resume(resume, out_dir, master):
-    """--resume: "auto" takes <out_dir>/checkpoint-latest.pth when there is one (so
-    `torchrun --max-restarts N ... --resume` also makes the first start), a path takes that
-    checkpoint. A latest that is missing or cannot be read (truncated, damaged) gives way to the
-    newest readable checkpoint-NNNN.pth / checkpoint-stage1.pth in out_dir, said so; an unreadable
-    latest with none to fall back on, or an unreadable path, is a one-line error.
+    """--resume "auto": <out_dir>/checkpoint-latest.pth when there is one (so `torchrun
+    --max-restarts N ... --resume` also makes the first start), else (missing, truncated, damaged)
+    the newest readable checkpoint-NNNN.pth / checkpoint-stage1.pth there, said so; a path: that
+    checkpoint. Nothing readable to fall back on, or an unreadable path: a one-line error.
     -> checkpoint dict (its "path" added) or None."""
     if not resume:
         return None
@@ -589,9 +576,9 @@ def resume(ckpt, master, model, optimizer, scaler, steps_per_epoch):
 
 
 class CheckpointClock:
-    """When checkpoint-latest is due: every `minutes` of wall time, and every `steps` steps when
-    steps > 0 (a ViT-B + AdamW checkpoint is ~1.1 GB that every rank waits for: by time, not by
-    step count). The caller also writes it at stage ends, the run's end and preemption."""
+    """When checkpoint-latest is due: every `minutes` of wall time (a ViT-B + AdamW checkpoint is
+    ~1.1 GB that every rank waits for), and every `steps` steps when steps > 0. The caller also
+    writes it at stage ends, the run's end and preemption."""
 
     def __init__(self, minutes, steps=0):
         self.minutes, self.steps, self.last = minutes, steps, time.time()
