@@ -75,6 +75,27 @@ def test_train_py_checkpoint_gives_encoder_features(tmp_path, capsys):
     assert e.value.code == 2 and "pass --model tiny" in capsys.readouterr().err
 
 
+def test_checkpoint_shape_beats_a_preset_never_a_typed_flag(tmp_path, capsys):
+    """evaluation.read_checkpoint: the checkpoint's shape wins over a preset's value (not in
+    args.flags_given), a typed flag that contradicts it is an error, the fallbacks (base, 16, 2)
+    fill what neither says."""
+    pre = PretrainModel(img_size=32, num_frames=8, patch_size=8, **MODEL_SIZES["tiny"], out_dim=8)
+    path = tmp_path / "checkpoint-latest.pth"
+    torch.save({"model": pre.state_dict(), "args": {"model": "tiny", "patch_size": 8}}, path)
+    args = data_args(checkpoint=str(path), model="small", img_size=32, num_frames=8)
+    args.flags_given = []                                  # --model small came from a preset
+    evaluation.read_checkpoint(args)
+    assert (args.model, args.patch_size, args.tubelet) == ("tiny", 8, 2)
+    args = data_args()
+    evaluation.read_checkpoint(args)
+    assert (args.model, args.patch_size, args.tubelet) == ("base", 16, 2)
+    args = data_args(checkpoint=str(path), model="small", img_size=32, num_frames=8)
+    args.flags_given = ["model"]
+    with pytest.raises(SystemExit):
+        evaluation.read_checkpoint(args)
+    assert "pass --model tiny" in capsys.readouterr().err
+
+
 def test_reference_checkpoint_loads_and_matches(monkeypatch, capsys):
     """tests/data/videomae_tiny_reference.pt: the pretraining state dict loads as an encoder
     (fc_norm/head missing, norm unexpected) and a finetuned classifier gives the reference features
@@ -554,6 +575,26 @@ def test_video_list_dataset_views(video_list):
     assert a["video"].shape == (3, 8, 32, 32) and torch.equal(train[2]["video"], a["video"])
     train.set_epoch(1)
     assert not torch.equal(train[2]["video"], a["video"])
+
+
+
+def test_build_datasets_passes_each_value_where_it_belongs(video_list):
+    """evaluation.build_datasets takes add_data_args' values by name (no args): each reaches its
+    dataset, the training set's and the test set's apart."""
+    kw = dict(num_frames=8, img_size=32, seed=5, data_root=str(video_list.parent),
+              train_list=str(video_list), val_list=str(video_list), sampling="segment", stride=3,
+              flip=False, test_clips=2, test_crops=3)
+    train, val = evaluation.build_datasets("list", "single", 3, train_samples=3, **kw)
+    assert (len(train.items), train.mode, train.flip, train.sampling, train.stride, train.seed,
+            train.num_frames, train.img_size) == (3, "train", False, "segment", 3, 5, 8, 32)
+    assert (len(val.items), val.mode, val.num_clips, val.num_crops, val.num_classes) == \
+        (6, "test", 2, 3, 3)
+    assert evaluation.build_datasets("list", "single", 3, train_mode="test", **kw)[0].mode == "test"
+    train, val = evaluation.build_datasets("motion", "single", 8, num_frames=8, img_size=32, seed=5,
+                                           motion_train=7, motion_val=4,
+                                           motion_backgrounds=["noise"])
+    assert (len(train), len(val), train.backgrounds, val.mode, train.seed) == \
+        (7, 4, ("noise",), "test", 5)
 
 
 # ----------------------------------------------------------------------------- SEVERE stand-ins

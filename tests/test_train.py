@@ -119,6 +119,19 @@ def test_no_weight_decay_on_norms_biases_and_mask_token():
     assert "encoder.blocks.0.attn.qkv.weight" not in skip
 
 
+def test_log_window_writes_the_means_of_its_steps_then_restarts(tmp_path, capsys):
+    """runtime.LogWindow: one line and one log.jsonl record of the window's means (loss beside its
+    floors, clips/s), then an empty window."""
+    window = runtime.LogWindow(torch.device("cpu"))
+    window.add(torch.tensor([1.0, 4.0, 2.0]), clips=8)
+    window.add(torch.tensor([3.0, 4.0, 4.0]), clips=8)
+    window.log(runtime.Log(str(tmp_path), True), 2, 4, 1, 1e-3, 0.5, 0)
+    rec = read_log(tmp_path)[-1]
+    assert (rec["step"], rec["loss"], rec["floor_zero"], rec["floor_mean"]) == (2, 2.0, 4.0, 3.0)
+    assert rec["clips_per_s"] > 0 and "loss 2.0000 (floors: zero 4.0000" in capsys.readouterr().out
+    assert (window.n, window.clips, window.sums.tolist()) == (0, 0, [0.0, 0.0, 0.0])
+
+
 def test_save_every_zero_keeps_only_latest(tmp_path):
     """--save-every 0 turns periodic checkpoints off (it used to divide by zero at the first
     epoch end)."""
