@@ -230,8 +230,7 @@ def setup_dist(device_name=None):
 
 
 def all_reduce(x, op=None):
-    """Sum (or op) a tensor over ranks, in place; a no-op without DDP. x must live on the run's
-    device (a CUDA tensor under NCCL)."""
+    """Sum (or op) x over ranks in place, on the run's device (CUDA under NCCL); no-op alone."""
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(x, op=op or dist.ReduceOp.SUM)
     return x
@@ -516,13 +515,12 @@ def find_resume(resume, out_dir, master):
 
 
 def open_resume(resume, out_dir, master, script, shape, schedule, accept_changes=False):
-    """--resume's checkpoint (find_resume), checked before any work. script: the one resuming
-    ("train.py"); shape, schedule: this run's values ({dest: value}) of the flags whose change makes
-    the checkpoint unloadable / the run another run. Another script's checkpoint or another shape is
-    a one-line error; another schedule or data stream (batch, epochs, lr, dataset) would silently
-    continue another run: an error unless accept_changes, then each change is printed. The world
-    size may change: --batch-size is the total over all ranks, so the schedule and data order stay
-    the same. -> the checkpoint dict (its accepted "changes" added) or None (nothing to resume)."""
+    """find_resume's checkpoint, checked before any work against this run: script ("train.py"),
+    shape and schedule ({dest: value} of the flags whose change makes the checkpoint unloadable /
+    the run another). Another script or shape: a one-line error; another schedule or data stream
+    would silently continue another run: an error unless accept_changes (each change printed). The
+    world size may change (--batch-size is the total over all ranks: same schedule, same data).
+    -> the checkpoint dict (its accepted "changes" added) or None (nothing to resume)."""
     ckpt = find_resume(resume, out_dir, master)
     if ckpt is None:
         return None
@@ -595,10 +593,9 @@ class CheckpointClock:
 
 
 def to_device(batch, device):
-    """A loader batch on the device. From pinned memory the copy is asynchronous (non_blocking): the
-    host queues it and moves on; a uint8 16x224 batch of 32 clips is 77 MB, ~3 ms over PCIe 4, next
-    to a step of hundreds of ms, so no side stream is spent on overlapping it
-    (docs/performance.md)."""
+    """A loader batch on the device, asynchronously from pinned memory: a uint8 16x224 batch of 32
+    clips is 77 MB, ~3 ms over PCIe 4, next to a step of hundreds of ms, so no side stream is spent
+    on overlapping it (docs/performance.md)."""
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
             for k, v in batch.items()}
 

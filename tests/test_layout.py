@@ -18,7 +18,7 @@ MAX_LINES = 450
 # runtime.py took the flag and checkpoint checks of the bad-input issue after the split, and the
 # project card allows no top-level checkpoints.py to move them to; data.py took both halves of the
 # loader issue (the packed object bank and the device render's worker side).
-CEILING = {"runtime.py": 701, "data.py": 490}
+CEILING = {"runtime.py": 698, "data.py": 490}
 ROW = re.compile(r"^\| `(?P<file>[\w/]+\.py)` \((?P<lines>\d+)\) \|")
 
 
