@@ -231,6 +231,7 @@ def mix_batch(video, target, rng, mixup, cutmix, switch_prob=0.5):
 # (randaugment_batch), one implementation for every device. Each op follows PIL's arithmetic (the
 # ops randaug_frame calls, pinned to timm's): tests/test_augment_device.py states the tolerance.
 
+AFFINE_BLOCK = 1 << 17   # samples per block of _affine on the CPU
 AFFINE_OPS = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
 NO_OP = -1   # an op slot that did not apply
 
@@ -375,16 +376,16 @@ def _gray(x):
 
 
 def _smooth(x):
-    """ImageFilter.SMOOTH ((1 1 1 / 1 5 1 / 1 1 1) / 13) in float32, rounded; the border kept."""
+    """ImageFilter.SMOOTH ((1 1 1 / 1 5 1 / 1 1 1) / 13, rounded; the border kept), in integers:
+    PIL's float32 sum is never near a rounding edge (a sum / 13 is at least 1 / 26 from one)."""
     n, C, T, H, W = x.shape
-    f = x.float()
-    k = torch.tensor([1.0, 1.0, 1.0, 1.0, 5.0, 1.0, 1.0, 1.0, 1.0], device=x.device) / 13
-    s = torch.zeros_like(f[..., 1:-1, 1:-1])
-    for i in range(9):
-        dy, dx = divmod(i, 3)
-        s = s + f[..., dy:H - 2 + dy, dx:W - 2 + dx] * k[i]
-    out = f.clone()
-    out[..., 1:-1, 1:-1] = (s + 0.5).clamp(0, 255).trunc()
+    f = x.short()
+    s = 4 * f[..., 1:-1, 1:-1]
+    for dy in range(3):
+        for dx in range(3):
+            s = s + f[..., dy:H - 2 + dy, dx:W - 2 + dx]
+    out = x.clone()
+    out[..., 1:-1, 1:-1] = (2 * s + 13) // 26
     return out
 
 
@@ -440,13 +441,18 @@ def _affine(x, a, fill=RANDAUG_FILL):
     # channels last: each tap reads a pixel's C x T samples as one row
     src = x.permute(0, 3, 4, 1, 2).reshape(n * H * W, C * T)
     base = torch.arange(n, device=dev).view(n, 1, 1) * (H * W)
-    rows = []
-    for j in range(4):
-        yy = base + (v0 + j - 1).clamp(0, H - 1) * W
-        taps = [src[(yy + (u0 + i - 1).clamp(0, W - 1)).view(-1)].view(n, H, W, C * T)
-                for i in range(4)]
-        rows.append(_cubic_int(*taps, du))
-    out = _cubic(*rows, dv).clamp(0, 255).trunc().to(torch.uint8)
+    out = torch.empty(n, H, W, C * T, dtype=torch.uint8, device=dev)
+    # output rows in blocks: on the CPU a block's float64 temporaries stay in cache
+    step = H if dev.type != "cpu" else max(1, AFFINE_BLOCK // (n * W * C * T))
+    for r in range(0, H, step):
+        b = slice(r, r + step)
+        rows = []
+        for j in range(4):
+            yy = base + (v0[:, b] + j - 1).clamp(0, H - 1) * W
+            taps = [src[(yy + (u0[:, b] + i - 1).clamp(0, W - 1)).view(-1)].view(n, -1, W, C * T)
+                    for i in range(4)]
+            rows.append(_cubic_int(*taps, du[:, b]))
+        out[:, b] = _cubic(*rows, dv[:, b]).clamp(0, 255).trunc()
     out = out.view(n, H, W, C, T).permute(0, 3, 4, 1, 2)
     grey = torch.tensor(fill, device=dev, dtype=torch.uint8).view(1, 3, 1, 1, 1)
     return torch.where(inside[:, None, None], out, grey).contiguous()

@@ -73,9 +73,13 @@ def test_each_op_equals_timms_pil_op(name):
                                                  np.abs(got[i].astype(int) - want[i]).max())
 
 
-def test_rotate_beyond_timms_range_and_square_frames():
+@pytest.mark.parametrize("block", [None, 1, 4000])
+def test_rotate_beyond_timms_range_and_square_frames(block, monkeypatch):
     """Image.rotate's own arithmetic: angles taken mod 360 (-27 is 333), the 90 / 180 degree
-    rotations, a square frame and an even one."""
+    rotations, a square frame and an even one; whole frames at once and in blocks of output rows
+    (the CPU's cache-sized blocks: one row, a few rows)."""
+    if block:
+        monkeypatch.setattr(augment, "AFFINE_BLOCK", block)
     for H, W in ((16, 16), (18, 24)):
         frames = clips("still", 1, 2, H, W, seed=H)
         angles = (-27.0, 27.0, 90.0, -180.0, 45.5, 0.0, 359.0)
