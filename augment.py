@@ -2,10 +2,14 @@
 timm's convention (rand-m9-mstd0.5-inc1, n 2), the same ops and magnitudes on every frame of a clip;
 random erasing (p 0.25, one box per clip, the same in every frame); mixup (alpha 0.8) and CutMix
 (alpha 1.0) per batch. Pure functions of an explicit random generator, so that finetune.py's
---resume replays them; tests/test_finetune.py pins each against timm's definitions.
+--resume replays them; tests/test_finetune.py pins each against timm's definitions,
+tests/test_augment_device.py the device half against timm's ops.
 
     aug = RandAug(n=2, m=9, mstd=0.5)
     frames = randaugment_clip(aug, frames, rng)          # uint8 (T, H, W, 3), one draw per clip
+    # or split, as finetune.py runs it: the loader worker draws, the training step applies
+    draw = RandAugDraw(aug); draw(frames, rng)           # draw.last: randaug_params' tensors
+    video = randaugment_batch(video, op, arg)            # uint8 (B, C, T, H, W); op, arg: CPU
     video = random_erase(video, 0.25, rng)               # (B, C, T, H, W), normalised
     video, target = mix_batch(video, target, rng, 0.8, 1.0)
 
