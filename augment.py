@@ -2,16 +2,21 @@
 timm's convention (rand-m9-mstd0.5-inc1, n 2), the same ops and magnitudes on every frame of a clip;
 random erasing (p 0.25, one box per clip, the same in every frame); mixup (alpha 0.8) and CutMix
 (alpha 1.0) per batch. Pure functions of an explicit random generator, so that finetune.py's
---resume replays them; tests/test_finetune.py pins each against timm's definitions.
+--resume replays them; tests/test_finetune.py pins each against timm's definitions,
+tests/test_augment_device.py the device half against timm's ops.
 
     aug = RandAug(n=2, m=9, mstd=0.5)
     frames = randaugment_clip(aug, frames, rng)          # uint8 (T, H, W, 3), one draw per clip
+    # or split, as finetune.py runs it: the loader worker draws, the training step applies
+    draw = RandAugDraw(aug); draw(frames, rng)           # draw.last: randaug_params' tensors
+    video = randaugment_batch(video, op, arg)            # uint8 (B, C, T, H, W); op, arg: CPU
     video = random_erase(video, 0.25, rng)               # (B, C, T, H, W), normalised
     video, target = mix_batch(video, target, rng, 0.8, 1.0)
 
 The crop boxes of the training clips are here too: pretraining's MultiScaleCrop (Table 18) and
 finetuning's random resized crop; data.crop_and_flip applies them.
 """
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -220,3 +225,281 @@ def mix_batch(video, target, rng, mixup, cutmix, switch_prob=0.5):
     else:
         video = lam * video + (1 - lam) * video.flip(0)
     return video, lam * target + (1 - lam) * target.flip(0)
+
+
+# ----------------------------------------------------------------------------- device RandAugment
+# The same RandAugment split in two, for a loader worker that should not spend ~25 ms of CPU per
+# clip on it (docs/performance.md, "The finetuning loader"): the worker draws (randaug_draw, as
+# above, from the sample's rng) and ships the draw as two small tensors (randaug_params); the
+# training step applies every clip's ops to the batch on whatever device it runs on
+# (randaugment_batch), one implementation for every device. Each op follows PIL's arithmetic (the
+# ops randaug_frame calls, pinned to timm's): tests/test_augment_device.py states the tolerance.
+
+AFFINE_BLOCK = 1 << 17   # samples per block of _affine on the CPU
+AFFINE_OPS = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+NO_OP = -1   # an op slot that did not apply
+
+
+def _pil_rotation(angle, width, height):
+    """Image.rotate's inverse matrix (about the frame's centre, expand off), in its arithmetic:
+    the angle taken mod 360 first, cos / sin rounded to 15 decimals, the centre folded in last."""
+    angle = angle % 360.0
+    if angle == 0:   # rotate copies the frame
+        return (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    rad = -math.radians(angle)
+    a, b = round(math.cos(rad), 15), round(math.sin(rad), 15)
+    d, e = round(-math.sin(rad), 15), round(math.cos(rad), 15)
+    cx, cy = width / 2, height / 2
+    c = a * -cx + b * -cy + 0.0
+    f = d * -cx + e * -cy + 0.0
+    return (a, b, c + cx, d, e, f + cy)
+
+
+def randaug_params(ops, n, height, width):
+    """One clip's randaug_draw as tensors for the batch (the worker's half of randaugment_batch).
+    ops: randaug_draw's [(name, args)]; n: its slots (RandAug.n); height x width: the frames'.
+    -> {"randaug_op": int64 (n,), the op's index in RANDAUG_OPS or NO_OP, "randaug_arg":
+    float64 (n, 6), the op's argument in [0], or for the geometric ops (AFFINE_OPS) the inverse
+    affine matrix Image.transform reads (output pixel centre -> source point)}."""
+    op, arg = torch.full((n,), NO_OP, dtype=torch.int64), torch.zeros(n, 6, dtype=torch.float64)
+    for j, (name, args) in enumerate(ops):
+        op[j] = RANDAUG_OPS.index(name)
+        v = float(args[0]) if args else 0.0
+        arg[j] = torch.tensor({"Rotate": lambda: _pil_rotation(v, width, height),
+                               "ShearX": lambda: (1, v, 0, 0, 1, 0),
+                               "ShearY": lambda: (1, 0, 0, v, 1, 0),
+                               "TranslateXRel": lambda: (1, 0, v * width, 0, 1, 0),
+                               "TranslateYRel": lambda: (1, 0, 0, 0, 1, v * height)}.get(
+                                   name, lambda: (v, 0, 0, 0, 0, 0))(), dtype=torch.float64)
+    return {"randaug_op": op, "randaug_arg": arg}
+
+
+class RandAugDraw:
+    """finetune.py's augment when the device applies RandAugment: called by the dataset as
+    randaugment_clip would be, it draws the clip's ops (the same draw, from the same rng), keeps
+    them in .last (randaug_params') and returns the frames untouched."""
+
+    def __init__(self, cfg):
+        self.cfg, self.last = cfg, None
+
+    def __call__(self, frames, rng):
+        self.last = randaug_params(randaug_draw(self.cfg, rng), self.cfg.n, *frames.shape[1:3])
+        return frames
+
+
+class WithDraws(torch.utils.data.Dataset):
+    """A training set whose augment is a RandAugDraw, each item with its clip's draw beside it
+    (randaug_params' keys), for collate_draws to stack."""
+
+    def __init__(self, dataset, draw):
+        self.dataset, self.draw = dataset, draw
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def set_epoch(self, epoch):
+        self.dataset.set_epoch(epoch)
+
+    def targets(self):
+        return self.dataset.targets()
+
+    def __getitem__(self, key):
+        self.draw.last = None
+        item = self.dataset[key]
+        if self.draw.last is None:
+            raise RuntimeError(f"{type(self.dataset).__name__} did not call its augment")
+        return {**item, **self.draw.last}
+
+
+def collate_draws(collate, samples):
+    """collate(samples), and WithDraws' draws stacked: randaug_op (B, n), randaug_arg (B, n, 6),
+    the CPU tensors randaugment_batch groups the clips by."""
+    batch = collate(samples)
+    for key in ("randaug_op", "randaug_arg"):
+        if key in samples[0]:
+            batch[key] = torch.stack([s[key] for s in samples])
+    return batch
+
+
+def _f64(device):
+    """PIL's double precision where the device has it (MPS has no float64: float32 there)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _lut(x, lut):
+    """lut[x] per clip (lut (n, 256)) or per clip, channel and frame (lut (n, C, T, 256)).
+    x uint8 (n, C, T, H, W)."""
+    n, C, T, H, W = x.shape
+    lut = lut.clamp(0, 255).to(torch.uint8)
+    lut = lut[:, None].expand(n, C * T, 256) if lut.dim() == 2 else lut.reshape(n, C * T, 256)
+    return torch.gather(lut, 2, x.reshape(n, C * T, H * W).long()).view(x.shape)
+
+
+def _histograms(x):
+    """-> int64 (n, C, T, 256): each frame's histogram per channel (PIL's image.histogram())."""
+    n, C, T, H, W = x.shape
+    idx = x.reshape(n * C * T, H * W).long()
+    h = torch.zeros(n * C * T, 256, dtype=torch.int64, device=x.device)
+    h.scatter_add_(1, idx, torch.ones((), dtype=torch.int64, device=x.device).expand_as(idx))
+    return h.view(n, C, T, 256)
+
+
+def _autocontrast(x, a):
+    """ImageOps.autocontrast (cutoff 0) per frame and channel: [lo, hi] -> [0, 255], truncated."""
+    h = _histograms(x)
+    v = torch.arange(256, device=x.device)
+    lo = torch.where(h > 0, v, 256).amin(-1, keepdim=True)
+    hi = torch.where(h > 0, v, -1).amax(-1, keepdim=True)
+    # 255 / (hi - lo) as a true division (a Python float over a tensor is 255 * reciprocal)
+    scale = torch.full_like(lo, 255, dtype=_f64(x.device)) / (hi - lo).clamp_min(1)
+    lut = (v.to(scale.dtype) * scale + -lo.to(scale.dtype) * scale).trunc()
+    return _lut(x, torch.where(hi <= lo, v, lut.long()))
+
+
+def _equalize(x, a):
+    """ImageOps.equalize per frame and channel: lut[i] = (step // 2 + #pixels below i) // step,
+    step = (#pixels - #pixels at the top value) // 255; identity for one value or step 0."""
+    h = _histograms(x)
+    v = torch.arange(256, device=x.device)
+    top = torch.where(h > 0, v, -1).amax(-1, keepdim=True)
+    step = (h.sum(-1, keepdim=True) - h.gather(-1, top)) // 255
+    lut = (step // 2 + h.cumsum(-1) - h) // step.clamp_min(1)
+    keep = ((h > 0).sum(-1, keepdim=True) <= 1) | (step == 0)
+    return _lut(x, torch.where(keep, v, lut))
+
+
+def _point(fn):
+    """A per-clip LUT op: fn(v (1, 256) int64, arg (n, 1) float64) -> (n, 256)."""
+    return lambda x, a: _lut(x, fn(torch.arange(256, device=x.device)[None], a[:, :1]))
+
+
+def _gray(x):
+    """PIL's RGB -> L (ITU-R 601-2 luma in 16-bit fixed point), int32 (n, 1, T, H, W)."""
+    x = x.int()
+    return (x[:, :1] * 19595 + x[:, 1:2] * 38470 + x[:, 2:] * 7471 + 0x8000) >> 16
+
+
+def _smooth(x):
+    """ImageFilter.SMOOTH ((1 1 1 / 1 5 1 / 1 1 1) / 13, rounded; the border kept), in integers:
+    PIL's float32 sum is never near a rounding edge (a sum / 13 is at least 1 / 26 from one)."""
+    n, C, T, H, W = x.shape
+    f = x.short()
+    s = 4 * f[..., 1:-1, 1:-1]
+    for dy in range(3):
+        for dx in range(3):
+            s = s + f[..., dy:H - 2 + dy, dx:W - 2 + dx]
+    out = x.clone()
+    out[..., 1:-1, 1:-1] = (2 * s + 13) // 26
+    return out
+
+
+def _enhance(degenerate):
+    """An ImageEnhance op: Image.blend(degenerate, frame, factor) in PIL's float32 arithmetic,
+    clipped and truncated. degenerate(x) -> float (broadcasting to x)."""
+    def op(x, a):
+        deg = degenerate(x).float()
+        f = a[:, 0].float().view(-1, 1, 1, 1, 1)
+        return (deg + f * (x.float() - deg)).clamp(0, 255).trunc().to(torch.uint8)
+    return op
+
+
+def _contrast_mean(x):
+    """ImageEnhance.Contrast's grey: int(mean of the frame's L + 0.5), exactly."""
+    n, C, T, H, W = x.shape
+    s = _gray(x).long().sum((-2, -1), keepdim=True)
+    return (2 * s + H * W) // (2 * H * W)
+
+
+def _cubic(v1, v2, v3, v4, d):
+    """PIL's bicubic (a = -1) through four samples at offset d in [0, 1), in its Horner form and
+    order of operations (v3 - v1 == -v1 + v3 exactly): flat samples give their value exactly."""
+    p3 = 2 * (v1 - v2) + v3 - v4
+    p4 = v2 - v1 - v3 + v4
+    return v2 + d * ((v3 - v1) + d * (p3 + d * p4))
+
+
+def _cubic_int(v1, v2, v3, v4, d):
+    """_cubic of integer samples: the coefficients exact in int16, the Horner steps in d's
+    dtype."""
+    v1, v2, v3, v4 = (v.short() for v in (v1, v2, v3, v4))
+    p3, p4 = (2 * (v1 - v2) + v3 - v4).to(d.dtype), (v2 - v1 - v3 + v4).to(d.dtype)
+    return v2.to(d.dtype) + d * ((v3 - v1).to(d.dtype) + d * (p3 + d * p4))
+
+
+def _affine(x, a, fill=RANDAUG_FILL):
+    """Image.transform(AFFINE, BICUBIC, fillcolor): output pixel centre (x + .5, y + .5) -> source
+    point by the clip's matrix a (n, 6) in float64 as PIL; a point outside the frame takes the
+    fill, inside the a = -1 bicubic of its 4 x 4 neighbours (clamped to the border), truncated."""
+    n, C, T, H, W = x.shape
+    dev = x.device
+    xs = torch.arange(W, device=dev, dtype=_f64(dev)) + 0.5
+    ys = (torch.arange(H, device=dev, dtype=_f64(dev)) + 0.5)[:, None]
+    a = a.to(xs.dtype)[:, :, None, None]   # (n, 6, 1, 1)
+    u = a[:, 0] * xs + a[:, 1] * ys + a[:, 2]   # (n, H, W)
+    v = a[:, 3] * xs + a[:, 4] * ys + a[:, 5]
+    inside = (u >= 0) & (u < W) & (v >= 0) & (v < H)
+    u, v = u - 0.5, v - 0.5
+    u0, v0 = u.floor(), v.floor()
+    du, dv = (u - u0)[..., None], (v - v0)[..., None]   # (n, H, W, 1)
+    u0, v0 = u0.long(), v0.long()
+    # channels last: each tap reads a pixel's C x T samples as one row
+    src = x.permute(0, 3, 4, 1, 2).reshape(n * H * W, C * T)
+    base = torch.arange(n, device=dev).view(n, 1, 1) * (H * W)
+    out = torch.empty(n, H, W, C * T, dtype=torch.uint8, device=dev)
+    # output rows in blocks: on the CPU a block's float64 temporaries stay in cache
+    step = H if dev.type != "cpu" else max(1, AFFINE_BLOCK // (n * W * C * T))
+    for r in range(0, H, step):
+        b = slice(r, r + step)
+        rows = []
+        for j in range(4):
+            yy = base + (v0[:, b] + j - 1).clamp(0, H - 1) * W
+            taps = [src[(yy + (u0[:, b] + i - 1).clamp(0, W - 1)).view(-1)].view(n, -1, W, C * T)
+                    for i in range(4)]
+            rows.append(_cubic_int(*taps, du[:, b]))
+        out[:, b] = _cubic(*rows, dv[:, b]).clamp(0, 255).trunc()
+    out = out.view(n, H, W, C, T).permute(0, 3, 4, 1, 2)
+    grey = torch.tensor(fill, device=dev, dtype=torch.uint8).view(1, 3, 1, 1, 1)
+    return torch.where(inside[:, None, None], out, grey).contiguous()
+
+
+# name -> op(x uint8 (n, C, T, H, W), arg float64 (n, 6) on x's device) -> uint8
+DEVICE_OPS = {
+    "AutoContrast": _autocontrast,
+    "Equalize": _equalize,
+    "Invert": _point(lambda v, a: 255 - v.expand(len(a), 256)),
+    "PosterizeIncreasing": _point(lambda v, a: v // 2 ** (8 - a.clamp(0, 8)).long()
+                                  * 2 ** (8 - a.clamp(0, 8)).long()),
+    "SolarizeIncreasing": _point(lambda v, a: torch.where(v < a, v, 255 - v)),
+    "SolarizeAdd": _point(lambda v, a: torch.where(v < 128, (v + a.long()).clamp(max=255), v)),
+    "ColorIncreasing": _enhance(_gray),
+    "ContrastIncreasing": _enhance(_contrast_mean),
+    "BrightnessIncreasing": _enhance(lambda x: torch.zeros((), device=x.device)),
+    "SharpnessIncreasing": _enhance(_smooth),
+    **{name: _affine for name in AFFINE_OPS},
+}
+
+
+def randaugment_batch(video, op, arg):
+    """The training step's half of RandAugment: each clip's ops (randaug_params', stacked by the
+    collate) applied in slot order to all its frames, on video's device.
+
+    video: uint8 (B, C, T, H, W) on any device; op int64 (B, n) and arg float64 (B, n, 6) on the
+    CPU, as the loader delivers them: the clips are grouped by op from these host copies, so the
+    step reads nothing back from the device (no host sync). -> uint8 (B, C, T, H, W), a new tensor
+    where any op applied (video itself otherwise)."""
+    if op.device.type != "cpu":
+        raise ValueError("randaugment_batch groups the clips on the host: pass the loader's CPU "
+                         f"op tensor, not one on {op.device} (reading it back would sync)")
+    args = arg.to(video.device, _f64(video.device), non_blocking=True)
+    out = video
+    for j in range(op.shape[1]):
+        for k in sorted(set(op[:, j].tolist()) - {NO_OP}):
+            rows = torch.nonzero(op[:, j] == k)[:, 0]
+            fn = DEVICE_OPS[RANDAUG_OPS[k]]
+            if len(rows) == len(video):
+                out = fn(out, args[:, j])
+                continue
+            rows = rows.to(video.device, non_blocking=True)
+            some = fn(out.index_select(0, rows), args.index_select(0, rows)[:, j])
+            out = out.index_copy(0, rows, some)
+    return out

@@ -491,6 +491,27 @@ def test_resume_is_bit_identical(tmp_path):
             and not torch.equal(half["model"]["head.weight"], b["model"]["head.weight"]))
 
 
+def test_step_applies_the_workers_randaugment_draws(tmp_path, monkeypatch):
+    """--randaug-n 2: the loader's clips come unaugmented with their draws (CPU tensors), and every
+    micro-step hands them to augment.randaugment_batch before normalising; the model sees its
+    output (tests/test_augment_device.py: that output == randaugment_clip's)."""
+    seen, normalize = [], data.normalize
+
+    def spy(video, op, arg):
+        out = augment.randaugment_batch(video, op, arg)
+        seen.append((video.shape, op.shape, arg.shape, op.device.type, out))
+        return out
+    monkeypatch.setattr(finetune, "randaugment_batch", spy)
+    monkeypatch.setattr(data, "normalize", lambda v, *a: seen.append(("normalised", v))
+                        or normalize(v, *a))
+    finetune.main(SMALL + ["--randaug-n", "2", "--steps", "2", "--out-dir", str(tmp_path)])
+    calls = [c for c in seen if c[0] != "normalised"]
+    assert [c[:4] for c in calls] == [((16, 3, 8, 32, 32), (16, 2), (16, 2, 6), "cpu")] * 2
+    normalised = [c[1] for c in seen if c[0] == "normalised"][:2]
+    assert all(n is c[4] for n, c in zip(normalised, calls))
+    assert all((c[4] != 0).any() for c in calls)
+
+
 def test_linear_probing_trains_fc_norm_and_head_only(tmp_path):
     """--linear-probing (SIGMA's probe, Table 1): the encoder's weights stay those of the checkpoint,
     fc_norm and the head train, with finetuning's augmentation and drop path on."""
