@@ -134,13 +134,17 @@ def motion_tokens(alpha, size, centres, angles, scales, shape, tubelet=2, patch=
     return tokens
 
 
-def drawn_tokens(tiles, m, shape, tubelet=2, patch=16):
-    """object_tokens of all of draw_motion's objects m, from motion_tiles' alpha channels
-    (motion_tokens, object by object). -> bool (t, h, w)."""
+def drawn_tokens(m, shape, tubelet=2, patch=16):
+    """object_tokens of all of draw_motion's objects m, from motion_tiles' tiles and sources (in m
+    too): each alpha channel resized to its P x Q as motion._resize_premultiplied resizes it (the
+    same floats), then motion_tokens, object by object. -> bool (t, h, w)."""
+    import torch.nn.functional as F
     T, H, W = shape
     tokens = np.zeros((T // tubelet, H // patch, W // patch), dtype=bool)
-    for k, (P, Q) in enumerate(m["sizes"]):
-        tokens |= motion_tokens(tiles[k, 3, :P, :Q], (P, Q), m["centres"][k], m["angles"][k],
+    for k, ((P, Q), (h, w, _)) in enumerate(zip(m["sizes"], m["sources"].tolist())):
+        alpha = F.interpolate(m["tiles"][k, 3:, :h, :w][None].float() / 255, size=(int(P), int(Q)),
+                              mode="bilinear", antialias=True, align_corners=False)[0, 0]
+        tokens |= motion_tokens(alpha.clamp_(0, 1), (P, Q), m["centres"][k], m["angles"][k],
                                 m["scales"][k], shape, tubelet, patch)
     return tokens
 

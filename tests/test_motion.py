@@ -355,7 +355,7 @@ def render_batch(clips, objects, seeds, **draw):
     (B, T, H, W, 3), the draws)."""
     import torch
     T, H, W = clips[0].shape[:3]
-    side = motion.object_side(draw.get("size_range", (32, 128)), H, W)[1]
+    side = motion.tile_side(objects, draw.get("size_range", (32, 128)), H, W)
     want, draws, tiles = [], [], []
     for clip, seed in zip(clips, seeds):
         want.append(motion.overlay(clip, objects, rng(seed), **draw)[0])
@@ -363,7 +363,7 @@ def render_batch(clips, objects, seeds, **draw):
         tiles.append(motion.motion_tiles(objects, draws[-1], side))
     keys = ("centres", "angles", "scales", "sizes")
     got = motion.render(torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3),
-                        torch.stack(tiles),
+                        *(torch.stack(t) for t in zip(*tiles)),
                         *(torch.from_numpy(np.stack([d[k] for d in draws])) for k in keys))
     return np.stack(want), got.permute(0, 2, 3, 4, 1).numpy(), draws
 
@@ -394,8 +394,9 @@ def test_render_pastes_nothing_with_empty_tiles_and_no_objects():
     none = motion.no_motion(2, 4)
     args = [torch.from_numpy(np.stack([none[k]] * 2)) for k in ("centres", "angles", "scales",
                                                                  "sizes")]
-    assert torch.equal(motion.render(frames, torch.zeros(2, 2, 4, 5, 5), *args), frames)
-    assert torch.equal(motion.render(frames, torch.zeros(2, 0, 4, 5, 5),
+    tiles, sources = torch.zeros(2, 2, 4, 5, 5, dtype=torch.uint8), torch.ones(2, 2, 3).long()
+    assert torch.equal(motion.render(frames, tiles, sources, *args), frames)
+    assert torch.equal(motion.render(frames, tiles[:, :0], sources[:, :0],
                                      *(a[:, :0] for a in args)), frames)
 
 
@@ -410,7 +411,7 @@ def test_render_is_one_graph_without_recompiles(objects):
 
     def batch(ds):
         return (torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3),
-                torch.stack([motion.motion_tiles(objects, d, 18) for d in ds]),
+                *(torch.stack(t) for t in zip(*(motion.motion_tiles(objects, d, 96) for d in ds))),
                 *(torch.from_numpy(np.stack([d[k] for d in ds])) for k in keys))
     torch._dynamo.reset()
     e = torch._dynamo.explain(motion.render)(*batch(draws[:2]))
