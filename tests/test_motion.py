@@ -423,3 +423,13 @@ def test_render_is_one_graph_without_recompiles(objects):
         second = compiled(*batch(draws[2:]))
     assert torch.equal(first, motion.render(*batch(draws[:2])))
     assert not torch.equal(first, second)
+
+
+def test_objects_that_are_not_rgba_uint8_are_refused_on_both_paths():
+    """overlay (the worker) and motion_tiles (the step's loader half) name what they got."""
+    m = motion.draw_motion((4, 32, 32), 1, rng(0), num_objects=1)
+    for bad in (np.zeros((20, 20, 3), np.uint8), np.zeros((20, 20, 4), np.float32)):
+        with pytest.raises(ValueError, match=r"RGBA uint8 arrays \(h, w, 4\), got"):
+            motion.overlay(np.zeros((4, 32, 32, 3), np.uint8), [bad], rng(0))
+        with pytest.raises(ValueError, match=r"RGBA uint8 arrays \(h, w, 4\), got"):
+            motion.motion_tiles([bad], m, 32)
