@@ -459,12 +459,12 @@ class PretrainDataset(torch.utils.data.Dataset):
             obj = masking.object_tokens(footprints, self.tubelet, self.patch)
         if self.render == "step":   # K tiles that paste nothing, unless drawn below
             K = self.num_objects if self.objects is not None else 0
-            side = motion.tile_side(self.objects, self.overlay_kw["size_range"], H, W) if K else 1
-            m = dict(motion.no_motion(K, T), tiles=torch.zeros(K, 4, side, side).byte(),
-                     sources=torch.ones(K, 3).long())
+            sides = motion.tile_sides(self.objects, self.overlay_kw["size_range"], H, W)
+            m = motion.no_motion(K, T)
+            m.update(motion.motion_tiles(None, m, sides))
         if self.render == "step" and with_objects:   # tokens from the alpha: the same tokens
             m = motion.draw_motion((T, H, W), len(self.objects), rng, **self.overlay_kw)
-            m["tiles"], m["sources"] = motion.motion_tiles(self.objects, m, side)
+            m.update(motion.motion_tiles(self.objects, m, sides))
             obj = masking.drawn_tokens(m, (T, H, W), self.tubelet, self.patch)
         if with_objects and self.masking == "trajectory":
             mask = masking.trajectory_mask(obj, self.mask_ratio, rng)
@@ -477,7 +477,7 @@ class PretrainDataset(torch.utils.data.Dataset):
                 "flip": torch.tensor(flipped), **{k: torch.as_tensor(m[k]) for k in MOTION_KEYS}}
 
 
-MOTION_KEYS = ("tiles", "sources", "centres", "angles", "scales", "sizes")   # motion.render's inputs
+MOTION_KEYS = ("tiles", "sources", "canvas", "centres", "angles", "scales", "sizes")   # render's
 
 
 def infuse(batch):

@@ -141,7 +141,7 @@ def drawn_tokens(m, shape, tubelet=2, patch=16):
     import torch.nn.functional as F
     T, H, W = shape
     tokens = np.zeros((T // tubelet, H // patch, W // patch), dtype=bool)
-    for k, ((P, Q), (h, w, _)) in enumerate(zip(m["sizes"], m["sources"].tolist())):
+    for k, ((P, Q), (h, w)) in enumerate(zip(m["sizes"], m["sources"].tolist())):
         alpha = F.interpolate(m["tiles"][k, 3:, :h, :w][None].float() / 255, size=(int(P), int(Q)),
                               mode="bilinear", antialias=True, align_corners=False)[0, 0]
         tokens |= motion_tokens(alpha.clamp_(0, 1), (P, Q), m["centres"][k], m["angles"][k],

@@ -231,55 +231,53 @@ def paste(frames, obj, size, centres, angles, scales):
     return footprint
 
 
-def motion_tiles(objects, m, side):
-    """The loader worker's half of render, no pixel work: each object of draw_motion's m as the
-    bank holds it (a packed bank: premultiplied), uint8 RGBA in the top-left corner of a zero tile
-    (side: tile_side). -> tiles uint8 (K, 4, side, side), sources (K, 3): h, w, premultiplied."""
-    K, packed = len(m["picks"]), hasattr(objects, "premultiplied")
-    tiles, sources = torch.zeros(K, 4, side, side, dtype=torch.uint8), torch.ones(K, 3).long()
-    for k, i in enumerate(m["picks"]):
-        obj = _rgba(objects.premultiplied(int(i)) if packed else np.asarray(objects[int(i)]))
+def motion_tiles(objects, m, sides):
+    """The loader worker's half of render, no pixel work: each object of draw_motion's m (none if
+    objects is None) as the bank gives it, uint8 RGBA in the corner of a zero tile. sides:
+    tile_sides'. -> dict(tiles uint8 (K, 4, S, S), sources (K, 2): each object's h, w; canvas
+    (0, R): its shape is render's static side of the resized objects)."""
+    (S, R), K = sides, len(m["picks"])
+    tiles, sources = torch.zeros(K, 4, S, S, dtype=torch.uint8), torch.ones(K, 2).long()
+    for k, i in enumerate(m["picks"] if objects is not None else []):
+        obj = _rgba(np.asarray(objects[int(i)]))
         tiles.numpy()[k, :, :obj.shape[0], :obj.shape[1]] = obj.transpose(2, 0, 1)
-        sources[k] = torch.tensor([*obj.shape[:2], packed])
-    return tiles, sources
+        sources[k] = torch.tensor(obj.shape[:2])
+    return dict(tiles=tiles, sources=sources, canvas=torch.empty(0, R))
 
 
-def tile_side(objects, size_range, height, width):
-    """motion_tiles' side: the bank's largest object (max_side) or side drawn, the larger."""
-    bank = getattr(objects, "max_side", None) or max(max(np.shape(o)[:2]) for o in objects)
-    return max(bank, object_side(size_range, height, width)[1])
+def tile_sides(objects, size_range, height, width):
+    """motion_tiles' (S, R): the bank's largest object (max_side), the largest side drawn."""
+    bank = getattr(objects, "max_side", 0) or max(max(np.shape(o)[:2]) for o in objects or [[0]])
+    return bank, object_side(size_range, height, width)[1]
 
 
-def _aa_weights(n_in, n_out, side):
+def _aa_weights(n_in, n_out, rows, cols):
     """F.interpolate's antialiased bilinear resize of n_in samples to n_out (int tensors (...)) as
-    a matrix (..., side out, side in), zero past n_out and n_in."""
+    a matrix (..., rows out, cols in), zero past n_out and n_in."""
     n_in, n_out = n_in.double()[..., None, None], n_out.double()[..., None, None]
-    j = torch.arange(side, device=n_in.device, dtype=torch.float64)
-    scale, i = n_in / n_out, j[:, None]
+    j = torch.arange(cols, device=n_in.device, dtype=torch.float64)
+    scale, i = n_in / n_out, torch.arange(rows, device=n_in.device, dtype=torch.float64)[:, None]
     support, centre = scale.clamp_min(1), scale * (i + 0.5)   # a shrink widens the triangle
     lo, hi = (centre - support + 0.5).floor(), torch.minimum((centre + support + 0.5).floor(), n_in)
-    w = (1 - ((j - centre + 0.5) / support).abs()).clamp_min(0) * ((j >= lo) & (j < hi)
-                                                                    & (i < n_out))
+    w = (1 - ((j - centre + 0.5) / support).abs()).clamp_min(0) * (j >= lo) * (j < hi) * (i < n_out)
     return (w / w.sum(-1, keepdim=True).clamp_min(1e-12)).float()
 
 
-def render(frames, tiles, sources, centres, angles, scales, sizes):
+def render(frames, tiles, sources, canvas, centres, angles, scales, sizes):
     """Sec. 3.3's paste for a batch of clips on any device: the training step's V' from the
     loader's draws (draw_motion, motion_tiles), overlay's pixels (within 1 / 255: float rounding).
 
-    frames: uint8 (B, C, T, H, W); tiles, sources: motion_tiles' (B, K, ...); centres, angles,
+    frames: uint8 (B, C, T, H, W); tiles, sources, canvas: motion_tiles' (B, ...); centres, angles,
     scales, sizes (P, Q): draw_motion's (B, K, ...). -> uint8 (B, C, T, H, W). Each object resized
-    to P x Q as _resize_premultiplied does (from straight colour, as PackedBank reads it), then
-    every pixel of every frame samples every tile (all-zero tiles paste nothing): static shapes, no
+    to P x Q as _resize_premultiplied does it (premultiplied, then resized), then every pixel of
+    every frame samples every tile (all-zero tiles paste nothing): static shapes, no
     host sync, one graph under torch.compile."""
     B, C, T, H, W = frames.shape
-    S, x = tiles.shape[-1], tiles.float()
-    a = x[:, :, 3:]
-    rgb = torch.where(sources[..., 2:, None, None].bool(),
-                      (x[:, :, :3] * (255 / a.clamp_min(1))).round().clamp(0, 255), x[:, :, :3])
-    x = torch.cat([rgb / 255 * (a / 255), a / 255], 2)
-    wy, wx = (_aa_weights(sources[..., d], sizes[..., d], S) for d in (0, 1))
-    tiles = torch.einsum("bkij,bkcjl,bkml->bkcim", wy, x, wx).clamp(0, 1)
+    S, R, x = tiles.shape[-1], canvas.shape[-1], tiles.float()
+    wy, wx = (_aa_weights(sources[..., d], sizes[..., d], R, S)[:, :, None] for d in (0, 1))
+    resize = lambda v: wy @ v @ wx.transpose(-1, -2)   # noqa: E731 -- (..., S, S) -> (..., R, R)
+    tiles, S = torch.cat([resize(x[:, :, :3] * x[:, :, 3:]) / 65025, resize(x[:, :, 3:]) / 255],
+                         2).clamp(0, 1), R   # premultiplied (B, K, 4, R, R)
     P, Q = sizes[..., 0:1].double(), sizes[..., 1:2].double()   # (B, K, 1)
     cx, cy = snap_centres(centres.double(), (P, Q))   # (B, K, T)
     rad = torch.deg2rad(angles.double())
