@@ -249,7 +249,7 @@ class PackedBank:
         if list_file:
             raise ValueError(f"{path} is packed: give --object-list to prepare objects instead")
         self.path = str(path)
-        self.count = len(self.open())
+        self.count, self.max_side = len(self.open()), self.records.dtype["rgba"].shape[0]
 
     def open(self):
         """Map the records; a file that is no packed bank, or is cut short: a ValueError, the fix."""
@@ -459,12 +459,13 @@ class PretrainDataset(torch.utils.data.Dataset):
             obj = masking.object_tokens(footprints, self.tubelet, self.patch)
         if self.render == "step":   # K tiles that paste nothing, unless drawn below
             K = self.num_objects if self.objects is not None else 0
-            side = motion.object_side(self.overlay_kw["size_range"], H, W)[1]
-            m, tiles = motion.no_motion(K, T), torch.zeros(K, 4, side, side)
+            sides = motion.tile_sides(self.objects, self.overlay_kw["size_range"], H, W)
+            m = motion.no_motion(K, T)
+            m.update(motion.motion_tiles(None, m, sides))
         if self.render == "step" and with_objects:   # tokens from the alpha: the same tokens
             m = motion.draw_motion((T, H, W), len(self.objects), rng, **self.overlay_kw)
-            tiles = motion.motion_tiles(self.objects, m, side)
-            obj = masking.drawn_tokens(tiles, m, (T, H, W), self.tubelet, self.patch)
+            m.update(motion.motion_tiles(self.objects, m, sides))
+            obj = masking.drawn_tokens(m, (T, H, W), self.tubelet, self.patch)
         if with_objects and self.masking == "trajectory":
             mask = masking.trajectory_mask(obj, self.mask_ratio, rng)
         else:   # square crops: w = h
@@ -473,11 +474,10 @@ class PretrainDataset(torch.utils.data.Dataset):
         if self.render == "worker":
             return {"video": to_tensor(clip), "mask": torch.from_numpy(mask.reshape(-1))}
         return {"video": torch.from_numpy(clip), "mask": torch.from_numpy(mask.reshape(-1)),
-                "flip": torch.tensor(flipped), "tiles": tiles,
-                **{key: torch.from_numpy(m[key]) for key in MOTION_KEYS[1:]}}
+                "flip": torch.tensor(flipped), **{k: torch.as_tensor(m[k]) for k in MOTION_KEYS}}
 
 
-MOTION_KEYS = ("tiles", "centres", "angles", "scales", "sizes")   # motion.render's inputs
+MOTION_KEYS = ("tiles", "sources", "canvas", "centres", "angles", "scales", "sizes")   # render's
 
 
 def infuse(batch):

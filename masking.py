@@ -65,7 +65,8 @@ def motion_tokens(alpha, size, centres, angles, scales, shape, tubelet=2, patch=
     - a cell with no texel of alpha > 0 within bilinear reach (1 texel, + 0.01 for float32
       rounding) of its image in the object samples 0 everywhere: no pixel kept (summed-area table);
     - a patch's centre pixel kept covers its token;
-    - in the patches of tokens still uncovered, every pixel of every block within reach.
+    - in the patches of tokens still uncovered, each block probed at its centre, then in those of
+      tokens uncovered still, every pixel of every block within reach.
     Each pixel sampled is sampled as _boxes and _paste sample it (the same float32 operations).
     """
     import torch
@@ -115,25 +116,35 @@ def motion_tokens(alpha, size, centres, angles, scales, shape, tubelet=2, patch=
     live = within_reach(t, ya, yb, xa, xb)
     t, py, px = t[live], py[live], px[live]
     cover(t, (ya[live] + yb[live]) // 2, (xa[live] + xb[live]) // 2)
-    # the patches of uncovered tokens: their blocks within reach, every pixel
+    # the patches of uncovered tokens: their blocks within reach, each probed at its centre
     open_ = ~tokens[t // tubelet, py, px]
     t, py, px, n = t[open_], py[open_], px[open_], patch // b
     i, by, bx = _cells(py * n, py * n + n - 1, px * n, px * n + n - 1)
     t = t[i]
     ya, yb, xa, xb = pixels(t, by, bx, b)
+    live = (ya <= yb) & (xa <= xb)
+    t, ya, yb, xa, xb = t[live], ya[live], yb[live], xa[live], xb[live]
+    cover(t, (ya + yb) // 2, (xa + xb) // 2)
+    # the blocks of tokens still uncovered within reach: every pixel
+    open_ = ~tokens[t // tubelet, ya // patch, xa // patch]
+    t, ya, yb, xa, xb = t[open_], ya[open_], yb[open_], xa[open_], xb[open_]
     live = within_reach(t, ya, yb, xa, xb)
     i, y, x = _cells(ya[live], yb[live], xa[live], xb[live])
     cover(t[live][i], y, x)
     return tokens
 
 
-def drawn_tokens(tiles, m, shape, tubelet=2, patch=16):
-    """object_tokens of all of draw_motion's objects m, from motion_tiles' alpha channels
-    (motion_tokens, object by object). -> bool (t, h, w)."""
+def drawn_tokens(m, shape, tubelet=2, patch=16):
+    """object_tokens of all of draw_motion's objects m, from motion_tiles' tiles and sources (in m
+    too): each alpha channel resized to its P x Q as motion._resize_premultiplied resizes it (the
+    same floats), then motion_tokens, object by object. -> bool (t, h, w)."""
+    import torch.nn.functional as F
     T, H, W = shape
     tokens = np.zeros((T // tubelet, H // patch, W // patch), dtype=bool)
-    for k, (P, Q) in enumerate(m["sizes"]):
-        tokens |= motion_tokens(tiles[k, 3, :P, :Q], (P, Q), m["centres"][k], m["angles"][k],
+    for k, ((P, Q), (h, w)) in enumerate(zip(m["sizes"], m["sources"].tolist())):
+        alpha = F.interpolate(m["tiles"][k, 3:, :h, :w][None].float() / 255, size=(int(P), int(Q)),
+                              mode="bilinear", antialias=True, align_corners=False)[0, 0]
+        tokens |= motion_tokens(alpha.clamp_(0, 1), (P, Q), m["centres"][k], m["angles"][k],
                                 m["scales"][k], shape, tubelet, patch)
     return tokens
 

@@ -5,19 +5,14 @@ SMILE infuses motion into a clip by alpha-blending a few segmented objects onto 
 moves along a smooth random trajectory and rotates and scales between keyframes, so the student has
 to track it to predict the masked teacher features (SPEC 2). In the order the method uses them:
 
-    random_trajectory    Sec. 3.3: M random points, Gaussian-smoothed over time, downsampled to T
-                         centres
-    keyframe_transforms  Sec. 3.3, 4.1: angle in [-90, 90] deg and scale in [0.5, 1.5] at three
-                         keyframes (first, a random middle one, last), linear in between
-    draw_motion          every draw of a clip's motion: 2 objects (Table 4f), their P x Q sizes,
-                         trajectories and keyframe transforms, before any pixel
-    overlay              pastes them here and returns each object's per-frame pixel footprint,
-                         which masking.object_tokens turns into object tokens
+    random_trajectory    Sec. 3.3: M random points, Gaussian-smoothed over time, down to T centres
+    keyframe_transforms  Sec. 3.3, 4.1: angle in [-90, 90] deg, scale in [0.5, 1.5] at 3 keyframes
+    draw_motion          every draw of a clip's motion (2 objects, Table 4f), before any pixel
+    overlay              pastes them here, with each object's pixel footprint (-> object tokens)
     render               pastes them for a batch on the device, in the training step (the loader
                          ships motion_tiles and the draws; masking.motion_tokens the tokens)
     ObjectBank           a folder of RGBA cut-outs (the paper's PIN bank, <category>/<n>.png)
-    synthetic_objects    textured cut-out shapes, a stand-in when no bank is on disk (not the
-                         paper's bank)
+    synthetic_objects    textured cut-out shapes, a stand-in when no bank is on disk
     background           Table 7 / Appendix D: noise, black or a still image repeated over T frames
 
 Frames are uint8 (T, H, W, 3), already cropped, before normalisation. Everything is a pure function
@@ -41,16 +36,14 @@ def random_trajectory(num_frames, height, width, rng, num_points=48, sigma=8.0, 
     if sigma > 0:
         pts = ndimage.gaussian_filter1d(pts, sigma, axis=0, mode="reflect")
     # (ref) smoothing shrinks the path towards the frame centre, so each axis is min-max normalised
-    # and both get one random extent in pixels (40-180 at 224): small wiggles and sweeping paths
-    # alike.
+    # and both get one random extent in pixels (40-180 at 224): small wiggles and sweeping paths.
     pts = (pts - pts.min(0)) / np.maximum(np.ptp(pts, axis=0), 1e-8)
     size = rng.uniform(*np.multiply(extent, min(height, width) / 224))
-    pts = pts * size
+    pts *= size
     # A random offset that keeps the whole path inside the frame; the object itself may leave it.
     room = np.maximum([width - 1 - size, height - 1 - size], 0.0)
     pts = np.clip(pts + rng.uniform(0.0, 1.0, size=2) * room, 0, [width - 1, height - 1])
-    # Downsample the M smoothed points to the T frames.
-    return pts[np.round(np.linspace(0, num_points - 1, num_frames)).astype(int)]
+    return pts[np.round(np.linspace(0, num_points - 1, num_frames)).astype(int)]   # M -> T
 
 
 def keyframe_transforms(num_frames, rng, angle_range=(-90, 90), scale_range=(0.5, 1.5)):
@@ -58,11 +51,9 @@ def keyframe_transforms(num_frames, rng, angle_range=(-90, 90), scale_range=(0.5
 
     Keyframes are the first frame, a random frame strictly in between and the last one; angle and
     scale are drawn uniformly at each and linearly interpolated. ((ref) random-walks them instead.)
-    """
-    if num_frames >= 3:
-        keys = np.array([0, rng.integers(1, num_frames - 1), num_frames - 1])
-    else:
-        keys = np.arange(num_frames)  # too short for a middle keyframe
+    Under 3 frames, too short for a middle keyframe, every frame is one."""
+    keys = (np.array([0, rng.integers(1, num_frames - 1), num_frames - 1]) if num_frames >= 3
+            else np.arange(num_frames))
     key_angles = rng.uniform(*angle_range, size=len(keys))
     key_scales = rng.uniform(*scale_range, size=len(keys))
     frames = np.arange(num_frames)
@@ -74,14 +65,19 @@ def _resize_premultiplied(obj, height, width):
 
     Premultiplying keeps whatever colour a cut-out stores under alpha 0 from bleeding into its edges
     when it is resampled (here and in the rotation below)."""
-    if obj.ndim != 3 or obj.shape[2] != 4 or obj.dtype != np.uint8:
-        raise ValueError(f"objects must be RGBA uint8 arrays (h, w, 4), "
-                         f"got {obj.dtype} {obj.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(obj)).permute(2, 0, 1).float() / 255  # (4, h, w)
+    x = torch.from_numpy(np.ascontiguousarray(_rgba(obj))).permute(2, 0, 1).float() / 255
     x = torch.cat([x[:3] * x[3:], x[3:]])
     x = F.interpolate(x[None], size=(height, width), mode="bilinear", antialias=True,
                       align_corners=False)
     return x[0].clamp_(0, 1)
+
+
+def _rgba(obj):
+    """obj if it is an RGBA uint8 array (h, w, 4), else a ValueError."""
+    if obj.ndim != 3 or obj.shape[2] != 4 or obj.dtype != np.uint8:
+        raise ValueError(f"objects must be RGBA uint8 arrays (h, w, 4), got {obj.dtype} "
+                         f"{obj.shape}")
+    return obj
 
 
 def _boxes(shape, size, centres, angles, scales):
@@ -148,8 +144,7 @@ def _paste(out, footprint, obj, centres, angles, scales):
 
     out: uint8 (T, H, W, 3); footprint: bool (T, H, W), set where alpha > 0; obj: (4, P, Q)
     premultiplied; centres, angles, scales as in _boxes. Only the pixels of each frame's box are
-    touched; one grid_sample call resamples the object for all T frames at once.
-    """
+    touched; one grid_sample call resamples the object for all T frames at once."""
     grid, index = _boxes(out.shape[:3], obj.shape[1:], centres, angles, scales)
     if len(index) == 0:
         return  # nothing of the object falls inside the frame
@@ -215,8 +210,7 @@ def overlay(frames, objects, rng, **draw):
     (an ObjectBank, synthetic_objects(...)). draw: draw_motion's keywords (num_objects=2, ...).
     Returns the motion-infused frames, uint8 (T, H, W, 3), and footprints, bool (K, T, H, W):
     object k's pixel footprint (alpha > 0 after the transform) in frame t. Objects may partly leave
-    the frame; later objects are drawn over earlier ones.
-    """
+    the frame; later objects are drawn over earlier ones."""
     out = frames.copy()
     m = draw_motion(frames.shape[:3], len(objects), rng, **draw)
     footprints = np.zeros((len(m["picks"]), *frames.shape[:3]), dtype=bool)
@@ -237,29 +231,53 @@ def paste(frames, obj, size, centres, angles, scales):
     return footprint
 
 
-def motion_tiles(objects, m, side):
-    """The loader worker's half of render: each object of draw_motion's m resized once to its
-    P x Q and premultiplied (as paste does it), in the top-left corner of a float32 (4, side, side)
-    tile, zeros around it. -> (K, 4, side, side). masking.motion_tokens reads its tokens from the
-    alpha channel."""
-    tiles = torch.zeros(len(m["picks"]), 4, side, side)
-    for k, i in enumerate(m["picks"]):
-        P, Q = (int(n) for n in m["sizes"][k])
-        tiles[k, :, :P, :Q] = _resize_premultiplied(np.asarray(objects[int(i)]), P, Q)
-    return tiles
+def motion_tiles(objects, m, sides):
+    """The loader worker's half of render, no pixel work: each object of draw_motion's m (none if
+    objects is None) as the bank gives it, uint8 RGBA in the corner of a zero tile. sides:
+    tile_sides'. -> dict(tiles uint8 (K, 4, S, S), sources (K, 2): each object's h, w; canvas
+    (0, R): its shape is render's static side of the resized objects)."""
+    (S, R), K = sides, len(m["picks"])
+    tiles, sources = torch.zeros(K, 4, S, S, dtype=torch.uint8), torch.ones(K, 2).long()
+    for k, i in enumerate(m["picks"] if objects is not None else []):
+        obj = _rgba(np.asarray(objects[int(i)]))
+        tiles.numpy()[k, :, :obj.shape[0], :obj.shape[1]] = obj.transpose(2, 0, 1)
+        sources[k] = torch.tensor(obj.shape[:2])
+    return dict(tiles=tiles, sources=sources, canvas=torch.empty(0, R))
 
 
-def render(frames, tiles, centres, angles, scales, sizes):
+def tile_sides(objects, size_range, height, width):
+    """motion_tiles' (S, R): the bank's largest object (max_side), the largest side drawn."""
+    bank = getattr(objects, "max_side", 0) or max(max(np.shape(o)[:2]) for o in objects or [[0]])
+    return bank, object_side(size_range, height, width)[1]
+
+
+def _aa_weights(n_in, n_out, rows, cols):
+    """F.interpolate's antialiased bilinear resize of n_in samples to n_out (int tensors (...)) as
+    a matrix (..., rows out, cols in), zero past n_out and n_in."""
+    n_in, n_out = n_in.double()[..., None, None], n_out.double()[..., None, None]
+    j = torch.arange(cols, device=n_in.device, dtype=torch.float64)
+    scale, i = n_in / n_out, torch.arange(rows, device=n_in.device, dtype=torch.float64)[:, None]
+    support, centre = scale.clamp_min(1), scale * (i + 0.5)   # a shrink widens the triangle
+    lo, hi = (centre - support + 0.5).floor(), torch.minimum((centre + support + 0.5).floor(), n_in)
+    w = (1 - ((j - centre + 0.5) / support).abs()).clamp_min(0) * (j >= lo) * (j < hi) * (i < n_out)
+    return (w / w.sum(-1, keepdim=True).clamp_min(1e-12)).float()
+
+
+def render(frames, tiles, sources, canvas, centres, angles, scales, sizes):
     """Sec. 3.3's paste for a batch of clips on any device: the training step's V' from the
     loader's draws (draw_motion, motion_tiles), overlay's pixels (within 1 / 255: float rounding).
 
-    frames: uint8 (B, C, T, H, W); tiles: float (B, K, 4, S, S), motion_tiles'; centres (B, K, T, 2),
-    angles (B, K, T), scales (B, K, T), sizes (B, K, 2) (P, Q): draw_motion's. -> uint8
-    (B, C, T, H, W). Every pixel of every frame samples every tile (all-zero tiles paste nothing):
-    static shapes, no host sync, one graph under torch.compile.
-    """
+    frames: uint8 (B, C, T, H, W); tiles, sources, canvas: motion_tiles' (B, ...); centres, angles,
+    scales, sizes (P, Q): draw_motion's (B, K, ...). -> uint8 (B, C, T, H, W). Each object resized
+    to P x Q as _resize_premultiplied does it (premultiplied, then resized), then every pixel of
+    every frame samples every tile (all-zero tiles paste nothing): static shapes, no
+    host sync, one graph under torch.compile."""
     B, C, T, H, W = frames.shape
-    S = tiles.shape[-1]
+    S, R, x = tiles.shape[-1], canvas.shape[-1], tiles.float()
+    wy, wx = (_aa_weights(sources[..., d], sizes[..., d], R, S)[:, :, None] for d in (0, 1))
+    resize = lambda v: wy @ v @ wx.transpose(-1, -2)   # noqa: E731 -- (..., S, S) -> (..., R, R)
+    tiles, S = torch.cat([resize(x[:, :, :3] * x[:, :, 3:]) / 65025, resize(x[:, :, 3:]) / 255],
+                         2).clamp(0, 1), R   # premultiplied (B, K, 4, R, R)
     P, Q = sizes[..., 0:1].double(), sizes[..., 1:2].double()   # (B, K, 1)
     cx, cy = snap_centres(centres.double(), (P, Q))   # (B, K, T)
     rad = torch.deg2rad(angles.double())
@@ -276,7 +294,7 @@ def render(frames, tiles, centres, angles, scales, sizes):
         a = coef[:, k, :, :, None, None]   # (B, T, 6, 1, 1)
         grid = torch.stack([a[:, :, 0] * x + a[:, :, 1] * y + a[:, :, 2],
                             a[:, :, 3] * x + a[:, :, 4] * y + a[:, :, 5]], -1)   # (B, T, H, W, 2)
-        sample = F.grid_sample(tiles[:, k].float(), grid.view(B, T * H, W, 2), mode="bilinear",
+        sample = F.grid_sample(tiles[:, k], grid.view(B, T * H, W, 2), mode="bilinear",
                                padding_mode="zeros", align_corners=False).view(B, 4, T, H, W)
         alpha = sample[:, 3:]
         a8 = torch.where(_kept(alpha), (alpha * 255).round(), 0) / 255   # _paste's a
@@ -291,8 +309,7 @@ class ObjectBank:
     The paper's bank (PIN synthetic objects: Stable Diffusion + X-Paste, 60 per LVIS category) is
     laid out <category>/<n>.png, 60,687 files. Each item is cropped to its alpha bounding box (so
     the P x Q size applies to the object, not to transparent margins) and capped to max_side pixels.
-    A file instead of a folder is a packed bank (data.PackedBank): the same items, read once.
-    """
+    A file instead of a folder is a packed bank (data.PackedBank): the same items, read once."""
 
     def __new__(cls, root, max_side=256, list_file=None):
         if Path(root).is_file():   # `python -m tools.prepare objects DIR OUT` wrote it
@@ -304,11 +321,9 @@ class ObjectBank:
         self.root = Path(root)
         if not self.root.is_dir():
             raise ValueError(f"object bank folder {self.root} does not exist")
-        if list_file:   # exactly the listed subset, e.g. the paper's object_instances.txt
-            self.files = _listed_files(self.root, list_file)
-        else:
-            self.files = sorted(p for p in self.root.rglob("*")
-                                if p.suffix.lower() == ".png" and p.is_file())
+        # list_file: exactly the listed subset, e.g. the paper's object_instances.txt
+        self.files = _listed_files(self.root, list_file) if list_file else sorted(
+            p for p in self.root.rglob("*") if p.suffix.lower() == ".png" and p.is_file())
         if not self.files:
             raise ValueError(f"object bank folder {self.root} holds no .png files")
         self.max_side = max_side
@@ -349,8 +364,7 @@ class ObjectBank:
 
 def _listed_files(root, list_file):
     """Paths of a list file (one PNG path relative to root per line; # comments, blank lines
-    skipped).
-    A listed file that is not there is an error naming the list's line."""
+    skipped). A listed file that is not there is an error naming the list's line."""
     files = []
     with open(list_file, encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
@@ -365,8 +379,7 @@ def _listed_files(root, list_file):
 
 
 def _texture(rng, size):
-    """A random (size, size, 3) float texture: a two-colour gradient, stripes or checker, plus
-    grain."""
+    """A random (size, size, 3) float texture: a two-colour gradient, stripes or checker; grain."""
     yy, xx = np.mgrid[0:size, 0:size] / size
     phi = rng.uniform(0, 2 * np.pi)
     u = xx * np.cos(phi) + yy * np.sin(phi)
@@ -379,8 +392,7 @@ def _texture(rng, size):
         n = rng.integers(3, 9)
         w = ((xx * n).astype(int) + (yy * n).astype(int)) % 2
     c0, c1 = rng.uniform(0, 255, size=(2, 3))
-    img = c0 + w[..., None] * (c1 - c0) + rng.normal(0, 6, size=(size, size, 3))
-    return img
+    return c0 + w[..., None] * (c1 - c0) + rng.normal(0, 6, size=(size, size, 3))
 
 
 def synthetic_objects(num, rng, size=128):
@@ -388,8 +400,7 @@ def synthetic_objects(num, rng, size=128):
 
     Ellipses, polygons/stars and rounded rectangles filled with gradients, stripes or checkers,
     with hard (anti-aliased) or soft alpha edges. A stand-in so that everything runs without a bank
-    on disk; it is not the paper's bank of segmented real-looking objects.
-    """
+    on disk; it is not the paper's bank of segmented real-looking objects."""
     objects = []
     for _ in range(num):
         ss = 4  # draw the shape 4x larger and box-downsample: anti-aliased edges
@@ -397,8 +408,7 @@ def synthetic_objects(num, rng, size=128):
         shape = Image.new("L", (S, S), 0)
         draw = ImageDraw.Draw(shape)
         kind = rng.integers(3)
-        # Random box covering 55-95% of the canvas on each side, so shapes have varied aspect
-        # ratios.
+        # a random box covering 55-95% of the canvas on each side: varied aspect ratios
         bw, bh = rng.uniform(0.55, 0.95, size=2) * S
         bx, by = rng.uniform(0, 1, size=2) * [S - bw, S - bh]
         if kind == 0:
@@ -457,8 +467,7 @@ def background(kind, num_frames, height, width, rng, image=None):
 
     "noise": one uniform RGB noise image repeated T times; "black": zeros; "image": the given uint8
     (H, W, 3) still image repeated T times. With motion pasted on top, noise or black alone teaches
-    motion with no natural video at all (Table 12).
-    """
+    motion with no natural video at all (Table 12)."""
     if kind == "noise":
         still = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
     elif kind == "black":
@@ -494,8 +503,7 @@ def still_image(height, width, rng):
 
 
 def outline(footprints, width=1):
-    """Boundaries of footprints: footprints bool (..., H, W) -> bool, `width` >= 1 px inside each
-    edge."""
+    """Boundaries of footprints bool (..., H, W) -> bool, `width` >= 1 px inside each edge."""
     cross = np.zeros((1,) * (footprints.ndim - 2) + (3, 3), dtype=bool)
     cross[..., 1, :] = cross[..., :, 1] = True  # erode in the image plane only, never across frames
     return footprints & ~ndimage.binary_erosion(footprints, structure=cross, iterations=width)
@@ -505,7 +513,7 @@ COLOURS = [(255, 60, 60), (60, 220, 255), (255, 220, 0), (120, 255, 80)]  # obje
 
 
 def draw_outlines(frames, footprints, width=1):
-    """Copy of frames uint8 (T, H, W, 3) with each object's footprint (K, T, H, W) outlined in its
+    """Copy of frames uint8 (T, H, W, 3), each object's footprint (K, T, H, W) outlined in its
     colour."""
     frames = frames.copy()
     for k, edge in enumerate(outline(footprints, width)):

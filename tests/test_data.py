@@ -192,8 +192,12 @@ def test_step_render_equals_the_worker_overlay(video_list, source, kw):
         assert v.shape == b["video"].shape and v.is_contiguous() and v.dtype == torch.uint8
         assert (v.int() - b["video"].int()).abs().max() <= 2
     assert a["flip"].any() and not a["flip"].all()       # both sides of the coin were drawn
-    side = round(kw.get("object_size", (32, 128))[1] * 64 / 224)   # Sec. 4.1's sides at 64 px
-    assert a["tiles"].shape == (12, kw.get("num_objects", 2), 4, side, side)
+    # the bank's objects as they are (uint8, <= 64 px), resized on the device to Sec. 4.1's largest
+    # side at 64 px (the canvas' shape)
+    side = round(kw.get("object_size", (32, 128))[1] * 64 / 224)
+    assert a["tiles"].shape == (12, kw.get("num_objects", 2), 4, 64, 64)
+    assert a["tiles"].dtype == torch.uint8 and a["sources"].shape == (12, a["tiles"].shape[1], 2)
+    assert a["canvas"].shape[-1] == side and a["canvas"].numel() == 0   # no bytes, a shape
 
 
 def test_step_batches_cross_a_worker_in_shared_memory():

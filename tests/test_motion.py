@@ -355,15 +355,16 @@ def render_batch(clips, objects, seeds, **draw):
     (B, T, H, W, 3), the draws)."""
     import torch
     T, H, W = clips[0].shape[:3]
-    side = motion.object_side(draw.get("size_range", (32, 128)), H, W)[1]
+    sides = motion.tile_sides(objects, draw.get("size_range", (32, 128)), H, W)
     want, draws, tiles = [], [], []
     for clip, seed in zip(clips, seeds):
         want.append(motion.overlay(clip, objects, rng(seed), **draw)[0])
         draws.append(motion.draw_motion((T, H, W), len(objects), rng(seed), **draw))
-        tiles.append(motion.motion_tiles(objects, draws[-1], side))
+        tiles.append(motion.motion_tiles(objects, draws[-1], sides))
     keys = ("centres", "angles", "scales", "sizes")
     got = motion.render(torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3),
-                        torch.stack(tiles),
+                        *(torch.stack([t[k] for t in tiles]) for k in ("tiles", "sources",
+                                                                        "canvas")),
                         *(torch.from_numpy(np.stack([d[k] for d in draws])) for k in keys))
     return np.stack(want), got.permute(0, 2, 3, 4, 1).numpy(), draws
 
@@ -394,8 +395,10 @@ def test_render_pastes_nothing_with_empty_tiles_and_no_objects():
     none = motion.no_motion(2, 4)
     args = [torch.from_numpy(np.stack([none[k]] * 2)) for k in ("centres", "angles", "scales",
                                                                  "sizes")]
-    assert torch.equal(motion.render(frames, torch.zeros(2, 2, 4, 5, 5), *args), frames)
-    assert torch.equal(motion.render(frames, torch.zeros(2, 0, 4, 5, 5),
+    tiles, sources = torch.zeros(2, 2, 4, 5, 5, dtype=torch.uint8), torch.ones(2, 2, 2).long()
+    canvas = torch.empty(2, 0, 3)
+    assert torch.equal(motion.render(frames, tiles, sources, canvas, *args), frames)
+    assert torch.equal(motion.render(frames, tiles[:, :0], sources[:, :0], canvas,
                                      *(a[:, :0] for a in args)), frames)
 
 
@@ -410,7 +413,8 @@ def test_render_is_one_graph_without_recompiles(objects):
 
     def batch(ds):
         return (torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3),
-                torch.stack([motion.motion_tiles(objects, d, 18) for d in ds]),
+                *(torch.stack([motion.motion_tiles(objects, d, (96, 18))[k] for d in ds])
+                  for k in ("tiles", "sources", "canvas")),
                 *(torch.from_numpy(np.stack([d[k] for d in ds])) for k in keys))
     torch._dynamo.reset()
     e = torch._dynamo.explain(motion.render)(*batch(draws[:2]))
@@ -422,3 +426,13 @@ def test_render_is_one_graph_without_recompiles(objects):
         second = compiled(*batch(draws[2:]))
     assert torch.equal(first, motion.render(*batch(draws[:2])))
     assert not torch.equal(first, second)
+
+
+def test_objects_that_are_not_rgba_uint8_are_refused_on_both_paths():
+    """overlay (the worker) and motion_tiles (the step's loader half) name what they got."""
+    m = motion.draw_motion((4, 32, 32), 1, rng(0), num_objects=1)
+    for bad in (np.zeros((20, 20, 3), np.uint8), np.zeros((20, 20, 4), np.float32)):
+        with pytest.raises(ValueError, match=r"RGBA uint8 arrays \(h, w, 4\), got"):
+            motion.overlay(np.zeros((4, 32, 32, 3), np.uint8), [bad], rng(0))
+        with pytest.raises(ValueError, match=r"RGBA uint8 arrays \(h, w, 4\), got"):
+            motion.motion_tiles([bad], m, (32, 32))
