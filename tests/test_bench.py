@@ -167,3 +167,15 @@ def test_loader_check_names_a_missing_list():
     from conftest import fails_cleanly
     fails_cleanly(["tools.bench", "data", "--list", "no_such.csv"], "--list no_such.csv does not "
                   "exist", script="-m")
+
+
+def test_finetune_loader_cost_times_the_draw_and_keeps_pil_apart(tmp_path):
+    """bench's finetune row: the worker's parts (RandAugment only drawn there) and, apart, the PIL
+    RandAugment it ran before (issue 26); the row's baseline is the sum with PIL instead."""
+    from conftest import write_video
+    from tools.bench_data import finetune_clip_cost
+    write_video(tmp_path / "v.mp4", num_frames=70)
+    parts = finetune_clip_cost(str(tmp_path / "v.mp4"), clips=2)
+    assert list(parts) == ["decode", "crop + flip", "RandAugment draw",
+                           "PIL RandAugment (before)", "to tensor"]
+    assert all(v >= 0 for v in parts.values()) and parts["decode"] > 0
