@@ -504,8 +504,8 @@ def cat(tensors, stack=False):
         numel = int(np.prod(shape))
         storage = first._typed_storage()._new_shared(numel, device=first.device)
         out = first.new(storage).view(shape)
-        if (first.dim() == 5 and not stack and not first.is_contiguous()
-                and first.is_contiguous(memory_format=torch.channels_last_3d)):   # clips, as they are
+        if len(shape) == 5 and not first.is_contiguous() \
+                and first.movedim(-4, -1).is_contiguous():   # channels-last clips, kept so
             out = first.new(storage).view(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
     return torch.stack(tensors, out=out) if stack else torch.cat(tensors, out=out)
 

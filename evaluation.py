@@ -2,7 +2,7 @@
 datasets and their test views, the classifier built from a checkpoint, multi-view testing over
 ranks, metrics (top-1/5, mean class accuracy, mAP, counting error), result files.
 Every dataset returns dicts of uint8 clips, normalised on the device (data.normalize):
-  train mode: {"video": (C, T, H, W) uint8, "label", "index", "bad"}, one augmented clip per item;
+  train mode: {"video": (C, T, H, W) uint8, "label", "index", "bad"(, "flip")}, one clip per item;
   test mode:  {"video": (V, C, T, H, W) uint8, "label", "video_id"}, V spatial views of one
               temporal view.
 label: a long (single-label), a multi-hot float (num_classes,) (multi-label) or a float count.
@@ -194,10 +194,9 @@ def segment_indices(num_video_frames, num_frames, rng=None, view=0, num_views=1)
 
 def dense_indices(num_video_frames, num_frames, stride, view=0, num_views=1):
     """Test-time dense sampling, the reference's (kinetics.py, test mode): the video read at the
-    stride (frames 0, s, 2s, ..., the last repeated when fewer than T), and the view-th of
-    num_views windows of T of them, starting at int(view * (len - T) / (num_views - 1)) on that
-    grid: 5 views of a 300-frame video at stride 4 start at frames 0, 56, 116, 176, 236. One view:
-    the centre window (the reference has no one-view test)."""
+    stride (frames 0, s, 2s, ..., the last repeated when fewer than T), and the view-th of num_views
+    windows of T of them, starting at int(view * (len - T) / (num_views - 1)) on that grid: 5 views
+    of 300 frames at stride 4 start at frames 0, 56, 116, 176, 236. One view: the centre window."""
     grid = max(-(-num_video_frames // stride), 1)              # frames 0, s, 2s, ... read
     room = max(grid - num_frames, 0)
     start = int(view * (room / (num_views - 1))) if num_views > 1 else room // 2
@@ -229,9 +228,9 @@ class VideoClipDataset(torch.utils.data.Dataset):
     """Decoded clips of a classification list (K400, SSv2, UCF, ... or any `<path> <label>` list).
     train: one clip per item: T frames at `stride` from a random start ("dense") or one random frame
     per segment ("segment", TSN-style, SSv2), a crop (`crop`: "multiscale" = MultiScaleCrop as in
-    pretraining, "rrc" = VideoMAE's random resized crop, see data.crop_and_flip) + flip, then
-    `augment(frames, rng)` (finetune.py's RandAugment). A bad video is replaced by another one and
-    reported (sample["bad"]).
+    pretraining, "rrc" = VideoMAE's random resized crop, see data.crop_and_flip), `augment(frames,
+    rng)` (finetune.py's RandAugment draw), shipped channels last; the step flips (sample["flip"],
+    data.infuse), then augments. A bad video is replaced by another one, reported (sample["bad"]).
     test: item i = video i // num_clips, temporal view i % num_clips; num_crops crops after resizing
     the short side -> (num_crops, C, T, H, W). A bad video is an error here: it would bias the
     result. Randomness: a pure function of (seed, epoch, index): workers and resumed runs agree."""
@@ -280,13 +279,14 @@ class VideoClipDataset(torch.utils.data.Dataset):
 
         def clip(i):
             frames = data.decode_frames(self.items[i][0], lambda n: self.frame_indices(n, rng))
-            return i, data.crop_and_flip(frames, self.img_size, rng, self.flip, **self.crop)
-        (index, frames), bad = data.with_retries(clip, index, len(self.items), rng,
-                                                 lambda i: self.items[i][0])
+            return i, data.crop_and_flip(frames, self.img_size, rng, self.flip, **self.crop,
+                                         defer_flip=True)
+        (index, (frames, flip)), bad = data.with_retries(clip, index, len(self.items), rng,
+                                                         lambda i: self.items[i][0])
         if self.augment is not None:
             frames = self.augment(frames, rng)
-        return {"video": data.to_tensor(frames), "index": index, "bad": bad,
-                "label": make_target(self.items[index][1], self.task, self.num_classes)}
+        return {"video": torch.from_numpy(frames).permute(3, 0, 1, 2), "flip": flip, "index": index,
+                "bad": bad, "label": make_target(self.items[index][1], self.task, self.num_classes)}
 
 
 MOTION_CLASSES = ("left", "right", "up", "down", "clockwise", "counter-clockwise", "growing",
@@ -379,7 +379,7 @@ class MotionClassDataset(torch.utils.data.Dataset):
 def eval_collate(samples):
     """Stack a batch; test-mode items keep their views: video (B, V, C, T, H, W)."""
     out = {k: data.cat([s[k] for s in samples], stack=True) for k in ("video", "label")}
-    out.update({k: torch.tensor([s[k] for s in samples]) for k in ("index", "video_id")
+    out.update({k: torch.tensor([s[k] for s in samples]) for k in ("index", "video_id", "flip")
                 if k in samples[0]})
     out["bad"] = [b for s in samples for b in s.get("bad", [])]
     return out

@@ -417,7 +417,10 @@ def main(argv=None):
             loss = torch.zeros((), device=device)
             for i, batch in enumerate(micro):
                 video = batch["video"].to(device, non_blocking=True)   # uint8 (B, C, T, H, W)
-                if "randaug_op" in batch:   # the worker's RandAugment draws, applied here
+                if "flip" in batch:   # the worker's flips, done here (data.infuse), then RandAugment
+                    video = data.infuse({"video": video,
+                                         "flip": batch["flip"].to(device, non_blocking=True)})
+                if "randaug_op" in batch:   # the worker's RandAugment draws, applied after the flip
                     video = randaugment_batch(video, batch["randaug_op"], batch["randaug_arg"])
                 video = data.normalize(video)
                 # before mixup

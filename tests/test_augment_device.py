@@ -166,3 +166,30 @@ def test_each_op_is_one_graph(name):
     torch._dynamo.reset()
     e = torch._dynamo.explain(augment.DEVICE_OPS[name])(x, a)
     assert (e.graph_count, e.graph_break_count) == (1, 0), e.break_reasons
+
+
+def test_video_list_clips_flip_in_the_step_as_the_worker_flipped(video_list):
+    """finetune.py on a video list: the worker crops and draws (flip coin, RandAugment) but ships
+    the clip unflipped, channels last, straight into the batch (no transposing copy); the step flips
+    (data.infuse), then applies the draws: the pixels of the worker path before (crop_and_flip's
+    flip, PIL RandAugment, to_tensor) for the same seed, epoch and index."""
+    cfg = augment.RandAug(n=2, m=9, mstd=0.5)
+    items = data.read_list(video_list)
+    draw = augment.RandAugDraw(cfg)
+    ds = augment.WithDraws(evaluation.VideoClipDataset(items, mode="train", num_classes=3,
+                                                       num_frames=8, img_size=32, crop="rrc",
+                                                       augment=draw, seed=3), draw)
+    sampler = data.ResumableSampler(ds, shuffle=False)
+    sampler.set_epoch(2, state=dict(epoch=2))
+    batch, = list(data.loader(ds, sampler, 6, 1, torch.device("cpu"),
+                              partial(augment.collate_draws, evaluation.eval_collate)))
+    assert batch["video"].is_contiguous(memory_format=torch.channels_last_3d)   # as shipped
+    got = augment.randaugment_batch(data.infuse(batch), batch["randaug_op"], batch["randaug_arg"])
+    want = []
+    for i in range(6):   # the path before: everything in the worker, in the same rng order
+        rng = np.random.default_rng([3, 2, i])
+        frames = data.decode_frames(items[i][0], lambda n: data.clip_indices(n, 8, 4, rng))
+        frames = data.crop_and_flip(frames, 32, rng, True, crop="rrc")
+        want.append(data.to_tensor(augment.randaugment_clip(cfg, frames, rng)))
+    assert set(batch["flip"].tolist()) == {False, True}   # both kinds in the batch
+    assert torch.equal(got, torch.stack(want))

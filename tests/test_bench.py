@@ -170,12 +170,13 @@ def test_loader_check_names_a_missing_list():
 
 
 def test_finetune_loader_cost_times_the_draw_and_keeps_pil_apart(tmp_path):
-    """bench's finetune row: the worker's parts (RandAugment only drawn there) and, apart, the PIL
-    RandAugment it ran before (issue 26); the row's baseline is the sum with PIL instead."""
+    """bench's finetune row: the worker's parts now (the flip and RandAugment left to the step) and
+    before (flip, PIL RandAugment and a transposing copy in the worker), the same decode in both."""
     from conftest import write_video
     from tools.bench_data import finetune_clip_cost
     write_video(tmp_path / "v.mp4", num_frames=70)
-    parts = finetune_clip_cost(str(tmp_path / "v.mp4"), clips=2)
-    assert list(parts) == ["decode", "crop + flip", "RandAugment draw",
-                           "PIL RandAugment (before)", "to tensor"]
-    assert all(v >= 0 for v in parts.values()) and parts["decode"] > 0
+    now, before = finetune_clip_cost(str(tmp_path / "v.mp4"), clips=2)
+    assert list(now) == ["decode", "crop (flip in the step)", "RandAugment draw",
+                         "to tensor (a view)"]
+    assert list(before) == ["decode", "crop + flip", "PIL RandAugment", "to tensor (a copy)"]
+    assert now["decode"] == before["decode"] > 0 and all(v >= 0 for v in now.values())

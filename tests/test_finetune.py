@@ -702,3 +702,21 @@ def test_nonfinite_loss_stops_with_checkpoint_named(tmp_path, monkeypatch):
     monkeypatch.setattr(finetune, "loss_fn", lambda task, out, target: out.sum() * float("nan"))
     with pytest.raises(SystemExit, match="3 non-finite losses in a row at step 0"):
         finetune.main(SMALL + ["--out-dir", str(tmp_path / "ft")])
+
+
+def test_step_flips_video_list_clips_before_randaugment(tmp_path, video_list, monkeypatch):
+    """A video list's clips come unflipped with a flip flag (evaluation.VideoClipDataset): each
+    micro-step flips them on the device (data.infuse) and hands the flipped clips to RandAugment
+    (tests/test_augment_device.py: the pixels equal the worker path's)."""
+    seen, infuse = [], data.infuse
+    monkeypatch.setattr(data, "infuse", lambda b: seen.append(("flip", b["flip"].clone()))
+                        or seen.append(("out", infuse(b))) or seen[-1][1])
+    monkeypatch.setattr(finetune, "randaugment_batch",
+                        lambda v, op, arg: seen.append(("randaug", v)) or v)
+    (video_list.parent / "val.csv").write_text(video_list.read_text())
+    finetune.main(["--dataset", "list", "--data-root", str(video_list.parent), "--num-classes", "3",
+                   "--model", "tiny", "--img-size", "32", "--num-frames", "8", "--stride", "2",
+                   "--batch-size", "6", "--epochs", "1", "--workers", "0", "--randaug-n", "2",
+                   "--steps", "1", "--out-dir", str(tmp_path)])
+    (_, flips), (_, out), (what, video) = seen[:3]
+    assert what == "randaug" and video is out and flips.shape == (6,)
