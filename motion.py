@@ -231,15 +231,25 @@ def paste(frames, obj, size, centres, angles, scales):
     return footprint
 
 
+def premultiply(rgba):
+    """RGBA uint8 (h, w, 4) -> the same with colour premultiplied by alpha, rounded (the packed
+    bank's tiles, tools/packing.py; motion_tiles' for a bank of PNGs or built-ins)."""
+    x = _rgba(np.asarray(rgba)).astype(np.uint32)
+    x[..., :3] = (x[..., :3] * x[..., 3:] + 127) // 255
+    return x.astype(np.uint8)
+
+
 def motion_tiles(objects, m, sides):
-    """The loader worker's half of render, no pixel work: each object of draw_motion's m (none if
-    objects is None) as the bank gives it, uint8 RGBA in the corner of a zero tile. sides:
-    tile_sides'. -> dict(tiles uint8 (K, 4, S, S), sources (K, 2): each object's h, w; canvas
-    (0, R): its shape is render's static side of the resized objects)."""
+    """The loader worker's half of render, no resizing: each object of draw_motion's m (none if
+    objects is None) premultiplied, uint8 RGBA in the corner of a zero tile. sides: tile_sides'.
+    -> dict(tiles uint8 (K, 4, S, S), sources (K, 2): each object's h, w; canvas (0, R): its
+    shape is render's static side of the resized objects)."""
     (S, R), K = sides, len(m["picks"])
     tiles, sources = torch.zeros(K, 4, S, S, dtype=torch.uint8), torch.ones(K, 2).long()
     for k, i in enumerate(m["picks"] if objects is not None else []):
-        obj = _rgba(np.asarray(objects[int(i)]))
+        # a packed bank stores them premultiplied (data.PackedBank): its tile as it is
+        obj = (objects.premultiplied(int(i)) if hasattr(objects, "premultiplied")
+               else premultiply(objects[int(i)]))
         tiles.numpy()[k, :, :obj.shape[0], :obj.shape[1]] = obj.transpose(2, 0, 1)
         sources[k] = torch.tensor(obj.shape[:2])
     return dict(tiles=tiles, sources=sources, canvas=torch.empty(0, R))
@@ -265,19 +275,19 @@ def _aa_weights(n_in, n_out, rows, cols):
 
 def render(frames, tiles, sources, canvas, centres, angles, scales, sizes):
     """Sec. 3.3's paste for a batch of clips on any device: the training step's V' from the
-    loader's draws (draw_motion, motion_tiles), overlay's pixels (within 1 / 255: float rounding).
+    loader's draws (draw_motion, motion_tiles), overlay's pixels (within 2 / 255: the tiles'
+    8-bit premultiplication, float rounding).
 
     frames: uint8 (B, C, T, H, W); tiles, sources, canvas: motion_tiles' (B, ...); centres, angles,
-    scales, sizes (P, Q): draw_motion's (B, K, ...). -> uint8 (B, C, T, H, W). Each object resized
-    to P x Q as _resize_premultiplied does it (premultiplied, then resized), then every pixel of
+    scales, sizes (P, Q): draw_motion's (B, K, ...). -> uint8 (B, C, T, H, W). Each premultiplied
+    tile resized to P x Q as _resize_premultiplied resizes, then every pixel of
     every frame samples every tile (all-zero tiles paste nothing): static shapes, no
     host sync, one graph under torch.compile."""
     B, C, T, H, W = frames.shape
     S, R, x = tiles.shape[-1], canvas.shape[-1], tiles.float()
     wy, wx = (_aa_weights(sources[..., d], sizes[..., d], R, S)[:, :, None] for d in (0, 1))
     resize = lambda v: wy @ v @ wx.transpose(-1, -2)   # noqa: E731 -- (..., S, S) -> (..., R, R)
-    tiles, S = torch.cat([resize(x[:, :, :3] * x[:, :, 3:]) / 65025, resize(x[:, :, 3:]) / 255],
-                         2).clamp(0, 1), R   # premultiplied (B, K, 4, R, R)
+    tiles, S = (resize(x) / 255).clamp(0, 1), R   # premultiplied (B, K, 4, R, R)
     P, Q = sizes[..., 0:1].double(), sizes[..., 1:2].double()   # (B, K, 1)
     cx, cy = snap_centres(centres.double(), (P, Q))   # (B, K, T)
     rad = torch.deg2rad(angles.double())

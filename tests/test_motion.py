@@ -428,6 +428,21 @@ def test_render_is_one_graph_without_recompiles(objects):
     assert not torch.equal(first, second)
 
 
+def test_tiles_ship_premultiplied_colour():
+    """motion_tiles ships each object premultiplied on the 8-bit scale (round(colour * alpha /
+    255), the packed bank's own tiles), so render does no colour conversion: a PNG's or a
+    built-in's multiplied in the worker, a packed bank's tile as stored."""
+    g = rng(0)
+    obj = g.integers(0, 256, (9, 7, 4), dtype=np.uint8)
+    want = np.round(obj[..., :3] * (obj[..., 3:] / 255)).astype(np.uint8)
+    got = motion.premultiply(obj)
+    assert np.array_equal(got[..., :3], want) and np.array_equal(got[..., 3], obj[..., 3])
+    m = {"picks": np.array([0, 0])}
+    t = motion.motion_tiles([obj], m, (12, 12))
+    assert np.array_equal(t["tiles"][1, :, :9, :7].permute(1, 2, 0).numpy(), got)
+    assert t["tiles"][1, :, 9:].sum() == 0 and t["sources"][1].tolist() == [9, 7]
+
+
 def test_objects_that_are_not_rgba_uint8_are_refused_on_both_paths():
     """overlay (the worker) and motion_tiles (the step's loader half) name what they got."""
     m = motion.draw_motion((4, 32, 32), 1, rng(0), num_objects=1)

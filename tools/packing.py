@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+import motion
+
 PACK_TILE = 192   # 60,687 PIN objects: 60,687 x 192 x 192 x 4 bytes = 8.9 GB
 
 
@@ -38,13 +40,6 @@ def npy_header(dtype, count, length=4096):
     return b"\x93NUMPY\x02\x00" + struct.pack("<I", length - 12) + text.ljust(length - 13) + b"\n"
 
 
-def premultiply(rgba):
-    """RGBA uint8 (h, w, 4) -> the same with colour premultiplied by alpha, rounded."""
-    x = rgba.astype(np.uint32)
-    x[..., :3] = (x[..., :3] * x[..., 3:] + 127) // 255
-    return x.astype(np.uint8)
-
-
 _FOLDER = []   # the folder bank a packing worker reads from (_serve)
 
 
@@ -56,7 +51,7 @@ def _load(i):
     """Pool worker: object i of the folder bank, premultiplied -> (i, array or None, error)."""
     bank = _FOLDER[0]
     try:
-        return i, premultiply(bank[i]), None
+        return i, motion.premultiply(bank[i]), None
     except Exception as e:   # noqa: BLE001 -- a bad PNG is reported by name, not fatal
         text = str(e)
         return i, None, text if str(bank.files[i]) in text else \
