@@ -232,22 +232,19 @@ def paste(frames, obj, size, centres, angles, scales):
 
 
 def premultiply(rgba):
-    """RGBA uint8 (h, w, 4) -> the same with colour premultiplied by alpha, rounded (the packed
-    bank's tiles, tools/packing.py; motion_tiles' for a bank of PNGs or built-ins)."""
+    """RGBA uint8 (h, w, 4) -> the same, colour premultiplied by alpha and rounded (packed tiles)."""
     x = _rgba(np.asarray(rgba)).astype(np.uint32)
     x[..., :3] = (x[..., :3] * x[..., 3:] + 127) // 255
     return x.astype(np.uint8)
 
 
 def motion_tiles(objects, m, sides):
-    """The loader worker's half of render, no resizing: each object of draw_motion's m (none if
-    objects is None) premultiplied, uint8 RGBA in the corner of a zero tile. sides: tile_sides'.
-    -> dict(tiles uint8 (K, 4, S, S), sources (K, 2): each object's h, w; canvas (0, R): its
-    shape is render's static side of the resized objects)."""
+    """The loader worker's half of render, no resizing. -> dict(tiles: draw_motion's objects m
+    (none if objects is None) premultiplied (a packed tile as stored) in the corners of zero tiles,
+    uint8 (K, 4, S, S); sources (K, 2): their h, w; canvas (0, R): render's static side R)."""
     (S, R), K = sides, len(m["picks"])
     tiles, sources = torch.zeros(K, 4, S, S, dtype=torch.uint8), torch.ones(K, 2).long()
     for k, i in enumerate(m["picks"] if objects is not None else []):
-        # a packed bank stores them premultiplied (data.PackedBank): its tile as it is
         obj = (objects.premultiplied(int(i)) if hasattr(objects, "premultiplied")
                else premultiply(objects[int(i)]))
         tiles.numpy()[k, :, :obj.shape[0], :obj.shape[1]] = obj.transpose(2, 0, 1)
@@ -512,20 +509,15 @@ def still_image(height, width, rng):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def outline(footprints, width=1):
-    """Boundaries of footprints bool (..., H, W) -> bool, `width` >= 1 px inside each edge."""
-    cross = np.zeros((1,) * (footprints.ndim - 2) + (3, 3), dtype=bool)
-    cross[..., 1, :] = cross[..., :, 1] = True  # erode in the image plane only, never across frames
-    return footprints & ~ndimage.binary_erosion(footprints, structure=cross, iterations=width)
-
-
 COLOURS = [(255, 60, 60), (60, 220, 255), (255, 220, 0), (120, 255, 80)]  # object k's outline
 
 
 def draw_outlines(frames, footprints, width=1):
     """Copy of frames uint8 (T, H, W, 3), each object's footprint (K, T, H, W) outlined in its
-    colour."""
-    frames = frames.copy()
-    for k, edge in enumerate(outline(footprints, width)):
+    colour, `width` >= 1 px inside each edge (eroded in the image plane only, never across frames)."""
+    frames, cross = frames.copy(), np.zeros((1, 1, 3, 3), dtype=bool)
+    cross[..., 1, :] = cross[..., :, 1] = True
+    edges = footprints & ~ndimage.binary_erosion(footprints, structure=cross, iterations=width)
+    for k, edge in enumerate(edges):
         frames[edge] = COLOURS[k % len(COLOURS)]
     return frames
