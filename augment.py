@@ -1,9 +1,9 @@
-"""Finetuning's clip augmentation (paper Table 17, "follow VideoMAE"; SPEC 6): RandAugment in
-timm's convention (rand-m9-mstd0.5-inc1, n 2), the same ops and magnitudes on every frame of a clip;
-random erasing (p 0.25, one box per clip, the same in every frame); mixup (alpha 0.8) and CutMix
-(alpha 1.0) per batch. Pure functions of an explicit random generator, so that finetune.py's
---resume replays them; tests/test_finetune.py pins each against timm's definitions,
-tests/test_augment_device.py the device half against timm's ops.
+"""Clip augmentation. The crops: pretraining's MultiScaleCrop (Table 18) and finetuning's random
+resized crop, resized and flipped by crop_and_flip. Finetuning's (Table 17, "follow VideoMAE";
+SPEC 6): RandAugment in timm's convention (rand-m9-mstd0.5-inc1, n 2), the same ops on every frame
+of a clip; random erasing (p 0.25, one box per clip and all its frames); mixup (alpha 0.8) and
+CutMix (alpha 1.0) per batch. Pure functions of an explicit random generator (--resume replays
+them); tests/test_finetune.py pins each to timm's, test_augment_device.py the device half.
 
     aug = RandAug(n=2, m=9, mstd=0.5)
     frames = randaugment_clip(aug, frames, rng)          # uint8 (T, H, W, 3), one draw per clip
@@ -12,18 +12,16 @@ tests/test_augment_device.py the device half against timm's ops.
     video = randaugment_batch(video, op, arg)            # uint8 (B, C, T, H, W); op, arg: CPU
     video = random_erase(video, 0.25, rng)               # (B, C, T, H, W), normalised
     video, target = mix_batch(video, target, rng, 0.8, 1.0)
-
-The crop boxes of the training clips are here too: pretraining's MultiScaleCrop (Table 18) and
-finetuning's random resized crop; data.crop_and_flip applies them.
 """
 import math
 from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
-# ----------------------------------------------------------------------------- crop boxes
+# ----------------------------------------------------------------------------- crops
 
 def multiscale_crop_box(height, width, rng, scales=(1, 0.875, 0.75, 0.66), max_distort=1):
     """VideoMAE's GroupMultiScaleCrop: crop sides from scales of the short side (width and height at
@@ -64,11 +62,44 @@ def random_resized_crop_box(height, width, rng, scale=(0.25, 1.0), ratio=(3 / 4,
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def resize(frames, size):
+    """uint8 (T, H, W, 3) -> uint8 (T, size, size, 3) (or (T, h, w, 3) for size = (h, w)), bilinear
+    with antialiasing: torch's uint8 kernel on the channels-last view, no float round trip (~8x
+    faster on one core, within 1 grey level of it: tools/bench.py, "crop resize")."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if frames.shape[1:3] == size:
+        return frames
+    # (T, 3, H, W), channels last; a crop read in place (its strides), not copied first
+    x = torch.from_numpy(frames if min(frames.strides) > 0 else np.ascontiguousarray(frames))
+    x = x.permute(0, 3, 1, 2)
+    x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
+
+
+def crop_and_flip(frames, size, rng, flip, scales=(1, 0.875, 0.75, 0.66), crop="multiscale",
+                  crop_scale=(0.25, 1.0), crop_ratio=(3 / 4, 4 / 3), defer_flip=False):
+    """Training augmentation: a crop resized to size x size, then a horizontal flip (p=0.5). crop:
+    "multiscale" (MultiScaleCrop with `scales`, Table 18), "rrc" (random_resized_crop_box with
+    crop_scale / crop_ratio, VideoMAE finetuning) or "none" (the whole frame; no draw).
+    defer_flip: -> (the crop unflipped, whether to flip it), for the device to flip (infuse)."""
+    H, W = frames.shape[1:3]
+    if crop == "rrc":
+        y, x, h, w = random_resized_crop_box(H, W, rng, crop_scale, crop_ratio)
+    elif crop == "none":
+        y, x, h, w = 0, 0, H, W
+    else:
+        y, x, h, w = multiscale_crop_box(H, W, rng, scales)
+    out = resize(frames[:, y:y + h, x:x + w], size)
+    flipped = flip and rng.random() < 0.5
+    if defer_flip:
+        return out, flipped
+    return np.ascontiguousarray(out[:, :, ::-1] if flipped else out)
+
+
 # ----------------------------------------------------------------------------- RandAugment
 
 class RandAug(NamedTuple):
-    """timm's RandAugment settings (`rand-m{m}-n{n}-mstd{mstd}-inc1`, p 0.5 per op): Table 17's
-    (9, 0.5)."""
+    """timm's RandAugment settings (`rand-m{m}-n{n}-mstd{mstd}-inc1`, p 0.5 per op): Table 17's."""
     n: int = 2
     m: float = 9.0
     mstd: float = 0.5
@@ -149,17 +180,15 @@ def randaug_draw(cfg, rng):
             continue
         m = rng.uniform(0, cfg.m) if cfg.mstd > 100 else cfg.m + cfg.mstd * rng.standard_normal()
         sign = 1 if rng.random() < 0.5 else -1
-        chosen.append((RANDAUG_OPS[k],
-                       randaug_level_args(RANDAUG_OPS[k], float(np.clip(m, 0, 10)), sign)))
+        name = RANDAUG_OPS[k]
+        chosen.append((name, randaug_level_args(name, float(np.clip(m, 0, 10)), sign)))
     return chosen
 
 
 def randaugment_clip(cfg, frames, rng):
-    """RandAugment in timm's convention (Table 17: RandAug (9, 0.5); VideoMAE's video RandAugment):
-    ONE draw of ops, magnitudes and signs (from the sample's numpy rng; Python's and torch's global
-    RNGs untouched) applied to every frame, per frame with PIL as timm. cfg: RandAug. Runs after the
-    crop (the reference's before it, on the decoded frames; translations are relative to the side
-    either way). uint8 (T, H, W, 3) -> uint8 (T, H, W, 3)."""
+    """RandAugment in timm's convention (Table 17: RandAug (9, 0.5)): ONE draw (randaug_draw, from
+    the sample's rng) applied to every frame with PIL, as timm. cfg: RandAug. After the crop (the
+    reference's before it; translations are relative to the side either way). uint8 (T, H, W, 3)."""
     from PIL import Image
     ops = randaug_draw(cfg, rng)
     if not ops:
@@ -228,12 +257,10 @@ def mix_batch(video, target, rng, mixup, cutmix, switch_prob=0.5):
 
 
 # ----------------------------------------------------------------------------- device RandAugment
-# The same RandAugment split in two, for a loader worker that should not spend ~25 ms of CPU per
-# clip on it (docs/performance.md, "The finetuning loader"): the worker draws (randaug_draw, as
-# above, from the sample's rng) and ships the draw as two small tensors (randaug_params); the
-# training step applies every clip's ops to the batch on whatever device it runs on
-# (randaugment_batch), one implementation for every device. Each op follows PIL's arithmetic (the
-# ops randaug_frame calls, pinned to timm's): tests/test_augment_device.py states the tolerance.
+# The same RandAugment split in two, so that a loader worker does not spend ~25 ms of CPU per clip
+# on it (docs/performance.md): the worker draws (randaug_draw) and ships the draw as two small
+# tensors (randaug_params); the step applies every clip's ops to the batch on any device
+# (randaugment_batch), each op in PIL's arithmetic (randaug_frame's, pinned to timm's).
 
 AFFINE_BLOCK = 1 << 17   # samples per block of _affine on the CPU
 AFFINE_OPS = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
@@ -265,19 +292,17 @@ def randaug_params(ops, n, height, width):
     for j, (name, args) in enumerate(ops):
         op[j] = RANDAUG_OPS.index(name)
         v = float(args[0]) if args else 0.0
-        arg[j] = torch.tensor({"Rotate": lambda: _pil_rotation(v, width, height),
-                               "ShearX": lambda: (1, v, 0, 0, 1, 0),
-                               "ShearY": lambda: (1, 0, 0, v, 1, 0),
-                               "TranslateXRel": lambda: (1, 0, v * width, 0, 1, 0),
-                               "TranslateYRel": lambda: (1, 0, 0, 0, 1, v * height)}.get(
-                                   name, lambda: (v, 0, 0, 0, 0, 0))(), dtype=torch.float64)
+        affine = {"ShearX": (1, v, 0, 0, 1, 0), "ShearY": (1, 0, 0, v, 1, 0),
+                  "TranslateXRel": (1, 0, v * width, 0, 1, 0),
+                  "TranslateYRel": (1, 0, 0, 0, 1, v * height)}
+        arg[j] = torch.tensor(_pil_rotation(v, width, height) if name == "Rotate" else
+                              affine.get(name, (v, 0, 0, 0, 0, 0)), dtype=torch.float64)
     return {"randaug_op": op, "randaug_arg": arg}
 
 
 class RandAugDraw:
-    """finetune.py's augment when the device applies RandAugment: called by the dataset as
-    randaugment_clip would be, it draws the clip's ops (the same draw, from the same rng), keeps
-    them in .last (randaug_params') and returns the frames untouched."""
+    """finetune.py's augment when the device applies RandAugment: called as randaugment_clip, it
+    draws the same ops from the same rng, keeps them in .last (randaug_params'), returns frames."""
 
     def __init__(self, cfg):
         self.cfg, self.last = cfg, None
@@ -419,8 +444,7 @@ def _cubic(v1, v2, v3, v4, d):
 
 
 def _cubic_int(v1, v2, v3, v4, d):
-    """_cubic of integer samples: the coefficients exact in int16, the Horner steps in d's
-    dtype."""
+    """_cubic of integer samples: the coefficients exact in int16, the Horner steps in d's dtype."""
     v1, v2, v3, v4 = (v.short() for v in (v1, v2, v3, v4))
     p3, p4 = (2 * (v1 - v2) + v3 - v4).to(d.dtype), (v2 - v1 - v3 + v4).to(d.dtype)
     return v2.to(d.dtype) + d * ((v3 - v1).to(d.dtype) + d * (p3 + d * p4))

@@ -10,9 +10,8 @@ clips (repeated sampling, F.3), each with its own crop, flip, objects and mask:
     -> video (num_sample, C, T, H, W) uint8, mask (num_sample, N) bool, the objects' tiles and motion
     -> on the device: infuse (motion.render pastes the objects), normalize, ImageNet statistics
 
-Clips cross the worker -> main process -> device boundary as uint8: 4x less shared and pinned memory
-than float32, and the pixel work (the paste, the normalisation) runs on the GPU, not on the loader's
-CPU cores (issue 26: a worker spends its CPU on decoding).
+Clips reach the device as uint8 (4x less shared and pinned memory than float32); the pixel work (the
+paste, the normalisation) runs there, not on the loader's CPU cores (issue 26).
 Every sample is a pure function of (seed, pass, index): workers, ranks and resumed runs all see the
 same stream. A bad item (unreadable video, bad object PNG) is replaced by another one and reported,
 never fatal.
@@ -26,11 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import masking
 import motion
-from augment import multiscale_crop_box, random_resized_crop_box
+from augment import crop_and_flip
 from model import mask_indices
 from teacher import IMAGENET_MEAN, IMAGENET_STD, channel_stats
 
@@ -185,44 +183,6 @@ def clip_indices(num_video_frames, num_frames, stride, rng):
     return start + stride * np.arange(num_frames)
 
 
-# ----------------------------------------------------------------------------- augmentation
-
-def resize(frames, size):
-    """uint8 (T, H, W, 3) -> uint8 (T, size, size, 3) (or (T, h, w, 3) for size = (h, w)), bilinear
-    with antialiasing.
-
-    torch's uint8 kernel on the channels-last view: no float round trip, ~8x faster on one core than
-    resizing in float (tools/bench.py, "crop resize"), within 1 grey level of it."""
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    if frames.shape[1:3] == size:
-        return frames
-    # (T, 3, H, W), channels last; a crop read in place (its strides), not copied first
-    x = torch.from_numpy(frames if min(frames.strides) > 0 else np.ascontiguousarray(frames))
-    x = x.permute(0, 3, 1, 2)
-    x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
-
-
-def crop_and_flip(frames, size, rng, flip, scales=(1, 0.875, 0.75, 0.66), crop="multiscale",
-                  crop_scale=(0.25, 1.0), crop_ratio=(3 / 4, 4 / 3), defer_flip=False):
-    """Training augmentation: a crop resized to size x size, then a horizontal flip (p=0.5). crop:
-    "multiscale" (MultiScaleCrop with `scales`, Table 18), "rrc" (random_resized_crop_box with
-    crop_scale / crop_ratio, VideoMAE finetuning) or "none" (the whole frame; no draw).
-    defer_flip: -> (the crop unflipped, whether to flip it), for the device to flip (infuse)."""
-    H, W = frames.shape[1:3]
-    if crop == "rrc":
-        y, x, h, w = random_resized_crop_box(H, W, rng, crop_scale, crop_ratio)
-    elif crop == "none":
-        y, x, h, w = 0, 0, H, W
-    else:
-        y, x, h, w = multiscale_crop_box(H, W, rng, scales)
-    out = resize(frames[:, y:y + h, x:x + w], size)
-    flipped = flip and rng.random() < 0.5
-    if defer_flip:
-        return out, flipped
-    return np.ascontiguousarray(out[:, :, ::-1] if flipped else out)
-
-
 def to_tensor(frames):
     """uint8 (T, H, W, 3) numpy -> uint8 (C, T, H, W) tensor, the layout the model reads."""
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).contiguous()
@@ -340,27 +300,21 @@ class BadItem(Exception):
 class PretrainDataset(torch.utils.data.Dataset):
     """Motion-infused, masked clips for pretraining (Sec. 3.3-3.4).
 
-    source: "video" (decode each listed video), "frames" (one frame of each listed video, repeated),
-    "images" (a still image repeated), "stills" (procedural landscapes, motion.still_image, one per
-    item: images without a download), "noise" or "black" (Table 7: no natural video at all).
-    items: list of video/image paths for the first three; length: clips per pass for the
-    synthetic ones.
-    motion: "on" (every clip), "off" (none) or "mixed" (clip k of a sample gets objects iff k
-    is even).
-    masking: "trajectory" (object tokens first, SPEC 3) or "tube"; clips without objects use
-    tube masks.
-    angle_range, scale_range: the keyframe transforms of the objects (Table 4c; (0, 0) /
-    (1, 1) = off).
-    frame_pick ("frames" source): "fixed" = one frame per video drawn once from the seed (Table 7's
-    K400m-1frm is a fixed set of frames), "per-pass" = a new frame every pass.
+    source: "video" (decode each listed video), "frames" (one frame of each, repeated), "images" (a
+    still image repeated), "stills" (procedural landscapes, motion.still_image: images without a
+    download), "noise" or "black" (Table 7: no natural video at all). items: the paths of the first
+    three; length: clips per pass of the synthetic ones.
+    motion: "on" (every clip), "off" (none) or "mixed" (clip k of a sample iff k is even).
+    masking: "trajectory" (object tokens first, SPEC 3) or "tube" (also for clips without objects).
+    angle_range, scale_range: the objects' keyframe transforms (Table 4c; (0, 0) / (1, 1) = off).
+    frame_pick ("frames"): "fixed" = one frame per video drawn once from the seed (Table 7's fixed
+    K400m-1frm set), "per-pass" = a new frame every pass.
     repeat: what an item's num_sample clips share. "independent" (F.3, SPEC 5): one decoded video,
-    each clip its own crop, flip, objects and mask; "same-crop": one crop and flip, each clip its own
-    objects and mask (the reference's stage 2 feeds one clip twice, the second copy with another
-    sample's mask); "off", no repeated sampling: clip k comes from video (index + k * shift) %
-    length, shift drawn per pass, so a pass still reads every video num_sample times but a step
-    holds batch different videos (the reference's stage 1, whose script lost --multiple_sampling).
-    render: "step" (a sample's video is the background; the worker draws the motion and the
-    training step renders it, data.infuse: issue 26) or "worker" (overlay here, the path before).
+    each clip its own crop, flip, objects and mask; "same-crop": one crop and flip (the reference's
+    stage 2 feeds a clip twice, with two masks); "off": clip k from video (index + k * shift) %
+    length, shift drawn per pass, so a step holds batch different videos (the reference's stage 1).
+    render: "step" (the worker draws the motion, the training step renders it: infuse, issue 26)
+    or "worker" (overlay here, the path before: bench's baseline).
     """
 
     def __init__(self, source, items=None, length=1000, num_frames=16, stride=4, img_size=224,

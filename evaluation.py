@@ -3,8 +3,7 @@ datasets and their test views, the classifier built from a checkpoint, multi-vie
 ranks, metrics (top-1/5, mean class accuracy, mAP, counting error), result files.
 Every dataset returns dicts of uint8 clips, normalised on the device (data.normalize):
   train mode: {"video": (C, T, H, W) uint8, "label", "index", "bad"(, "flip")}, one clip per item;
-  test mode:  {"video": (V, C, T, H, W) uint8, "label", "video_id"}, V spatial views of one
-              temporal view.
+  test mode:  {"video": (V, C, T, H, W) uint8, "label", "video_id"}, V crops of one temporal view.
 label: a long (single-label), a multi-hot float (num_classes,) (multi-label) or a float count.
 """
 import argparse
@@ -15,6 +14,7 @@ import time
 import numpy as np
 import torch
 
+import augment
 import data
 import motion
 from model import MODEL_SIZES, VideoClassifier, classifier_state_dict, load_encoder
@@ -220,7 +220,7 @@ def three_crops(frames, size, num_crops=3):
     """crop_boxes' num_crops size x size crops (start, centre, end; one: the centre) of the frames
     resized. uint8 (T, H, W, 3) -> list of uint8 (T, size, size, 3)."""
     (h, w), boxes = crop_boxes(*frames.shape[1:3], size, num_crops)
-    x = data.resize(frames, (h, w))
+    x = augment.resize(frames, (h, w))
     return [x[:, top:top + size, left:left + size] for top, left in boxes]
 
 
@@ -228,7 +228,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
     """Decoded clips of a classification list (K400, SSv2, UCF, ... or any `<path> <label>` list).
     train: one clip per item: T frames at `stride` from a random start ("dense") or one random frame
     per segment ("segment", TSN-style, SSv2), a crop (`crop`: "multiscale" = MultiScaleCrop as in
-    pretraining, "rrc" = VideoMAE's random resized crop, see data.crop_and_flip), `augment(frames,
+    pretraining, "rrc" = VideoMAE's random resized crop, see augment.crop_and_flip), `augment(frames,
     rng)` (finetune.py's RandAugment draw), shipped channels last; the step flips (sample["flip"],
     data.infuse), then augments. A bad video is replaced by another one, reported (sample["bad"]).
     test: item i = video i // num_clips, temporal view i % num_clips; num_crops crops after resizing
@@ -279,7 +279,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
 
         def clip(i):
             frames = data.decode_frames(self.items[i][0], lambda n: self.frame_indices(n, rng))
-            return i, data.crop_and_flip(frames, self.img_size, rng, self.flip, **self.crop,
+            return i, augment.crop_and_flip(frames, self.img_size, rng, self.flip, **self.crop,
                                          defer_flip=True)
         (index, (frames, flip)), bad = data.with_retries(clip, index, len(self.items), rng,
                                                          lambda i: self.items[i][0])
@@ -370,7 +370,7 @@ class MotionClassDataset(torch.utils.data.Dataset):
         if self.mode == "test":
             return {"video": data.to_tensor(frames)[None], "label": target, "video_id": index}
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        frames = data.crop_and_flip(frames, self.S, rng, False, **self.crop)   # "none": no draw
+        frames = augment.crop_and_flip(frames, self.S, rng, False, **self.crop)   # "none": no draw
         if self.augment is not None:
             frames = self.augment(frames, rng)
         return {"video": data.to_tensor(frames), "label": target, "index": index, "bad": []}

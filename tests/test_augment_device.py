@@ -189,7 +189,7 @@ def test_video_list_clips_flip_in_the_step_as_the_worker_flipped(video_list):
     for i in range(6):   # the path before: everything in the worker, in the same rng order
         rng = np.random.default_rng([3, 2, i])
         frames = data.decode_frames(items[i][0], lambda n: data.clip_indices(n, 8, 4, rng))
-        frames = data.crop_and_flip(frames, 32, rng, True, crop="rrc")
+        frames = augment.crop_and_flip(frames, 32, rng, True, crop="rrc")
         want.append(data.to_tensor(augment.randaugment_clip(cfg, frames, rng)))
     assert set(batch["flip"].tolist()) == {False, True}   # both kinds in the batch
     assert torch.equal(got, torch.stack(want))

@@ -122,7 +122,7 @@ def test_resize_uint8_matches_float_resize():
     antialias resize."""
     import torch.nn.functional as F
     frames = np.random.default_rng(0).integers(0, 256, (4, 90, 70, 3), dtype=np.uint8)
-    out = data.resize(frames, 32)
+    out = augment.resize(frames, 32)
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     ref = (F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
            .round().permute(0, 2, 3, 1))

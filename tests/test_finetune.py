@@ -274,7 +274,7 @@ def test_rrc_in_the_datasets(video_list, monkeypatch):
     "none" leaves clips as rendered."""
     calls = []
     box = augment.random_resized_crop_box
-    monkeypatch.setattr(data, "random_resized_crop_box", lambda *a: calls.append(a[3:]) or box(*a))
+    monkeypatch.setattr(augment, "random_resized_crop_box", lambda *a: calls.append(a[3:]) or box(*a))
     items = data.read_list(video_list)
     ds = evaluation.VideoClipDataset(items, mode="train", num_classes=3, num_frames=8, img_size=32,
                                      crop="rrc", crop_scale=(0.08, 1.0))
@@ -283,7 +283,7 @@ def test_rrc_in_the_datasets(video_list, monkeypatch):
     assert calls == [((0.08, 1.0), (3 / 4, 4 / 3))] * 2
     frames = np.zeros((4, 48, 64, 3), np.uint8)
     frames[:, 20:28, 28:36] = 255                        # a white square, same in all frames
-    out = data.crop_and_flip(frames, 16, np.random.default_rng(3), False, crop="rrc")
+    out = augment.crop_and_flip(frames, 16, np.random.default_rng(3), False, crop="rrc")
     assert all(np.array_equal(out[0], f) for f in out)   # the same box in every frame
     plain = evaluation.MotionClassDataset("train", 8, img_size=32, num_frames=8)
     assert torch.equal(plain[3]["video"], data.to_tensor(plain.clip(3)[0]))

@@ -16,9 +16,8 @@ ENTRY = {"train.py", "probe.py", "finetune.py"}   # top-level scripts run from t
 MAX_LINES = 450
 # Files still over the limit, each with the ceiling it may not pass (shrink them, never grow them):
 # runtime.py took the flag and checkpoint checks of the bad-input issue after the split, and the
-# project card allows no top-level checkpoints.py to move them to; data.py took both halves of the
-# loader issue (the packed object bank and the device render's worker side).
-CEILING = {"runtime.py": 698, "data.py": 490}
+# project card allows no top-level checkpoints.py to move them to (docs/layout.md, "runtime.py").
+CEILING = {"runtime.py": 698}
 ROW = re.compile(r"^\| `(?P<file>[\w/]+\.py)` \((?P<lines>\d+)\) \|")
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import augment
 import data
 import evaluation
 import finetune
@@ -56,7 +57,7 @@ DERIVED = {
     f"final lr at batch {OTHER_BATCH}": lambda script, argv: float(_train_schedule(argv)[-1]),
     # MultiScaleCrop's scales of the short side, as pretraining's crop gets them
     "multiscale crop scales": lambda script, argv: list(
-        inspect.signature(data.crop_and_flip).parameters["scales"].default),
+        inspect.signature(augment.crop_and_flip).parameters["scales"].default),
 }
 
 

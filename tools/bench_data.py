@@ -74,8 +74,8 @@ def loader_rate(dataset, workers, batches):
 
 
 def bench_data(a, model_rate):
-    """Section data: decode before/after prepare, overlay and masks on one core, loaders vs
-    the model."""
+    """Section data: decode before/after prepare, overlay and masks on one core, loaders."""
+    import augment
     import data
     import masking
     import motion
@@ -116,7 +116,7 @@ def bench_data(a, model_rate):
                                          dtype=np.uint8)).permute(0, 3, 1, 2)
 
     def resize_float():
-        # the float round trip data.resize used before (uint8 -> float -> interpolate -> uint8)
+        # the float round trip augment.resize replaced (uint8 -> float -> interpolate -> uint8)
         x = F.interpolate(crop.float(), size=(224, 224), mode="bilinear", antialias=True,
                           align_corners=False)
         x.round_().clamp_(0, 255).byte()
@@ -124,7 +124,7 @@ def bench_data(a, model_rate):
     # uint8 (3, 16, img, img), as the loader now ships it
     clip = data.to_tensor(frames[:, :img, :img])
     r = race({"overlay": paste, "mask": mask,
-              "resize": lambda: data.resize(crop.permute(0, 2, 3, 1).numpy(), 224),
+              "resize": lambda: augment.resize(crop.permute(0, 2, 3, 1).numpy(), 224),
               "resize_float": resize_float, "normalize": lambda: data.normalize(clip)},
              4 * a.rounds)
     torch.set_num_threads(threads)
@@ -363,13 +363,13 @@ def finetune_clip_cost(path, clips=24, seed=0):
     to_tensor). Random erasing runs in the step. -> ({part: ms} now, {part: ms} before), both
     holding "decode"."""
     import data
-    from augment import RandAug, RandAugDraw, randaugment_clip
+    from augment import RandAug, RandAugDraw, crop_and_flip, randaugment_clip
     aug, rng, now, before = RandAug(2, 9, 0.5), np.random.default_rng(seed), {}, {}
     draw = RandAugDraw(aug)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     n = data.video_info(path)[0]
-    crop = partial(data.crop_and_flip, size=224, rng=rng, flip=True, crop="rrc")
+    crop = partial(crop_and_flip, size=224, rng=rng, flip=True, crop="rrc")
     steps = {"now": [("crop (flip in the step)", lambda f: crop(f, defer_flip=True)[0]),
                      ("RandAugment draw", lambda f: draw(f, rng)),
                      ("to tensor (a view)", lambda f: torch.from_numpy(f).permute(3, 0, 1, 2))],

@@ -73,6 +73,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
+import augment
 import data
 import motion
 from evaluation import frozen_encoder, read_checkpoint
@@ -329,7 +330,7 @@ def load_folder_clip(pairs, num_frames, size):
         if shape != (frame.shape[1], frame.shape[0]):
             fail(f"bad annotation {png}: {shape[0]}x{shape[1]} pixels, its frame {jpg} is "
                  f"{frame.shape[1]}x{frame.shape[0]}")
-        frames.append(data.resize(frame[None], size)[0])
+        frames.append(augment.resize(frame[None], size)[0])
         labels.append(lab)
     return np.stack(frames), np.stack(labels)
 
