@@ -1,11 +1,12 @@
 """The README's pictures and miniature Table 7 (tools/figures.py, tools/table7.py) on tiny
 inputs."""
-import argparse
 import json
+import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -55,9 +56,8 @@ def test_table7_table_by_hand(tmp_path):
                                   "token_rms": [3.0] * 3},
             "not pretrained": {"finetune": [50.0, 50.0, 50.0], "probe": [10.0, 30.0, 20.0],
                                "token_rms": [1.0] * 3}}
-    args = argparse.Namespace(out_dir=str(tmp_path), seeds=[0, 1, 2], pretrain_epochs=1,
-                              finetune_epochs=1, grid=[32, 8, 8], pretrain_lr=4e-3)
-    table7.write_table(rows, args)
+    setting = dict(grid=[32, 8, 8], finetune_epochs=1, pretrain_epochs=1, pretrain_lr=4e-3)
+    table7.write_table(rows, [0, 1, 2], setting, str(tmp_path))
     text = (tmp_path / "table7.md").read_text()
     lines = text.splitlines()
     assert lines[2] == "| stills + motion | 0.58 ± 0.12 | 40.0 ± 8.2 | 22.0 ± 1.6 | 2.0 ± 0.0 |"
@@ -93,34 +93,65 @@ def test_table7_collects_only_finished_seeds(tmp_path):
             d = tmp_path / f"{k}-none-s{seed}"
             d.mkdir()
             (d / "results.json").write_text(json.dumps({"top1": 30.0 + seed + (k == "probe")}))
+            (d / "args.json").write_text(json.dumps(dict(img_size=32, num_frames=8, patch_size=8,
+                                                         epochs=3)))
     tags = [("not pretrained", "none", None)]
-    rows, seeds = table7.collect(str(tmp_path), [0, 1], tags, [32, 8, 8])
-    assert seeds == [0]
+    rows, seeds, setting = table7.collect(str(tmp_path), [0, 1], tags)
+    assert seeds == [0] and setting == {"grid": (32, 8, 8), "finetune_epochs": 3}   # the runs' own
     assert rows["not pretrained"]["finetune"] == [30.0] and rows["not pretrained"]["probe"] == [31.0]
     assert 0.5 < rows["not pretrained"]["token_rms"][0] < 5.0        # a random encoder: ~1.8
 
 
 def test_table7_budgets_resolve_and_flags_win():
-    """--budget sets the per-seed budgets; the demo budget is the tiny presets' own, so its
-    stills + motion and not-pretrained cells are the README's demo commands; explicit flags win."""
-    import finetune
-    import train
+    """--budget sets the per-seed budgets; explicit flags win. The demo budget passes none, so its
+    runs are the tiny presets as they are (tools/table7.py reads no entry script)."""
     q = table7.get_args([])
-    assert (q.pretrain_epochs, q.pretrain_batch, q.finetune_epochs, q.finetune_lr, q.out_dir) == \
-        (8, 32, 3, 1.6e-2, "out/table7")
+    assert (q.pretrain_epochs, q.pretrain_batch, q.pretrain_lr, q.finetune_epochs, q.finetune_lr,
+            q.out_dir) == (8, 32, 4e-3, 3, 1.6e-2, "out/table7")
     d = table7.get_args(["--budget", "demo"])
-    tiny, ft = train.PRESETS["tiny"], finetune.PRESETS["tiny"]
-    assert (d.pretrain_epochs, d.pretrain_batch, d.pretrain_lr) == \
-        (tiny["epochs"], tiny["batch_size"], tiny["lr"])
-    assert (d.finetune_epochs, d.finetune_lr, d.out_dir) == (ft["epochs"], ft["lr"],
-                                                            "out/table7-demo")
+    assert (d.pretrain_epochs, d.pretrain_batch, d.pretrain_lr, d.finetune_epochs, d.finetune_lr,
+            d.grid, d.out_dir) == (None, None, None, None, None, None, "out/table7-demo")
     # the previous demo's budget stays pinned: docs/table7.md's 5 x 6 table was measured at it
     d32 = table7.get_args(["--budget", "demo32"])
     assert (d32.pretrain_epochs, d32.pretrain_batch, d32.pretrain_lr, d32.finetune_epochs,
             d32.finetune_lr, d32.out_dir) == (32, 16, 4e-3, 10, 4e-3, "out/table7-demo32")
     o = table7.get_args(["--budget", "demo", "--pretrain-epochs", "4", "--out-dir", "x"])
-    assert (o.pretrain_epochs, o.pretrain_batch, o.out_dir) == (4, tiny["batch_size"], "x")
+    assert (o.pretrain_epochs, o.pretrain_batch, o.out_dir) == (4, None, "x")
     assert table7.get_args(["--quick"]).pretrain_epochs == 2
+
+
+@pytest.mark.parametrize("budget", ["demo", "quarter"])
+def test_table7_commands_pass_only_the_budgets_flags(tmp_path, monkeypatch, budget):
+    """The commands a (seed, row) cell runs: the demo budget's are the tiny presets unchanged (no
+    --epochs, --lr, --batch-size or grid flag), the quarter budget's carry its values."""
+    ran = []
+
+    def fake_run(cmd, log, threads=None):
+        ran.append(cmd)
+        if cmd[0] == "train.py":
+            os.makedirs(cmd[cmd.index("--out-dir") + 1])
+            with open(log, "w") as f:
+                f.write("\ndone: 1 steps")
+        else:
+            d = cmd[cmd.index("--out-dir") + 1]
+            os.makedirs(d)
+            with open(os.path.join(d, "results.json"), "w") as f:
+                f.write("{}")
+    monkeypatch.setattr(table7, "run", fake_run)
+    monkeypatch.setattr(table7, "collect", lambda *a: ({}, [0], {}))
+    monkeypatch.setattr(table7, "write_table", lambda *a: None)
+    monkeypatch.setattr(sys, "argv", ["table7", "--budget", budget, "--seeds", "0", "--rows",
+                                      "motion", "--jobs", "1", "--out-dir", str(tmp_path)])
+    table7.main()
+    assert [c[0] for c in ran] == ["train.py", "finetune.py", "probe.py"]
+    budget_flags = {"--epochs", "--lr", "--batch-size", "--img-size", "--num-frames",
+                    "--patch-size"}
+    used = [budget_flags & set(c) for c in ran]
+    if budget == "demo":
+        assert used == [set(), set(), set()] and ran[0][:3] == ["train.py", "--preset", "tiny"]
+    else:
+        assert used == [{"--epochs", "--lr", "--batch-size"}, {"--epochs", "--lr"}, set()]
+        assert ran[0][ran[0].index("--epochs") + 1] == "8"
 
 
 def test_table7_table_only_without_finished_seeds_says_so(tmp_path):

@@ -66,7 +66,8 @@ def test_libraries_import_no_tool_and_entry_scripts_no_entry_script():
     entry_tools = {t for t in tools if "__main__" in (ROOT / "tools" / f"{t}.py").read_text()}
     for t in tools:
         names = imports(ROOT / "tools" / f"{t}.py")
-        wrong = {n for n in names if n.split(".")[-1] in entry_tools - {t} or n in ENTRY}
+        wrong = {n for n in names if n.split(".")[-1] in entry_tools - {t}
+                 or f"{n.split('.')[0]}.py" in ENTRY}
         assert not wrong, f"tools/{t}.py imports the entry script(s) {wrong}"
 
 

@@ -87,6 +87,11 @@ def run(cmd, log, threads=None):
     print(f"  done in {time.time() - t:.0f} s: {log}", flush=True)
 
 
+def given(*pairs):
+    """(flag, value) pairs -> command-line words; a None value passes no flag (the preset's own)."""
+    return [w for flag, value in pairs if value is not None for w in (flag, str(value))]
+
+
 def finished(log):
     """A train.py run is complete when its output ends with 'done: N steps'."""
     return os.path.isfile(log) and "\ndone: " in open(log).read()
@@ -116,50 +121,53 @@ def token_rms(checkpoint, size, frames, patch):
         return model.eval().forward_tokens(video).pow(2).mean().sqrt().item()
 
 
-def collect(out, seeds, tags, grid):
+def collect(out, seeds, tags):
     """The table's rows from the run folders: every seed whose cells have all finished (a run
-    interrupted mid-seed gives the table of its finished seeds) -> (rows, those seeds)."""
+    interrupted mid-seed gives the table of its finished seeds) -> (rows, those seeds, the setting
+    the runs saved in their args.json: grid, epochs, lrs)."""
     def paths(seed, tag):
         return (os.path.join(out, f"pretrain-{tag}-s{seed}"),
                 *(os.path.join(out, f"{k}-{tag}-s{seed}", "results.json") for k in ("ft", "probe")))
     done = [s for s in seeds if all(os.path.isfile(ft) and os.path.isfile(pr) for _, tag, _ in tags
                                     for _, ft, pr in [paths(s, tag)])]
-    rows = {name: {} for name, _, _ in tags}
+    rows, setting = {name: {} for name, _, _ in tags}, {}
     for seed in done:
         for name, tag, flags in tags:
             r, ckpt = rows[name], None
             d, ft, pr = paths(seed, tag)
+            saved = json.load(open(os.path.join(os.path.dirname(ft), "args.json")))
+            grid = saved["img_size"], saved["num_frames"], saved["patch_size"]
+            setting.setdefault("grid", grid)
+            setting.setdefault("finetune_epochs", saved["epochs"])
             if flags is not None:
                 ckpt = os.path.join(d, "checkpoint-latest.pth")
                 r.setdefault("pretrain", []).append(last_loss(os.path.join(d, "log.jsonl")))
+                saved = json.load(open(os.path.join(d, "args.json")))
+                setting.setdefault("pretrain_epochs", saved["epochs"])
+                setting.setdefault("pretrain_lr", saved["lr"])
             r.setdefault("token_rms", []).append(token_rms(ckpt, *grid))
             r.setdefault("finetune", []).append(json.load(open(ft))["top1"])
             r.setdefault("probe", []).append(json.load(open(pr))["top1"])
-    return rows, done
+    return rows, done, setting
 
 
-def budgets(tiny, finetune_tiny):
+def budgets():
     """--budget: the per-seed budgets of a whole table; explicit flags win. quarter fits 5 seeds x
     6 rows in about an hour on 2 cores and cannot tell its rows apart; demo is the README demo's
-    own budget, read from the tiny presets of train.py and finetune.py (~3 hours for 5 x 6);
-    demo32 is the previous demo's (32 pretraining epochs), where docs/table7.md's 5 x 6 table was
-    measured (132 min)."""
+    own budget: no budget flag at all, the tiny presets of train.py and finetune.py as they are
+    (~3 hours for 5 x 6); demo32 is the previous demo's (32 pretraining epochs), where
+    docs/table7.md's 5 x 6 table was measured (132 min)."""
     return {
-        "quarter": dict(pretrain_epochs=8, pretrain_batch=32, finetune_epochs=3,
+        "quarter": dict(pretrain_epochs=8, pretrain_batch=32, pretrain_lr=4e-3, finetune_epochs=3,
                         finetune_lr=1.6e-2, out_dir="out/table7"),
-        "demo32": dict(pretrain_epochs=32, pretrain_batch=16, finetune_epochs=10,
+        "demo32": dict(pretrain_epochs=32, pretrain_batch=16, pretrain_lr=4e-3, finetune_epochs=10,
                        finetune_lr=4e-3, out_dir="out/table7-demo32"),
-        "demo": dict(pretrain_epochs=tiny["epochs"], pretrain_batch=tiny["batch_size"],
-                     finetune_epochs=finetune_tiny["epochs"], finetune_lr=finetune_tiny["lr"],
-                     out_dir="out/table7-demo"),
+        "demo": dict(out_dir="out/table7-demo"),
     }
 
 
 def get_args(argv=None):
-    import finetune
-    import train
-    tiny, finetune_tiny = train.PRESETS["tiny"], finetune.PRESETS["tiny"]
-    budget_table = budgets(tiny, finetune_tiny)
+    budget_table = budgets()
     p = Parser(description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=nonneg_int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -168,28 +176,26 @@ def get_args(argv=None):
                    help="which rows to run, by tag (default: all)")
     p.add_argument("--budget", default="quarter", choices=sorted(budget_table),
                    help="per-seed budgets (the flags below override them): quarter = "
-                   f"{budget_table['quarter']}; demo = {budget_table['demo']}, the tiny presets' own; "
-                   f"demo32 = {budget_table['demo32']}, the previous demo's")
+                   f"{budget_table['quarter']}; demo = the tiny presets' own (no budget flag "
+                   f"passed); demo32 = {budget_table['demo32']}, the previous demo's")
     p.add_argument("--out-dir", default=None, help="default: by --budget")
     p.add_argument("--pretrain-epochs", type=positive_int, default=None,
                    help="train.py --epochs (1,024 clips each); quarter: 8, a quarter of the "
-                   f"previous demo's steps; demo32: 32; demo: the tiny preset's {tiny['epochs']}")
+                   "previous demo's steps; demo32: 32; demo: the tiny preset's")
     p.add_argument("--finetune-epochs", type=positive_int, default=None,
-                   help="finetune.py --epochs (its tiny preset: "
-                   f"{finetune_tiny['epochs']} of {finetune_tiny['motion_train']} clips)")
-    p.add_argument("--pretrain-lr", type=positive_float, default=4e-3,
-                   help="train.py --lr (base lr for 256 clips; the tiny preset's is "
-                   f"{tiny['lr']:g})")
+                   help="finetune.py --epochs; quarter: 3, demo32: 10, demo: its tiny preset's")
+    p.add_argument("--pretrain-lr", type=positive_float, default=None,
+                   help="train.py --lr (base lr for 256 clips); quarter, demo32: 4e-3; demo: the "
+                   "tiny preset's")
     p.add_argument("--pretrain-batch", type=positive_int, default=None,
-                   help="train.py --batch-size; quarter: 32, the demo's batch before it moved to "
-                   f"{tiny['batch_size']}")
+                   help="train.py --batch-size; quarter: 32, the demo's batch before it moved "
+                   "to 16; demo: the tiny preset's")
     p.add_argument("--finetune-lr", type=positive_float, default=None,
                    help="finetune.py --lr (per 256); quarter: 1.6e-2, the tiny preset's before it "
-                   f"moved to {finetune_tiny['lr']:g}")
+                   "moved; demo: the tiny preset's")
     p.add_argument("--grid", nargs=3, type=positive_int, default=None, metavar=("SIZE", "FRAMES", "PATCH"),
                    help="clip size, frames and patch of every run (tubelet 2); "
-                   "default: the tiny presets' "
-                   f"{tiny['img_size']} {tiny['num_frames']} {tiny['patch_size']}")
+                   "default: the tiny presets' own")
     p.add_argument("--jobs", type=positive_int, default=2,
                    help="(seed, row) cells run at a time, each on 1 thread (default 2: on 2 cores "
                    "the tiny model runs ~2x faster as two 1-thread jobs than as one 2-thread job)")
@@ -200,7 +206,6 @@ def get_args(argv=None):
     for k, v in budget_table[args.budget].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    args.grid = args.grid or [tiny["img_size"], tiny["num_frames"], tiny["patch_size"]]
     if args.quick:
         args.pretrain_epochs, args.finetune_epochs = 2, 1
     return args
@@ -210,18 +215,17 @@ def main():
     args = get_args()
     out = args.out_dir
     os.makedirs(out, exist_ok=True)
-    grid = ["--img-size", str(args.grid[0]), "--num-frames", str(args.grid[1]),
-            "--patch-size", str(args.grid[2])]
-    common = ["--preset", "tiny", *grid, "--log-every", "32", "--epochs", str(args.pretrain_epochs),
-              "--save-every", "0", "--lr", str(args.pretrain_lr),
-              "--batch-size", str(args.pretrain_batch)]
+    grid = given(*zip(("--img-size", "--num-frames", "--patch-size"), args.grid or [None] * 3))
+    common = ["--preset", "tiny", *grid, "--log-every", "32", "--save-every", "0",
+              *given(("--epochs", args.pretrain_epochs), ("--lr", args.pretrain_lr),
+                     ("--batch-size", args.pretrain_batch))]
     tags = [(name, tag, flags) for name, tag, flags in ROWS if tag in args.rows]
     if args.table_only:          # the table of the finished seeds in --out-dir, nothing run
-        rows, args.seeds = collect(out, args.seeds, tags, args.grid)
+        rows, args.seeds, setting = collect(out, args.seeds, tags)
         if not args.seeds:
             sys.exit(f"tools/table7.py --table-only: no seed has finished every row in {out} "
                      "(a seed counts once its finetune and probe results.json exist for every row)")
-        return write_table(rows, args)
+        return write_table(rows, args.seeds, setting, out)
 
     def cell_runs(seed, tag, flags):
         """One (seed, row): pretrain (unless not pretrained), finetune, probe; a step whose output
@@ -237,9 +241,9 @@ def main():
         ck = ["--checkpoint", ckpt] if ckpt else []
         ft, pr = os.path.join(out, f"ft-{tag}-s{seed}"), os.path.join(out, f"probe-{tag}-s{seed}")
         if not os.path.isfile(os.path.join(ft, "results.json")):
-            run(["finetune.py", "--preset", "tiny", *grid, *ck, "--seed", str(seed), "--epochs",
-                 str(args.finetune_epochs), "--lr", str(args.finetune_lr), "--out-dir", ft],
-                ft + ".log", threads)
+            run(["finetune.py", "--preset", "tiny", *grid, *ck, "--seed", str(seed),
+                 *given(("--epochs", args.finetune_epochs), ("--lr", args.finetune_lr)),
+                 "--out-dir", ft], ft + ".log", threads)
         if not os.path.isfile(os.path.join(pr, "results.json")):
             run(["probe.py", "--preset", "tiny", *grid, *ck, "--seed", str(seed),
                  "--out-dir", pr], pr + ".log", threads)
@@ -252,8 +256,8 @@ def main():
         for f in futures:
             f.result()                                   # re-raises a failed step
     print(f"all runs done in {(time.time() - t0) / 60:.1f} min", flush=True)
-    rows, args.seeds = collect(out, args.seeds, tags, args.grid)
-    write_table(rows, args)
+    rows, args.seeds, setting = collect(out, args.seeds, tags)
+    write_table(rows, args.seeds, setting, out)
 
 
 def cell(v, digits=1):
@@ -269,8 +273,13 @@ def paired(a, b):
     return d, cell(d), f"{int((np.sign(d) == sign).sum())}/{len(d)}" if sign else "—"
 
 
-def format_table(rows, seeds, pretrain_epochs, finetune_epochs, pretrain_lr, grid):
-    """The markdown of the table, the per-seed values and the paired comparisons."""
+def format_table(rows, seeds, setting):
+    """The markdown of the table, the per-seed values and the paired comparisons. setting:
+    collect's (grid, finetune_epochs, and for pretrained rows pretrain_epochs, pretrain_lr)."""
+    grid = setting["grid"]
+    pretraining = (f"pretraining {setting['pretrain_epochs']} epochs at lr "
+                   f"{setting['pretrain_lr']:g} (per 256 clips), " if "pretrain_epochs" in setting
+                   else "")
     lines = ["| pretraining (tiny, pixel targets) | loss / mean floor | finetune top-1 | "
              "linear probe top-1 | token RMS |",
              "|---|---|---|---|---|"]
@@ -281,9 +290,8 @@ def format_table(rows, seeds, pretrain_epochs, finetune_epochs, pretrain_lr, gri
                      f"{cell(r['token_rms'])} |")
     lines.append(f"\n`motion` dataset, 8 classes (chance 12.5%); "
                  f"mean ± std over seeds {', '.join(map(str, seeds))}; "
-                 f"pretraining {pretrain_epochs} epochs at lr {pretrain_lr:g} (per 256 clips), "
-                 f"finetuning "
-                 f"{finetune_epochs} epochs; grid {grid[0]} px, {grid[1]} frames, "
+                 f"{pretraining}finetuning {setting['finetune_epochs']} epochs; grid {grid[0]} px, "
+                 f"{grid[1]} frames, "
                  f"2x{grid[2]}x{grid[2]} tubelets.")
     lines += ["", "Per seed (" + ", ".join(f"seed {s}" for s in seeds) + "):", "",
               "| pretraining | finetune top-1 | linear probe top-1 |", "|---|---|---|"]
@@ -308,13 +316,12 @@ def format_table(rows, seeds, pretrain_epochs, finetune_epochs, pretrain_lr, gri
     return "\n".join(lines)
 
 
-def write_table(rows, args):
-    text = format_table(rows, args.seeds, args.pretrain_epochs, args.finetune_epochs,
-                        args.pretrain_lr, args.grid)
-    with open(os.path.join(args.out_dir, "table7.md"), "w") as f:
+def write_table(rows, seeds, setting, out_dir):
+    text = format_table(rows, seeds, setting)
+    with open(os.path.join(out_dir, "table7.md"), "w") as f:
         f.write(text + "\n")
-    with open(os.path.join(args.out_dir, "table7.json"), "w") as f:
-        json.dump({"seeds": args.seeds, "rows": rows}, f, indent=1)
+    with open(os.path.join(out_dir, "table7.json"), "w") as f:
+        json.dump({"seeds": seeds, "rows": rows, "setting": setting}, f, indent=1)
     print(text)
 
 
