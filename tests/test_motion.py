@@ -437,6 +437,9 @@ def test_tiles_ship_premultiplied_colour():
     want = np.round(obj[..., :3] * (obj[..., 3:] / 255)).astype(np.uint8)
     got = motion.premultiply(obj)
     assert np.array_equal(got[..., :3], want) and np.array_equal(got[..., 3], obj[..., 3])
+    c, a = np.divmod(np.arange(65536), 256)   # every (colour, alpha) pair: the shift trick exact
+    every = motion.premultiply(np.stack([c, c, c, a], -1).astype(np.uint8)[None])[0, :, 0]
+    assert np.array_equal(every, np.floor(c * a / 255 + 0.5))
     m = {"picks": np.array([0, 0])}
     t = motion.motion_tiles([obj], m, (12, 12))
     assert np.array_equal(t["tiles"][1, :, :9, :7].permute(1, 2, 0).numpy(), got)
