@@ -8,7 +8,7 @@ them); tests/test_finetune.py pins each to timm's, test_augment_device.py the de
     aug = RandAug(n=2, m=9, mstd=0.5)
     frames = randaugment_clip(aug, frames, rng)          # uint8 (T, H, W, 3), one draw per clip
     # or split, as finetune.py runs it: the loader worker draws, the training step applies
-    draw = RandAugDraw(aug); draw(frames, rng)           # draw.last: randaug_params' tensors
+    frames, draw = randaug_sample(aug, frames, rng)      # draw: randaug_params' op, arg tensors
     video = randaugment_batch(video, op, arg)            # uint8 (B, C, T, H, W); op, arg: CPU
     video = random_erase(video, 0.25, rng)               # (B, C, T, H, W), normalised
     video, target = mix_batch(video, target, rng, 0.8, 1.0)
@@ -300,50 +300,11 @@ def randaug_params(ops, n, height, width):
     return {"randaug_op": op, "randaug_arg": arg}
 
 
-class RandAugDraw:
-    """finetune.py's augment when the device applies RandAugment: called as randaugment_clip, it
-    draws the same ops from the same rng, keeps them in .last (randaug_params'), returns frames."""
-
-    def __init__(self, cfg):
-        self.cfg, self.last = cfg, None
-
-    def __call__(self, frames, rng):
-        self.last = randaug_params(randaug_draw(self.cfg, rng), self.cfg.n, *frames.shape[1:3])
-        return frames
-
-
-class WithDraws(torch.utils.data.Dataset):
-    """A training set whose augment is a RandAugDraw, each item with its clip's draw beside it
-    (randaug_params' keys), for collate_draws to stack."""
-
-    def __init__(self, dataset, draw):
-        self.dataset, self.draw = dataset, draw
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def set_epoch(self, epoch):
-        self.dataset.set_epoch(epoch)
-
-    def targets(self):
-        return self.dataset.targets()
-
-    def __getitem__(self, key):
-        self.draw.last = None
-        item = self.dataset[key]
-        if self.draw.last is None:
-            raise RuntimeError(f"{type(self.dataset).__name__} did not call its augment")
-        return {**item, **self.draw.last}
-
-
-def collate_draws(collate, samples):
-    """collate(samples), and WithDraws' draws stacked: randaug_op (B, n), randaug_arg (B, n, 6),
-    the CPU tensors randaugment_batch groups the clips by."""
-    batch = collate(samples)
-    for key in ("randaug_op", "randaug_arg"):
-        if key in samples[0]:
-            batch[key] = torch.stack([s[key] for s in samples])
-    return batch
+def randaug_sample(cfg, frames, rng):
+    """finetune.py's augment (the dataset's augment(frames, rng) -> (frames, entries)) when the
+    device applies RandAugment: the clip's draw (randaug_draw: the ops randaugment_clip would apply,
+    from the same rng), shipped beside the untouched frames as randaug_params' tensors."""
+    return frames, randaug_params(randaug_draw(cfg, rng), cfg.n, *frames.shape[1:3])
 
 
 def _f64(device):

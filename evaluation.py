@@ -172,9 +172,7 @@ def frozen_encoder(state, *, model, layer=None, **grid):
 def make_target(label, task, num_classes):
     """A list label as a tensor: class id (single), multi-hot (multi), the count as a float."""
     if task == "multi":
-        t = torch.zeros(num_classes)
-        t[list(label)] = 1.0
-        return t
+        return torch.zeros(num_classes).index_fill_(0, torch.tensor(list(label)).long(), 1)
     return torch.tensor(float(label)) if task == "count" else torch.tensor(int(label))
 
 
@@ -229,8 +227,9 @@ class VideoClipDataset(torch.utils.data.Dataset):
     train: one clip per item: T frames at `stride` from a random start ("dense") or one random frame
     per segment ("segment", TSN-style, SSv2), a crop (`crop`: "multiscale" = MultiScaleCrop as in
     pretraining, "rrc" = VideoMAE's random resized crop, see augment.crop_and_flip), `augment(frames,
-    rng)` (finetune.py's RandAugment draw), shipped channels last; the step flips (sample["flip"],
-    data.infuse), then augments. A bad video is replaced by another one, reported (sample["bad"]).
+    rng) -> (frames, entries)` (finetune.py's RandAugment draw: entries for the step), shipped
+    channels last; the step flips (sample["flip"], data.infuse), then augments. A bad video is
+    replaced by another one, reported (sample["bad"]).
     test: item i = video i // num_clips, temporal view i % num_clips; num_crops crops after resizing
     the short side -> (num_crops, C, T, H, W). A bad video is an error here: it would bias the
     result. Randomness: a pure function of (seed, epoch, index): workers and resumed runs agree."""
@@ -283,10 +282,10 @@ class VideoClipDataset(torch.utils.data.Dataset):
                                          defer_flip=True)
         (index, (frames, flip)), bad = data.with_retries(clip, index, len(self.items), rng,
                                                          lambda i: self.items[i][0])
-        if self.augment is not None:
-            frames = self.augment(frames, rng)
+        frames, extra = self.augment(frames, rng) if self.augment else (frames, {})
         return {"video": torch.from_numpy(frames).permute(3, 0, 1, 2), "flip": flip, "index": index,
-                "bad": bad, "label": make_target(self.items[index][1], self.task, self.num_classes)}
+                "bad": bad, "label": make_target(self.items[index][1], self.task, self.num_classes),
+                **extra}
 
 
 MOTION_CLASSES = ("left", "right", "up", "down", "clockwise", "counter-clockwise", "growing",
@@ -305,10 +304,10 @@ class MotionClassDataset(torch.utils.data.Dataset):
     twice and shows one object); label = the set (multi-hot). Stand-in for Charades.
     task "count": one object moves out and back k = 1..max_count times (>= 4 frames per repetition);
     label = k, the same group trick keeps frame 0 independent of k. Stand-in for UCFRep.
-    Objects are pasted with motion.paste, the pretraining overlay's own resampling and blend. Each
-    clip is a pure function of (seed, split, index); train mode's crop (`crop`, default "none"; no
-    flip: the classes have a direction) and augment(frames, rng) draw from (seed, epoch, index).
-    Sizes and speeds are fractions of the frame, so any img_size works."""
+    Objects are pasted by motion.paste (the overlay's resampling and blend); sizes and speeds are
+    fractions of the frame (any img_size). Each clip is a pure function of (seed, split, index);
+    train mode's crop (`crop`, default "none"; no flip: the classes have a direction) and augment
+    (as VideoClipDataset's) draw from (seed, epoch, index)."""
 
     def __init__(self, split, length, mode="train", task="single", num_frames=16, img_size=64,
                  seed=0, max_count=4, augment=None, num_objects_bank=64,
@@ -371,14 +370,15 @@ class MotionClassDataset(torch.utils.data.Dataset):
             return {"video": data.to_tensor(frames)[None], "label": target, "video_id": index}
         rng = np.random.default_rng([self.seed, self.epoch, index])
         frames = augment.crop_and_flip(frames, self.S, rng, False, **self.crop)   # "none": no draw
-        if self.augment is not None:
-            frames = self.augment(frames, rng)
-        return {"video": data.to_tensor(frames), "label": target, "index": index, "bad": []}
+        frames, extra = self.augment(frames, rng) if self.augment else (frames, {})
+        return {"video": data.to_tensor(frames), "label": target, "index": index, "bad": [], **extra}
 
 
 def eval_collate(samples):
-    """Stack a batch; test-mode items keep their views: video (B, V, C, T, H, W)."""
+    """Stack a batch; test-mode items keep their views: video (B, V, C, T, H, W); an augment's
+    randaug_op (B, n), randaug_arg (B, n, 6): the CPU tensors randaugment_batch groups clips by."""
     out = {k: data.cat([s[k] for s in samples], stack=True) for k in ("video", "label")}
+    out.update({k: torch.stack([s[k] for s in samples]) for k in samples[0] if "randaug" in k})
     out.update({k: torch.tensor([s[k] for s in samples]) for k in ("index", "video_id", "flip")
                 if k in samples[0]})
     out["bad"] = [b for s in samples for b in s.get("bad", [])]

@@ -34,8 +34,7 @@ import torch
 import torch.nn.functional as F
 
 import data
-from augment import (RandAug, RandAugDraw, WithDraws, collate_draws, mix_batch, randaugment_batch,
-                     random_erase)
+from augment import RandAug, mix_batch, randaug_sample, randaugment_batch, random_erase
 from evaluation import (EVAL_DATASETS, add_data_args, build_classifier, build_datasets,
                         check_data_args, check_data_paths, compute_metrics, eval_collate, per_video,
                         read_checkpoint, write_results)
@@ -263,11 +262,11 @@ def get_args(argv=None):
 
 def make_augment(args):
     """The clip augmentation of the training set (Table 17: RandAugment, timm's convention), or
-    None: the worker only draws each clip's ops (augment.RandAugDraw, from the sample's rng as
+    None: the worker only draws each clip's ops (augment.randaug_sample, from the sample's rng as
     randaugment_clip did); the step applies them on the device (augment.randaugment_batch)."""
     if not args.randaug_n:
         return None
-    return RandAugDraw(RandAug(args.randaug_n, args.randaug_m, args.randaug_mstd))
+    return partial(randaug_sample, RandAug(args.randaug_n, args.randaug_m, args.randaug_mstd))
 
 
 def crop_args(args):
@@ -310,25 +309,21 @@ def main(argv=None):
     log = Log(args.out_dir, master, args.tensorboard, args)
 
     # ------------------------------------------------------------------ data
-    draw = make_augment(args)
-    try:
+    try:   # each clip's RandAugment draw travels with it (make_augment), for the step
         train_set, val_set = build_datasets(
             args.dataset, args.task, args.num_classes, num_frames=args.num_frames,
             img_size=args.img_size, seed=args.seed, data_root=args.data_root,
             train_list=args.train_list, val_list=args.val_list, train_samples=args.train_samples,
             sampling=args.sampling, stride=args.stride, flip=args.flip, test_clips=args.test_clips,
             test_crops=args.test_crops, motion_train=args.motion_train, motion_val=args.motion_val,
-            motion_backgrounds=args.motion_backgrounds, augment=draw,
+            motion_backgrounds=args.motion_backgrounds, augment=make_augment(args),
             crop=crop_args(args))
     except (OSError, ValueError) as e:
         # missing list, malformed line, label out of range: before any work
         fail(str(e))
-    if draw is not None:   # each clip's RandAugment draw travels with it, for the step
-        train_set = WithDraws(train_set, draw)
     sampler = data.ResumableSampler(train_set, world, rank, seed=args.seed, shuffle=True,
                                     drop_last=True)
-    loader = data.loader(train_set, sampler, per_micro, args.workers, device,
-                         partial(collate_draws, eval_collate))
+    loader = data.loader(train_set, sampler, per_micro, args.workers, device, eval_collate)
     steps_per_epoch = len(train_set) // world // (per_micro * args.accum_iter)
     if steps_per_epoch == 0 and not args.eval_only:
         unit = world * args.accum_iter                      # --batch-size must be a multiple

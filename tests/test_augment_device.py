@@ -3,8 +3,8 @@ applies. Each op against timm's PIL op (auto_augment.NAME_TO_OP, the definitions
 tests/test_finetune.py pins randaug_frame to) on the same frames and arguments: bit-identical on
 the CPU (the tolerance: 0 grey levels; PIL's float32 blends and float64 bicubic / autocontrast are
 followed operation by operation). Then whole draws over batches against randaugment_clip, the
-dataset path (WithDraws + collate_draws, through a loader worker), no host read of a device
-tensor, one graph per op."""
+dataset path (randaug_sample's draws beside each clip, eval_collate, a loader worker), no host
+read of a device tensor, one graph per op."""
 from functools import partial
 
 import numpy as np
@@ -106,23 +106,21 @@ def test_whole_draws_equal_randaugment_clip():
 
 
 def test_dataset_draws_through_a_worker_equal_the_pil_path():
-    """finetune.py's path: the dataset calls a RandAugDraw where it called randaugment_clip (the
-    same rng, so the same draw), WithDraws puts the draw beside the untouched clip, collate_draws
-    stacks it in a loader worker, randaugment_batch applies it: the clips of the PIL path."""
+    """finetune.py's path: the dataset calls randaug_sample where it called randaugment_clip (the
+    same rng, so the same draw) and ships the draw beside the untouched clip, eval_collate stacks
+    it in a loader worker, randaugment_batch applies it: the clips of the PIL path."""
     cfg = augment.RandAug(n=2, m=9, mstd=0.5)
     kw = dict(img_size=32, num_frames=4, crop="rrc")
-    old = evaluation.MotionClassDataset("train", 16, augment=partial(augment.randaugment_clip, cfg),
-                                        **kw)
+    old = evaluation.MotionClassDataset(
+        "train", 16, augment=lambda f, rng: (augment.randaugment_clip(cfg, f, rng), {}), **kw)
     plain = evaluation.MotionClassDataset("train", 16, **kw)
-    new = augment.WithDraws(evaluation.MotionClassDataset("train", 16, augment=augment.RandAugDraw(
-        cfg), **kw), augment.RandAugDraw(cfg))
-    new.draw = new.dataset.augment
+    new = evaluation.MotionClassDataset("train", 16, augment=partial(augment.randaug_sample, cfg),
+                                        **kw)
     assert len(new) == 16 and torch.equal(new.targets(), old.targets())
     sampler = data.ResumableSampler(new, shuffle=False)
     sampler.set_epoch(1, state=dict(epoch=1))
     old.set_epoch(1), plain.set_epoch(1)
-    loader = data.loader(new, sampler, 8, 1, torch.device("cpu"),
-                         partial(augment.collate_draws, evaluation.eval_collate))
+    loader = data.loader(new, sampler, 8, 1, torch.device("cpu"), evaluation.eval_collate)
     batches = list(loader)
     assert [b["randaug_op"].shape for b in batches] == [(8, 2)] * 2
     assert batches[0]["randaug_arg"].shape == (8, 2, 6)
@@ -132,8 +130,8 @@ def test_dataset_draws_through_a_worker_equal_the_pil_path():
                      for b in batches])
     want = torch.stack([old[i]["video"] for i in range(16)])
     assert not torch.equal(want, video) and torch.equal(got, want)
-    with pytest.raises(RuntimeError, match="did not call its augment"):
-        augment.WithDraws(plain, augment.RandAugDraw(cfg))[0]
+    assert "randaug_op" not in plain[0] and "randaug_op" not in evaluation.eval_collate(
+        [plain[0], plain[1]])   # no augment, no draw shipped
 
 
 def test_step_reads_nothing_back_from_the_device():
@@ -175,14 +173,12 @@ def test_video_list_clips_flip_in_the_step_as_the_worker_flipped(video_list):
     flip, PIL RandAugment, to_tensor) for the same seed, epoch and index."""
     cfg = augment.RandAug(n=2, m=9, mstd=0.5)
     items = data.read_list(video_list)
-    draw = augment.RandAugDraw(cfg)
-    ds = augment.WithDraws(evaluation.VideoClipDataset(items, mode="train", num_classes=3,
-                                                       num_frames=8, img_size=32, crop="rrc",
-                                                       augment=draw, seed=3), draw)
+    ds = evaluation.VideoClipDataset(items, mode="train", num_classes=3, num_frames=8, img_size=32,
+                                     crop="rrc", augment=partial(augment.randaug_sample, cfg),
+                                     seed=3)
     sampler = data.ResumableSampler(ds, shuffle=False)
     sampler.set_epoch(2, state=dict(epoch=2))
-    batch, = list(data.loader(ds, sampler, 6, 1, torch.device("cpu"),
-                              partial(augment.collate_draws, evaluation.eval_collate)))
+    batch, = list(data.loader(ds, sampler, 6, 1, torch.device("cpu"), evaluation.eval_collate))
     assert batch["video"].is_contiguous(memory_format=torch.channels_last_3d)   # as shipped
     got = augment.randaugment_batch(data.infuse(batch), batch["randaug_op"], batch["randaug_arg"])
     want = []

@@ -363,15 +363,14 @@ def finetune_clip_cost(path, clips=24, seed=0):
     to_tensor). Random erasing runs in the step. -> ({part: ms} now, {part: ms} before), both
     holding "decode"."""
     import data
-    from augment import RandAug, RandAugDraw, crop_and_flip, randaugment_clip
+    from augment import RandAug, crop_and_flip, randaug_sample, randaugment_clip
     aug, rng, now, before = RandAug(2, 9, 0.5), np.random.default_rng(seed), {}, {}
-    draw = RandAugDraw(aug)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     n = data.video_info(path)[0]
     crop = partial(crop_and_flip, size=224, rng=rng, flip=True, crop="rrc")
     steps = {"now": [("crop (flip in the step)", lambda f: crop(f, defer_flip=True)[0]),
-                     ("RandAugment draw", lambda f: draw(f, rng)),
+                     ("RandAugment draw", lambda f: randaug_sample(aug, f, rng)[0]),
                      ("to tensor (a view)", lambda f: torch.from_numpy(f).permute(3, 0, 1, 2))],
              "before": [("crop + flip", crop), ("PIL RandAugment", lambda f: randaugment_clip(
                  aug, f, rng)), ("to tensor (a copy)", data.to_tensor)]}
