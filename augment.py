@@ -186,9 +186,11 @@ def randaug_draw(cfg, rng):
 
 
 def randaugment_clip(cfg, frames, rng):
-    """RandAugment in timm's convention (Table 17: RandAug (9, 0.5)): ONE draw (randaug_draw, from
-    the sample's rng) applied to every frame with PIL, as timm. cfg: RandAug. After the crop (the
-    reference's before it; translations are relative to the side either way). uint8 (T, H, W, 3)."""
+    """RandAugment in timm's convention (Table 17: RandAug (9, 0.5); VideoMAE's video RandAugment):
+    ONE draw of ops, magnitudes and signs (from the sample's numpy rng; Python's and torch's global
+    RNGs untouched) applied to every frame, per frame with PIL as timm. cfg: RandAug. Runs after the
+    crop (the reference's before it, on the decoded frames; translations are relative to the side
+    either way). uint8 (T, H, W, 3) -> uint8 (T, H, W, 3)."""
     from PIL import Image
     ops = randaug_draw(cfg, rng)
     if not ops:
@@ -257,10 +259,12 @@ def mix_batch(video, target, rng, mixup, cutmix, switch_prob=0.5):
 
 
 # ----------------------------------------------------------------------------- device RandAugment
-# The same RandAugment split in two, so that a loader worker does not spend ~25 ms of CPU per clip
-# on it (docs/performance.md): the worker draws (randaug_draw) and ships the draw as two small
-# tensors (randaug_params); the step applies every clip's ops to the batch on any device
-# (randaugment_batch), each op in PIL's arithmetic (randaug_frame's, pinned to timm's).
+# The same RandAugment split in two, for a loader worker that should not spend ~25 ms of CPU per
+# clip on it (docs/performance.md, "The finetuning loader"): the worker draws (randaug_sample:
+# randaug_draw, as above, from the sample's rng) and ships the draw as two small tensors
+# (randaug_params); the training step applies every clip's ops to the batch on whatever device it
+# runs on (randaugment_batch), one implementation for every device. Each op follows PIL's
+# arithmetic (the ops randaug_frame calls, pinned to timm's): tests/test_augment_device.py.
 
 AFFINE_BLOCK = 1 << 17   # samples per block of _affine on the CPU
 AFFINE_OPS = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
