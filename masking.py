@@ -79,7 +79,8 @@ def motion_tokens(alpha, size, centres, angles, scales, shape, tubelet=2, patch=
     cos, sin, cx, cy, x0, x1, y0, y1 = motion.box_geometry(shape, size, centres, angles, scales)
     c, s = cos / scales, sin / scales
     x0, x1, y0, y1 = (v.astype(np.int64) for v in (x0, x1, y0, y1))
-    sat = np.pad((alpha.numpy() > 0).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sat = np.zeros((P + 1, Q + 1), dtype=np.int64)   # summed-area table of alpha > 0
+    np.cumsum((alpha.numpy() > 0).cumsum(0), 1, out=sat[1:, 1:])
     tokens = np.zeros((T // tubelet, H // patch, W // patch), dtype=bool)
 
     def pixels(t, cy_, cx_, n):   # cell (cy_, cx_) of n x n pixels, clipped to frame t's box
