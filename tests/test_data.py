@@ -118,7 +118,7 @@ def test_resumable_sampler_matches_distributed_sampler():
 
 
 def test_resize_uint8_matches_float_resize():
-    """data.resize (torch's uint8 kernel) stays within 1 grey level of the float bilinear +
+    """augment.resize (torch's uint8 kernel) stays within 1 grey level of the float bilinear +
     antialias resize."""
     import torch.nn.functional as F
     frames = np.random.default_rng(0).integers(0, 256, (4, 90, 70, 3), dtype=np.uint8)

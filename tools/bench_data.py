@@ -134,7 +134,7 @@ def bench_data(a, model_rate):
         "<= 10 ms", r["overlay"] <= 0.010)
     row("trajectory mask of 16x224, one core (masking)", f"{1000 * r['mask']:.2f} ms/clip",
         "-", "-")
-    row("crop resize 16x320x320 -> 224, one core: data.resize (uint8) vs float round trip",
+    row("crop resize 16x320x320 -> 224, one core: augment.resize (uint8) vs float round trip",
         f"{1000 * r['resize']:.1f} ms/clip", f"{1000 * r['resize_float']:.1f} ms/clip",
         f"{r['resize_float'] / r['resize']:.2f}x")
 
