@@ -411,14 +411,13 @@ class PretrainDataset(torch.utils.data.Dataset):
         if self.render == "worker" and with_objects:
             clip, footprints = motion.overlay(clip, self.objects, rng, **self.overlay_kw)
             obj = masking.object_tokens(footprints, self.tubelet, self.patch)
-        if self.render == "step":   # K tiles that paste nothing, unless drawn below
+        if self.render == "step":   # the draws, or K tiles that paste nothing (batches stack)
             K = self.num_objects if self.objects is not None else 0
+            m = (motion.draw_motion((T, H, W), len(self.objects), rng, **self.overlay_kw)
+                 if with_objects else motion.no_motion(K, T))
             sides = motion.tile_sides(self.objects, self.overlay_kw["size_range"], H, W)
-            m = motion.no_motion(K, T)
-            m.update(motion.motion_tiles(None, m, sides))
+            m.update(motion.motion_tiles(self.objects if with_objects else None, m, sides))
         if self.render == "step" and with_objects:   # tokens from the alpha: the same tokens
-            m = motion.draw_motion((T, H, W), len(self.objects), rng, **self.overlay_kw)
-            m.update(motion.motion_tiles(self.objects, m, sides))
             obj = masking.drawn_tokens(m, (T, H, W), self.tubelet, self.patch)
         if with_objects and self.masking == "trajectory":
             mask = masking.trajectory_mask(obj, self.mask_ratio, rng)
