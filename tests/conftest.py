@@ -28,6 +28,22 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+def pytest_sessionstart(session):
+    """Stop at once, saying why, where the temporary folder's disk cannot hold the run: a full disk
+    otherwise fails dozens of unrelated tests mid-run (a passed test's files are deleted as it ends,
+    pytest.ini, but checkpoints of the tests in flight and the failed ones' stay)."""
+    import shutil
+    import tempfile
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    if free < NEEDS_FREE_BYTES:
+        pytest.exit(f"only {free / 2**30:.1f} GiB free under {tempfile.gettempdir()}; the tests need "
+                    f"{NEEDS_FREE_BYTES / 2**30:.0f} GiB: free some space or point TMPDIR at a disk "
+                    f"that has it", returncode=1)
+
+
+NEEDS_FREE_BYTES = 1 << 30
+
+
 def write_video(path, num_frames=40, height=48, width=64, fps=25, codec="libx264"):
     """Frame i is a uniform grey of level 5*i (so decoded frames can be identified), with a white
     square in the top-left corner that moves one pixel right per frame."""
