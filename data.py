@@ -16,6 +16,7 @@ same stream. A bad item (unreadable video, bad object PNG) is replaced by anothe
 never fatal.
 The evaluation datasets are evaluation.py's; `python -m tools.prepare` re-encodes and checks list files.
 """
+import ctypes
 import itertools
 import os
 import re
@@ -333,16 +334,11 @@ class PretrainDataset(torch.utils.data.Dataset):
         self.tubelet, self.patch, self.seed = tubelet, patch, seed
         self.overlay_kw = dict(num_objects=num_objects, size_range=tuple(object_size),
                                angle_range=tuple(angle_range), scale_range=tuple(scale_range))
-        self.frame_pick, self.pass_index, self.repeat = frame_pick, 0, repeat
-        self.render = render
+        self.frame_pick, self.pass_index, self.repeat, self.render = frame_pick, 0, repeat, render
 
     def set_state(self, pass_index, motion=None, repeat=None):
         """Called before each pass (and at a stage switch): the pass seeds every sample of it."""
-        self.pass_index = pass_index
-        if motion is not None:
-            self.motion = motion
-        if repeat is not None:
-            self.repeat = repeat
+        self.pass_index, self.motion, self.repeat = pass_index, motion or self.motion, repeat or self.repeat
 
     def __len__(self):
         return self.length
@@ -506,12 +502,17 @@ def unkey(key, set_state):
     return key
 
 
-def worker_init(worker_id):
+def worker_init(worker_id, keep_heap=True):
     """In each loader worker: torch ops single-threaded (samples carry their own generators), and
     the preemption signals ignored. torchrun stops its workers with killpg(SIGTERM) and SLURM
     signals every process of the step, so the workers get SIGTERM / SIGUSR1 too; dying of it would
-    kill the run before the main process (runtime.Preemption) writes its checkpoint."""
+    kill the run before the main process (runtime.Preemption) writes its checkpoint.
+    keep_heap: glibc gives each freed buffer over 128 KB back to the kernel and the next clip faults
+    fresh zeroed pages in (~1,000 a clip, ~3 ms of ~19 here: issue 26); kept in the heap instead."""
     torch.set_num_threads(1)
+    libc = ctypes.CDLL(None) if keep_heap and os.name == "posix" else None
+    if hasattr(libc, "mallopt"):   # glibc's (macOS has none; musl's ignores it)
+        libc.mallopt(-3, 256 << 20), libc.mallopt(-1, 1 << 30)   # M_MMAP_, M_TRIM_THRESHOLD
     for s in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(s, signal.SIG_IGN)
 
