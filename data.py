@@ -507,8 +507,8 @@ def worker_init(worker_id, keep_heap=True):
     the preemption signals ignored. torchrun stops its workers with killpg(SIGTERM) and SLURM
     signals every process of the step, so the workers get SIGTERM / SIGUSR1 too; dying of it would
     kill the run before the main process (runtime.Preemption) writes its checkpoint.
-    keep_heap: glibc gives each freed buffer over 128 KB back to the kernel and the next clip faults
-    fresh zeroed pages in (~1,000 a clip, ~3 ms of ~19 here: issue 26); kept in the heap instead."""
+    keep_heap: glibc gives freed buffers over a moving threshold back to the kernel, and the next
+    clip faults fresh zeroed pages in (up to ~1,200 a clip, ~3 ms here: issue 26); kept instead."""
     torch.set_num_threads(1)
     libc = ctypes.CDLL(None) if keep_heap and os.name == "posix" else None
     if hasattr(libc, "mallopt"):   # glibc's (macOS has none; musl's ignores it)

@@ -2,7 +2,7 @@
 datasets and their test views, the classifier built from a checkpoint, multi-view testing over
 ranks, metrics (top-1/5, mean class accuracy, mAP, counting error), result files.
 Every dataset returns dicts of uint8 clips, normalised on the device (data.normalize):
-  train mode: {"video": (C, T, H, W) uint8, "label", "index", "bad"(, "flip")}, one clip per item;
+  train mode: {"video": (C, T, H, W) uint8, "label", "index", "bad"(, "flip", "randaug_*")}, one clip;
   test mode:  {"video": (V, C, T, H, W) uint8, "label", "video_id"}, V crops of one temporal view.
 label: a long (single-label), a multi-hot float (num_classes,) (multi-label) or a float count.
 """

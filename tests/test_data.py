@@ -238,8 +238,10 @@ def test_loader_workers_keep_freed_buffers_in_their_heap(keep_heap):
     and ~3 ms here, issue 26). keep_heap=False, glibc's default, is what the test sees without it."""
     import functools
     init = functools.partial(data.worker_init, keep_heap=keep_heap)
+    # a fresh worker process: a forked one inherits whatever threshold glibc's heap reached here
     faults = list(torch.utils.data.DataLoader(_Allocates(), batch_size=None, num_workers=1,
-                                              worker_init_fn=init))[2:]
+                                              worker_init_fn=init,
+                                              multiprocessing_context="spawn"))[2:]
     if keep_heap:
         assert max(faults) < 100, f"page faults per item: {faults}"
     else:

@@ -14,8 +14,6 @@ import pytest
 import torch
 
 import augment
-import data
-import evaluation
 import finetune
 import probe
 
