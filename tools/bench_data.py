@@ -64,7 +64,8 @@ def loader_rate(dataset, workers, batches):
                                          collate_fn=data.collate, worker_init_fn=data.worker_init,
                                          prefetch_factor=4 if workers else None)
     it, clips = iter(loader), 0
-    t0 = (next(it), time.perf_counter())[1]
+    next(it)
+    t0 = time.perf_counter()
     for _ in range(batches):
         clips += len(next(it)["mask"])
     rate = clips / (time.perf_counter() - t0)
@@ -131,8 +132,7 @@ def bench_data(a, model_rate):
     row("overlay of 2 objects on 16x224, one core (motion.overlay)",
         f"{1000 * r['overlay']:.1f} ms/clip", "10 ms budget", f"{0.010 / r['overlay']:.2f}x",
         "<= 10 ms", r["overlay"] <= 0.010)
-    row("trajectory mask of 16x224, one core (masking)", f"{1000 * r['mask']:.2f} ms/clip",
-        "-", "-")
+    row("trajectory mask of 16x224, one core (masking)", f"{1000 * r['mask']:.2f} ms/clip", "-", "-")
     row("crop resize 16x320x320 -> 224, one core: augment.resize (uint8) vs float round trip",
         f"{1000 * r['resize']:.1f} ms/clip", f"{1000 * r['resize_float']:.1f} ms/clip",
         f"{r['resize_float'] / r['resize']:.2f}x")
@@ -420,10 +420,9 @@ def stamped_collate(samples):
 
 def worker_cpu(dataset, batches, videos_per_batch):
     """CPU seconds one loader worker spends per clip over `batches` batches of videos_per_batch
-    videos (num_sample clips each), its first batch (start-up) not counted. Today's path (render
-    "worker") in a worker as it was: glibc's heap as it comes (data.worker_init's keep_heap)."""
+    videos (num_sample clips each), its first batch (start-up) not counted."""
     import data
-    init = partial(data.worker_init, keep_heap=dataset.render == "step")
+    init = partial(data.worker_init, keep_heap=dataset.render == "step")   # today's: glibc's heap
     loader = torch.utils.data.DataLoader(dataset, batch_size=videos_per_batch, num_workers=1,
                                          collate_fn=stamped_collate, worker_init_fn=init)
     stamps = [(b["cpu"], len(b["mask"])) for _, b in zip(range(batches + 1), loader)]
@@ -465,7 +464,8 @@ def worker_check(a):
     # where a clip's CPU goes, in this process on one thread, each piece warmed (PyAV's import and
     # first open: ~90 ms): decoding (half a video), reading two objects, the rest by difference
     ds, rng = data.PretrainDataset("video", **kw), np.random.default_rng(0)
-    t = (ds.background(0, rng), np.asarray(bank[0]), time.process_time())[-1]
+    ds.background(0, rng), np.asarray(bank[0])
+    t = time.process_time()
     for i in range(videos):
         ds.background(i, rng)
     decode, t = 1000 * (time.process_time() - t) / (2 * videos), time.process_time()
