@@ -407,6 +407,9 @@ def load_checkpoint(path):
     if not why:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(ckpt, dict):
+                return ckpt
+            why = f"holds a {type(ckpt).__name__}, not a checkpoint (a dict of weights)"
         except Exception as e:   # noqa: BLE001 -- every way torch.load fails becomes one line
             with open(path, "rb") as f:
                 head, size = f.read(8), os.path.getsize(path)
@@ -420,10 +423,6 @@ def load_checkpoint(path):
                        "not a checkpoint these scripts wrote")
             else:
                 why = f"is truncated or damaged ({size} bytes; torch.load: {first})"
-        else:
-            if isinstance(ckpt, dict):
-                return ckpt
-            why = f"holds a {type(ckpt).__name__}, not a checkpoint (a dict of weights)"
     raise CheckpointError(f"{path} {why}")
 
 
@@ -781,9 +780,10 @@ class Log:
             self.wb = None
 
 
-def save_args(args, out_dir):
-    with open(os.path.join(out_dir, "args.json"), "w") as f:
+def save_args(args, out_dir):   # written aside, then renamed: no reader ever sees half of it
+    with open(os.path.join(out_dir, f"args.json.tmp{os.getpid()}"), "w") as f:
         json.dump(vars(args), f, indent=1)
+    os.replace(f.name, os.path.join(out_dir, "args.json"))
 
 
 def print_table(rows, title):

@@ -181,6 +181,23 @@ def test_crash_mid_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     assert runtime.load_checkpoint(str(path))["step"] == 1
 
 
+def test_args_json_is_never_seen_half_written(tmp_path, monkeypatch):
+    """save_args writes aside and renames: a crash mid-write, or another rank reading meanwhile
+    (tools/extract.py checks every rank's flags against it), finds the whole previous file."""
+    import argparse
+    import json
+    runtime.save_args(argparse.Namespace(model="tiny"), str(tmp_path))
+
+    def crashing_dump(obj, f, **kw):
+        f.write('{"model": "ba')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, "dump", crashing_dump)
+    with pytest.raises(KeyboardInterrupt):
+        runtime.save_args(argparse.Namespace(model="base"), str(tmp_path))
+    assert json.loads((tmp_path / "args.json").read_text()) == {"model": "tiny"}
+
+
 def test_checkpoints_load_weights_only_and_last_k_kept(tmp_path):
     out = tmp_path / "run"
     run(["train.py", *TINY, "--out-dir", str(out), "--save-every", "1", "--keep", "2"])

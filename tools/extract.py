@@ -425,7 +425,6 @@ def main(argv=None):
     model, fc_norm = build_encoder(args, verbose=master)
     model.to(device)
     check_settings(args)
-    all_reduce(torch.zeros(1, device=device)).item()   # all have read args.json: rank 0 rewrites it
     log = Log(args.out_dir, master)
     if master:
         save_args(args, args.out_dir)
