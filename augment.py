@@ -1,9 +1,9 @@
-"""Clip augmentation. The crops: pretraining's MultiScaleCrop (Table 18) and finetuning's random
-resized crop, resized and flipped by crop_and_flip. Finetuning's (Table 17, "follow VideoMAE";
-SPEC 6): RandAugment in timm's convention (rand-m9-mstd0.5-inc1, n 2), the same ops on every frame
-of a clip; random erasing (p 0.25, one box per clip and all its frames); mixup (alpha 0.8) and
-CutMix (alpha 1.0) per batch. Pure functions of an explicit random generator (--resume replays
-them); tests/test_finetune.py pins each to timm's, test_augment_device.py the device half.
+"""Clip augmentation. The crops: pretraining's MultiScaleCrop (Table 18; of YUV planes: crop_planes)
+and finetuning's random resized crop, resized and flipped by crop_and_flip. Finetuning's (Table 17,
+"follow VideoMAE"; SPEC 6): RandAugment in timm's convention (rand-m9-mstd0.5-inc1, n 2), the same
+ops on every frame of a clip; random erasing (p 0.25, one box per clip and all its frames); mixup
+(alpha 0.8) and CutMix (alpha 1.0) per batch. Pure functions of an explicit random generator
+(--resume replays them); test_finetune.py pins each to timm's, test_augment_device.py the device half.
 
     aug = RandAug(n=2, m=9, mstd=0.5)
     frames = randaugment_clip(aug, frames, rng)          # uint8 (T, H, W, 3), one draw per clip
@@ -44,8 +44,7 @@ def random_resized_crop_box(height, width, rng, scale=(0.25, 1.0), ratio=(3 / 4,
     """VideoMAE's finetuning crop (video_transforms._get_param_spatial_crop, = torchvision's
     RandomResizedCrop): area a fraction U(scale) of the frame, aspect w / h log-uniform in `ratio`,
     placed uniformly; after `attempts` misses the centre crop clamped to `ratio`. One box for the
-    whole clip. The SMILE reference draws scale (0.25, 1.0), VideoMAE (0.08, 1.0).
-    -> (y, x, h, w)."""
+    whole clip. The SMILE reference draws scale (0.25, 1.0), VideoMAE (0.08, 1.0). -> (y, x, h, w)."""
     area, log_ratio = height * width, np.log(ratio)
     for _ in range(attempts):
         target = area * rng.uniform(*scale)
@@ -76,24 +75,63 @@ def resize(frames, size):
     return np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
 
 
+def aa_weights(n_in, n_out, rows, cols):
+    """F.interpolate's antialiased bilinear resize, n_in to n_out (int tensors (...)), as a matrix
+    (..., rows out, cols in), zero past n_out and n_in (motion.render's, data.yuv_to_rgb's)."""
+    n_in, n_out = n_in.double()[..., None, None], n_out.double()[..., None, None]
+    j = torch.arange(cols, device=n_in.device, dtype=torch.float64)
+    scale, i = n_in / n_out, torch.arange(rows, device=n_in.device, dtype=torch.float64)[:, None]
+    support, centre = scale.clamp_min(1), scale * (i + 0.5)   # a shrink widens the triangle
+    lo, hi = (centre - support + 0.5).floor(), torch.minimum((centre + support + 0.5).floor(), n_in)
+    w = (1 - ((j - centre + 0.5) / support).abs()).clamp_min(0) * (j >= lo) * (j < hi) * (i < n_out)
+    return (w / w.sum(-1, keepdim=True).clamp_min(1e-12)).float()
+
+
+def planes_cap(size):
+    """The side of crop_planes' crops for clips of size x size: 320 for 224, prepare's short side."""
+    return 2 * math.ceil(size * 5 / 7)
+
+
+# FFmpeg's YUV -> RGB (libswscale, x86: PyAV's RGB frames): 8 Y - offset, 8 U - 1024, 8 V - 1024 times
+# (Y, V->R, U->B, U->G, V->G, Y offset), >> 16 (floored), summed, clamped; per (BT.709?, full range?)
+YUV_COEFFS = {(False, False): (9539, 13075, 16525, -3209, -6660, 128),
+              (False, True): (8192, 11485, 14516, -2819, -5850, 0),
+              (True, False): (9539, 14686, 17305, -1747, -4366, 128),
+              (True, True): (8192, 12901, 15201, -1534, -3835, 0)}
+
+
+def crop_planes(planes, box, size):
+    """The worker's half of a crop from YUV 4:2:0 planes (data.decode_frames'): the box's luma and the
+    chroma it spans, zero-padded to C = planes_cap(size) so that clips batch (data.yuv_to_rgb, on the
+    device, converts and resizes) -> luma (1, T, C, C), chroma (2, T, C / 2 + 1, C / 2 + 1) uint8,
+    crop int64 (10,): h, w, y % 2, x % 2, YUV_COEFFS[flags]."""
+    (luma, chroma, flags), (y, x, h, w), C = planes, box, planes_cap(size)
+    assert max(h, w) <= C, f"a {h}x{w} crop of planes decoded to a short side of at most {C}?"
+    a, b = (y + h - 1) // 2 - y // 2 + 1, (x + w - 1) // 2 - x // 2 + 1   # chroma rows, columns
+    out, uv = np.zeros((1, len(luma), C, C), np.uint8), np.zeros((2, len(luma), C // 2 + 1,
+                                                                  C // 2 + 1), np.uint8)
+    out[0, :, :h, :w] = luma[:, y:y + h, x:x + w]
+    uv[:, :, :a, :b] = chroma[:, :, y // 2:y // 2 + a, x // 2:x // 2 + b].transpose(1, 0, 2, 3)
+    return out, uv, np.array([h, w, y % 2, x % 2, *YUV_COEFFS[flags]])
+
+
 def crop_and_flip(frames, size, rng, flip, scales=(1, 0.875, 0.75, 0.66), crop="multiscale",
                   crop_scale=(0.25, 1.0), crop_ratio=(3 / 4, 4 / 3), defer_flip=False):
-    """Training augmentation: a crop resized to size x size, then a horizontal flip (p=0.5). crop:
-    "multiscale" (MultiScaleCrop with `scales`, Table 18), "rrc" (random_resized_crop_box with
-    crop_scale / crop_ratio, VideoMAE finetuning) or "none" (the whole frame; no draw).
-    defer_flip: -> (the crop unflipped, whether to flip it), for the device to flip (infuse)."""
-    H, W = frames.shape[1:3]
+    """Training augmentation: a crop resized to size x size (frames uint8 (T, H, W, 3); YUV planes:
+    crop_planes), then a horizontal flip (p=0.5). crop: "multiscale" (MultiScaleCrop with `scales`,
+    Table 18), "rrc" (random_resized_crop_box with crop_scale / crop_ratio, VideoMAE finetuning) or
+    "none" (the whole frame; no draw). defer_flip: -> (the crop unflipped, whether to flip it)."""
+    H, W = frames[0].shape[1:3] if isinstance(frames, tuple) else frames.shape[1:3]
     if crop == "rrc":
         y, x, h, w = random_resized_crop_box(H, W, rng, crop_scale, crop_ratio)
     elif crop == "none":
         y, x, h, w = 0, 0, H, W
     else:
         y, x, h, w = multiscale_crop_box(H, W, rng, scales)
-    out = resize(frames[:, y:y + h, x:x + w], size)
+    out = (crop_planes(frames, (y, x, h, w), size) if isinstance(frames, tuple)
+           else resize(frames[:, y:y + h, x:x + w], size))
     flipped = flip and rng.random() < 0.5
-    if defer_flip:
-        return out, flipped
-    return np.ascontiguousarray(out[:, :, ::-1] if flipped else out)
+    return (out, flipped) if defer_flip else np.ascontiguousarray(out[:, :, ::-1] if flipped else out)
 
 
 # ----------------------------------------------------------------------------- RandAugment
@@ -118,9 +156,8 @@ RANDAUG_FILL = (128, 128, 128)
 
 def randaug_level_args(name, magnitude, sign=1):
     """timm's level -> op argument (auto_augment.LEVEL_TO_ARG) for magnitude in [0, 10] (timm's
-    _LEVEL_DENOM = 10: m=9 is 9/10 of each range). sign (+1/-1) is timm's _randomly_negate
-    of signed ops.
-    -> the op's arguments (a tuple, empty for the parameter-free ops)."""
+    _LEVEL_DENOM = 10: m=9 is 9/10 of each range). sign (+1/-1) is timm's _randomly_negate of signed
+    ops. -> the op's arguments (a tuple, empty for the parameter-free ops)."""
     lvl = magnitude / 10.0
     if name in ("AutoContrast", "Equalize", "Invert"):
         return ()
@@ -188,9 +225,8 @@ def randaug_draw(cfg, rng):
 def randaugment_clip(cfg, frames, rng):
     """RandAugment in timm's convention (Table 17: RandAug (9, 0.5); VideoMAE's video RandAugment):
     ONE draw of ops, magnitudes and signs (from the sample's numpy rng; Python's and torch's global
-    RNGs untouched) applied to every frame, per frame with PIL as timm. cfg: RandAug. Runs after the
-    crop (the reference's before it, on the decoded frames; translations are relative to the side
-    either way). uint8 (T, H, W, 3) -> uint8 (T, H, W, 3)."""
+    RNGs untouched) applied to every frame, per frame with PIL as timm. cfg: RandAug. After the crop
+    (the reference's before it; translations are relative to the side): uint8 (T, H, W, 3) -> same."""
     from PIL import Image
     ops = randaug_draw(cfg, rng)
     if not ops:
@@ -209,10 +245,9 @@ def random_erase(video, prob, rng, mode="pixel", count=1, area=(0.02, 1 / 3),
     """Random erasing after normalisation (VideoMAE finetuning: --reprob 0.25 --remode pixel
     --recount 1; VideoMAE's random_erasing.py, cube=True). Per clip, with prob `prob`: `count`
     boxes, each of area U(area) / count of a frame and aspect h / w log-uniform in `aspect` (timm's
-    RandomErasing defaults; 100 tries for a box inside the frame), at the same place in every frame
-    (one box per clip, not per frame), filled with N(0, 1) per pixel and frame ("pixel"), per
-    channel and frame ("rand") or 0 ("const"). Draws from the numpy rng (the noise from a generator
-    seeded by it). video (B, C, T, H, W) -> new tensor."""
+    RandomErasing defaults; 100 tries for a box inside the frame), at the same place in every frame,
+    filled with N(0, 1) per pixel and frame ("pixel"), per channel and frame ("rand") or 0 ("const").
+    Draws from the numpy rng (the noise too, seeded by it). video (B, C, T, H, W) -> new tensor."""
     if prob <= 0:
         return video
     B, C, T, H, W = video.shape
@@ -288,10 +323,9 @@ def _pil_rotation(angle, width, height):
 
 def randaug_params(ops, n, height, width):
     """One clip's randaug_draw as tensors for the batch (the worker's half of randaugment_batch).
-    ops: randaug_draw's [(name, args)]; n: its slots (RandAug.n); height x width: the frames'.
-    -> {"randaug_op": int64 (n,), the op's index in RANDAUG_OPS or NO_OP, "randaug_arg":
-    float64 (n, 6), the op's argument in [0], or for the geometric ops (AFFINE_OPS) the inverse
-    affine matrix Image.transform reads (output pixel centre -> source point)}."""
+    ops: randaug_draw's [(name, args)]; n: its slots (RandAug.n); height x width: the frames'. ->
+    {"randaug_op": int64 (n,), the op's index in RANDAUG_OPS or NO_OP, "randaug_arg": float64 (n, 6),
+    the op's argument in [0], or the inverse affine matrix of a geometric op (AFFINE_OPS)}."""
     op, arg = torch.full((n,), NO_OP, dtype=torch.int64), torch.zeros(n, 6, dtype=torch.float64)
     for j, (name, args) in enumerate(ops):
         op[j] = RANDAUG_OPS.index(name)
@@ -317,8 +351,7 @@ def _f64(device):
 
 
 def _lut(x, lut):
-    """lut[x] per clip (lut (n, 256)) or per clip, channel and frame (lut (n, C, T, 256)).
-    x uint8 (n, C, T, H, W)."""
+    """lut[x] per clip (lut (n, 256)) or clip, channel and frame (n, C, T, 256); x uint8 (n, C, T, H, W)."""
     n, C, T, H, W = x.shape
     lut = lut.clamp(0, 255).to(torch.uint8)
     lut = lut[:, None].expand(n, C * T, 256) if lut.dim() == 2 else lut.reshape(n, C * T, 256)
@@ -474,8 +507,7 @@ def randaugment_batch(video, op, arg):
 
     video: uint8 (B, C, T, H, W) on any device; op int64 (B, n) and arg float64 (B, n, 6) on the
     CPU, as the loader delivers them: the clips are grouped by op from these host copies, so the
-    step reads nothing back from the device (no host sync). -> uint8 (B, C, T, H, W), a new tensor
-    where any op applied (video itself otherwise)."""
+    step reads nothing back from the device (no host sync). -> uint8 (B, C, T, H, W) (new if any)."""
     if op.device.type != "cpu":
         raise ValueError("randaugment_batch groups the clips on the host: pass the loader's CPU "
                          f"op tensor, not one on {op.device} (reading it back would sync)")

@@ -4,16 +4,13 @@ Paper: Sec. 3.3-3.4, 4.1, Table 7 (backgrounds), Table 18, Appendix F.3 (samplin
 Each pretraining sample is one decoded video (or generated background) turned into `num_sample`
 clips (repeated sampling, F.3), each with its own crop, flip, objects and mask:
 
-    decode T frames at a stride -> MultiScaleCrop + flip -> draw the objects' motion and read their
-    footprints from the alpha alone (motion.py) -> mask (masking.py)
-    -> video (num_sample, C, T, H, W) uint8, mask (num_sample, N) bool, the objects' tiles and motion
-    -> on the device: infuse (motion.render pastes the objects), normalize, ImageNet statistics
+    decode T frames at a stride (YUV) -> MultiScaleCrop box + flip -> draw the objects' motion,
+    their footprints' tokens from the alpha alone (motion.py, masking.py) -> mask (masking.py)
+    -> on the device (infuse): the crops in RGB and resized, flipped, the objects pasted
 
-Clips reach the device as uint8 (4x less shared and pinned memory than float32); the pixel work (the
-paste, the normalisation) runs there, not on the loader's CPU cores (issue 26).
-Every sample is a pure function of (seed, pass, index): workers, ranks and resumed runs all see the
-same stream. A bad item (unreadable video, bad object PNG) is replaced by another one and reported,
-never fatal.
+Clips reach the device as uint8 and the pixel work runs there, not on the loader's CPU cores (issue
+26). Every sample is a pure function of (seed, pass, index): workers, ranks and resumed runs all see
+the same stream. A bad item (unreadable video, bad object PNG) is replaced and reported, never fatal.
 The evaluation datasets are evaluation.py's; `python -m tools.prepare` re-encodes and checks list files.
 """
 import ctypes
@@ -28,12 +25,9 @@ import torch
 
 import masking
 import motion
-from augment import crop_and_flip
+from augment import aa_weights, crop_and_flip, planes_cap
 from model import mask_indices
 from teacher import IMAGENET_MEAN, IMAGENET_STD, channel_stats
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
 
 # ----------------------------------------------------------------------------- list files (SPEC 6)
 
@@ -44,11 +38,10 @@ LABEL = re.compile(r"-|[+-]?\d+(\.\d+)?(,[+-]?\d+(\.\d+)?)*")
 def list_entries(path, data_root=None, optional_label=False):
     """Every entry line of a VideoMAE-style list, bad ones included: one `<path> <label>` per line,
     the label the last field (so paths may hold spaces), `#` comments and blank lines skipped,
-    relative paths resolved against data_root (default: the list's folder). Read as utf-8-sig: the
-    byte-order mark of a list saved on Windows is no part of the first path; bytes that are not
-    UTF-8 become U+FFFD and that line is bad. optional_label: the last field is a label only when
-    it looks like one (LABEL), else the whole line is the path.
-    -> [dict(line, text, video, label (the field's text or None), reason (None: a good line))]."""
+    relative paths resolved against data_root (default: the list's folder). Read as utf-8-sig (a
+    Windows byte-order mark is no part of the first path); a line with bytes not UTF-8 is bad.
+    optional_label: the last field is a label only when it looks like one (LABEL), else the whole
+    line is the path. -> [dict(line, text, video, label (the field's text), reason (None: good))]."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"list file {path} does not exist")
@@ -112,25 +105,22 @@ def video_info(path):
 
 
 def _frame_count(container, stream):
-    n = stream.frames
-    if not n:   # some containers do not store the count: estimate it from the duration
-        fps = float(stream.average_rate or 25)
-        secs = (float(stream.duration * stream.time_base) if stream.duration
-                else container.duration / 1e6)
-        n = int(round(secs * fps))
-    return n
+    if stream.frames:   # the header's count, or (some containers store none) the duration's
+        return stream.frames
+    secs = float(stream.duration * stream.time_base) if stream.duration else container.duration / 1e6
+    return int(round(secs * float(stream.average_rate or 25)))
 
 
-def decode_frames(path, indices):
-    """Decode the frames at `indices` (sorted or not; repeats allowed) -> uint8 (len, H, W, 3).
-    indices may be a function of the video's frame count, so the file is opened once.
+def decode_frames(path, indices, planes=0):
+    """Decode the frames at `indices` (sorted or not; repeats allowed; or a function of the frame
+    count: the file is opened once) -> uint8 (len, H, W, 3), or with planes = C > 0 their YUV 4:2:0
+    planes, short side at most C: (luma (len, H, W), chroma (len, 2, H', W'), (BT.709?, full?)).
 
     Decodes only the GOPs (read ahead to the next key frame) that hold a wanted frame, each from
     its key frame, so frames equal a decode from the start; all-intra (`prepare encode`): 16 frames
     for a clip at stride 4, not the 61 of its span. An index is read off the timestamp; one the
-    stream lacks takes the nearest.
-    One decoder thread: the loader's worker processes are the parallelism (FFmpeg would otherwise
-    start a thread per core for every open file, in every worker)."""
+    stream lacks takes the nearest. One decoder thread: the loader's workers are the parallelism
+    (FFmpeg would otherwise start a thread per core for every open file, in every worker)."""
     import av
     from av.video.reformatter import VideoReformatter
     got, rgb = {}, VideoReformatter()   # one converter for all frames: 0.3 -> 0.1 ms per frame
@@ -157,7 +147,8 @@ def decode_frames(path, indices):
                     for frame in p.decode():
                         i = index(frame.pts) if frame.pts is not None else len(got)
                         if i in want:
-                            got[i] = rgb.reformat(frame, format="rgb24").to_ndarray()
+                            got[i] = (_yuv420(frame, rgb, planes) if planes else
+                                      rgb.reformat(frame, format="rgb24").to_ndarray())
                         while todo and todo[0] <= i:
                             todo.pop(0)
                 gop = []
@@ -168,7 +159,26 @@ def decode_frames(path, indices):
         raise ValueError(f"{path}: no frame could be decoded")
     have = np.array(sorted(got))
     nearest = {i: have[np.abs(have - i).argmin()] for i in want}
-    return np.stack([got[nearest[int(i)]] for i in indices])
+    frames = [got[nearest[int(i)]] for i in indices]
+    return (*map(np.stack, list(zip(*frames))[:2]), frames[0][2]) if planes else np.stack(frames)
+
+
+def prepared_size(width, height, short_side):
+    """(width, height) with the short side scaled to short_side (never up), aspect kept, both even:
+    `prepare encode`'s frames, and decode_frames' planes of a video over the cap."""
+    scale = min(1.0, short_side / min(width, height))
+    return max(2, 2 * round(width * scale / 2)), max(2, 2 * round(height * scale / 2))
+
+
+def _yuv420(frame, fmt, cap):
+    """decode_frames' planes of a frame: one not 4:2:0, or over the cap, as `prepare encode` writes it."""
+    w, h = prepared_size(frame.width, frame.height, cap)
+    if frame.format.name not in ("yuv420p", "yuvj420p") or (w, h) != (frame.width, frame.height):
+        frame = fmt.reformat(frame, w, h, "yuv420p", interpolation="AREA")
+    p = [np.frombuffer(q, np.uint8).reshape(-1, q.line_size) for q in frame.planes]
+    flags = (int(frame.colorspace) == 1,   # ITU-R BT.709; others read as BT.601, as FFmpeg does
+             frame.format.name == "yuvj420p" or int(frame.color_range) == 2)   # full range
+    return p[0][:h, :w], np.stack([c[:(h + 1) // 2, :(w + 1) // 2] for c in p[1:]]), flags
 
 
 def clip_indices(num_video_frames, num_frames, stride, rng):
@@ -194,12 +204,6 @@ def normalize(video, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     training)."""
     m, s = channel_stats(mean, std, video.device)
     return (video.float() / 255 - m.view(3, 1, 1, 1)) / s.view(3, 1, 1, 1)
-
-
-def load_image(path):
-    from PIL import Image
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 class PackedBank:
@@ -248,14 +252,6 @@ class PackedBank:
         return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
-def image_items(folder):
-    """[(path, 0)] for the still images under a folder (--dataset images), sorted."""
-    paths = sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
-    if not paths:
-        raise ValueError(f"--image-dir {folder} holds no images ({', '.join(IMAGE_EXTS)})")
-    return [(p, 0) for p in paths]
-
-
 def stratified_subset(items, n, seed):
     """A deterministic, class-stratified subset of n list items (SEVERE's low-shot sets, e.g. UCF
     10^3): each class keeps its share of n (largest remainders get the spare clips), drawn with a
@@ -279,8 +275,7 @@ def stratified_subset(items, n, seed):
 def with_retries(make, index, length, rng, describe=None):
     """make(index) -> sample; a bad item (any exception) is replaced by another index drawn from
     rng, up to 20 times. -> (sample, [error messages of the bad items]). describe(index) names the
-    item in the message; without it the error must name its own file (a bad object PNG does, and
-    is then reported once however many items drew it)."""
+    item; without it the error names its own file (a bad object PNG: reported once however drawn)."""
     bad = []
     for _ in range(20):
         try:
@@ -314,18 +309,16 @@ class PretrainDataset(torch.utils.data.Dataset):
     each clip its own crop, flip, objects and mask; "same-crop": one crop and flip (the reference's
     stage 2 feeds a clip twice, with two masks); "off": clip k from video (index + k * shift) %
     length, shift drawn per pass, so a step holds batch different videos (the reference's stage 1).
-    render: "step" (the worker draws the motion, the training step renders it: infuse, issue 26)
-    or "worker" (overlay here, the path before: bench's baseline).
+    The step renders the pixels (infuse, issue 26); the path before: tools/benchkit.TodaysPath.
     """
 
     def __init__(self, source, items=None, length=1000, num_frames=16, stride=4, img_size=224,
                  flip=True, num_sample=2, objects=None, num_objects=2, motion="on",
                  masking="trajectory", mask_ratio=0.8, tubelet=2, patch=16, seed=0,
                  object_size=(32, 128), angle_range=(-90, 90), scale_range=(0.5, 1.5),
-                 frame_pick="fixed", repeat="independent", render="step"):
-        assert repeat in ("independent", "same-crop", "off") and render in ("step", "worker")
+                 frame_pick="fixed", repeat="independent"):
         assert source in ("video", "frames", "images", "stills", "noise", "black"), source
-        assert frame_pick in ("fixed", "per-pass"), frame_pick
+        assert repeat in ("independent", "same-crop", "off") and frame_pick in ("fixed", "per-pass")
         self.source, self.items = source, items
         self.length = len(items) if items is not None else length
         self.num_frames, self.stride, self.img_size, self.flip = num_frames, stride, img_size, flip
@@ -334,7 +327,7 @@ class PretrainDataset(torch.utils.data.Dataset):
         self.tubelet, self.patch, self.seed = tubelet, patch, seed
         self.overlay_kw = dict(num_objects=num_objects, size_range=tuple(object_size),
                                angle_range=tuple(angle_range), scale_range=tuple(scale_range))
-        self.frame_pick, self.pass_index, self.repeat, self.render = frame_pick, 0, repeat, render
+        self.frame_pick, self.pass_index, self.repeat = frame_pick, 0, repeat
 
     def set_state(self, pass_index, motion=None, repeat=None):
         """Called before each pass (and at a stage switch): the pass seeds every sample of it."""
@@ -364,12 +357,12 @@ class PretrainDataset(torch.utils.data.Dataset):
             return motion.background("image", T, S, S, rng, image=still)
         path = self.items[index][0]
         if self.source == "images":
-            return np.repeat(load_image(path)[None], T, axis=0)
+            return np.repeat(motion.load_image(path)[None], T, axis=0)
         if self.source == "frames":
             # fixed: the frame is a function of (seed, index) only, the same in every pass
             pick = np.random.default_rng([self.seed, index]) if self.frame_pick == "fixed" else rng
             return np.repeat(decode_frames(path, lambda n: [pick.integers(max(n, 1))]), T, axis=0)
-        return decode_frames(path, lambda n: clip_indices(n, T, self.stride, rng))
+        return decode_frames(path, lambda n: clip_indices(n, T, self.stride, rng), planes_cap(S))
 
     def make_sample(self, index, rng):
         sources = [index]
@@ -383,47 +376,41 @@ class PretrainDataset(torch.utils.data.Dataset):
                 frames.append(self.background(i, rng))
             except Exception as e:   # noqa: BLE001 -- name the file that failed
                 raise BadItem(f"{self.describe(i)}: {type(e).__name__}: {e}") from e
-        clips, step = [], self.render == "step"
+        clips = []
         # repeated sampling (F.3): own crop (unless "same-crop"), objects and mask per clip
         for k in range(self.num_sample):
             if k == 0 or self.repeat != "same-crop":
                 crop = crop_and_flip(frames[k % len(frames)], self.img_size, rng, self.flip,
-                                     defer_flip=step)
+                                     defer_flip=True)
             with_objects = self.motion == "on" or (self.motion == "mixed" and k % 2 == 0)
             clips.append(self.infuse(crop, with_objects, rng))
         sample = {key: torch.stack([c[key] for c in clips]) for key in clips[0]}
-        if step:   # (S, T, H, W, C) -> (S, C, T, H, W) channels last: no transposing copy here
+        if "chroma" not in sample:   # (S, T, H, W, C) -> (S, C, T, H, W) channels last, no copy
             sample["video"] = sample["video"].permute(0, 4, 1, 2, 3)
         return sample
 
     def infuse(self, clip, with_objects, rng):
-        """One clip's motion (Sec. 3.3) and mask (Sec. 3.2): pasted here (render "worker": overlay,
-        the path before issue 26), or drawn here and rendered by the training step (render "step":
-        draw_motion, motion_tiles; infuse below), the same draws and masks either way. -> dict of
-        tensors: video uint8 (C, T, H, W), mask bool (N,), and for "step" render's inputs."""
-        if self.render == "step":
-            clip, flipped = clip   # the flip is the device's, before render (infuse)
-        T, H, W = clip.shape[:3]
-        if self.render == "worker" and with_objects:
-            clip, footprints = motion.overlay(clip, self.objects, rng, **self.overlay_kw)
-            obj = masking.object_tokens(footprints, self.tubelet, self.patch)
-        if self.render == "step":   # the draws, or K tiles that paste nothing (batches stack)
-            K = self.num_objects if self.objects is not None else 0
-            m = (motion.draw_motion((T, H, W), len(self.objects), rng, **self.overlay_kw)
-                 if with_objects else motion.no_motion(K, T))
-            sides = motion.tile_sides(self.objects, self.overlay_kw["size_range"], H, W)
-            m.update(motion.motion_tiles(self.objects if with_objects else None, m, sides))
-        if self.render == "step" and with_objects:   # tokens from the alpha: the same tokens
-            obj = masking.drawn_tokens(m, (T, H, W), self.tubelet, self.patch)
-        if with_objects and self.masking == "trajectory":
-            mask = masking.trajectory_mask(obj, self.mask_ratio, rng)
-        else:   # square crops: w = h
-            mask = masking.tube_mask(T // self.tubelet, H // self.patch, W // self.patch,
-                                     self.mask_ratio, rng)
-        if self.render == "worker":
-            return {"video": to_tensor(clip), "mask": torch.from_numpy(mask.reshape(-1))}
-        return {"video": torch.from_numpy(clip), "mask": torch.from_numpy(mask.reshape(-1)),
+        """One clip's motion (Sec. 3.3: drawn here, rendered by infuse) and mask (Sec. 3.2), for
+        crop_and_flip's (crop, flip) -> tensors: video uint8 (T, H, W, C) or YUV, mask, flip, tiles."""
+        (clip, flipped), (T, H, W) = clip, (self.num_frames, self.img_size, self.img_size)
+        K = self.num_objects if self.objects is not None else 0   # K tiles that paste nothing
+        m = (motion.draw_motion((T, H, W), len(self.objects), rng, **self.overlay_kw)
+             if with_objects else motion.no_motion(K, T))
+        sides = motion.tile_sides(self.objects, self.overlay_kw["size_range"], H, W)
+        m.update(motion.motion_tiles(self.objects if with_objects else None, m, sides))
+        obj = masking.drawn_tokens(m, (T, H, W), self.tubelet, self.patch) if with_objects else None
+        video = {"video": torch.from_numpy(clip)} if not isinstance(clip, tuple) else {   # RGB, or
+            **dict(zip(("video", "chroma", "crop"), map(torch.from_numpy, clip))),   # YUV, its size
+            "size": torch.empty(0, H)}
+        return {**video, "mask": torch.from_numpy(self.mask(obj, rng).reshape(-1)),
                 "flip": torch.tensor(flipped), **{k: torch.as_tensor(m[k]) for k in MOTION_KEYS}}
+
+    def mask(self, obj, rng):
+        """trajectory_mask of the object tokens obj (SPEC 3), or tube_mask (no obj, or "tube")."""
+        t, h = self.num_frames // self.tubelet, self.img_size // self.patch
+        if obj is not None and self.masking == "trajectory":
+            return masking.trajectory_mask(obj, self.mask_ratio, rng)
+        return masking.tube_mask(t, h, h, self.mask_ratio, rng)
 
 
 MOTION_KEYS = ("tiles", "sources", "canvas", "centres", "angles", "scales", "sizes")   # render's
@@ -431,14 +418,32 @@ MOTION_KEYS = ("tiles", "sources", "canvas", "centres", "angles", "scales", "siz
 
 def infuse(batch):
     """V' (Sec. 3.3, SPEC 2) of a batch on any device, uint8 (B, C, T, H, W) contiguous: what the
-    loader left to the training step done, the flips (crop_and_flip's) and then the objects
-    (motion.render); the step hands V' to the teacher and the student alike."""
+    loader left to the step done, YUV crops in RGB (yuv_to_rgb), the flips (crop_and_flip's), the
+    objects (motion.render); the step hands V' to the teacher and the student alike."""
     video = batch["video"]
+    if "chroma" in batch:
+        video = yuv_to_rgb(video, batch["chroma"], batch["crop"], batch["size"].shape[-1])
     if "flip" in batch:
         video = torch.where(batch["flip"].view(-1, 1, 1, 1, 1), video.flip(-1), video)
     if "tiles" in batch:
         video = motion.render(video, *(batch[key] for key in MOTION_KEYS))
     return video.contiguous()
+
+
+def yuv_to_rgb(luma, chroma, crop, size):
+    """The device's half of augment.crop_planes, batched: its luma (B, 1, T, C, C), chroma, crop (B, 10)
+    -> uint8 RGB (B, 3, T, size, size): PyAV's RGB frames (the same integers: one chroma sample
+    per 2 x 2 pixels, YUV_COEFFS) cropped and resized as augment.crop_and_flip does (within 1 level)."""
+    B, _, T, C, _ = luma.shape
+    at, (_, _, oy, ox, *k) = torch.arange(C, device=luma.device), crop.T.view(10, B, 1, 1, 1, 1)
+    rows, cols = (at + oy.view(B, 1)) // 2, (at + ox.view(B, 1)) // 2   # each pixel's chroma
+    uv = chroma.gather(3, rows[:, None, None, :, None].expand(-1, 2, T, -1, chroma.shape[-1]))
+    uv = uv.gather(4, cols[:, None, None, None].expand(-1, 2, T, C, -1)).int() * 8 - 1024
+    (u, v), y = uv.split(1, 1), (luma.int() * 8 - k[5]) * k[0] >> 16
+    rgb = torch.cat([y + (v * k[1] >> 16), y + (u * k[3] >> 16) + (v * k[4] >> 16),
+                     y + (u * k[2] >> 16)], 1).clamp(0, 255).float()
+    wy, wx = (aa_weights(crop[:, d], crop[:, d] * 0 + size, size, C)[:, None, None] for d in (0, 1))
+    return (wy @ rgb @ wx.transpose(-1, -2)).round().clamp(0, 255).to(torch.uint8)
 
 
 def cat(tensors, stack=False):
@@ -460,9 +465,8 @@ def cat(tensors, stack=False):
 
 
 def collate(samples):
-    """Stack samples and flatten repeated clips into the batch: video (B*num_sample, C, T, H, W)
-    uint8, mask (B*num_sample, N) bool, and the mask as token indices (model.mask_indices), made
-    here on the CPU so that the training step never syncs with the GPU to find the masked tokens."""
+    """Stack samples and flatten repeated clips into the batch (B * num_sample clips), with the masks
+    as token indices (model.mask_indices): made on the CPU, the step never syncs to find them."""
     batch = {key: cat([s[key] for s in samples]) for key in samples[0] if key != "bad"}
     visible_idx, masked_idx = mask_indices(batch["mask"])
     return {**batch, "visible_idx": visible_idx, "masked_idx": masked_idx,
@@ -473,8 +477,7 @@ class ResumableSampler(torch.utils.data.Sampler):
     """DistributedSampler (shuffled with seed + pass, sharded over ranks) that can start mid-pass,
     so a resumed run reads exactly the samples the interrupted one had not read yet. With `state`
     (set_epoch's keywords for the dataset: the pass, the stage) it yields (index, state) pairs: the
-    loader's workers live across passes (persistent), so the pass reaches them with each index
-    instead of through a dataset they copied once."""
+    workers live across passes, so the pass reaches them with each index, not a dataset copy."""
 
     def __init__(self, dataset, num_replicas=1, rank=0, seed=0, shuffle=True, drop_last=True):
         self.inner = torch.utils.data.DistributedSampler(dataset, num_replicas, rank, shuffle, seed,
@@ -506,9 +509,8 @@ def worker_init(worker_id, keep_heap=True):
     """In each loader worker: torch ops single-threaded (samples carry their own generators), and
     the preemption signals ignored. torchrun stops its workers with killpg(SIGTERM) and SLURM
     signals every process of the step, so the workers get SIGTERM / SIGUSR1 too; dying of it would
-    kill the run before the main process (runtime.Preemption) writes its checkpoint.
-    keep_heap: glibc gives freed buffers over a moving threshold back to the kernel, and the next
-    clip faults fresh zeroed pages in (up to ~1,200 a clip, ~3 ms here: issue 26); kept instead."""
+    kill the run before the main process (runtime.Preemption) writes its checkpoint. keep_heap: glibc
+    hands freed buffers back to the kernel and the next clip faults fresh pages in (issue 26)."""
     torch.set_num_threads(1)
     libc = ctypes.CDLL(None) if keep_heap and os.name == "posix" else None
     if hasattr(libc, "mallopt"):   # glibc's (macOS has none; musl's ignores it)
@@ -518,10 +520,9 @@ def worker_init(worker_id, keep_heap=True):
 
 
 def loader(dataset, sampler, batch_size, workers, device, collate_fn, prefetch=4):
-    """The DataLoader of every script: seeded samples, pinned memory on GPU (uint8 clips: a quarter
-    of float32's pinned and shared memory; containers still need --ipc=host or --shm-size, see
-    docs/performance.md). With a sampler (the training loops), workers live across passes (a re-fork
-    costs 1-2 s and re-reads the object bank; the pass reaches them through the sampler)."""
+    """The DataLoader of every script: seeded samples, pinned memory on GPU (uint8 clips; containers
+    need --ipc=host or --shm-size: docs/performance.md). With a sampler (the training loops), workers
+    live across passes (a re-fork costs 1-2 s and re-reads the object bank)."""
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
         pin_memory=device.type == "cuda", drop_last=sampler is not None, worker_init_fn=worker_init,

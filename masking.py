@@ -203,6 +203,21 @@ def trajectory_mask(object_tokens, ratio, rng):
     return mask.reshape(t, h, w)
 
 
+COLOURS = [(255, 60, 60), (60, 220, 255), (255, 220, 0), (120, 255, 80)]  # object k's outline
+
+
+def draw_outlines(frames, footprints, width=1):
+    """Copy of frames uint8 (T, H, W, 3), each object's footprint (K, T, H, W) outlined in its
+    colour, `width` >= 1 px inside each edge (eroded in the image plane only, never across frames)."""
+    from scipy import ndimage
+    frames, cross = frames.copy(), np.zeros((1, 1, 3, 3), dtype=bool)
+    cross[..., 1, :] = cross[..., :, 1] = True
+    edges = footprints & ~ndimage.binary_erosion(footprints, structure=cross, iterations=width)
+    for k, edge in enumerate(edges):
+        frames[edge] = COLOURS[k % len(COLOURS)]
+    return frames
+
+
 def _figure(out_path, seed, size, ratio, tile):
     """Rows: a motion-infused clip, its tube mask, its trajectory mask; columns: frames 0, 2, 4,
     ..."""
@@ -224,7 +239,7 @@ def _figure(out_path, seed, size, ratio, tile):
                     (255, 255, 255))
     draw = ImageDraw.Draw(fig)
     # visible when shrunk
-    outlined = motion.draw_outlines(clip, footprints, width=max(1, 2 * size // tile))
+    outlined = draw_outlines(clip, footprints, width=max(1, 2 * size // tile))
     for r, (name, mask) in enumerate(rows.items()):
         y = head + r * (tile + pad)
         text = name  # then: masked tokens, and masked object tokens

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage
 
+from augment import aa_weights
+
 
 def random_trajectory(num_frames, height, width, rng, num_points=48, sigma=8.0, extent=(40, 180)):
     """(T, 2) float (x, y) object centres in pixels, inside the frame (Sec. 3.3)."""
@@ -258,18 +260,6 @@ def tile_sides(objects, size_range, height, width):
     return bank, object_side(size_range, height, width)[1]
 
 
-def _aa_weights(n_in, n_out, rows, cols):
-    """F.interpolate's antialiased bilinear resize of n_in samples to n_out (int tensors (...)) as
-    a matrix (..., rows out, cols in), zero past n_out and n_in."""
-    n_in, n_out = n_in.double()[..., None, None], n_out.double()[..., None, None]
-    j = torch.arange(cols, device=n_in.device, dtype=torch.float64)
-    scale, i = n_in / n_out, torch.arange(rows, device=n_in.device, dtype=torch.float64)[:, None]
-    support, centre = scale.clamp_min(1), scale * (i + 0.5)   # a shrink widens the triangle
-    lo, hi = (centre - support + 0.5).floor(), torch.minimum((centre + support + 0.5).floor(), n_in)
-    w = (1 - ((j - centre + 0.5) / support).abs()).clamp_min(0) * (j >= lo) * (j < hi) * (i < n_out)
-    return (w / w.sum(-1, keepdim=True).clamp_min(1e-12)).float()
-
-
 def render(frames, tiles, sources, canvas, centres, angles, scales, sizes):
     """Sec. 3.3's paste for a batch of clips on any device: the training step's V' from the
     loader's draws (draw_motion, motion_tiles), overlay's pixels (within 2 / 255: the tiles'
@@ -282,7 +272,7 @@ def render(frames, tiles, sources, canvas, centres, angles, scales, sizes):
     host sync, one graph under torch.compile."""
     B, C, T, H, W = frames.shape
     S, R, x = tiles.shape[-1], canvas.shape[-1], tiles.float()
-    wy, wx = (_aa_weights(sources[..., d], sizes[..., d], R, S)[:, :, None] for d in (0, 1))
+    wy, wx = (aa_weights(sources[..., d], sizes[..., d], R, S)[:, :, None] for d in (0, 1))
     resize = lambda v: wy @ v @ wx.transpose(-1, -2)   # noqa: E731 -- (..., S, S) -> (..., R, R)
     tiles, S = (resize(x) / 255).clamp(0, 1), R   # premultiplied (B, K, 4, R, R)
     P, Q = sizes[..., 0:1].double(), sizes[..., 1:2].double()   # (B, K, 1)
@@ -490,6 +480,23 @@ def background(kind, num_frames, height, width, rng, image=None):
     return np.repeat(still[None], num_frames, axis=0)
 
 
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def image_items(folder):
+    """[(path, 0)] for the still images under a folder (--dataset images), sorted."""
+    paths = sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    if not paths:
+        raise ValueError(f"--image-dir {folder} holds no images ({', '.join(IMAGE_EXTS)})")
+    return [(p, 0) for p in paths]
+
+
+def load_image(path):
+    from PIL import Image
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
 def still_image(height, width, rng):
     """A procedural landscape-like still (sky, sun, hills), uint8 (H, W, 3), for demos with no
     data."""
@@ -507,17 +514,3 @@ def still_image(height, width, rng):
         below = yy > ridge[None, :]
         img[below] = np.array(colour) * (0.8 + 0.4 * yy[below, None])
     return np.clip(img, 0, 255).astype(np.uint8)
-
-
-COLOURS = [(255, 60, 60), (60, 220, 255), (255, 220, 0), (120, 255, 80)]  # object k's outline
-
-
-def draw_outlines(frames, footprints, width=1):
-    """Copy of frames uint8 (T, H, W, 3), each object's footprint (K, T, H, W) outlined in its
-    colour, `width` >= 1 px inside each edge (eroded in the image plane only, never across frames)."""
-    frames, cross = frames.copy(), np.zeros((1, 1, 3, 3), dtype=bool)
-    cross[..., 1, :] = cross[..., :, 1] = True
-    edges = footprints & ~ndimage.binary_erosion(footprints, structure=cross, iterations=width)
-    for k, edge in enumerate(edges):
-        frames[edge] = COLOURS[k % len(COLOURS)]
-    return frames

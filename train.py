@@ -266,7 +266,7 @@ def build_dataset(args):
     if args.source in ("video", "frames"):
         items = data.read_list(args.train_list, args.data_root or None)
     elif args.source == "images":
-        items = data.image_items(args.image_dir)
+        items = motion.image_items(args.image_dir)
     return data.PretrainDataset(
         args.source, items=items, length=args.synthetic_length, num_frames=args.num_frames,
         stride=args.stride, img_size=args.img_size, flip=args.flip, num_sample=args.num_sample,

@@ -47,7 +47,8 @@ def test_bench_quick_prints_the_table(tmp_path):
                  "clips per 80 GB GPU", "bytes per 16x224 clip", "uint8 clips vs float32",
                  "data.normalize"):
         assert what in out, what
-    assert "2.41 MB" in out and "9.63 MB" in out   # 3 x 16 x 224 x 224 bytes, and 4x that
+    # 16 frames of 320 x 320 luma and 2 x 161 x 161 chroma (YUV crops); float32 RGB 3 x 16 x 224 x 224 x 4
+    assert "2.47 MB" in out and "9.63 MB" in out
     assert "gpu step" not in out or torch.cuda.is_available()
 
 

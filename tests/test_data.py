@@ -69,12 +69,14 @@ def test_dataset_repeated_sampling_and_determinism(video_list):
     ds = data.PretrainDataset("video", items=items, num_frames=8, stride=2, img_size=32,
                               num_sample=2, objects=objs, mask_ratio=0.75, seed=1)
     s = ds[0]
-    assert (s["video"].shape == (2, 3, 8, 32, 32) and s["mask"].shape == (2, 4 * 2 * 2)
-            and s["bad"] == [])
+    C = augment.planes_cap(32)   # the YUV crops' side: the step converts and resizes them
+    assert (s["video"].shape == (2, 1, 8, C, C) and s["chroma"].shape == (2, 2, 8, C // 2 + 1,
+            C // 2 + 1) and s["mask"].shape == (2, 4 * 2 * 2) and s["bad"] == [])
     # 4x less shared / pinned memory than float32; normalised on device
-    assert s["video"].dtype == torch.uint8
+    assert s["video"].dtype == s["chroma"].dtype == torch.uint8
     assert (s["mask"].sum(1) == int(0.75 * 4) * 4).all()
     v = data.infuse(data.collate([s]))                       # the objects, as the step pastes them
+    assert v.shape == (2, 3, 8, 32, 32) and v.dtype == torch.uint8
     assert not torch.equal(v[0], v[1])                       # own crop / objects per clip
     torch.testing.assert_close(ds[0]["video"], s["video"])   # pure function of (seed, pass, index)
     torch.testing.assert_close(ds[0]["tiles"], s["tiles"])
@@ -175,15 +177,16 @@ def test_stills_source_is_a_fixed_set_of_procedural_images():
     ("stills", dict(motion="on", masking="tube", flip=True)),
 ])
 def test_step_render_equals_the_worker_overlay(video_list, source, kw):
-    """Issue 26: the loader that leaves the pixels to the step (render "step": background, flip
-    flag, tiles and draws; data.infuse on the device) gives the clips of the loader that pastes
-    in the worker (render "worker", the path before) within 2 / 255, and the same masks, for the
-    same seed: the same draws in the same order."""
+    """Issue 26: the loader that leaves the pixels to the step (YUV crops or RGB backgrounds, flip
+    flag, tiles and draws; data.infuse on the device) gives the clips of the loader that crops
+    and pastes in the worker (tools.benchkit.TodaysPath, the path before) within 2 / 255, and the
+    same masks, for the same seed: the same draws in the same order."""
     items = data.read_list(video_list) if source == "video" else None
     objs = motion.synthetic_objects(5, np.random.default_rng(0), size=64)
     args = dict(items=items, length=6, num_frames=8, stride=2, img_size=64, num_sample=2,
                 objects=objs, mask_ratio=0.75, seed=4, **kw)
-    step, worker = (data.PretrainDataset(source, render=r, **args) for r in ("step", "worker"))
+    from tools.benchkit import TodaysPath
+    step, worker = data.PretrainDataset(source, **args), TodaysPath(source, **args)
     for p in range(2):
         step.set_state(p), worker.set_state(p)
         a, b = data.collate([step[i] for i in range(6)]), data.collate([worker[i] for i in range(6)])
@@ -246,3 +249,109 @@ def test_loader_workers_keep_freed_buffers_in_their_heap(keep_heap):
         assert max(faults) < 100, f"page faults per item: {faults}"
     else:
         assert min(faults) > 1000, f"glibc's default should fault every page in: {faults}"
+
+
+# ---------------------------------------------------------------- YUV crops (issue 26)
+
+def _frames(fmt, colorspace, color_range, H=36, W=50, T=2, seed=0):
+    """T PyAV frames of random planes, tagged as given, and PyAV's own RGB of them."""
+    import av
+    from av.video.reformatter import VideoReformatter
+    g, frames = np.random.default_rng(seed), []
+    for _ in range(T):
+        f = av.VideoFrame(W, H, fmt)
+        for plane in f.planes:
+            np.frombuffer(plane, np.uint8)[:] = g.integers(0, 256, plane.buffer_size)
+        f.colorspace, f.color_range = colorspace, color_range
+        frames.append(f)
+    return frames, np.stack([VideoReformatter().reformat(f, format="rgb24").to_ndarray()
+                             for f in frames])
+
+
+def _step_crop(planes, box, size):
+    """The worker's crop_planes of one clip, then the step's yuv_to_rgb -> uint8 (T, size, size, 3)."""
+    luma, chroma, crop = (torch.from_numpy(x)[None] for x in augment.crop_planes(planes, box, size))
+    return data.yuv_to_rgb(luma, chroma, crop, size)[0].permute(1, 2, 3, 0).numpy()
+
+
+@pytest.mark.parametrize("fmt,colorspace,color_range", [
+    ("yuv420p", 2, 0),     # untagged: BT.601, limited range (PyAV's default reading)
+    ("yuv420p", 1, 0),     # BT.709
+    ("yuvj420p", 2, 0),    # full range by format (JPEG)
+    ("yuv420p", 1, 2),     # BT.709, full range by tag
+])
+def test_yuv_crops_convert_as_pyav_does(fmt, colorspace, color_range):
+    """Issue 26: the step's YUV -> RGB (data.yuv_to_rgb) gives PyAV's RGB frames bit for bit
+    (FFmpeg's fixed point: augment.YUV_COEFFS), for random planes (every clamp), at even and odd
+    crop offsets (the chroma rows and columns a crop spans); 4:2:0 video has even sides."""
+    from av.video.reformatter import VideoReformatter
+    frames, rgb = _frames(fmt, colorspace, color_range)
+    planes = [data._yuv420(f, VideoReformatter(), 1000) for f in frames]
+    planes = (np.stack([p[0] for p in planes]), np.stack([p[1] for p in planes]), planes[0][2])
+    for y, x in [(0, 0), (1, 1), (3, 2), (11, 25)]:
+        s = 24   # crop side = clip side: the resize is the identity
+        np.testing.assert_array_equal(_step_crop(planes, (y, x, s, s), s),
+                                      rgb[:, y:y + s, x:x + s], err_msg=f"crop at {y}, {x}")
+
+
+def _smooth_video(path, T, H, W, pix_fmt="yuv420p"):
+    """An mp4 of smooth colour waves (natural frames have no pixel-sharp colour edges)."""
+    import av
+    yy, xx = np.mgrid[0:H, 0:W] / 9.0
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25, options={"crf": "18"})
+        s.width, s.height, s.pix_fmt = W, H, pix_fmt
+        for t in range(T):
+            f = np.stack([np.sin(xx + t / 3), np.cos(yy - t / 5), np.sin((xx + yy) / 2 + t / 4)], -1)
+            c.mux(s.encode(av.VideoFrame.from_ndarray((128 + 90 * f).astype(np.uint8), "rgb24")))
+        c.mux(s.encode())
+    return str(path)
+
+
+@pytest.mark.parametrize("H,W,size,pix_fmt", [
+    (60, 90, 48, "yuv420p"),    # under the cap (planes_cap(48) = 70): the planes as decoded
+    (60, 90, 96, "yuv420p"),    # upscaled
+    (90, 120, 32, "yuv420p"),   # over the cap (46): as `prepare encode` writes it, 46 x 62
+    (60, 90, 48, "yuv444p"),    # not 4:2:0: as `prepare encode` writes it
+])
+def test_yuv_crops_resize_as_the_worker_did(tmp_path, H, W, size, pix_fmt):
+    """Issue 26: a clip decoded as YUV planes, cropped in the worker (crop_and_flip on the planes)
+    and converted and resized by the step equals the worker's old path (RGB frames, crop_and_flip)
+    within 1 level, the same MultiScaleCrop boxes from the same rng. A video over the cap or not
+    in 4:2:0 is read as `prepare encode` writes it (data.prepared_size, AREA, yuv420p): the old
+    path on those frames."""
+    import av
+    path = _smooth_video(tmp_path / "v.mp4", 12, H, W, pix_fmt)
+    idx, cap = np.arange(0, 12, 3), augment.planes_cap(size)
+    planes = data.decode_frames(path, idx, cap)
+    w, h = data.prepared_size(W, H, cap)
+    with av.open(path) as c:
+        rgb = np.stack([f.reformat(w, h, "yuv420p", interpolation="AREA").to_ndarray(
+            format="rgb24") for i, f in enumerate(c.decode(video=0)) if i in idx])
+    assert planes[0].shape == (len(idx), h, w) and rgb.shape == (len(idx), h, w, 3)
+    for seed in range(8):
+        want, _ = augment.crop_and_flip(rgb, size, np.random.default_rng(seed), True, defer_flip=True)
+        (luma, chroma, crop), _ = augment.crop_and_flip(planes, size, np.random.default_rng(seed),
+                                                        True, defer_flip=True)
+        got = data.yuv_to_rgb(*(torch.from_numpy(v)[None] for v in (luma, chroma, crop)), size)
+        d = np.abs(got[0].permute(1, 2, 3, 0).numpy().astype(int) - want)
+        assert d.max() <= 1 and d.mean() < 0.3, (seed, d.max(), d.mean())
+
+
+def test_yuv_step_is_one_graph_without_recompiles(video_list):
+    """No host sync and no recompile per batch for the YUV crops either: data.infuse of a video
+    batch (conversion, resize, flip, render) traces to one graph, and a compiled infuse takes a
+    second batch of new crops without recompiling."""
+    objs = motion.synthetic_objects(3, np.random.default_rng(0), size=32)
+    ds = data.PretrainDataset("video", items=data.read_list(video_list), num_frames=4, stride=2,
+                              img_size=32, num_sample=2, objects=objs, seed=0)
+    one, two = data.collate([ds[0], ds[1]]), data.collate([ds[2], ds[3]])
+    assert "chroma" in one and not torch.equal(one["crop"], two["crop"])
+    torch._dynamo.reset()
+    e = torch._dynamo.explain(data.infuse)(one)
+    assert (e.graph_count, e.graph_break_count) == (1, 0), e.break_reasons
+    torch._dynamo.reset()
+    compiled = torch.compile(data.infuse, backend="eager", fullgraph=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert torch.equal(compiled(one), data.infuse(one))
+        compiled(two)

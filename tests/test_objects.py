@@ -99,7 +99,8 @@ def test_step_render_from_a_packed_bank_equals_the_worker_overlay(tmp_path):
     bank = motion.ObjectBank(tmp_path / "bank")
     args = dict(length=6, num_frames=4, img_size=64, num_sample=2, objects=bank, patch=16,
                 object_size=(40, 160), seed=3)
-    step, worker = (data.PretrainDataset("noise", render=r, **args) for r in ("step", "worker"))
+    from tools.benchkit import TodaysPath
+    step, worker = data.PretrainDataset("noise", **args), TodaysPath("noise", **args)
     a, b = (data.collate([ds[i] for i in range(6)]) for ds in (step, worker))
     h, w = a["sources"][0, 0].tolist()
     assert a["tiles"].shape[-1] == 64 and any(   # the packed tile side; an item, as stored

@@ -19,11 +19,11 @@ def video_size(path):
 
 
 def test_prepared_size_keeps_aspect_even_and_never_upscales():
-    assert prepare.prepared_size(640, 360, 320) == (568, 320)   # 568.9 -> nearest even
+    assert data.prepared_size(640, 360, 320) == (568, 320)   # 568.9 -> nearest even
     # portrait: the width is the short side
-    assert prepare.prepared_size(360, 640, 240) == (240, 426)
-    assert prepare.prepared_size(64, 48, 320) == (64, 48)       # already small: kept
-    w, h = prepare.prepared_size(65, 49, 320)                    # odd sides become even
+    assert data.prepared_size(360, 640, 240) == (240, 426)
+    assert data.prepared_size(64, 48, 320) == (64, 48)       # already small: kept
+    w, h = data.prepared_size(65, 49, 320)                    # odd sides become even
     assert w % 2 == h % 2 == 0 and abs(w - 65) == abs(h - 49) == 1
 
 

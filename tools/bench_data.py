@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tools.benchkit import ROOT, race, row
+from tools.benchkit import ROOT, TodaysPath, race, row, step_flops
 
 # ----------------------------------------------------------------------------- data
 
@@ -37,9 +37,9 @@ def write_mp4(path, num_frames, height=360, width=640, fps=25):
 
 
 class FloatClips(torch.utils.data.Dataset):
-    """The loader before clips stayed uint8: each worker normalises its clips to float32
-    (data.normalize, now run on the device), and 4x the bytes go through shared memory, pinning and
-    the copy."""
+    """The loader before clips stayed uint8: each worker finishes its clips (data.infuse) and
+    normalises them to float32 (data.normalize), both now run on the device, and 4x the bytes go
+    through shared memory, pinning and the copy."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -49,8 +49,8 @@ class FloatClips(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         import data
-        sample = self.dataset[index]
-        return {**sample, "video": data.normalize(sample["video"])}
+        s = self.dataset[index]
+        return {"video": data.normalize(data.infuse(s)), "mask": s["mask"], "bad": s["bad"]}
 
 
 def loader_rate(dataset, workers, batches):
@@ -160,10 +160,10 @@ def bench_data(a, model_rate):
 
     # uint8 clips: what the loader ships, and what a worker no longer computes
     video = dataset("video", img)
-    clip_bytes = 3 * 16 * 224 * 224 * video[0]["video"].element_size()
-    row("bytes per 16x224 clip through the loader: uint8 (now) vs float32",
-        f"{clip_bytes / 1e6:.2f} MB", f"{3 * 16 * 224 * 224 * 4 / 1e6:.2f} MB",
-        f"{3 * 16 * 224 * 224 * 4 / clip_bytes:.2f}x")
+    C, fp32 = augment.planes_cap(224), 3 * 16 * 224 * 224 * 4   # a YUV crop's luma, chroma slots
+    clip_bytes = 16 * (C * C + 2 * (C // 2 + 1) ** 2)
+    row("bytes per 16x224 clip through the loader: uint8 YUV crops (now) vs float32 RGB",
+        f"{clip_bytes / 1e6:.2f} MB", f"{fp32 / 1e6:.2f} MB", f"{fp32 / clip_bytes:.2f}x")
     r = {"uint8": loader_rate(video, a.workers, batches),
          "float32": loader_rate(FloatClips(video), a.workers, batches),
          "worker": loader_rate(video, 0, 3 if a.quick else 12)}
@@ -412,8 +412,7 @@ def synthetic_data(folder, quick):
 
 
 def stamped_collate(samples):
-    """data.collate, stamped with the CPU seconds the worker has spent so far (time.process_time
-    in the worker: its decoder, its torch ops, its collate, all its threads)."""
+    """data.collate, stamped with the worker's CPU seconds so far (time.process_time: all threads)."""
     import data
     return {**data.collate(samples), "cpu": time.process_time()}
 
@@ -422,7 +421,7 @@ def worker_cpu(dataset, batches, videos_per_batch):
     """CPU seconds one loader worker spends per clip over `batches` batches of videos_per_batch
     videos (num_sample clips each), its first batch (start-up) not counted."""
     import data
-    init = partial(data.worker_init, keep_heap=dataset.render == "step")   # today's: glibc's heap
+    init = partial(data.worker_init, keep_heap=not isinstance(dataset, TodaysPath))   # glibc's
     loader = torch.utils.data.DataLoader(dataset, batch_size=videos_per_batch, num_workers=1,
                                          collate_fn=stamped_collate, worker_init_fn=init)
     stamps = [(b["cpu"], len(b["mask"])) for _, b in zip(range(batches + 1), loader)]
@@ -431,14 +430,13 @@ def worker_cpu(dataset, batches, videos_per_batch):
 
 def worker_check(a):
     """`python -m tools.bench data`: the loader on the user's data (or synthetic stand-ins) at the
-    paper's setting, the new path (the step renders the objects) against today's (overlay in the
-    worker), one worker each, CPU time; how many workers an H100 then needs. Ends with the line
-    'worker CPU per clip: NEW ms (today's path: OLD ms, RATIO x)'."""
+    paper's setting, the new path (the step crops and renders) against today's (benchkit.TodaysPath),
+    one worker each, CPU time; the workers an H100 then needs. Ends with the line 'worker CPU per
+    clip: NEW ms (today's path: OLD ms, RATIO x)'."""
     import data
     import motion
     import teacher as teacher_lib
     from tools.bench_gpu import gpu_peak, teacher_flops
-    from tools.benchkit import step_flops
     torch.set_num_threads(1)   # as data.worker_init does in each worker
     listed, objects = a.list, a.objects
     if not listed or not objects:
@@ -456,19 +454,21 @@ def worker_check(a):
               num_objects=2, masking="trajectory", seed=0)
     best = {"step": float("inf"), "worker": float("inf")}
     for _ in range(a.rounds):   # alternately, so both see the same load; best round each
-        for render in best:
-            cpu = worker_cpu(data.PretrainDataset("video", render=render, **kw), batches,
-                             per_batch)
-            best[render] = min(best[render], cpu)
+        for path, ds in (("step", data.PretrainDataset), ("worker", TodaysPath)):
+            best[path] = min(best[path], worker_cpu(ds("video", **kw), batches, per_batch))
     new, old = round(1000 * best["step"], 1), round(1000 * best["worker"], 1)   # as printed
     # where a clip's CPU goes, in this process on one thread, each piece warmed (PyAV's import and
-    # first open: ~90 ms): decoding (half a video), reading two objects, the rest by difference
-    ds, rng = data.PretrainDataset("video", **kw), np.random.default_rng(0)
+    # first open: ~90 ms): decoding (half a video: YUV planes, today's RGB frames), reading two
+    # objects, the rest by difference
+    ds, rng, decode = data.PretrainDataset("video", **kw), np.random.default_rng(0), {}
     ds.background(0, rng), np.asarray(bank[0])
+    for path, d in (("step", ds), ("worker", TodaysPath("video", **kw))):
+        d.background(0, rng)
+        t = time.process_time()
+        for i in range(videos):
+            d.background(i, rng)
+        decode[path] = 1000 * (time.process_time() - t) / (2 * videos)
     t = time.process_time()
-    for i in range(videos):
-        ds.background(i, rng)
-    decode, t = 1000 * (time.process_time() - t) / (2 * videos), time.process_time()
     for i in range(2 * videos):
         np.asarray(bank[i % len(bank)])
     read, t = 1000 * (time.process_time() - t) / videos, time.process_time()
@@ -483,9 +483,9 @@ def worker_check(a):
           f"objects, trajectory masks, 2 clips per video, one worker, {2 * videos} clips per path in "
           f"batches of {2 * per_batch}, best of {a.rounds} rounds; load average "
           f"{os.getloadavg()[0]:.2f}")
-    print(f"per clip: decoding {decode:.1f} ms, reading 2 objects {tiles:.1f} ms (today's path: "
-          f"{read:.1f} ms), the rest {new - decode - tiles:.1f} ms (today's path: "
-          f"{old - decode - read:.1f} ms)")
+    print(f"per clip: decoding {decode['step']:.1f} ms, reading 2 objects {tiles:.1f} ms, the rest "
+          f"{new - decode['step'] - tiles:.1f} ms (today's path: {decode['worker']:.1f}, {read:.1f}, "
+          f"{old - decode['worker'] - read:.1f} ms)")
     print(f"ViT-B step with the CLIP ViT-B/16 teacher: {flops / 1e9:.0f} GFLOP per clip (student "
           f"{student / 1e9:.0f} + teacher {clip_teacher / 1e9:.0f}); H100 bf16 peak "
           f"{peak / 1e12:.0f} TFLOP/s")

@@ -7,8 +7,12 @@ import platform
 import tempfile
 import time
 
+import numpy as np
 import torch
 
+import data
+import masking
+import motion
 from model import MODEL_SIZES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository
@@ -121,3 +125,27 @@ def small_clip_config():
                    "vision_cfg": dict(image_size=64, patch_size=16, width=192, layers=4,
                                       head_width=64)}, f)
     return path
+
+
+class TodaysPath(data.PretrainDataset):
+    """The loader before issue 26, bench's baseline (frozen, as the reference student is): each
+    worker decodes RGB frames, crops, resizes and flips them, pastes the objects (motion.overlay),
+    reads the object tokens off their pixel footprints and ships the finished clips. The same draws
+    in the same order as data.PretrainDataset: the same masks, and the clips of data.infuse within
+    2 / 255 (tests/test_data.py)."""
+
+    def background(self, index, rng):   # RGB frames, not YUV planes
+        if self.source != "video":
+            return super().background(index, rng)
+        return data.decode_frames(self.items[index][0], lambda n: data.clip_indices(
+            n, self.num_frames, self.stride, rng))
+
+    def infuse(self, clip, with_objects, rng):
+        clip, flipped = clip
+        clip = np.ascontiguousarray(clip[:, :, ::-1]) if flipped else clip
+        obj = None
+        if with_objects:
+            clip, footprints = motion.overlay(clip, self.objects, rng, **self.overlay_kw)
+            obj = masking.object_tokens(footprints, self.tubelet, self.patch)
+        return {"video": data.to_tensor(clip).permute(1, 2, 3, 0),   # contiguous (C, T, H, W)
+                "mask": torch.from_numpy(self.mask(obj, rng).reshape(-1))}

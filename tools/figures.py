@@ -142,6 +142,7 @@ def figure3(out_path, seed=0, size=112, num_frames=16, columns=8):
     """The paper's Figure 3: rows = motion-infused clips on noise, black and an image (motion.py,
     objects outlined, their paths drawn); columns = frames. Frame side `size`: objects and paths
     scale with it."""
+    import masking
     import motion
     rng = np.random.default_rng(seed)
     objects = motion.synthetic_objects(8, rng, size=128)
@@ -156,7 +157,7 @@ def figure3(out_path, seed=0, size=112, num_frames=16, columns=8):
     for row, kind in enumerate(["noise", "black", "image"]):
         clip = motion.background(kind, num_frames, size, size, rng, image=image)
         clip, footprints = motion.overlay(clip, objects, rng)
-        clip = motion.draw_outlines(clip, footprints)
+        clip = masking.draw_outlines(clip, footprints)
         # Each object's path: footprint centroids over all frames, drawn on every shown frame.
         paths = [[ndimage.center_of_mass(m) if m.any() else None for m in obj]
                  for obj in footprints]
@@ -166,7 +167,7 @@ def figure3(out_path, seed=0, size=112, num_frames=16, columns=8):
             x = label_w + col * (size + pad)
             fig.paste(Image.fromarray(clip[t]), (x, y))
             for k, path in enumerate(paths):
-                colour = motion.COLOURS[k % len(motion.COLOURS)]
+                colour = masking.COLOURS[k % len(masking.COLOURS)]
                 draw.line([(x + px, y + py) for py, px in (p for p in path if p is not None)],
                           fill=colour)
                 if path[t] is not None:

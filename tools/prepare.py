@@ -82,13 +82,6 @@ class Progress:
 
 # ----------------------------------------------------------------------------- encode
 
-def prepared_size(width, height, short_side):
-    """(width, height) with the short side scaled to short_side (never up), aspect kept, both
-    even."""
-    scale = min(1.0, short_side / min(width, height))
-    return max(2, 2 * round(width * scale / 2)), max(2, 2 * round(height * scale / 2))
-
-
 def decodes(path):
     """True when path opens and its first video frame decodes (a finished encode output)."""
     import av
@@ -121,7 +114,7 @@ def reencode(src, dst, short_side, codec="libx264", threads=0, gop=PREPARE_GOP,
             ist = inp.streams.video[0]
             ist.thread_type = "AUTO"
             rate = ist.average_rate or Fraction(25)
-            width, height = prepared_size(ist.codec_context.width, ist.codec_context.height,
+            width, height = data.prepared_size(ist.codec_context.width, ist.codec_context.height,
                                           short_side)
             ost = out.add_stream(codec, rate=rate, options=options)
             ost.width, ost.height, ost.pix_fmt = width, height, "yuv420p"
