@@ -92,19 +92,27 @@ def planes_cap(size):
     return 2 * math.ceil(size * 5 / 7)
 
 
-# FFmpeg's YUV -> RGB (libswscale, x86: PyAV's RGB frames): 8 Y - offset, 8 U - 1024, 8 V - 1024 times
-# (Y, V->R, U->B, U->G, V->G, Y offset), >> 16 (floored), summed, clamped; per (BT.709?, full range?)
-YUV_COEFFS = {(False, False): (9539, 13075, 16525, -3209, -6660, 128),
-              (False, True): (8192, 11485, 14516, -2819, -5850, 0),
-              (True, False): (9539, 14686, 17305, -1747, -4366, 128),
-              (True, True): (8192, 12901, 15201, -1534, -3835, 0)}
+# libswscale's YUV -> RGB matrices (ff_yuv2rgb_coeffs, 16.16: V->R, U->B, -U->G, -V->G) by a frame's
+# colorspace tag (AVColorSpace); other tags read as BT.601 (2), as PyAV and FFmpeg read them
+SWS_MATRIX = {1: (117489, 138438, 13975, 34925), 2: (104597, 132201, 25675, 53279),
+              4: (104448, 132798, 24759, 53109), 7: (117579, 136230, 16907, 35559),
+              9: (110013, 140363, 12277, 42626), 10: (110013, 140363, 12277, 42626)}
+
+
+def yuv_coeffs(colorspace, full):
+    """libswscale's fixed point on x86 (PyAV's RGB frames): 8 Y - offset, 8 U - 1024, 8 V - 1024 times
+    (Y, V->R, U->B, U->G, V->G), each >> 16 (floored), summed, clamped. -> those and the offset."""
+    m = [int(x * 224 / 255) if full else x for x in SWS_MATRIX.get(colorspace, SWS_MATRIX[2])]
+    r = lambda x: (x * 8192 + (1 << 15)) >> 16   # noqa: E731 -- its roundToInt16(x * 2^13)
+    return (r(1 << 16 if full else (1 << 16) * 255 // 219), r(m[0]), r(m[1]), r(-m[2]), r(-m[3]),
+            0 if full else 128)
 
 
 def crop_planes(planes, box, size):
     """The worker's half of a crop from YUV 4:2:0 planes (data.decode_frames'): the box's luma and the
     chroma it spans, zero-padded to C = planes_cap(size) so that clips batch (data.yuv_to_rgb, on the
     device, converts and resizes) -> luma (1, T, C, C), chroma (2, T, C / 2 + 1, C / 2 + 1) uint8,
-    crop int64 (10,): h, w, y % 2, x % 2, YUV_COEFFS[flags]."""
+    crop int64 (10,): h, w, y % 2, x % 2, yuv_coeffs(colorspace, full range)."""
     (luma, chroma, flags), (y, x, h, w), C = planes, box, planes_cap(size)
     assert max(h, w) <= C, f"a {h}x{w} crop of planes decoded to a short side of at most {C}?"
     a, b = (y + h - 1) // 2 - y // 2 + 1, (x + w - 1) // 2 - x // 2 + 1   # chroma rows, columns
@@ -112,7 +120,7 @@ def crop_planes(planes, box, size):
                                                                   C // 2 + 1), np.uint8)
     out[0, :, :h, :w] = luma[:, y:y + h, x:x + w]
     uv[:, :, :a, :b] = chroma[:, :, y // 2:y // 2 + a, x // 2:x // 2 + b].transpose(1, 0, 2, 3)
-    return out, uv, np.array([h, w, y % 2, x % 2, *YUV_COEFFS[flags]])
+    return out, uv, np.array([h, w, y % 2, x % 2, *yuv_coeffs(*flags)])
 
 
 def crop_and_flip(frames, size, rng, flip, scales=(1, 0.875, 0.75, 0.66), crop="multiscale",
@@ -316,8 +324,7 @@ def _pil_rotation(angle, width, height):
     a, b = round(math.cos(rad), 15), round(math.sin(rad), 15)
     d, e = round(-math.sin(rad), 15), round(math.cos(rad), 15)
     cx, cy = width / 2, height / 2
-    c = a * -cx + b * -cy + 0.0
-    f = d * -cx + e * -cy + 0.0
+    c, f = a * -cx + b * -cy + 0.0, d * -cx + e * -cy + 0.0
     return (a, b, c + cx, d, e, f + cy)
 
 
@@ -325,7 +332,7 @@ def randaug_params(ops, n, height, width):
     """One clip's randaug_draw as tensors for the batch (the worker's half of randaugment_batch).
     ops: randaug_draw's [(name, args)]; n: its slots (RandAug.n); height x width: the frames'. ->
     {"randaug_op": int64 (n,), the op's index in RANDAUG_OPS or NO_OP, "randaug_arg": float64 (n, 6),
-    the op's argument in [0], or the inverse affine matrix of a geometric op (AFFINE_OPS)}."""
+    the op's argument in [0], or a geometric op's inverse matrix (output pixel -> source point)}."""
     op, arg = torch.full((n,), NO_OP, dtype=torch.int64), torch.zeros(n, 6, dtype=torch.float64)
     for j, (name, args) in enumerate(ops):
         op[j] = RANDAUG_OPS.index(name)
@@ -369,8 +376,7 @@ def _histograms(x):
 
 def _autocontrast(x, a):
     """ImageOps.autocontrast (cutoff 0) per frame and channel: [lo, hi] -> [0, 255], truncated."""
-    h = _histograms(x)
-    v = torch.arange(256, device=x.device)
+    h, v = _histograms(x), torch.arange(256, device=x.device)
     lo = torch.where(h > 0, v, 256).amin(-1, keepdim=True)
     hi = torch.where(h > 0, v, -1).amax(-1, keepdim=True)
     # 255 / (hi - lo) as a true division (a Python float over a tensor is 255 * reciprocal)
@@ -382,8 +388,7 @@ def _autocontrast(x, a):
 def _equalize(x, a):
     """ImageOps.equalize per frame and channel: lut[i] = (step // 2 + #pixels below i) // step,
     step = (#pixels - #pixels at the top value) // 255; identity for one value or step 0."""
-    h = _histograms(x)
-    v = torch.arange(256, device=x.device)
+    h, v = _histograms(x), torch.arange(256, device=x.device)
     top = torch.where(h > 0, v, -1).amax(-1, keepdim=True)
     step = (h.sum(-1, keepdim=True) - h.gather(-1, top)) // 255
     lut = (step // 2 + h.cumsum(-1) - h) // step.clamp_min(1)
@@ -405,8 +410,7 @@ def _gray(x):
 def _smooth(x):
     """ImageFilter.SMOOTH ((1 1 1 / 1 5 1 / 1 1 1) / 13, rounded; the border kept), in integers:
     PIL's float32 sum is never near a rounding edge (a sum / 13 is at least 1 / 26 from one)."""
-    n, C, T, H, W = x.shape
-    f = x.short()
+    (H, W), f = x.shape[-2:], x.short()
     s = 4 * f[..., 1:-1, 1:-1]
     for dy in range(3):
         for dx in range(3):
@@ -420,24 +424,21 @@ def _enhance(degenerate):
     """An ImageEnhance op: Image.blend(degenerate, frame, factor) in PIL's float32 arithmetic,
     clipped and truncated. degenerate(x) -> float (broadcasting to x)."""
     def op(x, a):
-        deg = degenerate(x).float()
-        f = a[:, 0].float().view(-1, 1, 1, 1, 1)
+        deg, f = degenerate(x).float(), a[:, 0].float().view(-1, 1, 1, 1, 1)
         return (deg + f * (x.float() - deg)).clamp(0, 255).trunc().to(torch.uint8)
     return op
 
 
 def _contrast_mean(x):
     """ImageEnhance.Contrast's grey: int(mean of the frame's L + 0.5), exactly."""
-    n, C, T, H, W = x.shape
-    s = _gray(x).long().sum((-2, -1), keepdim=True)
+    (H, W), s = x.shape[-2:], _gray(x).long().sum((-2, -1), keepdim=True)
     return (2 * s + H * W) // (2 * H * W)
 
 
 def _cubic(v1, v2, v3, v4, d):
     """PIL's bicubic (a = -1) through four samples at offset d in [0, 1), in its Horner form and
     order of operations (v3 - v1 == -v1 + v3 exactly): flat samples give their value exactly."""
-    p3 = 2 * (v1 - v2) + v3 - v4
-    p4 = v2 - v1 - v3 + v4
+    p3, p4 = 2 * (v1 - v2) + v3 - v4, v2 - v1 - v3 + v4
     return v2 + d * ((v3 - v1) + d * (p3 + d * p4))
 
 
@@ -507,7 +508,7 @@ def randaugment_batch(video, op, arg):
 
     video: uint8 (B, C, T, H, W) on any device; op int64 (B, n) and arg float64 (B, n, 6) on the
     CPU, as the loader delivers them: the clips are grouped by op from these host copies, so the
-    step reads nothing back from the device (no host sync). -> uint8 (B, C, T, H, W) (new if any)."""
+    step reads nothing back from the device (no host sync). -> uint8 (B, C, T, H, W): video if no op."""
     if op.device.type != "cpu":
         raise ValueError("randaugment_batch groups the clips on the host: pass the loader's CPU "
                          f"op tensor, not one on {op.device} (reading it back would sync)")

@@ -41,7 +41,7 @@ def list_entries(path, data_root=None, optional_label=False):
     relative paths resolved against data_root (default: the list's folder). Read as utf-8-sig (a
     Windows byte-order mark is no part of the first path); a line with bytes not UTF-8 is bad.
     optional_label: the last field is a label only when it looks like one (LABEL), else the whole
-    line is the path. -> [dict(line, text, video, label (the field's text), reason (None: good))]."""
+    line is the path. -> [dict(line, text, video, label (its text or None), reason (None: good))]."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"list file {path} does not exist")
@@ -114,7 +114,7 @@ def _frame_count(container, stream):
 def decode_frames(path, indices, planes=0):
     """Decode the frames at `indices` (sorted or not; repeats allowed; or a function of the frame
     count: the file is opened once) -> uint8 (len, H, W, 3), or with planes = C > 0 their YUV 4:2:0
-    planes, short side at most C: (luma (len, H, W), chroma (len, 2, H', W'), (BT.709?, full?)).
+    planes, short side at most C: (luma (len, H, W), chroma (len, 2, H', W'), (colorspace, full range?)).
 
     Decodes only the GOPs (read ahead to the next key frame) that hold a wanted frame, each from
     its key frame, so frames equal a decode from the start; all-intra (`prepare encode`): 16 frames
@@ -176,8 +176,8 @@ def _yuv420(frame, fmt, cap):
     if frame.format.name not in ("yuv420p", "yuvj420p") or (w, h) != (frame.width, frame.height):
         frame = fmt.reformat(frame, w, h, "yuv420p", interpolation="AREA")
     p = [np.frombuffer(q, np.uint8).reshape(-1, q.line_size) for q in frame.planes]
-    flags = (int(frame.colorspace) == 1,   # ITU-R BT.709; others read as BT.601, as FFmpeg does
-             frame.format.name == "yuvj420p" or int(frame.color_range) == 2)   # full range
+    flags = (int(frame.colorspace),   # its matrix (augment.yuv_coeffs), and full range or not
+             frame.format.name == "yuvj420p" or int(frame.color_range) == 2)
     return p[0][:h, :w], np.stack([c[:(h + 1) // 2, :(w + 1) // 2] for c in p[1:]]), flags
 
 
@@ -391,7 +391,8 @@ class PretrainDataset(torch.utils.data.Dataset):
 
     def infuse(self, clip, with_objects, rng):
         """One clip's motion (Sec. 3.3: drawn here, rendered by infuse) and mask (Sec. 3.2), for
-        crop_and_flip's (crop, flip) -> tensors: video uint8 (T, H, W, C) or YUV, mask, flip, tiles."""
+        crop_and_flip's (crop, flip) -> tensors: video uint8 (T, H, W, C) or crop_planes' luma with
+        chroma, crop and size (an empty (0, H): the clip's side as a shape), mask, flip, MOTION_KEYS."""
         (clip, flipped), (T, H, W) = clip, (self.num_frames, self.img_size, self.img_size)
         K = self.num_objects if self.objects is not None else 0   # K tiles that paste nothing
         m = (motion.draw_motion((T, H, W), len(self.objects), rng, **self.overlay_kw)
@@ -399,18 +400,17 @@ class PretrainDataset(torch.utils.data.Dataset):
         sides = motion.tile_sides(self.objects, self.overlay_kw["size_range"], H, W)
         m.update(motion.motion_tiles(self.objects if with_objects else None, m, sides))
         obj = masking.drawn_tokens(m, (T, H, W), self.tubelet, self.patch) if with_objects else None
-        video = {"video": torch.from_numpy(clip)} if not isinstance(clip, tuple) else {   # RGB, or
-            **dict(zip(("video", "chroma", "crop"), map(torch.from_numpy, clip))),   # YUV, its size
-            "size": torch.empty(0, H)}
+        video = {"video": torch.from_numpy(clip)} if not isinstance(clip, tuple) else dict(zip(  # or YUV
+            ("video", "chroma", "crop", "size"), (*map(torch.from_numpy, clip), torch.empty(0, H))))
         return {**video, "mask": torch.from_numpy(self.mask(obj, rng).reshape(-1)),
                 "flip": torch.tensor(flipped), **{k: torch.as_tensor(m[k]) for k in MOTION_KEYS}}
 
     def mask(self, obj, rng):
         """trajectory_mask of the object tokens obj (SPEC 3), or tube_mask (no obj, or "tube")."""
-        t, h = self.num_frames // self.tubelet, self.img_size // self.patch
         if obj is not None and self.masking == "trajectory":
             return masking.trajectory_mask(obj, self.mask_ratio, rng)
-        return masking.tube_mask(t, h, h, self.mask_ratio, rng)
+        h = self.img_size // self.patch   # square crops
+        return masking.tube_mask(self.num_frames // self.tubelet, h, h, self.mask_ratio, rng)
 
 
 MOTION_KEYS = ("tiles", "sources", "canvas", "centres", "angles", "scales", "sizes")   # render's
@@ -420,9 +420,8 @@ def infuse(batch):
     """V' (Sec. 3.3, SPEC 2) of a batch on any device, uint8 (B, C, T, H, W) contiguous: what the
     loader left to the step done, YUV crops in RGB (yuv_to_rgb), the flips (crop_and_flip's), the
     objects (motion.render); the step hands V' to the teacher and the student alike."""
-    video = batch["video"]
-    if "chroma" in batch:
-        video = yuv_to_rgb(video, batch["chroma"], batch["crop"], batch["size"].shape[-1])
+    video = batch["video"] if "chroma" not in batch else yuv_to_rgb(   # YUV crops: RGB
+        batch["video"], batch["chroma"], batch["crop"], batch["size"].shape[-1])
     if "flip" in batch:
         video = torch.where(batch["flip"].view(-1, 1, 1, 1, 1), video.flip(-1), video)
     if "tiles" in batch:
@@ -431,11 +430,12 @@ def infuse(batch):
 
 
 def yuv_to_rgb(luma, chroma, crop, size):
-    """The device's half of augment.crop_planes, batched: its luma (B, 1, T, C, C), chroma, crop (B, 10)
-    -> uint8 RGB (B, 3, T, size, size): PyAV's RGB frames (the same integers: one chroma sample
-    per 2 x 2 pixels, YUV_COEFFS) cropped and resized as augment.crop_and_flip does (within 1 level)."""
+    """augment.crop_planes' device half, batched: luma (B, 1, T, C, C), chroma, crop (B, 10); size (the
+    batch's "size", a (B, 0, size) shape) -> uint8 RGB (B, 3, T, size, size): PyAV's RGB integers (one
+    chroma sample per 2 x 2 pixels, augment.yuv_coeffs) resized as crop_and_flip does (within 1 level
+    in float32; TF32 matmuls on a GPU may add 1)."""
     B, _, T, C, _ = luma.shape
-    at, (_, _, oy, ox, *k) = torch.arange(C, device=luma.device), crop.T.view(10, B, 1, 1, 1, 1)
+    at, (_, _, oy, ox, *k) = torch.arange(C, device=luma.device), crop.T.int().view(10, B, 1, 1, 1, 1)
     rows, cols = (at + oy.view(B, 1)) // 2, (at + ox.view(B, 1)) // 2   # each pixel's chroma
     uv = chroma.gather(3, rows[:, None, None, :, None].expand(-1, 2, T, -1, chroma.shape[-1]))
     uv = uv.gather(4, cols[:, None, None, None].expand(-1, 2, T, C, -1)).int() * 8 - 1024
@@ -509,8 +509,8 @@ def worker_init(worker_id, keep_heap=True):
     """In each loader worker: torch ops single-threaded (samples carry their own generators), and
     the preemption signals ignored. torchrun stops its workers with killpg(SIGTERM) and SLURM
     signals every process of the step, so the workers get SIGTERM / SIGUSR1 too; dying of it would
-    kill the run before the main process (runtime.Preemption) writes its checkpoint. keep_heap: glibc
-    hands freed buffers back to the kernel and the next clip faults fresh pages in (issue 26)."""
+    kill the run before the main process (runtime.Preemption) writes its checkpoint. keep_heap: keep
+    freed buffers in the heap (glibc returns them, and a clip faulted up to ~1,200 pages in: ~3 ms)."""
     torch.set_num_threads(1)
     libc = ctypes.CDLL(None) if keep_heap and os.name == "posix" else None
     if hasattr(libc, "mallopt"):   # glibc's (macOS has none; musl's ignores it)

@@ -279,10 +279,15 @@ def _step_crop(planes, box, size):
     ("yuv420p", 1, 0),     # BT.709
     ("yuvj420p", 2, 0),    # full range by format (JPEG)
     ("yuv420p", 1, 2),     # BT.709, full range by tag
+    ("yuv420p", 0, 0),     # tagged RGB: PyAV reads BT.601
+    ("yuv420p", 4, 0),     # FCC
+    ("yuv420p", 7, 2),     # SMPTE 240M, full range
+    ("yuv420p", 9, 0),     # BT.2020
+    ("yuv420p", 6, 0),     # SMPTE 170M: BT.601
 ])
 def test_yuv_crops_convert_as_pyav_does(fmt, colorspace, color_range):
     """Issue 26: the step's YUV -> RGB (data.yuv_to_rgb) gives PyAV's RGB frames bit for bit
-    (FFmpeg's fixed point: augment.YUV_COEFFS), for random planes (every clamp), at even and odd
+    (FFmpeg's fixed point: augment.yuv_coeffs), for random planes (every clamp), at even and odd
     crop offsets (the chroma rows and columns a crop spans); 4:2:0 video has even sides."""
     from av.video.reformatter import VideoReformatter
     frames, rgb = _frames(fmt, colorspace, color_range)

@@ -130,15 +130,19 @@ def small_clip_config():
 class TodaysPath(data.PretrainDataset):
     """The loader before issue 26, bench's baseline (frozen, as the reference student is): each
     worker decodes RGB frames, crops, resizes and flips them, pastes the objects (motion.overlay),
-    reads the object tokens off their pixel footprints and ships the finished clips. The same draws
-    in the same order as data.PretrainDataset: the same masks, and the clips of data.infuse within
-    2 / 255 (tests/test_data.py)."""
+    reads the object tokens off their pixel footprints and ships the finished clips, contiguous. Its
+    own work is frozen; the sampling it shares (make_sample's draws, mask) is data.PretrainDataset's,
+    so the same seed gives the same masks and data.infuse's clips within 2 / 255 (tests/test_data.py)."""
 
     def background(self, index, rng):   # RGB frames, not YUV planes
         if self.source != "video":
             return super().background(index, rng)
         return data.decode_frames(self.items[index][0], lambda n: data.clip_indices(
             n, self.num_frames, self.stride, rng))
+
+    def make_sample(self, index, rng):   # contiguous (S, C, T, H, W): a transposing copy, as before
+        sample = super().make_sample(index, rng)
+        return {**sample, "video": sample["video"].contiguous()}
 
     def infuse(self, clip, with_objects, rng):
         clip, flipped = clip
@@ -147,5 +151,5 @@ class TodaysPath(data.PretrainDataset):
         if with_objects:
             clip, footprints = motion.overlay(clip, self.objects, rng, **self.overlay_kw)
             obj = masking.object_tokens(footprints, self.tubelet, self.patch)
-        return {"video": data.to_tensor(clip).permute(1, 2, 3, 0),   # contiguous (C, T, H, W)
+        return {"video": torch.from_numpy(np.ascontiguousarray(clip)),   # (T, H, W, C)
                 "mask": torch.from_numpy(self.mask(obj, rng).reshape(-1))}
