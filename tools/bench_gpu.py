@@ -111,14 +111,19 @@ class WholeStep:
         self.cached = None
 
     def batch(self, B):
-        """B clips as train.py's loader makes them: data.PretrainDataset (black backgrounds, two
-        built-in objects each, trajectory masks, render "step": the timed step pastes the objects,
+        """B clips as train.py's loader makes them from a video: data.PretrainDataset (a synthetic
+        video of a prepared video's sides, two built-in objects per clip, trajectory masks; the
+        timed step converts and resizes the YUV crops, data.yuv_to_rgb, and pastes the objects,
         motion.render) and data.collate (pinned on a GPU)."""
+        import augment
         import data
         import motion
-        a = self.args
-        ds = data.PretrainDataset("black", length=B, num_frames=a.num_frames, img_size=a.img_size,
-                                  num_sample=1, objects=motion.synthetic_objects(
+        from tools.bench_data import write_mp4
+        a, path = self.args, os.path.join(tempfile.mkdtemp(), "clip.mp4")
+        side = augment.planes_cap(a.img_size)   # 320 at 224: a prepared video's short side
+        write_mp4(path, 4 * a.num_frames, side, 2 * round(side * 16 / 9 / 2))
+        ds = data.PretrainDataset("video", items=[(path, 0)] * B, num_frames=a.num_frames,
+                                  img_size=a.img_size, num_sample=1, objects=motion.synthetic_objects(
                                       8, np.random.default_rng(0)), mask_ratio=a.mask_ratio,
                                   tubelet=a.tubelet, patch=a.patch_size)
         out = data.collate([ds[i] for i in range(B)])
