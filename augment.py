@@ -102,7 +102,7 @@ SWS_MATRIX = {1: (117489, 138438, 13975, 34925), 2: (104597, 132201, 25675, 5327
 def yuv_coeffs(colorspace, full):
     """libswscale's fixed point on x86 (PyAV's RGB frames): 8 Y - offset, 8 U - 1024, 8 V - 1024 times
     (Y, V->R, U->B, U->G, V->G), each >> 16 (floored), summed, clamped. -> those and the offset."""
-    m = [int(x * 224 / 255) if full else x for x in SWS_MATRIX.get(colorspace, SWS_MATRIX[2])]
+    m = [x * 224 // 255 if full else x for x in SWS_MATRIX.get(colorspace, SWS_MATRIX[2])]   # C's /
     r = lambda x: (x * 8192 + (1 << 15)) >> 16   # noqa: E731 -- its roundToInt16(x * 2^13)
     return (r(1 << 16 if full else (1 << 16) * 255 // 219), r(m[0]), r(m[1]), r(-m[2]), r(-m[3]),
             0 if full else 128)
