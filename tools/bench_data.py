@@ -461,7 +461,7 @@ def worker_check(a):
     # first open: ~90 ms): decoding (half a video: YUV planes, today's RGB frames), reading two
     # objects, the rest by difference
     ds, rng, decode = data.PretrainDataset("video", **kw), np.random.default_rng(0), {}
-    ds.background(0, rng), np.asarray(bank[0])
+    np.asarray(bank[0])
     for path, d in (("step", ds), ("worker", TodaysPath("video", **kw))):
         d.background(0, rng)
         t = time.process_time()

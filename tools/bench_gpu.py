@@ -119,10 +119,14 @@ class WholeStep:
         import data
         import motion
         from tools.bench_data import write_mp4
-        a, path = self.args, os.path.join(tempfile.mkdtemp(), "clip.mp4")
-        side = augment.planes_cap(a.img_size)   # 320 at 224: a prepared video's short side
-        write_mp4(path, 4 * a.num_frames, side, 2 * round(side * 16 / 9 / 2))
-        ds = data.PretrainDataset("video", items=[(path, 0)] * B, num_frames=a.num_frames,
+        a = self.args
+        if not hasattr(self, "video"):   # one video for every batch, deleted with this object
+            self.video = tempfile.TemporaryDirectory()
+            side = augment.planes_cap(a.img_size)   # 320 at 224: a prepared video's short side
+            write_mp4(os.path.join(self.video.name, "clip.mp4"), 4 * a.num_frames, side,
+                      2 * round(side * 16 / 9 / 2))
+        items = [(os.path.join(self.video.name, "clip.mp4"), 0)] * B
+        ds = data.PretrainDataset("video", items=items, num_frames=a.num_frames,
                                   img_size=a.img_size, num_sample=1, objects=motion.synthetic_objects(
                                       8, np.random.default_rng(0)), mask_ratio=a.mask_ratio,
                                   tubelet=a.tubelet, patch=a.patch_size)
