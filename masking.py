@@ -53,15 +53,16 @@ def object_tokens(footprints, tubelet=2, patch=16):
                            patch).any(axis=(1, 3, 5))
 
 
-def motion_tokens(alpha, size, centres, angles, scales, shape, tubelet=2, patch=16, block=4):
-    """object_tokens of one object pasted as motion.paste pastes it, from its alpha alone and
-    without its pixel footprint: the same tokens for a fraction of the work (issue 26). alpha:
-    float tensor (P, Q), the resized object's alpha (motion._resize_premultiplied(...)[3]); size
-    (P, Q); centres, angles, scales as motion._boxes; shape (T, H, W). -> bool (t, h, w).
+def motion_tokens(alphas, sizes, centres, angles, scales, shape, tubelet=2, patch=16, block=4):
+    """object_tokens of K objects pasted as motion.paste pastes them, from their alpha alone and
+    without their pixel footprints: the same tokens for a fraction of the work (issue 26). alphas:
+    K float tensors (P, Q), each resized object's alpha (motion._resize_premultiplied(...)[3]);
+    sizes (K, 2) (P, Q); centres (K, T, 2), angles, scales (K, T) as motion._boxes; shape
+    (T, H, W). -> bool (t, h, w), the union over the objects.
 
-    A pixel is in the footprint iff the alpha grid_sample gives it rounds to >= 1 / 255
-    (motion._kept). Exact, cell by cell of each frame's box (motion.box_geometry), patches first,
-    then blocks of block x block pixels:
+    A pixel is in a footprint iff the alpha grid_sample gives it rounds to >= 1 / 255
+    (motion._kept). Exact, cell by cell of each object's box in each frame (motion.box_geometry;
+    all objects and frames at once), patches first, then blocks of block x block pixels:
     - a cell with no texel of alpha > 0 within bilinear reach (1 texel, + 0.01 for float32
       rounding) of its image in the object samples 0 everywhere: no pixel kept (summed-area table);
     - a patch's centre pixel kept covers its token;
@@ -73,81 +74,89 @@ def motion_tokens(alpha, size, centres, angles, scales, shape, tubelet=2, patch=
     import torch.nn.functional as F
 
     import motion
-    T, H, W = shape
-    P, Q = size
-    b = block if patch % block == 0 else 1
-    cos, sin, cx, cy, x0, x1, y0, y1 = motion.box_geometry(shape, size, centres, angles, scales)
-    c, s = cos / scales, sin / scales
-    x0, x1, y0, y1 = (v.astype(np.int64) for v in (x0, x1, y0, y1))
-    sat = np.zeros((P + 1, Q + 1), dtype=np.int64)   # summed-area table of alpha > 0
-    np.cumsum((alpha.numpy() > 0).cumsum(0), 1, out=sat[1:, 1:])
+    (T, H, W), K = shape, len(alphas)
     tokens = np.zeros((T // tubelet, H // patch, W // patch), dtype=bool)
+    if not K:
+        return tokens
+    b = block if patch % block == 0 else 1
+    P, Q = (np.repeat(np.asarray(sizes, np.int64).reshape(K, 2)[:, d], T) for d in (0, 1))
+    # per box f = k * T + t (object k in frame t): its geometry, and where its object's summed-area
+    # table of alpha > 0 ((P + 1) x (Q + 1), flat) starts in sat
+    geo = [motion.box_geometry(shape, (P[k * T], Q[k * T]), centres[k], angles[k], scales[k])
+           for k in range(K)]
+    cos, sin, cx, cy, x0, x1, y0, y1 = (np.concatenate(v) for v in zip(*geo))
+    scale = np.concatenate([np.asarray(v, np.float64) for v in scales])
+    c, s, two_q, two_p = cos / scale, sin / scale, np.float32(2 / Q), np.float32(2 / P)
+    x0, x1, y0, y1 = (v.astype(np.int64) for v in (x0, x1, y0, y1))
+    ends = np.cumsum([0] + [(a.shape[0] + 1) * (a.shape[1] + 1) for a in alphas])
+    sat, base = np.zeros(ends[-1], np.int64), np.repeat(ends[:-1], T)
+    for a, e, e1 in zip(alphas, ends, ends[1:]):
+        np.cumsum((a.numpy() > 0).cumsum(0), 1, out=sat[e:e1].reshape(len(a) + 1, -1)[1:, 1:])
 
-    def pixels(t, cy_, cx_, n):   # cell (cy_, cx_) of n x n pixels, clipped to frame t's box
-        return (np.maximum(cy_ * n, y0[t]), np.minimum(cy_ * n + n - 1, y1[t]),
-                np.maximum(cx_ * n, x0[t]), np.minimum(cx_ * n + n - 1, x1[t]))
+    def pixels(f, cy_, cx_, n):   # cell (cy_, cx_) of n x n pixels, clipped to box f
+        return (np.maximum(cy_ * n, y0[f]), np.minimum(cy_ * n + n - 1, y1[f]),
+                np.maximum(cx_ * n, x0[f]), np.minimum(cx_ * n + n - 1, x1[f]))
 
-    def within_reach(t, ya, yb, xa, xb):   # some texel > 0 within reach of pixels [ya..yb, xa..xb]
-        dx, dy = (xa - cx[t], xb - cx[t]), (ya - cy[t], yb - cy[t])
-        ends = []
-        for u, w, n, side in ((c[t], -s[t], Q, Q), (s[t], c[t], P, P)):  # ox, then oy
-            lo = np.minimum(u * dx[0], u * dx[1]) + np.minimum(w * dy[0], w * dy[1]) + (n - 1) / 2
-            hi = np.maximum(u * dx[0], u * dx[1]) + np.maximum(w * dy[0], w * dy[1]) + (n - 1) / 2
-            ends += [np.clip(np.floor(lo - 0.01), 0, side - 1).astype(np.int64),
-                     np.clip(np.floor(hi + 0.01) + 1, -1, side - 1).astype(np.int64)]
-        jx0, jx1, jy0, jy1 = ends
-        ok = (ya <= yb) & (xa <= xb) & (jx0 <= jx1) & (jy0 <= jy1)
-        return ok & (sat[jy1 + 1, jx1 + 1] - sat[jy0, jx1 + 1] - sat[jy1 + 1, jx0]
-                     + sat[jy0, jx0] > 0)
+    def within_reach(f, ya, yb, xa, xb):   # some texel > 0 within reach of pixels [ya..yb, xa..xb]
+        mx, my, hx, hy = (xa + xb) / 2 - cx[f], (ya + yb) / 2 - cy[f], (xb - xa) / 2, (yb - ya) / 2
+        cf, sf, q1, p1 = c[f], s[f], Q[f] - 1, P[f] - 1
+        ox, rx = cf * mx - sf * my + q1 / 2, abs(cf) * hx + abs(sf) * hy + 0.01   # its image in
+        oy, ry = sf * mx + cf * my + p1 / 2, abs(sf) * hx + abs(cf) * hy + 0.01   # the object
+        jx0 = np.minimum(np.maximum(np.floor(ox - rx), 0), q1).astype(np.int64)
+        jx1 = np.minimum(np.maximum(np.floor(ox + rx) + 1, -1), q1).astype(np.int64)
+        row0 = base[f] + (q1 + 2) * np.minimum(np.maximum(np.floor(oy - ry), 0), p1).astype(np.int64)
+        row1 = base[f] + (q1 + 2) * np.minimum(np.maximum(np.floor(oy + ry) + 2, 0), p1 + 1).astype(
+            np.int64)
+        ok = (ya <= yb) & (xa <= xb) & (jx0 <= jx1) & (row0 < row1)
+        return ok & (sat[row1 + jx1 + 1] - sat[row0 + jx1 + 1] - sat[row1 + jx0] + sat[row0 + jx0] > 0)
 
-    def cover(t, y, x):   # _boxes' float32 grid at pixels (x, y) of frames t, _paste's test
-        dx, dy = (x - cx[t]).astype(np.float32), (y - cy[t]).astype(np.float32)
-        cf, sf = c[t].astype(np.float32), s[t].astype(np.float32)
-        grid = np.stack([(cf * dx - sf * dy) * np.float32(2 / Q),
-                         (sf * dx + cf * dy) * np.float32(2 / P)], -1)
-        sample = F.grid_sample(alpha[None, None], torch.from_numpy(grid)[None, None],
-                               mode="bilinear", padding_mode="zeros", align_corners=False)
-        k = motion._kept(sample[0, 0, 0].numpy())
-        tokens[t[k] // tubelet, y[k] // patch, x[k] // patch] = True
+    def kept(f, y, x):   # _boxes' float32 grid at pixels y, x (N, n) of boxes f (N,), _paste's test
+        dx, dy = (x - cx[f, None]).astype(np.float32), (y - cy[f, None]).astype(np.float32)
+        cf, sf = c[f, None].astype(np.float32), s[f, None].astype(np.float32)
+        grid = np.stack([(cf * dx - sf * dy) * two_q[f, None], (sf * dx + cf * dy) * two_p[f, None]], -1)
+        out, at = np.zeros(grid.shape[:2], bool), np.searchsorted(f, np.arange(K + 1) * T)
+        for k in np.flatnonzero(at[1:] > at[:-1]):   # f is sorted: object k's boxes, at once
+            sample = F.grid_sample(alphas[k][None, None], torch.from_numpy(grid[at[k]:at[k + 1]])[None],
+                                   mode="bilinear", padding_mode="zeros", align_corners=False)
+            out[at[k]:at[k + 1]] = motion._kept(sample[0, 0].numpy())
+        return out
+
+    def cover(f, py, px, hit):   # patches (py, px) of boxes f cover their tokens where hit
+        tokens[f[hit] % T // tubelet, py[hit], px[hit]] = True
+        return ~tokens[f % T // tubelet, py, px]   # the patches whose tokens are still open
 
     # patches within reach, each probed at its centre
-    i, py, px = _cells(y0 // patch, y1 // patch, x0 // patch, x1 // patch)
-    t = np.arange(T)[i]
-    ya, yb, xa, xb = pixels(t, py, px, patch)
-    live = within_reach(t, ya, yb, xa, xb)
-    t, py, px = t[live], py[live], px[live]
-    cover(t, (ya[live] + yb[live]) // 2, (xa[live] + xb[live]) // 2)
-    # the patches of uncovered tokens: their blocks within reach, each probed at its centre
-    open_ = ~tokens[t // tubelet, py, px]
-    t, py, px, n = t[open_], py[open_], px[open_], patch // b
-    i, by, bx = _cells(py * n, py * n + n - 1, px * n, px * n + n - 1)
-    t = t[i]
-    ya, yb, xa, xb = pixels(t, by, bx, b)
+    f, py, px = _cells(y0 // patch, y1 // patch, x0 // patch, x1 // patch)
+    ya, yb, xa, xb = pixels(f, py, px, patch)
+    live = within_reach(f, ya, yb, xa, xb)
+    f, py, px, ya, yb, xa, xb = (v[live] for v in (f, py, px, ya, yb, xa, xb))
+    open_ = cover(f, py, px, kept(f, (ya + yb)[:, None] // 2, (xa + xb)[:, None] // 2)[:, 0])
+    # the patches of uncovered tokens: their blocks (N, n * n), each probed at its centre
+    f, py, px, n = f[open_], py[open_], px[open_], patch // b
+    by, bx = py[:, None] * n + np.arange(n * n) // n, px[:, None] * n + np.arange(n * n) % n
+    ya, yb, xa, xb = pixels(f[:, None], by, bx, b)
     live = (ya <= yb) & (xa <= xb)
-    t, ya, yb, xa, xb = t[live], ya[live], yb[live], xa[live], xb[live]
-    cover(t, (ya + yb) // 2, (xa + xb) // 2)
+    open_ = cover(f, py, px, (kept(f, (ya + yb) // 2, (xa + xb) // 2) & live).any(1))
     # the blocks of tokens still uncovered within reach: every pixel
-    open_ = ~tokens[t // tubelet, ya // patch, xa // patch]
-    t, ya, yb, xa, xb = t[open_], ya[open_], yb[open_], xa[open_], xb[open_]
-    live = within_reach(t, ya, yb, xa, xb)
-    i, y, x = _cells(ya[live], yb[live], xa[live], xb[live])
-    cover(t[live][i], y, x)
+    rows, cols = np.nonzero(open_[:, None] & live)
+    f, py, px, (ya, yb, xa, xb) = f[rows], py[rows], px[rows], (v[rows, cols] for v in (ya, yb, xa, xb))
+    live = within_reach(f, ya, yb, xa, xb)
+    f, py, px, ya, yb, xa, xb = (v[live] for v in (f, py, px, ya, yb, xa, xb))
+    y, x = ya[:, None] + np.arange(b * b) // b, xa[:, None] + np.arange(b * b) % b
+    cover(f, py, px, (kept(f, y, x) & (y <= yb[:, None]) & (x <= xb[:, None])).any(1))
     return tokens
 
 
 def drawn_tokens(m, shape, tubelet=2, patch=16):
     """object_tokens of all of draw_motion's objects m, from motion_tiles' tiles and sources (in m
     too): each alpha channel resized to its P x Q as motion._resize_premultiplied resizes it (the
-    same floats), then motion_tokens, object by object. -> bool (t, h, w)."""
+    same floats), then motion_tokens of them all. -> bool (t, h, w)."""
     import torch.nn.functional as F
-    T, H, W = shape
-    tokens = np.zeros((T // tubelet, H // patch, W // patch), dtype=bool)
-    for k, ((P, Q), (h, w)) in enumerate(zip(m["sizes"], m["sources"].tolist())):
-        alpha = F.interpolate(m["tiles"][k, 3:, :h, :w][None].float() / 255, size=(int(P), int(Q)),
-                              mode="bilinear", antialias=True, align_corners=False)[0, 0]
-        tokens |= motion_tokens(alpha.clamp_(0, 1), (P, Q), m["centres"][k], m["angles"][k],
-                                m["scales"][k], shape, tubelet, patch)
-    return tokens
+    alphas = [F.interpolate(m["tiles"][k, 3:, :h, :w][None].float() / 255, size=(int(P), int(Q)),
+                            mode="bilinear", antialias=True, align_corners=False)[0, 0].clamp_(0, 1)
+              for k, ((P, Q), (h, w)) in enumerate(zip(m["sizes"], m["sources"].tolist()))]
+    return motion_tokens(alphas, m["sizes"], m["centres"], m["angles"], m["scales"], shape,
+                         tubelet, patch)
 
 
 def _cells(ylo, yhi, xlo, xhi):

@@ -187,14 +187,19 @@ def test_motion_tokens_equal_the_footprints_tokens(shape, tubelet, patch, draw):
     covered = 0
     for seed in range(12):
         m = motion.draw_motion(shape, len(objs), rng(seed), num_objects=2, **draw)
+        tiles, wants = [], []
         for k, i in enumerate(m["picks"]):
             P, Q = m["sizes"][k]
-            tile = motion._resize_premultiplied(objs[i], P, Q)
+            tiles.append(motion._resize_premultiplied(objs[i], P, Q)[3])
             footprint = motion.paste(np.zeros((*shape, 3), np.uint8), objs[i], (P, Q),
                                      m["centres"][k], m["angles"][k], m["scales"][k])
-            want = masking.object_tokens(footprint[None], tubelet, patch)
-            got = masking.motion_tokens(tile[3], (P, Q), m["centres"][k], m["angles"][k],
-                                        m["scales"][k], shape, tubelet, patch)
-            np.testing.assert_array_equal(got, want, err_msg=f"seed {seed} object {k}")
-            covered += want.sum()
+            wants.append(masking.object_tokens(footprint[None], tubelet, patch))
+            got = masking.motion_tokens(tiles[k:], m["sizes"][k:k + 1], m["centres"][k:k + 1],
+                                        m["angles"][k:k + 1], m["scales"][k:k + 1], shape,
+                                        tubelet, patch)
+            np.testing.assert_array_equal(got, wants[k], err_msg=f"seed {seed} object {k}")
+            covered += wants[k].sum()
+        both = masking.motion_tokens(tiles, m["sizes"], m["centres"], m["angles"], m["scales"],
+                                     shape, tubelet, patch)   # all objects at once: the union
+        np.testing.assert_array_equal(both, wants[0] | wants[1], err_msg=f"seed {seed}")
     assert covered > 0
