@@ -112,14 +112,17 @@ def crop_planes(planes, box, size):
     """The worker's half of a crop from YUV 4:2:0 planes (data.decode_frames'): the box's luma and the
     chroma it spans, zero-padded to C = planes_cap(size) so that clips batch (data.yuv_to_rgb, on the
     device, converts and resizes) -> luma (1, T, C, C), chroma (2, T, C / 2 + 1, C / 2 + 1) uint8,
-    crop int64 (10,): h, w, y % 2, x % 2, yuv_coeffs(colorspace, full range)."""
+    crop int64 (10,): h, w, y % 2, x % 2, yuv_coeffs(colorspace, full range). planes: luma[t], and
+    chroma[t][0], chroma[t][1], frame t's Y, U, V (decode_frames' views, or arrays)."""
     (luma, chroma, flags), (y, x, h, w), C = planes, box, planes_cap(size)
     assert max(h, w) <= C, f"a {h}x{w} crop of planes decoded to a short side of at most {C}?"
     a, b = (y + h - 1) // 2 - y // 2 + 1, (x + w - 1) // 2 - x // 2 + 1   # chroma rows, columns
     out, uv = np.zeros((1, len(luma), C, C), np.uint8), np.zeros((2, len(luma), C // 2 + 1,
                                                                   C // 2 + 1), np.uint8)
-    out[0, :, :h, :w] = luma[:, y:y + h, x:x + w]
-    uv[:, :, :a, :b] = chroma[:, :, y // 2:y // 2 + a, x // 2:x // 2 + b].transpose(1, 0, 2, 3)
+    for t in range(len(luma)):   # frame by frame: only the box is copied
+        out[0, t, :h, :w] = luma[t][y:y + h, x:x + w]
+        for d in (0, 1):
+            uv[d, t, :a, :b] = chroma[t][d][y // 2:y // 2 + a, x // 2:x // 2 + b]
     return out, uv, np.array([h, w, y % 2, x % 2, *yuv_coeffs(*flags)])
 
 
@@ -129,7 +132,7 @@ def crop_and_flip(frames, size, rng, flip, scales=(1, 0.875, 0.75, 0.66), crop="
     crop_planes), then a horizontal flip (p=0.5). crop: "multiscale" (MultiScaleCrop with `scales`,
     Table 18), "rrc" (random_resized_crop_box with crop_scale / crop_ratio, VideoMAE finetuning) or
     "none" (the whole frame; no draw). defer_flip: -> (the crop unflipped, whether to flip it)."""
-    H, W = frames[0].shape[1:3] if isinstance(frames, tuple) else frames.shape[1:3]
+    H, W = frames[0][0].shape[:2] if isinstance(frames, tuple) else frames.shape[1:3]
     if crop == "rrc":
         y, x, h, w = random_resized_crop_box(H, W, rng, crop_scale, crop_ratio)
     elif crop == "none":

@@ -114,7 +114,8 @@ def _frame_count(container, stream):
 def decode_frames(path, indices, planes=0):
     """Decode the frames at `indices` (sorted or not; repeats allowed; or a function of the frame
     count: the file is opened once) -> uint8 (len, H, W, 3), or with planes = C > 0 their YUV 4:2:0
-    planes, short side at most C: (luma (len, H, W), chroma (len, 2, H', W'), (colorspace, full range?)).
+    planes, short side at most C, as views of the decoder's frames (augment.crop_planes copies only
+    its box out): ([luma (H, W)] * len, [(U, V) (H', W') each] * len, (colorspace, full range?)).
 
     Decodes only the GOPs (read ahead to the next key frame) that hold a wanted frame, each from
     its key frame, so frames equal a decode from the start; all-intra (`prepare encode`): 16 frames
@@ -160,7 +161,7 @@ def decode_frames(path, indices, planes=0):
     have = np.array(sorted(got))
     nearest = {i: have[np.abs(have - i).argmin()] for i in want}
     frames = [got[nearest[int(i)]] for i in indices]
-    return (*map(np.stack, list(zip(*frames))[:2]), frames[0][2]) if planes else np.stack(frames)
+    return (*map(list, list(zip(*frames))[:2]), frames[0][2]) if planes else np.stack(frames)
 
 
 def prepared_size(width, height, short_side):
@@ -178,7 +179,7 @@ def _yuv420(frame, fmt, cap):
     p = [np.frombuffer(q, np.uint8).reshape(-1, q.line_size) for q in frame.planes]
     flags = (int(frame.colorspace),   # its matrix (augment.yuv_coeffs), and full range or not
              frame.format.name == "yuvj420p" or int(frame.color_range) == 2)
-    return p[0][:h, :w], np.stack([c[:(h + 1) // 2, :(w + 1) // 2] for c in p[1:]]), flags
+    return p[0][:h, :w], tuple(c[:(h + 1) // 2, :(w + 1) // 2] for c in p[1:]), flags
 
 
 def clip_indices(num_video_frames, num_frames, stride, rng):

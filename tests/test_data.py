@@ -292,7 +292,7 @@ def test_yuv_crops_convert_as_pyav_does(fmt, colorspace, color_range):
     from av.video.reformatter import VideoReformatter
     frames, rgb = _frames(fmt, colorspace, color_range)
     planes = [data._yuv420(f, VideoReformatter(), 1000) for f in frames]
-    planes = (np.stack([p[0] for p in planes]), np.stack([p[1] for p in planes]), planes[0][2])
+    planes = (np.stack([p[0] for p in planes]), np.stack([np.stack(p[1]) for p in planes]), planes[0][2])
     for y, x in [(0, 0), (1, 1), (3, 2), (11, 25)]:
         s = 24   # crop side = clip side: the resize is the identity
         np.testing.assert_array_equal(_step_crop(planes, (y, x, s, s), s),
@@ -333,7 +333,8 @@ def test_yuv_crops_resize_as_the_worker_did(tmp_path, H, W, size, pix_fmt):
     with av.open(path) as c:
         rgb = np.stack([f.reformat(w, h, "yuv420p", interpolation="AREA").to_ndarray(
             format="rgb24") for i, f in enumerate(c.decode(video=0)) if i in idx])
-    assert planes[0].shape == (len(idx), h, w) and rgb.shape == (len(idx), h, w, 3)
+    assert [p.shape for p in planes[0]] == [(h, w)] * len(idx) and rgb.shape == (len(idx), h, w, 3)
+    assert [u.shape for uv in planes[1] for u in uv] == [((h + 1) // 2, (w + 1) // 2)] * 2 * len(idx)
     for seed in range(8):
         want, _ = augment.crop_and_flip(rgb, size, np.random.default_rng(seed), True, defer_flip=True)
         (luma, chroma, crop), _ = augment.crop_and_flip(planes, size, np.random.default_rng(seed),
