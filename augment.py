@@ -108,18 +108,19 @@ def yuv_coeffs(colorspace, full):
             0 if full else 128)
 
 
-def crop_planes(planes, box, size):
+def crop_planes(planes, box, size, out=None):
     """The worker's half of a crop from YUV 4:2:0 planes (data.decode_frames'): the box's luma and the
     chroma it spans, zero-padded to C = planes_cap(size) so that clips batch (data.yuv_to_rgb, on the
-    device, converts and resizes) -> luma (1, T, C, C), chroma (2, T, C / 2 + 1, C / 2 + 1) uint8,
-    crop int64 (10,): h, w, y % 2, x % 2, yuv_coeffs(colorspace, full range). planes: luma[t], and
-    chroma[t][0], chroma[t][1], frame t's Y, U, V (decode_frames' views, or arrays)."""
-    (luma, chroma, flags), (y, x, h, w), C = planes, box, planes_cap(size)
+    device, converts and resizes) -> luma (1, T, C, C), chroma (2, T, C / 2 + 1, C / 2 + 1) uint8
+    (into out's pair if given), crop int64 (10,): h, w, y % 2, x % 2, yuv_coeffs(colorspace, full
+    range). planes: luma[t], chroma[t][0], chroma[t][1]: frame t's Y, U, V (views or arrays)."""
+    (luma, chroma, flags), (y, x, h, w), C, T = planes, box, planes_cap(size), len(planes[0])
     assert max(h, w) <= C, f"a {h}x{w} crop of planes decoded to a short side of at most {C}?"
     a, b = (y + h - 1) // 2 - y // 2 + 1, (x + w - 1) // 2 - x // 2 + 1   # chroma rows, columns
-    out, uv = np.zeros((1, len(luma), C, C), np.uint8), np.zeros((2, len(luma), C // 2 + 1,
-                                                                  C // 2 + 1), np.uint8)
-    for t in range(len(luma)):   # frame by frame: only the box is copied
+    out, uv = out or (np.empty((1, T, C, C), np.uint8), np.empty((2, T, C // 2 + 1, C // 2 + 1),
+                                                                 np.uint8))
+    out[:, :, h:], out[:, :, :h, w:], uv[:, :, a:], uv[:, :, :a, b:] = 0, 0, 0, 0   # the padding
+    for t in range(T):   # frame by frame: only the box is copied
         out[0, t, :h, :w] = luma[t][y:y + h, x:x + w]
         for d in (0, 1):
             uv[d, t, :a, :b] = chroma[t][d][y // 2:y // 2 + a, x // 2:x // 2 + b]
@@ -127,9 +128,9 @@ def crop_planes(planes, box, size):
 
 
 def crop_and_flip(frames, size, rng, flip, scales=(1, 0.875, 0.75, 0.66), crop="multiscale",
-                  crop_scale=(0.25, 1.0), crop_ratio=(3 / 4, 4 / 3), defer_flip=False):
+                  crop_scale=(0.25, 1.0), crop_ratio=(3 / 4, 4 / 3), defer_flip=False, out=None):
     """Training augmentation: a crop resized to size x size (frames uint8 (T, H, W, 3); YUV planes:
-    crop_planes), then a horizontal flip (p=0.5). crop: "multiscale" (MultiScaleCrop with `scales`,
+    crop_planes, into out), then a horizontal flip (p=0.5). crop: "multiscale" (MultiScaleCrop with `scales`,
     Table 18), "rrc" (random_resized_crop_box with crop_scale / crop_ratio, VideoMAE finetuning) or
     "none" (the whole frame; no draw). defer_flip: -> (the crop unflipped, whether to flip it)."""
     H, W = frames[0][0].shape[:2] if isinstance(frames, tuple) else frames.shape[1:3]
@@ -139,7 +140,7 @@ def crop_and_flip(frames, size, rng, flip, scales=(1, 0.875, 0.75, 0.66), crop="
         y, x, h, w = 0, 0, H, W
     else:
         y, x, h, w = multiscale_crop_box(H, W, rng, scales)
-    out = (crop_planes(frames, (y, x, h, w), size) if isinstance(frames, tuple)
+    out = (crop_planes(frames, (y, x, h, w), size, out) if isinstance(frames, tuple)
            else resize(frames[:, y:y + h, x:x + w], size))
     flipped = flip and rng.random() < 0.5
     return (out, flipped) if defer_flip else np.ascontiguousarray(out[:, :, ::-1] if flipped else out)

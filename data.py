@@ -377,15 +377,22 @@ class PretrainDataset(torch.utils.data.Dataset):
                 frames.append(self.background(i, rng))
             except Exception as e:   # noqa: BLE001 -- name the file that failed
                 raise BadItem(f"{self.describe(i)}: {type(e).__name__}: {e}") from e
-        clips = []
+        clips, S, C, T = [], self.num_sample, planes_cap(self.img_size), len(frames[0][0])
+        buf = isinstance(frames[0], tuple) and (   # YUV: the crops written into the sample's tensors
+            torch.empty(S, 1, T, C, C, dtype=torch.uint8), torch.empty(S, 2, T, C // 2 + 1, C // 2 + 1,
+                                                                       dtype=torch.uint8))
         # repeated sampling (F.3): own crop (unless "same-crop"), objects and mask per clip
-        for k in range(self.num_sample):
+        for k in range(S):
             if k == 0 or self.repeat != "same-crop":
                 crop = crop_and_flip(frames[k % len(frames)], self.img_size, rng, self.flip,
-                                     defer_flip=True)
+                                     defer_flip=True, out=buf and (buf[0][k].numpy(), buf[1][k].numpy()))
+            elif buf:
+                buf[0][k], buf[1][k] = buf[0][0], buf[1][0]
             with_objects = self.motion == "on" or (self.motion == "mixed" and k % 2 == 0)
             clips.append(self.infuse(crop, with_objects, rng))
-        sample = {key: torch.stack([c[key] for c in clips]) for key in clips[0]}
+        sample = {key: torch.stack([c[key] for c in clips]) for key in clips[0]
+                  if not buf or key not in ("video", "chroma")}
+        sample.update(dict(zip(("video", "chroma"), buf)) if buf else {})
         if "chroma" not in sample:   # (S, T, H, W, C) -> (S, C, T, H, W) channels last, no copy
             sample["video"] = sample["video"].permute(0, 4, 1, 2, 3)
         return sample

@@ -299,6 +299,34 @@ def test_yuv_crops_convert_as_pyav_does(fmt, colorspace, color_range):
                                       rgb[:, y:y + s, x:x + s], err_msg=f"crop at {y}, {x}")
 
 
+def test_yuv_crops_padding_is_zero_and_weighed_zero(video_list):
+    """A clip's YUV crop fills its slot's corner; the rest is zeros (a sample is a function of the
+    seed, byte for byte), and the step's RGB is the same whatever the padding holds."""
+    ds = data.PretrainDataset("video", items=data.read_list(video_list), num_frames=4, stride=2,
+                              img_size=32, num_sample=2, motion="off", seed=0)
+    for i in range(3):
+        s = ds[i]
+        for luma, chroma, (h, w, py, px) in zip(s["video"], s["chroma"], s["crop"][:, :4].tolist()):
+            rows, cols = (py + h - 1) // 2 + 1, (px + w - 1) // 2 + 1
+            assert luma[:, :, h:].eq(0).all() and luma[:, :, :, w:].eq(0).all()
+            assert chroma[:, :, rows:].eq(0).all() and chroma[:, :, :, cols:].eq(0).all()
+            assert luma[:, :, :h, :w].float().std() > 0
+    from av.video.reformatter import VideoReformatter
+    frames, _ = _frames("yuv420p", 1, 0, H=40, W=60, T=3)
+    planes = [data._yuv420(f, VideoReformatter(), 1000) for f in frames]
+    planes = ([p[0] for p in planes], [p[1] for p in planes], planes[0][2])
+    for box, size in [((3, 5, 23, 29), 24), ((0, 1, 22, 23), 16), ((7, 2, 25, 25), 40)]:
+        luma, chroma, crop = augment.crop_planes(planes, box, size)
+        junk = [np.random.default_rng(0).integers(0, 256, v.shape, np.uint8) for v in (luma, chroma)]
+        h, w, a, b = box[2], box[3], chroma.shape[2], chroma.shape[3]
+        junk[0][:, :, :h, :w] = luma[:, :, :h, :w]
+        rows, cols = (box[0] + h - 1) // 2 - box[0] // 2 + 1, (box[1] + w - 1) // 2 - box[1] // 2 + 1
+        junk[1][:, :, :rows, :cols] = chroma[:, :, :rows, :cols]
+        want, got = (data.yuv_to_rgb(*(torch.from_numpy(v)[None] for v in (y, uv, crop)), size)
+                     for y, uv in ((luma, chroma), junk))
+        assert torch.equal(got, want) and a == b, box
+
+
 def _smooth_video(path, T, H, W, pix_fmt="yuv420p"):
     """An mp4 of smooth colour waves (natural frames have no pixel-sharp colour edges)."""
     import av
