@@ -3,11 +3,10 @@ and finetuning's random resized crop, resized and flipped by crop_and_flip. Fine
 "follow VideoMAE"; SPEC 6): RandAugment in timm's convention (rand-m9-mstd0.5-inc1, n 2), the same
 ops on every frame of a clip; random erasing (p 0.25, one box per clip and all its frames); mixup
 (alpha 0.8) and CutMix (alpha 1.0) per batch. Pure functions of an explicit random generator
-(--resume replays them); test_finetune.py pins each to timm's, test_augment_device.py the device half.
+(--resume replays them); test_finetune.py pins each to timm's (RandAugment through PIL, as timm:
+tools/benchkit.randaugment_clip), test_augment_device.py the device half to that.
 
-    aug = RandAug(n=2, m=9, mstd=0.5)
-    frames = randaugment_clip(aug, frames, rng)          # uint8 (T, H, W, 3), one draw per clip
-    # or split, as finetune.py runs it: the loader worker draws, the training step applies
+    aug = RandAug(n=2, m=9, mstd=0.5)   # the loader worker draws, the training step applies
     frames, draw = randaug_sample(aug, frames, rng)      # draw: randaug_params' op, arg tensors
     video = randaugment_batch(video, op, arg)            # uint8 (B, C, T, H, W); op, arg: CPU
     video = random_erase(video, 0.25, rng)               # (B, C, T, H, W), normalised
@@ -77,7 +76,7 @@ def resize(frames, size):
 
 def aa_weights(n_in, n_out, rows, cols):
     """F.interpolate's antialiased bilinear resize, n_in to n_out (int tensors (...)), as a matrix
-    (..., rows out, cols in), zero past n_out and n_in (motion.render's, data.yuv_to_rgb's)."""
+    (..., rows out, cols in), zero past n_out and n_in (motion.render's, yuv_to_rgb's)."""
     n_in, n_out = n_in.double()[..., None, None], n_out.double()[..., None, None]
     j = torch.arange(cols, device=n_in.device, dtype=torch.float64)
     scale, i = n_in / n_out, torch.arange(rows, device=n_in.device, dtype=torch.float64)[:, None]
@@ -110,7 +109,7 @@ def yuv_coeffs(colorspace, full):
 
 def crop_planes(planes, box, size, out=None):
     """The worker's half of a crop from YUV 4:2:0 planes (data.decode_frames'): the box's luma and the
-    chroma it spans, zero-padded to C = planes_cap(size) so that clips batch (data.yuv_to_rgb, on the
+    chroma it spans, zero-padded to C = planes_cap(size) so that clips batch (yuv_to_rgb, on the
     device, converts and resizes) -> luma (1, T, C, C), chroma (2, T, C / 2 + 1, C / 2 + 1) uint8
     (into out's pair if given), crop int64 (10,): h, w, y % 2, x % 2, yuv_coeffs(colorspace, full
     range). planes: luma[t], chroma[t][0], chroma[t][1]: frame t's Y, U, V (views or arrays)."""
@@ -125,6 +124,23 @@ def crop_planes(planes, box, size, out=None):
         for d in (0, 1):
             uv[d, t, :a, :b] = chroma[t][d][y // 2:y // 2 + a, x // 2:x // 2 + b]
     return out, uv, np.array([h, w, y % 2, x % 2, *yuv_coeffs(*flags)])
+
+
+def yuv_to_rgb(luma, chroma, crop, size):
+    """crop_planes' device half, batched: luma (B, 1, T, C, C), chroma, crop (B, 10); size (the
+    batch's "size", a (B, 0, size) shape) -> uint8 RGB (B, 3, T, size, size): PyAV's RGB integers (one
+    chroma sample per 2 x 2 pixels, yuv_coeffs) resized as crop_and_flip does (within 1 level
+    in float32; TF32 matmuls on a GPU may add 1)."""
+    B, _, T, C, _ = luma.shape
+    at, (_, _, oy, ox, *k) = torch.arange(C, device=luma.device), crop.T.int().view(10, B, 1, 1, 1, 1)
+    rows, cols = (at + oy.view(B, 1)) // 2, (at + ox.view(B, 1)) // 2   # each pixel's chroma
+    uv = chroma.gather(3, rows[:, None, None, :, None].expand(-1, 2, T, -1, chroma.shape[-1]))
+    uv = uv.gather(4, cols[:, None, None, None].expand(-1, 2, T, C, -1)).int() * 8 - 1024
+    (u, v), y = uv.split(1, 1), (luma.int() * 8 - k[5]) * k[0] >> 16
+    rgb = torch.cat([y + (v * k[1] >> 16), y + (u * k[3] >> 16) + (v * k[4] >> 16),
+                     y + (u * k[2] >> 16)], 1).clamp(0, 255).float()
+    wy, wx = (aa_weights(crop[:, d], crop[:, d] * 0 + size, size, C)[:, None, None] for d in (0, 1))
+    return (wy @ rgb @ wx.transpose(-1, -2)).round().clamp(0, 255).to(torch.uint8)
 
 
 def crop_and_flip(frames, size, rng, flip, scales=(1, 0.875, 0.75, 0.66), crop="multiscale",
@@ -190,35 +206,6 @@ def randaug_level_args(name, magnitude, sign=1):
     raise ValueError(f"unknown RandAugment op {name}")
 
 
-def randaug_frame(img, name, args):
-    """One RandAugment op on one PIL RGB frame, as timm's NAME_TO_OP does it (geometric ops bicubic,
-    as the reference's --train_interpolation, grey fill)."""
-    from PIL import Image, ImageEnhance, ImageOps
-    geo = dict(resample=Image.Resampling.BICUBIC, fillcolor=RANDAUG_FILL)
-    affine = {"ShearX": lambda v: (1, v, 0, 0, 1, 0), "ShearY": lambda v: (1, 0, 0, v, 1, 0),
-              "TranslateXRel": lambda v: (1, 0, v * img.size[0], 0, 1, 0),
-              "TranslateYRel": lambda v: (1, 0, 0, 0, 1, v * img.size[1])}
-    enhance = {"ColorIncreasing": ImageEnhance.Color, "ContrastIncreasing": ImageEnhance.Contrast,
-               "BrightnessIncreasing": ImageEnhance.Brightness,
-               "SharpnessIncreasing": ImageEnhance.Sharpness}
-    if name in affine:
-        return img.transform(img.size, Image.Transform.AFFINE, affine[name](*args), **geo)
-    if name in enhance:
-        return enhance[name](img).enhance(*args)
-    if name == "Rotate":
-        return img.rotate(*args, **geo)
-    if name == "SolarizeAdd":                               # pixels below 128 brightened by args[0]
-        lut = [min(255, i + args[0]) if i < 128 else i for i in range(256)]
-        return img.point(lut * 3)
-    if name == "PosterizeIncreasing":
-        # keep args[0] high bits: ImageOps.posterize's LUT, also for 0 bits (m=10: black)
-        lut = [i & ~(2 ** (8 - args[0]) - 1) for i in range(256)]
-        return img.point(lut * 3)
-    ops = {"AutoContrast": ImageOps.autocontrast, "Equalize": ImageOps.equalize,
-           "Invert": ImageOps.invert, "SolarizeIncreasing": ImageOps.solarize}
-    return ops[name](img, *args)
-
-
 def randaug_draw(cfg, rng):
     """One clip's RandAugment draw (timm's RandAugment + AugmentOp): n ops with replacement, each
     applied with prob p, at magnitude m + N(0, mstd) clipped to [0, 10] (mstd > 100: uniform in
@@ -232,24 +219,6 @@ def randaug_draw(cfg, rng):
         name = RANDAUG_OPS[k]
         chosen.append((name, randaug_level_args(name, float(np.clip(m, 0, 10)), sign)))
     return chosen
-
-
-def randaugment_clip(cfg, frames, rng):
-    """RandAugment in timm's convention (Table 17: RandAug (9, 0.5); VideoMAE's video RandAugment):
-    ONE draw of ops, magnitudes and signs (from the sample's numpy rng; Python's and torch's global
-    RNGs untouched) applied to every frame, per frame with PIL as timm. cfg: RandAug. After the crop
-    (the reference's before it; translations are relative to the side): uint8 (T, H, W, 3) -> same."""
-    from PIL import Image
-    ops = randaug_draw(cfg, rng)
-    if not ops:
-        return frames
-    out = []
-    for frame in frames:
-        img = Image.fromarray(np.ascontiguousarray(frame))
-        for name, args in ops:
-            img = randaug_frame(img, name, args)
-        out.append(np.asarray(img))
-    return np.stack(out)
 
 
 def random_erase(video, prob, rng, mode="pixel", count=1, area=(0.02, 1 / 3),
@@ -311,7 +280,7 @@ def mix_batch(video, target, rng, mixup, cutmix, switch_prob=0.5):
 # randaug_draw, as above, from the sample's rng) and ships the draw as two small tensors
 # (randaug_params); the training step applies every clip's ops to the batch on whatever device it
 # runs on (randaugment_batch), one implementation for every device. Each op follows PIL's
-# arithmetic (the ops randaug_frame calls, pinned to timm's): tests/test_augment_device.py.
+# arithmetic (tools/benchkit.randaug_frame's, pinned to timm's): tests/test_augment_device.py.
 
 AFFINE_BLOCK = 1 << 17   # samples per block of _affine on the CPU
 AFFINE_OPS = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
@@ -351,7 +320,7 @@ def randaug_params(ops, n, height, width):
 
 def randaug_sample(cfg, frames, rng):
     """finetune.py's augment (the dataset's augment(frames, rng) -> (frames, entries)) when the
-    device applies RandAugment: the clip's draw (randaug_draw: the ops randaugment_clip would apply,
+    device applies RandAugment: the clip's draw (randaug_draw: the ops timm would apply,
     from the same rng), shipped beside the untouched frames as randaug_params' tensors."""
     return frames, randaug_params(randaug_draw(cfg, rng), cfg.n, *frames.shape[1:3])
 

@@ -25,7 +25,7 @@ import torch
 
 import masking
 import motion
-from augment import aa_weights, crop_and_flip, planes_cap
+from augment import crop_and_flip, planes_cap, yuv_to_rgb
 from model import mask_indices
 from teacher import IMAGENET_MEAN, IMAGENET_STD, channel_stats
 
@@ -337,13 +337,24 @@ class PretrainDataset(torch.utils.data.Dataset):
     def __len__(self):
         return self.length
 
-    def __getitem__(self, key):
+    def __getitem__(self, key, buf=None):
         index = unkey(key, self.set_state)   # the pass and stage come with the index
         rng = np.random.default_rng([self.seed, self.pass_index, index])
         # a bad item is replaced by another one, drawn from the same stream
         # (make_sample names the file when the background fails; an object PNG names itself)
-        sample, bad = with_retries(lambda i: self.make_sample(i, rng), index, self.length, rng)
+        sample, bad = with_retries(lambda i: self.make_sample(i, rng, buf), index, self.length, rng)
         return {**sample, "bad": bad}
+
+    def __getitems__(self, keys):
+        """A batch's samples (the DataLoader asks so): videos' YUV crops written straight into the
+        batch's tensors (slots; in a worker in shared memory), that collate then takes as they are."""
+        slots, S = self.source == "video" and self.slots(len(keys)), self.num_sample
+        return [self.__getitem__(key, slots and [v[i * S:i * S + S] for v in slots])
+                for i, key in enumerate(keys)]
+
+    def slots(self, n):   # the YUV crops' luma and chroma of n samples, uninitialised
+        T, C = self.num_frames, planes_cap(self.img_size)
+        return [batch_tensor((n * self.num_sample, c, T, s, s)) for c, s in ((1, C), (2, C // 2 + 1))]
 
     def describe(self, index):
         return self.items[index][0] if self.items is not None else f"{self.source}#{index}"
@@ -365,7 +376,7 @@ class PretrainDataset(torch.utils.data.Dataset):
             return np.repeat(decode_frames(path, lambda n: [pick.integers(max(n, 1))]), T, axis=0)
         return decode_frames(path, lambda n: clip_indices(n, T, self.stride, rng), planes_cap(S))
 
-    def make_sample(self, index, rng):
+    def make_sample(self, index, rng, buf=None):
         sources = [index]
         if self.repeat == "off":   # one clip per video: the others from videos a per-pass shift on
             shift = np.random.default_rng([self.seed, self.pass_index, 2 ** 20]).integers(
@@ -377,10 +388,8 @@ class PretrainDataset(torch.utils.data.Dataset):
                 frames.append(self.background(i, rng))
             except Exception as e:   # noqa: BLE001 -- name the file that failed
                 raise BadItem(f"{self.describe(i)}: {type(e).__name__}: {e}") from e
-        clips, S, C, T = [], self.num_sample, planes_cap(self.img_size), len(frames[0][0])
-        buf = isinstance(frames[0], tuple) and (   # YUV: the crops written into the sample's tensors
-            torch.empty(S, 1, T, C, C, dtype=torch.uint8), torch.empty(S, 2, T, C // 2 + 1, C // 2 + 1,
-                                                                       dtype=torch.uint8))
+        clips, S = [], self.num_sample
+        buf = isinstance(frames[0], tuple) and (buf or self.slots(1))   # YUV: crops written there
         # repeated sampling (F.3): own crop (unless "same-crop"), objects and mask per clip
         for k in range(S):
             if k == 0 or self.repeat != "same-crop":
@@ -410,15 +419,10 @@ class PretrainDataset(torch.utils.data.Dataset):
         obj = masking.drawn_tokens(m, (T, H, W), self.tubelet, self.patch) if with_objects else None
         video = {"video": torch.from_numpy(clip)} if not isinstance(clip, tuple) else dict(zip(  # or YUV
             ("video", "chroma", "crop", "size"), (*map(torch.from_numpy, clip), torch.empty(0, H))))
-        return {**video, "mask": torch.from_numpy(self.mask(obj, rng).reshape(-1)),
-                "flip": torch.tensor(flipped), **{k: torch.as_tensor(m[k]) for k in MOTION_KEYS}}
-
-    def mask(self, obj, rng):
-        """trajectory_mask of the object tokens obj (SPEC 3), or tube_mask (no obj, or "tube")."""
-        if obj is not None and self.masking == "trajectory":
-            return masking.trajectory_mask(obj, self.mask_ratio, rng)
-        h = self.img_size // self.patch   # square crops
-        return masking.tube_mask(self.num_frames // self.tubelet, h, h, self.mask_ratio, rng)
+        mask = masking.clip_mask(obj, (T // self.tubelet, H // self.patch, W // self.patch),
+                                 self.mask_ratio, rng, self.masking)
+        return {**video, "mask": torch.from_numpy(mask.reshape(-1)), "flip": torch.tensor(flipped),
+                **{k: torch.as_tensor(m[k]) for k in MOTION_KEYS}}
 
 
 MOTION_KEYS = ("tiles", "sources", "canvas", "centres", "angles", "scales", "sizes")   # render's
@@ -437,38 +441,27 @@ def infuse(batch):
     return video.contiguous()
 
 
-def yuv_to_rgb(luma, chroma, crop, size):
-    """augment.crop_planes' device half, batched: luma (B, 1, T, C, C), chroma, crop (B, 10); size (the
-    batch's "size", a (B, 0, size) shape) -> uint8 RGB (B, 3, T, size, size): PyAV's RGB integers (one
-    chroma sample per 2 x 2 pixels, augment.yuv_coeffs) resized as crop_and_flip does (within 1 level
-    in float32; TF32 matmuls on a GPU may add 1)."""
-    B, _, T, C, _ = luma.shape
-    at, (_, _, oy, ox, *k) = torch.arange(C, device=luma.device), crop.T.int().view(10, B, 1, 1, 1, 1)
-    rows, cols = (at + oy.view(B, 1)) // 2, (at + ox.view(B, 1)) // 2   # each pixel's chroma
-    uv = chroma.gather(3, rows[:, None, None, :, None].expand(-1, 2, T, -1, chroma.shape[-1]))
-    uv = uv.gather(4, cols[:, None, None, None].expand(-1, 2, T, C, -1)).int() * 8 - 1024
-    (u, v), y = uv.split(1, 1), (luma.int() * 8 - k[5]) * k[0] >> 16
-    rgb = torch.cat([y + (v * k[1] >> 16), y + (u * k[3] >> 16) + (v * k[4] >> 16),
-                     y + (u * k[2] >> 16)], 1).clamp(0, 255).float()
-    wy, wx = (aa_weights(crop[:, d], crop[:, d] * 0 + size, size, C)[:, None, None] for d in (0, 1))
-    return (wy @ rgb @ wx.transpose(-1, -2)).round().clamp(0, 255).to(torch.uint8)
+def batch_tensor(shape, dtype=torch.uint8):
+    """torch.empty(shape) for a batch; in a loader worker in shared memory, as torch's default_collate
+    allocates it: a batch in private memory would be copied once more into /dev/shm on its way to
+    the main process (a 77 MB batch: 95 ms against 34 ms)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
 def cat(tensors, stack=False):
-    """torch.cat (or torch.stack) of a batch. In a loader worker the result is written straight
-    into shared memory, as torch's default_collate does: a batch in private memory would be copied
-    once more into /dev/shm on its way to the main process (a 77 MB batch: 95 ms against 34 ms)."""
-    out = None
-    if torch.utils.data.get_worker_info() is not None:
-        first = tensors[0]
-        shape = (len(tensors), *first.shape) if stack else \
-            (sum(t.shape[0] for t in tensors), *first.shape[1:])
-        numel = int(np.prod(shape))
-        storage = first._typed_storage()._new_shared(numel, device=first.device)
-        out = first.new(storage).view(shape)
-        if len(shape) == 5 and not first.is_contiguous() \
-                and first.movedim(-4, -1).is_contiguous():   # channels-last clips, kept so
-            out = first.new(storage).view(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
+    """torch.cat (or torch.stack) of a batch, into a batch_tensor (channels-last clips kept so).
+    Consecutive slices of one tensor (PretrainDataset.__getitems__' crops) are that tensor, as is."""
+    (first, *_), n, base = tensors, tensors[0].nbytes, tensors[0]._base
+    if not stack and base is not None and first.is_contiguous() and base.shape[1:] == first.shape[
+            1:] and base.nbytes == n * len(tensors) and all(t._base is base and t.data_ptr() == base.data_ptr() + i * n for i, t in enumerate(tensors)):
+        return base
+    shape = (len(tensors), *first.shape) if stack else (sum(len(t) for t in tensors), *first.shape[1:])
+    last = len(shape) == 5 and not first.is_contiguous() and first.movedim(-4, -1).is_contiguous()
+    out = batch_tensor((shape[0], *shape[2:], shape[1]) if last else shape, first.dtype)
+    out = out.movedim(-1, 1) if last else out
     return torch.stack(tensors, out=out) if stack else torch.cat(tensors, out=out)
 
 

@@ -263,7 +263,7 @@ def get_args(argv=None):
 def make_augment(args):
     """The clip augmentation of the training set (Table 17: RandAugment, timm's convention), or
     None: the worker only draws each clip's ops (augment.randaug_sample, from the sample's rng as
-    randaugment_clip did); the step applies them on the device (augment.randaugment_batch)."""
+    timm's RandAugment does); the step applies them on the device (augment.randaugment_batch)."""
     if not args.randaug_n:
         return None
     return partial(randaug_sample, RandAug(args.randaug_n, args.randaug_m, args.randaug_mstd))

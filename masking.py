@@ -169,6 +169,14 @@ def _cells(ylo, yhi, xlo, xhi):
     return i, ylo[i] + j // nx[i], xlo[i] + j % nx[i]
 
 
+def clip_mask(object_tokens, shape, ratio, rng, kind="trajectory"):
+    """A pretraining clip's mask, bool (t, h, w) = shape: trajectory_mask of its object tokens
+    (SPEC 3), or tube_mask (kind "tube", or a clip without objects: object_tokens None)."""
+    if object_tokens is not None and kind == "trajectory":
+        return trajectory_mask(object_tokens, ratio, rng)
+    return tube_mask(*shape, ratio, rng)
+
+
 def trajectory_mask(object_tokens, ratio, rng):
     """bool (t, h, w) SMILE trajectory mask hiding exactly num_masked(t, h, w, ratio) tokens
     (Sec. 3.2).

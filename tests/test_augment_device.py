@@ -15,6 +15,7 @@ import augment
 import data
 import evaluation
 import motion
+from tools import benchkit
 
 aa = pytest.importorskip("timm.data.auto_augment")
 
@@ -98,7 +99,7 @@ def test_whole_draws_equal_randaugment_clip():
     assert max(map(len, draws)) >= 3 and min(map(len, draws)) == 0
     got = device_apply(frames, draws, n=cfg.n)
     for i, f in enumerate(frames):
-        want = augment.randaugment_clip(cfg, f, np.random.default_rng(i))
+        want = benchkit.randaugment_clip(cfg, f, np.random.default_rng(i))
         assert np.array_equal(got[i], want), (i, draws[i])
     video = torch.from_numpy(frames).permute(0, 4, 1, 2, 3)
     none = torch.full((len(frames), 2), augment.NO_OP)
@@ -112,7 +113,7 @@ def test_dataset_draws_through_a_worker_equal_the_pil_path():
     cfg = augment.RandAug(n=2, m=9, mstd=0.5)
     kw = dict(img_size=32, num_frames=4, crop="rrc")
     old = evaluation.MotionClassDataset(
-        "train", 16, augment=lambda f, rng: (augment.randaugment_clip(cfg, f, rng), {}), **kw)
+        "train", 16, augment=lambda f, rng: (benchkit.randaugment_clip(cfg, f, rng), {}), **kw)
     plain = evaluation.MotionClassDataset("train", 16, **kw)
     new = evaluation.MotionClassDataset("train", 16, augment=partial(augment.randaug_sample, cfg),
                                         **kw)
@@ -186,6 +187,6 @@ def test_video_list_clips_flip_in_the_step_as_the_worker_flipped(video_list):
         rng = np.random.default_rng([3, 2, i])
         frames = data.decode_frames(items[i][0], lambda n: data.clip_indices(n, 8, 4, rng))
         frames = augment.crop_and_flip(frames, 32, rng, True, crop="rrc")
-        want.append(data.to_tensor(augment.randaugment_clip(cfg, frames, rng)))
+        want.append(data.to_tensor(benchkit.randaugment_clip(cfg, frames, rng)))
     assert set(batch["flip"].tolist()) == {False, True}   # both kinds in the batch
     assert torch.equal(got, torch.stack(want))

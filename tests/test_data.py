@@ -271,7 +271,7 @@ def _frames(fmt, colorspace, color_range, H=36, W=50, T=2, seed=0):
 def _step_crop(planes, box, size):
     """The worker's crop_planes of one clip, then the step's yuv_to_rgb -> uint8 (T, size, size, 3)."""
     luma, chroma, crop = (torch.from_numpy(x)[None] for x in augment.crop_planes(planes, box, size))
-    return data.yuv_to_rgb(luma, chroma, crop, size)[0].permute(1, 2, 3, 0).numpy()
+    return augment.yuv_to_rgb(luma, chroma, crop, size)[0].permute(1, 2, 3, 0).numpy()
 
 
 @pytest.mark.parametrize("fmt,colorspace,color_range", [
@@ -286,7 +286,7 @@ def _step_crop(planes, box, size):
     ("yuv420p", 6, 0),     # SMPTE 170M: BT.601
 ])
 def test_yuv_crops_convert_as_pyav_does(fmt, colorspace, color_range):
-    """Issue 26: the step's YUV -> RGB (data.yuv_to_rgb) gives PyAV's RGB frames bit for bit
+    """Issue 26: the step's YUV -> RGB (augment.yuv_to_rgb) gives PyAV's RGB frames bit for bit
     (FFmpeg's fixed point: augment.yuv_coeffs), for random planes (every clamp), at even and odd
     crop offsets (the chroma rows and columns a crop spans); 4:2:0 video has even sides."""
     from av.video.reformatter import VideoReformatter
@@ -322,7 +322,7 @@ def test_yuv_crops_padding_is_zero_and_weighed_zero(video_list):
         junk[0][:, :, :h, :w] = luma[:, :, :h, :w]
         rows, cols = (box[0] + h - 1) // 2 - box[0] // 2 + 1, (box[1] + w - 1) // 2 - box[1] // 2 + 1
         junk[1][:, :, :rows, :cols] = chroma[:, :, :rows, :cols]
-        want, got = (data.yuv_to_rgb(*(torch.from_numpy(v)[None] for v in (y, uv, crop)), size)
+        want, got = (augment.yuv_to_rgb(*(torch.from_numpy(v)[None] for v in (y, uv, crop)), size)
                      for y, uv in ((luma, chroma), junk))
         assert torch.equal(got, want) and a == b, box
 
@@ -367,7 +367,7 @@ def test_yuv_crops_resize_as_the_worker_did(tmp_path, H, W, size, pix_fmt):
         want, _ = augment.crop_and_flip(rgb, size, np.random.default_rng(seed), True, defer_flip=True)
         (luma, chroma, crop), _ = augment.crop_and_flip(planes, size, np.random.default_rng(seed),
                                                         True, defer_flip=True)
-        got = data.yuv_to_rgb(*(torch.from_numpy(v)[None] for v in (luma, chroma, crop)), size)
+        got = augment.yuv_to_rgb(*(torch.from_numpy(v)[None] for v in (luma, chroma, crop)), size)
         d = np.abs(got[0].permute(1, 2, 3, 0).numpy().astype(int) - want)
         assert d.max() <= 1 and d.mean() < 0.3, (seed, d.max(), d.mean())
 

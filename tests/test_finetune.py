@@ -19,6 +19,7 @@ import finetune
 from conftest import ROOT, run
 from model import MODEL_SIZES, PretrainModel, VideoClassifier, sinusoid_table
 from runtime import set_lr
+from tools import benchkit
 
 REF = Path(__file__).parent / "data" / "videomae_tiny_reference.pt"
 # 32 px, 8 frames: 16 tokens per clip; 64 training clips, batch 16 -> 4 steps per epoch.
@@ -155,12 +156,12 @@ def test_randaugment_applies_one_op_to_all_frames():
     changed = 0
     for seed in range(12):
         before = torch.get_rng_state()
-        out = augment.randaugment_clip(ra, clip, np.random.default_rng(seed))
+        out = benchkit.randaugment_clip(ra, clip, np.random.default_rng(seed))
         assert torch.equal(torch.get_rng_state(), before)                    # global RNG untouched
-        assert np.array_equal(out, augment.randaugment_clip(ra, clip, np.random.default_rng(seed)))
+        assert np.array_equal(out, benchkit.randaugment_clip(ra, clip, np.random.default_rng(seed)))
         for t in (0, 5):
             # frame t of the clip == frame t alone under the same draw: the same op everywhere
-            alone = augment.randaugment_clip(ra, np.repeat(clip[t:t + 1], 2, 0),
+            alone = benchkit.randaugment_clip(ra, np.repeat(clip[t:t + 1], 2, 0),
                                               np.random.default_rng(seed))
             assert np.array_equal(out[t], alone[0]), (seed, t)
         changed += not np.array_equal(out, clip)
@@ -206,7 +207,7 @@ def test_randaug_ops_match_timm_on_a_frame():
     for name in augment.RANDAUG_OPS:
         args = augment.randaug_level_args(name, 9, -1)
         want = np.asarray(aa.NAME_TO_OP[name](img, *args, **kw))
-        got = np.asarray(augment.randaug_frame(img, name, args))
+        got = np.asarray(benchkit.randaug_frame(img, name, args))
         assert np.array_equal(got, want), name
         # (may leave a frame alone)
         if name not in ("AutoContrast", "Equalize"):
@@ -214,7 +215,7 @@ def test_randaug_ops_match_timm_on_a_frame():
     # m=10: keep 0 bits
     zero_bits = augment.randaug_level_args("PosterizeIncreasing", 10)
     assert (zero_bits == (0,)
-            and not np.asarray(augment.randaug_frame(img, "PosterizeIncreasing", zero_bits)).any())
+            and not np.asarray(benchkit.randaug_frame(img, "PosterizeIncreasing", zero_bits)).any())
 
 
 def test_randaug_draw_statistics():

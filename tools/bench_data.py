@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tools.benchkit import ROOT, TodaysPath, race, row, step_flops
+from tools.benchkit import ROOT, TodaysPath, race, randaugment_clip, row, step_flops
 
 # ----------------------------------------------------------------------------- data
 
@@ -362,7 +362,7 @@ def finetune_clip_cost(path, clips=24, seed=0):
     to_tensor). Random erasing runs in the step. -> ({part: ms} now, {part: ms} before), both
     holding "decode"."""
     import data
-    from augment import RandAug, crop_and_flip, randaug_sample, randaugment_clip
+    from augment import RandAug, crop_and_flip, randaug_sample
     aug, rng, now, before = RandAug(2, 9, 0.5), np.random.default_rng(seed), {}, {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

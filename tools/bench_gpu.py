@@ -113,7 +113,7 @@ class WholeStep:
     def batch(self, B):
         """B clips as train.py's loader makes them from a video: data.PretrainDataset (a synthetic
         video of a prepared video's sides, two built-in objects per clip, trajectory masks; the
-        timed step converts and resizes the YUV crops, data.yuv_to_rgb, and pastes the objects,
+        timed step converts and resizes the YUV crops, augment.yuv_to_rgb, and pastes the objects,
         motion.render) and data.collate (pinned on a GPU)."""
         import augment
         import data

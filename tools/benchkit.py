@@ -10,6 +10,7 @@ import time
 import numpy as np
 import torch
 
+import augment
 import data
 import masking
 import motion
@@ -140,7 +141,9 @@ class TodaysPath(data.PretrainDataset):
         return data.decode_frames(self.items[index][0], lambda n: data.clip_indices(
             n, self.num_frames, self.stride, rng))
 
-    def make_sample(self, index, rng):   # contiguous (S, C, T, H, W): a transposing copy, as before
+    __getitems__ = None   # sample by sample, collated as before
+
+    def make_sample(self, index, rng, buf=None):   # contiguous (S, C, T, H, W): one copy, as before
         sample = super().make_sample(index, rng)
         return {**sample, "video": sample["video"].contiguous()}
 
@@ -151,5 +154,57 @@ class TodaysPath(data.PretrainDataset):
         if with_objects:
             clip, footprints = motion.overlay(clip, self.objects, rng, **self.overlay_kw)
             obj = masking.object_tokens(footprints, self.tubelet, self.patch)
+        T, H, W = clip.shape[:3]
+        mask = masking.clip_mask(obj, (T // self.tubelet, H // self.patch, W // self.patch),
+                                 self.mask_ratio, rng, self.masking)
         return {"video": torch.from_numpy(np.ascontiguousarray(clip)),   # (T, H, W, C)
-                "mask": torch.from_numpy(self.mask(obj, rng).reshape(-1))}
+                "mask": torch.from_numpy(mask.reshape(-1))}
+
+
+# ------------------------------------------- finetuning's RandAugment before issue 26: PIL, in the worker
+
+def randaug_frame(img, name, args):
+    """One RandAugment op on one PIL RGB frame, as timm's NAME_TO_OP does it (geometric ops bicubic,
+    as the reference's --train_interpolation, grey fill)."""
+    from PIL import Image, ImageEnhance, ImageOps
+    geo = dict(resample=Image.Resampling.BICUBIC, fillcolor=augment.RANDAUG_FILL)
+    affine = {"ShearX": lambda v: (1, v, 0, 0, 1, 0), "ShearY": lambda v: (1, 0, 0, v, 1, 0),
+              "TranslateXRel": lambda v: (1, 0, v * img.size[0], 0, 1, 0),
+              "TranslateYRel": lambda v: (1, 0, 0, 0, 1, v * img.size[1])}
+    enhance = {"ColorIncreasing": ImageEnhance.Color, "ContrastIncreasing": ImageEnhance.Contrast,
+               "BrightnessIncreasing": ImageEnhance.Brightness,
+               "SharpnessIncreasing": ImageEnhance.Sharpness}
+    if name in affine:
+        return img.transform(img.size, Image.Transform.AFFINE, affine[name](*args), **geo)
+    if name in enhance:
+        return enhance[name](img).enhance(*args)
+    if name == "Rotate":
+        return img.rotate(*args, **geo)
+    if name == "SolarizeAdd":                               # pixels below 128 brightened by args[0]
+        lut = [min(255, i + args[0]) if i < 128 else i for i in range(256)]
+        return img.point(lut * 3)
+    if name == "PosterizeIncreasing":
+        # keep args[0] high bits: ImageOps.posterize's LUT, also for 0 bits (m=10: black)
+        lut = [i & ~(2 ** (8 - args[0]) - 1) for i in range(256)]
+        return img.point(lut * 3)
+    ops = {"AutoContrast": ImageOps.autocontrast, "Equalize": ImageOps.equalize,
+           "Invert": ImageOps.invert, "SolarizeIncreasing": ImageOps.solarize}
+    return ops[name](img, *args)
+
+
+def randaugment_clip(cfg, frames, rng):
+    """RandAugment in timm's convention (Table 17: RandAug (9, 0.5); VideoMAE's video RandAugment):
+    ONE draw of ops, magnitudes and signs (from the sample's numpy rng; Python's and torch's global
+    RNGs untouched) applied to every frame, per frame with PIL as timm. cfg: RandAug. After the crop
+    (the reference's before it; translations are relative to the side): uint8 (T, H, W, 3) -> same."""
+    from PIL import Image
+    ops = augment.randaug_draw(cfg, rng)
+    if not ops:
+        return frames
+    out = []
+    for frame in frames:
+        img = Image.fromarray(np.ascontiguousarray(frame))
+        for name, args in ops:
+            img = randaug_frame(img, name, args)
+        out.append(np.asarray(img))
+    return np.stack(out)
