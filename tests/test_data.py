@@ -389,3 +389,23 @@ def test_yuv_step_is_one_graph_without_recompiles(video_list):
     with torch._dynamo.config.patch(error_on_recompile=True):
         assert torch.equal(compiled(one), data.infuse(one))
         compiled(two)
+
+
+def test_batches_of_videos_are_written_in_place(video_list):
+    """Issue 26: a batch of videos (the DataLoader's __getitems__) has each sample's YUV crops
+    written straight into the batch's tensors, which collate hands on uncopied; the batch equals
+    the samples made and collated one by one, also through a worker (then in shared memory)."""
+    objs = motion.synthetic_objects(3, np.random.default_rng(0), size=32)
+    ds = data.PretrainDataset("video", items=data.read_list(video_list), num_frames=4, stride=2,
+                              img_size=32, num_sample=2, objects=objs, seed=0)
+    samples = ds.__getitems__([0, 1, 2])
+    batch = data.collate(samples)
+    assert batch["video"].data_ptr() == samples[0]["video"].data_ptr()   # no copy
+    assert batch["chroma"].data_ptr() == samples[0]["chroma"].data_ptr()
+    want = data.collate([ds[k] for k in (0, 1, 2)])
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1, collate_fn=data.collate)
+    for got in (batch, next(iter(loader))):
+        assert set(got) == set(want) and got["video"].shape == (6, 1, 4, 46, 46)   # planes_cap(32)
+        for key, v in want.items():
+            assert key == "bad" or torch.equal(got[key], v), key
+    assert got["video"].is_shared() and got["chroma"].is_shared()
