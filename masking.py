@@ -63,8 +63,9 @@ def motion_tokens(alphas, sizes, centres, angles, scales, shape, tubelet=2, patc
     A pixel is in a footprint iff the alpha grid_sample gives it rounds to >= 1 / 255
     (motion._kept). Exact, cell by cell of each object's box in each frame (motion.box_geometry;
     all objects and frames at once), patches first, then blocks of block x block pixels:
-    - a cell with no texel of alpha > 0 within bilinear reach (1 texel, + 0.01 for float32
-      rounding) of its image in the object samples 0 everywhere: no pixel kept (summed-area table);
+    - a cell with no texel of alpha >= 0.499 / 255 within bilinear reach (1 texel, + 0.01 for
+      float32 rounding) of its image in the object keeps no pixel: a sample is at most the largest
+      of its texels (summed-area table of those texels; fringes fainter than that are common);
     - a patch's centre pixel kept covers its token;
     - in the patches of tokens still uncovered, each block probed at its centre, then in those of
       tokens uncovered still, every pixel of every block within reach.
@@ -91,23 +92,24 @@ def motion_tokens(alphas, sizes, centres, angles, scales, shape, tubelet=2, patc
     ends = np.cumsum([0] + [(a.shape[0] + 1) * (a.shape[1] + 1) for a in alphas])
     sat, base = np.zeros(ends[-1], np.int64), np.repeat(ends[:-1], T)
     for a, e, e1 in zip(alphas, ends, ends[1:]):
-        np.cumsum((a.numpy() > 0).cumsum(0), 1, out=sat[e:e1].reshape(len(a) + 1, -1)[1:, 1:])
+        live = a.numpy() * 255 > 0.499   # a texel under 0.5 / 255 keeps no pixel: a bilinear sample
+        np.cumsum(live.cumsum(0), 1, out=sat[e:e1].reshape(len(a) + 1, -1)[1:, 1:])   # is <= its max
 
     def pixels(f, cy_, cx_, n):   # cell (cy_, cx_) of n x n pixels, clipped to box f
         return (np.maximum(cy_ * n, y0[f]), np.minimum(cy_ * n + n - 1, y1[f]),
                 np.maximum(cx_ * n, x0[f]), np.minimum(cx_ * n + n - 1, x1[f]))
 
-    def within_reach(f, ya, yb, xa, xb):   # some texel > 0 within reach of pixels [ya..yb, xa..xb]
+    def within_reach(f, ya, yb, xa, xb):   # a live texel within reach of pixels [ya..yb, xa..xb]
         mx, my, hx, hy = (xa + xb) / 2 - cx[f], (ya + yb) / 2 - cy[f], (xb - xa) / 2, (yb - ya) / 2
         cf, sf, q1, p1 = c[f], s[f], Q[f] - 1, P[f] - 1
         ox, rx = cf * mx - sf * my + q1 / 2, abs(cf) * hx + abs(sf) * hy + 0.01   # its image in
         oy, ry = sf * mx + cf * my + p1 / 2, abs(sf) * hx + abs(cf) * hy + 0.01   # the object
-        jx0 = np.minimum(np.maximum(np.floor(ox - rx), 0), q1).astype(np.int64)
-        jx1 = np.minimum(np.maximum(np.floor(ox + rx) + 1, -1), q1).astype(np.int64)
-        row0 = base[f] + (q1 + 2) * np.minimum(np.maximum(np.floor(oy - ry), 0), p1).astype(np.int64)
-        row1 = base[f] + (q1 + 2) * np.minimum(np.maximum(np.floor(oy + ry) + 2, 0), p1 + 1).astype(
-            np.int64)
-        ok = (ya <= yb) & (xa <= xb) & (jx0 <= jx1) & (row0 < row1)
+        jx0, jx1 = np.maximum(np.floor(ox - rx), 0), np.minimum(np.floor(ox + rx) + 1, q1)
+        jy0, jy1 = np.maximum(np.floor(oy - ry), 0), np.minimum(np.floor(oy + ry) + 1, p1)
+        ok = (ya <= yb) & (xa <= xb) & (jx0 <= jx1) & (jy0 <= jy1)   # (then indices in the table)
+        jx0, jx1 = np.minimum(jx0, q1).astype(np.int64), np.maximum(jx1, -1).astype(np.int64)
+        row0 = base[f] + (q1 + 2) * np.minimum(jy0, p1).astype(np.int64)
+        row1 = base[f] + (q1 + 2) * (np.maximum(jy1, -1) + 1).astype(np.int64)
         return ok & (sat[row1 + jx1 + 1] - sat[row0 + jx1 + 1] - sat[row1 + jx0] + sat[row0 + jx0] > 0)
 
     def kept(f, y, x):   # _boxes' float32 grid at pixels y, x (N, n) of boxes f (N,), _paste's test

@@ -183,7 +183,9 @@ def test_motion_tokens_equal_the_footprints_tokens(shape, tubelet, patch, draw):
     objs = motion.synthetic_objects(6, g, size=96)
     holed = objs[0].copy()
     holed[::5, :, 3] = 0                    # thin transparent stripes: tokens with slivers only
-    objs.append(holed)
+    faint = objs[1].copy()                  # alpha 0 or 1 of 255 at random: resized, near 0.5 /
+    faint[..., 3] = (faint[..., 3] > 0) * g.integers(0, 2, faint.shape[:2])   # 255 (kept's edge)
+    objs += [holed, faint, faint]
     covered = 0
     for seed in range(12):
         m = motion.draw_motion(shape, len(objs), rng(seed), num_objects=2, **draw)
