@@ -441,12 +441,11 @@ def infuse(batch):
     return video.contiguous()
 
 
-def batch_tensor(shape, dtype=torch.uint8):
-    """torch.empty(shape) for a batch; in a loader worker in shared memory, as torch's default_collate
-    allocates it: a batch in private memory would be copied once more into /dev/shm on its way to
-    the main process (a 77 MB batch: 95 ms against 34 ms)."""
+def batch_tensor(shape, dtype=torch.uint8, device="cpu"):
+    """torch.empty(shape) for a batch, in a loader worker in shared memory as torch's default_collate
+    has it (in private memory it is copied once more on its way: a 77 MB batch 95 ms against 34)."""
     if torch.utils.data.get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
+        return torch.empty(shape, dtype=dtype, device=device)
     storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * dtype.itemsize)
     return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
@@ -455,12 +454,13 @@ def cat(tensors, stack=False):
     """torch.cat (or torch.stack) of a batch, into a batch_tensor (channels-last clips kept so).
     Consecutive slices of one tensor (PretrainDataset.__getitems__' crops) are that tensor, as is."""
     (first, *_), n, base = tensors, tensors[0].nbytes, tensors[0]._base
-    if not stack and base is not None and first.is_contiguous() and base.shape[1:] == first.shape[
-            1:] and base.nbytes == n * len(tensors) and all(t._base is base and t.data_ptr() == base.data_ptr() + i * n for i, t in enumerate(tensors)):
+    if not stack and base is not None and base.is_contiguous() and base.shape[1:] == first.shape[1:] \
+            and base.nbytes == n * len(tensors) and all(t._base is base and t.is_contiguous() and
+            t.data_ptr() == base.data_ptr() + i * n for i, t in enumerate(tensors)):   # in order
         return base
     shape = (len(tensors), *first.shape) if stack else (sum(len(t) for t in tensors), *first.shape[1:])
     last = len(shape) == 5 and not first.is_contiguous() and first.movedim(-4, -1).is_contiguous()
-    out = batch_tensor((shape[0], *shape[2:], shape[1]) if last else shape, first.dtype)
+    out = batch_tensor((shape[0], *shape[2:], shape[1]) if last else shape, first.dtype, first.device)
     out = out.movedim(-1, 1) if last else out
     return torch.stack(tensors, out=out) if stack else torch.cat(tensors, out=out)
 

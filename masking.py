@@ -63,7 +63,7 @@ def motion_tokens(alphas, sizes, centres, angles, scales, shape, tubelet=2, patc
     A pixel is in a footprint iff the alpha grid_sample gives it rounds to >= 1 / 255
     (motion._kept). Exact, cell by cell of each object's box in each frame (motion.box_geometry;
     all objects and frames at once), patches first, then blocks of block x block pixels:
-    - a cell with no texel of alpha >= 0.499 / 255 within bilinear reach (1 texel, + 0.01 for
+    - a cell with no texel of alpha > 0.499 / 255 within bilinear reach (1 texel, + 0.01 for
       float32 rounding) of its image in the object keeps no pixel: a sample is at most the largest
       of its texels (summed-area table of those texels; fringes fainter than that are common);
     - a patch's centre pixel kept covers its token;
@@ -82,7 +82,7 @@ def motion_tokens(alphas, sizes, centres, angles, scales, shape, tubelet=2, patc
     b = block if patch % block == 0 else 1
     P, Q = (np.repeat(np.asarray(sizes, np.int64).reshape(K, 2)[:, d], T) for d in (0, 1))
     # per box f = k * T + t (object k in frame t): its geometry, and where its object's summed-area
-    # table of alpha > 0 ((P + 1) x (Q + 1), flat) starts in sat
+    # table of live texels (alpha > 0.499 / 255; (P + 1) x (Q + 1), flat) starts in sat
     geo = [motion.box_geometry(shape, (P[k * T], Q[k * T]), centres[k], angles[k], scales[k])
            for k in range(K)]
     cos, sin, cx, cy, x0, x1, y0, y1 = (np.concatenate(v) for v in zip(*geo))
@@ -91,7 +91,8 @@ def motion_tokens(alphas, sizes, centres, angles, scales, shape, tubelet=2, patc
     x0, x1, y0, y1 = (v.astype(np.int64) for v in (x0, x1, y0, y1))
     ends = np.cumsum([0] + [(a.shape[0] + 1) * (a.shape[1] + 1) for a in alphas])
     sat, base = np.zeros(ends[-1], np.int64), np.repeat(ends[:-1], T)
-    for a, e, e1 in zip(alphas, ends, ends[1:]):
+    for a, e, e1, size in zip(alphas, ends, ends[1:], np.asarray(sizes).reshape(K, 2).tolist()):
+        assert list(a.shape) == size, f"an alpha of {tuple(a.shape)} for an object of {size}"
         live = a.numpy() * 255 > 0.499   # a texel under 0.5 / 255 keeps no pixel: a bilinear sample
         np.cumsum(live.cumsum(0), 1, out=sat[e:e1].reshape(len(a) + 1, -1)[1:, 1:])   # is <= its max
 

@@ -409,3 +409,8 @@ def test_batches_of_videos_are_written_in_place(video_list):
         for key, v in want.items():
             assert key == "bad" or torch.equal(got[key], v), key
     assert got["video"].is_shared() and got["chroma"].is_shared()
+    base = torch.arange(6 * 16).view(6, 4, 4).clone()   # cat passes through only slices of it, in order
+    a, b, t = base[:3], base[3:], base[3:].transpose(1, 2)
+    assert data.cat([a, b]) is base
+    for parts in ([b, a], [a, t], [a[:2], b]):
+        assert torch.equal(data.cat(parts), torch.cat(parts))
