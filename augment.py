@@ -146,8 +146,8 @@ def yuv_to_rgb(luma, chroma, crop, size):
 def crop_and_flip(frames, size, rng, flip, scales=(1, 0.875, 0.75, 0.66), crop="multiscale",
                   crop_scale=(0.25, 1.0), crop_ratio=(3 / 4, 4 / 3), defer_flip=False, out=None):
     """Training augmentation: a crop resized to size x size (frames uint8 (T, H, W, 3); YUV planes:
-    crop_planes, into out), then a horizontal flip (p=0.5). crop: "multiscale" (MultiScaleCrop with `scales`,
-    Table 18), "rrc" (random_resized_crop_box with crop_scale / crop_ratio, VideoMAE finetuning) or
+    crop_planes, into out), then a horizontal flip (p=0.5). crop: "multiscale" (MultiScaleCrop with
+    `scales`, Table 18), "rrc" (random_resized_crop_box with crop_scale / crop_ratio, VideoMAE finetuning) or
     "none" (the whole frame; no draw). defer_flip: -> (the crop unflipped, whether to flip it)."""
     H, W = frames[0][0].shape[:2] if isinstance(frames, tuple) else frames.shape[1:3]
     if crop == "rrc":

@@ -393,14 +393,13 @@ class PretrainDataset(torch.utils.data.Dataset):
         # repeated sampling (F.3): own crop (unless "same-crop"), objects and mask per clip
         for k in range(S):
             if k == 0 or self.repeat != "same-crop":
-                crop = crop_and_flip(frames[k % len(frames)], self.img_size, rng, self.flip,
-                                     defer_flip=True, out=buf and (buf[0][k].numpy(), buf[1][k].numpy()))
+                crop = crop_and_flip(frames[k % len(frames)], self.img_size, rng, self.flip, defer_flip=True,
+                                     out=buf and (buf[0][k].numpy(), buf[1][k].numpy()))
             elif buf:
                 buf[0][k], buf[1][k] = buf[0][0], buf[1][0]
             with_objects = self.motion == "on" or (self.motion == "mixed" and k % 2 == 0)
             clips.append(self.infuse(crop, with_objects, rng))
-        sample = {key: torch.stack([c[key] for c in clips]) for key in clips[0]
-                  if not buf or key not in ("video", "chroma")}
+        sample = {key: torch.stack([c[key] for c in clips]) for key in clips[0]}
         sample.update(dict(zip(("video", "chroma"), buf)) if buf else {})
         if "chroma" not in sample:   # (S, T, H, W, C) -> (S, C, T, H, W) channels last, no copy
             sample["video"] = sample["video"].permute(0, 4, 1, 2, 3)
@@ -408,8 +407,8 @@ class PretrainDataset(torch.utils.data.Dataset):
 
     def infuse(self, clip, with_objects, rng):
         """One clip's motion (Sec. 3.3: drawn here, rendered by infuse) and mask (Sec. 3.2), for
-        crop_and_flip's (crop, flip) -> tensors: video uint8 (T, H, W, C) or crop_planes' luma with
-        chroma, crop and size (an empty (0, H): the clip's side as a shape), mask, flip, MOTION_KEYS."""
+        crop_and_flip's (crop, flip) -> tensors: video uint8 (T, H, W, C), or crop_planes' crop and size
+        (an empty (0, H); the pixels are in the sample's slots already), mask, flip, MOTION_KEYS."""
         (clip, flipped), (T, H, W) = clip, (self.num_frames, self.img_size, self.img_size)
         K = self.num_objects if self.objects is not None else 0   # K tiles that paste nothing
         m = (motion.draw_motion((T, H, W), len(self.objects), rng, **self.overlay_kw)
@@ -417,12 +416,14 @@ class PretrainDataset(torch.utils.data.Dataset):
         sides = motion.tile_sides(self.objects, self.overlay_kw["size_range"], H, W)
         m.update(motion.motion_tiles(self.objects if with_objects else None, m, sides))
         obj = masking.drawn_tokens(m, (T, H, W), self.tubelet, self.patch) if with_objects else None
-        video = {"video": torch.from_numpy(clip)} if not isinstance(clip, tuple) else dict(zip(  # or YUV
-            ("video", "chroma", "crop", "size"), (*map(torch.from_numpy, clip), torch.empty(0, H))))
-        mask = masking.clip_mask(obj, (T // self.tubelet, H // self.patch, W // self.patch),
-                                 self.mask_ratio, rng, self.masking)
-        return {**video, "mask": torch.from_numpy(mask.reshape(-1)), "flip": torch.tensor(flipped),
-                **{k: torch.as_tensor(m[k]) for k in MOTION_KEYS}}
+        video = {"video": torch.from_numpy(clip)} if not isinstance(clip, tuple) else dict(
+            crop=torch.from_numpy(clip[2]), size=torch.empty(0, H))
+        return {**video, "mask": torch.from_numpy(self.mask(obj, rng).reshape(-1)),
+                "flip": torch.tensor(flipped), **{k: torch.as_tensor(m[k]) for k in MOTION_KEYS}}
+
+    def mask(self, obj, rng):   # masking.clip_mask of one clip (square crops), obj its object tokens
+        t, h = self.num_frames // self.tubelet, self.img_size // self.patch
+        return masking.clip_mask(obj, (t, h, h), self.mask_ratio, rng, self.masking)
 
 
 MOTION_KEYS = ("tiles", "sources", "canvas", "centres", "angles", "scales", "sizes")   # render's

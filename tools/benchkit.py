@@ -154,11 +154,8 @@ class TodaysPath(data.PretrainDataset):
         if with_objects:
             clip, footprints = motion.overlay(clip, self.objects, rng, **self.overlay_kw)
             obj = masking.object_tokens(footprints, self.tubelet, self.patch)
-        T, H, W = clip.shape[:3]
-        mask = masking.clip_mask(obj, (T // self.tubelet, H // self.patch, W // self.patch),
-                                 self.mask_ratio, rng, self.masking)
         return {"video": torch.from_numpy(np.ascontiguousarray(clip)),   # (T, H, W, C)
-                "mask": torch.from_numpy(mask.reshape(-1))}
+                "mask": torch.from_numpy(self.mask(obj, rng).reshape(-1))}
 
 
 # ------------------------------------------- finetuning's RandAugment before issue 26: PIL, in the worker
