@@ -13,7 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tools.benchkit import ROOT, TodaysPath, race, randaugment_clip, row, step_flops
+from tools.benchkit import (ROOT, TodaysPath, decode_through, demuxed_frames, race,
+                            randaugment_clip, row, step_flops, torchcodec_frames)
 
 # ----------------------------------------------------------------------------- data
 
@@ -188,37 +189,9 @@ def bench_data(a, model_rate):
 
 # ----------------------------------------------------------------------------- decode (issue 26)
 
-def decode_through(path, indices):
-    """The decoder before short GOPs (data.decode_frames until issue 26), the baseline: seek to the
-    key frame before the first index, then decode every frame up to the last one."""
-    import av
-    got, want = {}, sorted(set(int(i) for i in indices))
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.codec_context.thread_count = 1
-        fps, tb, start = float(stream.average_rate or 25), stream.time_base, stream.start_time or 0
-        if want[0] > 0:
-            container.seek(start + int(want[0] / fps / tb), stream=stream, backward=True,
-                           any_frame=False)
-        for frame in container.decode(stream):
-            i = int(round(float((frame.pts - start) * tb) * fps))
-            if i in want:
-                got[i] = frame.to_ndarray(format="rgb24")
-            if i >= want[-1]:
-                break
-    return np.stack([got[i] for i in indices])
-
-
-def torchcodec_frames(path, indices):
-    """torchcodec's CPU decoder, one FFmpeg thread, as a loader worker would use it."""
-    from torchcodec.decoders import VideoDecoder
-    decoder = VideoDecoder(str(path), device="cpu", num_ffmpeg_threads=1, seek_mode="approximate",
-                           dimension_order="NHWC")
-    return decoder.get_frames_at([int(i) for i in indices]).data.numpy()
-
-
 DECODERS = {"PyAV, decode through (before)": decode_through,
-            "PyAV, data.decode_frames (wanted GOPs only)": None,
+            "PyAV, FFmpeg's demuxer, wanted GOPs only (before)": demuxed_frames,
+            "PyAV, data.decode_frames (prepared: no demuxer, one decoder)": None,
             "torchcodec CPU": torchcodec_frames}
 
 

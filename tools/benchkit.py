@@ -128,6 +128,45 @@ def small_clip_config():
     return path
 
 
+# ------------------------------------------------- the decoders before (bench's decode baselines)
+
+def decode_through(path, indices):
+    """The decoder before short GOPs (data.decode_frames until issue 26), the baseline: seek to the
+    key frame before the first index, then decode every frame up to the last one."""
+    import av
+    got, want = {}, sorted(set(int(i) for i in indices))
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        fps, tb, start = float(stream.average_rate or 25), stream.time_base, stream.start_time or 0
+        if want[0] > 0:
+            container.seek(start + int(want[0] / fps / tb), stream=stream, backward=True,
+                           any_frame=False)
+        for frame in container.decode(stream):
+            i = int(round(float((frame.pts - start) * tb) * fps))
+            if i in want:
+                got[i] = frame.to_ndarray(format="rgb24")
+            if i >= want[-1]:
+                break
+    return np.stack([got[i] for i in indices])
+
+
+def torchcodec_frames(path, indices):
+    """torchcodec's CPU decoder, one FFmpeg thread, as a loader worker would use it."""
+    from torchcodec.decoders import VideoDecoder
+    decoder = VideoDecoder(str(path), device="cpu", num_ffmpeg_threads=1, seek_mode="approximate",
+                           dimension_order="NHWC")
+    return decoder.get_frames_at([int(i) for i in indices]).data.numpy()
+
+
+def demuxed_frames(path, indices):
+    """data.decode_frames as it read every file before the reader of prepared videos: FFmpeg's
+    demuxer, the wanted GOPs only (data._demuxed_frames), each video its own decoder."""
+    from av.video.reformatter import VideoReformatter
+    (got, indices), rgb = data._demuxed_frames(path, indices), VideoReformatter()
+    return np.stack([rgb.reformat(got[int(i)], format="rgb24").to_ndarray() for i in indices])
+
+
 class TodaysPath(data.PretrainDataset):
     """The loader before issue 26, bench's baseline (frozen, as the reference student is): each
     worker decodes RGB frames, crops, resizes and flips them, pastes the objects (motion.overlay),
@@ -138,7 +177,7 @@ class TodaysPath(data.PretrainDataset):
     def background(self, index, rng):   # RGB frames, not YUV planes
         if self.source != "video":
             return super().background(index, rng)
-        return data.decode_frames(self.items[index][0], lambda n: data.clip_indices(
+        return demuxed_frames(self.items[index][0], lambda n: data.clip_indices(
             n, self.num_frames, self.stride, rng))
 
     __getitems__ = None   # sample by sample, collated as before
