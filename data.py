@@ -129,9 +129,11 @@ def decode_frames(path, indices, planes=0):
     thread: the loader's workers are the parallelism (FFmpeg would otherwise start a thread per
     core for every open file, in every worker)."""
     from av.video.reformatter import VideoReformatter
-    try:
+    try:   # a prepared video: ({}, indices) if a frame of it does not decode
         got, indices = _intra_frames(path, indices)
-    except Exception:   # noqa: BLE001 -- not such a file (or cut short): FFmpeg's demuxer names why
+    except (KeyError, IndexError, ValueError, struct.error, OSError):   # not one (or no file)
+        got = {}
+    if not got:   # FFmpeg's demuxer, which also names what is wrong with a bad file
         got, indices = _demuxed_frames(path, indices)
     if not got:
         raise ValueError(f"{path}: no frame could be decoded")
@@ -143,7 +145,7 @@ def decode_frames(path, indices, planes=0):
     return (*map(list, list(zip(*frames))[:2]), frames[0][2]) if planes else np.stack(frames)
 
 
-def _demuxed_frames(path, indices):   # decode_frames through FFmpeg's demuxer -> ({index: frame}, indices)
+def _demuxed_frames(path, indices):   # decode_frames by FFmpeg's demuxer -> ({i: frame}, indices)
     import av
     got = {}
     with av.open(str(path)) as container:
@@ -185,8 +187,9 @@ _THREAD = threading.local()   # this thread's H.264 decoder, kept from video to 
 def _intra_frames(path, indices):
     """decode_frames of an all-intra H.264 mp4 without FFmpeg's demuxer: each wanted frame read off
     the file at the offset its moov box gives (_mp4_samples) and decoded by the thread's one decoder,
-    its parameter sets in front (setting up a decoder per video cost ~1.5 ms; -1 ms a training clip,
-    issue 26). Raises for any other file. -> ({index: frame}, indices)"""
+    its parameter sets in front (opening a file through the demuxer and setting up a decoder cost a
+    loader worker ~1.5-3 ms of a training clip, issue 26). -> ({index: frame}, indices), no frames if
+    one does not decode; any other file raises (_mp4_samples)."""
     import av
     with open(path, "rb") as f:
         offsets, sizes, head, n = _mp4_samples(f)
@@ -202,9 +205,12 @@ def _intra_frames(path, indices):
                 size = int.from_bytes(sample[at:at + n], "big")
                 packet += b"\0\0\0\1" + sample[at + n:at + n + size]
                 at += n + size
-            frames = decoder.decode(av.Packet(bytes(packet)))
-            if len(frames) != 1:   # held back or lost
-                raise ValueError(f"{path}: frame {i} decoded to {len(frames)} frames")
+            try:
+                frames = decoder.decode(av.Packet(bytes(packet)))
+            except av.FFmpegError:
+                frames = []
+            if len(frames) != 1:   # lost or held back: drop the decoder, and the demuxer takes over
+                return {}, indices
             got[i] = frames[0]
     _THREAD.h264 = decoder
     return got, indices

@@ -161,7 +161,7 @@ def test_prepared_videos_are_read_without_the_demuxer_by_one_decoder(tmp_path, m
     full = {p: every_frame(p) for p in paths}
     demuxed = {}
     real = data._intra_frames
-    monkeypatch.setattr(data, "_intra_frames", no_demuxer)   # the demuxer's planes, the reference
+    monkeypatch.setattr(data, "_intra_frames", lambda path, idx: ({}, idx))   # the demuxer's planes
     for p in paths:
         demuxed[p] = data.decode_frames(p, range(70), planes=48)
     monkeypatch.setattr(data, "_intra_frames", real)
@@ -181,6 +181,25 @@ def test_prepared_videos_are_read_without_the_demuxer_by_one_decoder(tmp_path, m
             prepare.reencode(src, other, 48, threads=1, gop=4, tune="fastdecode")
         with open(other, "rb") as f, pytest.raises(ValueError, match="not all-intra"):
             data._mp4_samples(f)
+
+
+def test_a_prepared_frame_that_does_not_decode_sends_the_video_to_the_demuxer(tmp_path):
+    """A prepared video with a damaged frame: the reader drops its decoder and the demuxer reads the
+    video (as it read every video before: here its error, which the dataset reports by name), from the
+    indices already drawn (a sample's draws happen once: the same seed, the same clip)."""
+    path = str(tmp_path / "v.mp4")
+    prepare.reencode(moving_video(tmp_path / "src.mp4", 20), path, 48, threads=1, gop=1)
+    whole = data.decode_frames(path, [3, 7])
+    with open(path, "rb") as f:
+        offsets, sizes, _, _ = data._mp4_samples(f)
+    with open(path, "r+b") as f:   # frame 5: its NAL lengths and all, zeroed
+        f.seek(int(offsets[5]))
+        f.write(bytes(int(sizes[5])))
+    draws = []
+    with pytest.raises(av.error.InvalidDataError):
+        data.decode_frames(path, lambda n: draws.append(n) or [3, 5, 7])
+    assert draws == [20] and getattr(data._THREAD, "h264", None) is None
+    assert np.array_equal(data.decode_frames(path, [3, 7]), whole)   # the others: still read
 
 
 def test_mp4_sample_table_gives_the_demuxers_packets(tmp_path):
