@@ -181,38 +181,42 @@ def _demuxed_frames(path, indices):   # decode_frames by FFmpeg's demuxer -> ({i
     return got, indices
 
 
-_THREAD = threading.local()   # this thread's H.264 decoder, kept from video to video
+_THREAD = threading.local()   # this thread's H.264 decoders, by parameter sets, kept from video to video
 
 
 def _intra_frames(path, indices):
     """decode_frames of an all-intra H.264 mp4 without FFmpeg's demuxer: each wanted frame read off
-    the file at the offset its moov box gives (_mp4_samples) and decoded by the thread's one decoder,
-    its parameter sets in front (opening a file through the demuxer and setting up a decoder cost a
-    loader worker ~1.5-3 ms of a training clip, issue 26). -> ({index: frame}, indices), no frames if
-    one does not decode; any other file raises (_mp4_samples)."""
+    the file at the offset its moov box gives (_mp4_samples) and decoded, its parameter sets in front,
+    by the thread's decoder for those parameter sets (one stream's state, e.g. a colour range, never
+    meets another's), kept from video to video: opening a file through the demuxer and setting up a
+    decoder cost a loader worker ~1.5-3 ms of a training clip (issue 26). -> ({index: frame},
+    indices), no frames if one is cut short or does not decode; any other file raises."""
     import av
     with open(path, "rb") as f:
         offsets, sizes, head, n = _mp4_samples(f)
         indices = indices(len(sizes)) if callable(indices) else indices
-        got, decoder, _THREAD.h264 = {}, getattr(_THREAD, "h264", None), None   # kept if all goes well
+        decoders = _THREAD.__dict__.setdefault("h264", {})   # the 8 used last, oldest first
+        got, decoder = {}, decoders.pop(head, None)   # put back if all goes well
         if decoder is None:
             decoder = av.CodecContext.create("h264", "r")
             decoder.thread_count = 1
         for i in sorted(set(min(max(int(i), 0), len(sizes) - 1) for i in indices)):
             f.seek(offsets[i])
             sample, packet, at = f.read(sizes[i]), bytearray(head), 0
-            while at < len(sample):   # n-byte lengths -> start codes (Annex B)
+            while at + n <= len(sample):   # n-byte lengths -> start codes (Annex B)
                 size = int.from_bytes(sample[at:at + n], "big")
                 packet += b"\0\0\0\1" + sample[at + n:at + n + size]
                 at += n + size
             try:
-                frames = decoder.decode(av.Packet(bytes(packet)))
+                frames = decoder.decode(av.Packet(bytes(packet))) if at == len(sample) == sizes[i] else []
             except av.FFmpegError:
                 frames = []
-            if len(frames) != 1:   # lost or held back: drop the decoder, and the demuxer takes over
+            if len(frames) != 1:   # cut short, lost or held back: the demuxer takes the video over
                 return {}, indices
             got[i] = frames[0]
-    _THREAD.h264 = decoder
+    decoders[head] = decoder
+    while len(decoders) > 8:
+        decoders.pop(next(iter(decoders)))
     return got, indices
 
 
@@ -234,21 +238,26 @@ def _mp4_samples(f):
     for _ in range(64):   # the top-level boxes, to moov (`prepare encode`'s: after the frames)
         f.seek(at)
         size, kind, big = struct.unpack(">I4sQ", f.read(16))   # struct.error: the end, no moov
-        if kind == b"moov":
+        size = big if size == 1 else size
+        if kind == b"moov" and 16 <= size <= os.fstat(f.fileno()).st_size - at:
             f.seek(at)
-            m = f.read(big if size == 1 else size)
+            m = f.read(size)
             break
-        at += max(big if size == 1 else size, 8)
-    trak = _boxes(m, *_boxes(m, *_boxes(m, 0, len(m))[b"moov"])[b"trak"])
+        at += max(size, 8)
+    moov = _boxes(m, *_boxes(m, 0, len(m))[b"moov"])
+    trak, (t, _) = _boxes(m, *moov[b"trak"]), moov[b"mvhd"]   # t: the movie's time scale and length
     mdia = _boxes(m, *trak[b"mdia"])
     stbl = _boxes(m, *_boxes(m, *mdia[b"minf"])[b"stbl"])
     u32 = lambda at: int.from_bytes(m[at:at + 4], "big")   # noqa: E731
     entry = _boxes(m, stbl[b"stsd"][0] + 8, stbl[b"stsd"][1])[b"avc1"]   # H.264, SPS and PPS apart
     avc1 = _boxes(m, entry[0] + 78, entry[1])   # the boxes after a visual sample entry's 78 bytes
     elst = _boxes(m, *trak[b"edts"]).get(b"elst") if b"edts" in trak else None
+    v = mdia[b"mdhd"][0]   # the track's time scale (v + 12) and length (v + 16)
     if (m[mdia[b"hdlr"][0] + 8:mdia[b"hdlr"][0] + 12] != b"vide" or b"stss" in stbl   # key frames listed
-            or u32(stbl[b"stts"][0] + 4) != 1 or u32(stbl[b"stsz"][0] + 4) or b"colr" in avc1
-            or elst and (u32(elst[0] + 4) != 1 or m[elst[0]] or u32(elst[0] + 12))):   # 1 edit, at 0
+            or u32(stbl[b"stsd"][0] + 4) != 1 or u32(stbl[b"stts"][0] + 4) != 1   # one entry each
+            or u32(stbl[b"stsz"][0] + 4) or b"colr" in avc1 or m[v] or m[t]   # (v1 times: 64-bit)
+            or elst and (u32(elst[0] + 4) != 1 or m[elst[0]] or u32(elst[0] + 12)   # 1 edit, at 0,
+                         or u32(elst[0] + 8) * u32(v + 12) < u32(v + 16) * u32(t + 12))):   # all of it
         raise ValueError("not all-intra H.264 at one frame rate")
     c, sets, at = m[slice(*avc1[b"avcC"])], [], 5
     for mask in (31, 255):   # the SPS, then the PPS: a count, then (2-byte size, NAL unit) each

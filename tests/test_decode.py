@@ -121,12 +121,17 @@ def decoded_packets(monkeypatch, path, idx):
 
 
 class CountingDecoder:
-    """data._THREAD's H.264 decoder, counting the packets it decodes."""
-    def __init__(self):
-        self.real, self.packets = av.CodecContext.create("h264", "r"), 0
+    """An H.264 decoder of data._intra_frames', counting the packets it decodes."""
+    create, packets = av.CodecContext.create, []
+
+    def __init__(self, *a):
+        self.real = CountingDecoder.create(*a)
+
+    def __setattr__(self, name, value):
+        setattr(self.real, name, value) if name != "real" else super().__setattr__(name, value)
 
     def decode(self, packet):
-        self.packets += 1
+        CountingDecoder.packets.append(packet)
         return self.real.decode(packet)
 
 
@@ -136,11 +141,12 @@ def no_demuxer(*a, **kw):
 
 def test_all_intra_decodes_only_the_clips_frames(encodings, monkeypatch):
     clip = 9 + 4 * np.arange(16)    # 16 frames at stride 4: a span of 61
-    counting = CountingDecoder()   # all-intra: read off the file (no demuxer), 16 frames decoded
-    monkeypatch.setattr(data._THREAD, "h264", counting, raising=False)
+    monkeypatch.setattr(data._THREAD, "h264", {}, raising=False)   # all-intra: read off the file
+    monkeypatch.setattr(av.CodecContext, "create", CountingDecoder)   # (no demuxer), 16 frames
     monkeypatch.setattr(av, "open", no_demuxer)
+    CountingDecoder.packets = []
     data.decode_frames(encodings[1], clip)
-    assert counting.packets == 16
+    assert len(CountingDecoder.packets) == 16
     monkeypatch.undo()
     # GOP 32: every GOP holds a wanted frame, so all 61 frames of the span are decoded
     assert decoded_packets(monkeypatch, encodings[32], clip) >= 61
@@ -198,8 +204,116 @@ def test_a_prepared_frame_that_does_not_decode_sends_the_video_to_the_demuxer(tm
     draws = []
     with pytest.raises(av.error.InvalidDataError):
         data.decode_frames(path, lambda n: draws.append(n) or [3, 5, 7])
-    assert draws == [20] and getattr(data._THREAD, "h264", None) is None
+    with open(path, "rb") as f:   # its decoder dropped
+        assert draws == [20] and data._mp4_samples(f)[2] not in data._THREAD.h264
     assert np.array_equal(data.decode_frames(path, [3, 7]), whole)   # the others: still read
+
+
+def intra_mp4(path, n=20, gop=1, container=None, **context):
+    """An all-intra H.264 mp4 of moving_video's frames (options: the container's; context: the
+    codec context's, e.g. a colour range; gop > 1: no B-frames)."""
+    yy, xx = np.mgrid[0:48, 0:64]
+    with av.open(str(path), "w", format="mp4", options=container or {}) as c:
+        s = c.add_stream("libx264", rate=25, options={"g": str(gop), "bf": "0", "tune": "fastdecode"})
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for key, value in context.items():
+            setattr(s.codec_context, key, value)
+        for i in range(n):
+            f = np.stack([(xx * 4 + 3 * i) % 256, (yy * 5 + 7 * i) % 256, (xx + 11 * i) % 256], -1)
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f.astype(np.uint8), format="rgb24")))
+        c.mux(s.encode())
+    return str(path)
+
+
+def edit_moov(path, out, edit):
+    """A copy of path (moov after mdat) whose moov box edit(boxes) has changed: boxes is moov's tree,
+    [kind, children or payload] each, containers parsed."""
+    import struct
+
+    def parse(b):
+        out, at = [], 0
+        while at + 8 <= len(b):
+            size, kind = struct.unpack_from(">I4s", b, at)
+            body = b[at + 8:at + size]
+            out.append([kind, parse(body) if kind in (b"moov", b"trak", b"mdia", b"minf", b"stbl",
+                                                       b"edts") else body])
+            at += size
+        return out
+
+    def write(tree):
+        return b"".join(struct.pack(">I4s", len(body) + 8, kind) + body for kind, body in
+                        ((k, write(v) if isinstance(v, list) else v) for k, v in tree))
+    whole = open(path, "rb").read()
+    at = whole.index(b"moov") - 4
+    tree = parse(whole[at:])
+    edit(tree[0][1])
+    open(out, "wb").write(whole[:at] + write(tree))
+    return str(out)
+
+
+def box(tree, *path):
+    for kind, body in tree:
+        if kind == path[0]:
+            return body if len(path) == 1 else box(body, *path[1:])
+
+
+def test_what_the_prepared_video_reader_takes_and_leaves(tmp_path, monkeypatch):
+    """Edge cases of data._mp4_samples / _intra_frames (a review's): taken, with the demuxer's
+    frames, are a 64-bit chunk table (co64) and indices past the end (the nearest frame); left to
+    the demuxer are key frames listed (GOP 4, no B-frames), a colour box, two sample descriptions, an
+    edit shorter than the track, a moov box longer than the file, a frame cut short. A full-range
+    stream's colour range never reaches the next video's frames (decoders by parameter sets)."""
+    import struct
+    base = intra_mp4(tmp_path / "base.mp4")
+    full = every_frame(base)
+
+    def co64(moov):
+        stbl = box(moov, b"trak", b"mdia", b"minf", b"stbl")
+        i = [k for k, _ in stbl].index(b"stco")
+        n = struct.unpack_from(">I", stbl[i][1], 4)[0]
+        offsets = np.frombuffer(stbl[i][1], ">u4", n, 8).astype(">u8")
+        stbl[i] = [b"co64", stbl[i][1][:8] + offsets.tobytes()]
+
+    def two_entries(moov):
+        stbl = box(moov, b"trak", b"mdia", b"minf", b"stbl")
+        i = [k for k, _ in stbl].index(b"stsd")
+        entry = stbl[i][1][8:]
+        stbl[i][1] = stbl[i][1][:4] + struct.pack(">I", 2) + entry + entry
+
+    def short_edit(moov):
+        elst = box(moov, b"trak", b"edts", b"elst")
+        duration = struct.unpack_from(">I", elst, 8)[0]
+        box(moov, b"trak", b"edts")[0][1] = elst[:8] + struct.pack(">I", duration // 2) + elst[12:]
+
+    taken = [edit_moov(base, tmp_path / "co64.mp4", co64)]
+    left = [edit_moov(base, tmp_path / "two.mp4", two_entries),
+            edit_moov(base, tmp_path / "edit.mp4", short_edit),
+            intra_mp4(tmp_path / "bt709.mp4", colorspace=1, color_primaries=1, color_trc=1)]
+    left.append(intra_mp4(tmp_path / "gop4.mp4", gop=4))   # only its key frames (stss) say it
+    whole = open(base, "rb").read()   # moov's size past the end of the file (64-bit)
+    at = whole.index(b"moov") - 4
+    with open(tmp_path / "long.mp4", "wb") as f:
+        f.write(whole[:at] + struct.pack(">I4sQ", 1, b"moov", 1 << 62) + whole[at + 8:])
+    for p in taken:
+        with open(p, "rb") as f:
+            data._mp4_samples(f)
+        got = data.decode_frames(p, [3, 999, 0])
+        assert np.array_equal(got, np.stack([full[3], full[19], full[0]]))
+    for p in left:
+        with open(p, "rb") as f, pytest.raises(ValueError):
+            data._mp4_samples(f)
+    with open(tmp_path / "long.mp4", "rb") as f, pytest.raises((ValueError, KeyError, OSError)):
+        data._mp4_samples(f)
+    assert np.array_equal(data.decode_frames(tmp_path / "long.mp4", [3]), full[3][None])
+    cut = intra_mp4(tmp_path / "faststart.mp4", container={"movflags": "faststart"})
+    with open(cut, "r+b") as f:   # moov in front, the last frame cut short
+        f.truncate(f.seek(0, 2) - 60)
+    assert data._intra_frames(cut, [2, 19]) == ({}, [2, 19])
+    ranges = [intra_mp4(tmp_path / "full.mp4", color_range=2), base]   # full range, then limited
+    flags = {p: data._yuv420(data._demuxed_frames(p, [0])[0][0], None, 64)[2] for p in ranges}
+    assert flags[ranges[0]] != flags[base]
+    for p in [*ranges, *ranges]:
+        assert data.decode_frames(p, [0, 5], planes=64)[2] == flags[p]
 
 
 def test_mp4_sample_table_gives_the_demuxers_packets(tmp_path):
