@@ -158,8 +158,8 @@ def test_prepared_videos_are_read_without_the_demuxer_by_one_decoder(tmp_path, m
     """`prepare encode`d videos (all-intra mp4s) skip FFmpeg's demuxer: each wanted frame is read off
     the file at the offset its moov box gives and decoded by the thread's one decoder, kept from video
     to video (-1 ms a training clip, issue 26). Videos of two sizes in turn, RGB and YUV planes: the
-    frames equal a decode from the start and the demuxer's planes. Files that are not all-intra
-    (stss: key frames listed), or have B-frames (ctts), go through the demuxer."""
+    frames equal a decode from the start and the demuxer's planes. Long-GOP files, with B-frames or
+    without, list their key frames (stss) and go through the demuxer."""
     src = moving_video(tmp_path / "src.mp4", 70)
     paths = [str(tmp_path / f"{side}.mp4") for side in (48, 32)]
     for side, path in zip((48, 32), paths):
@@ -182,7 +182,7 @@ def test_prepared_videos_are_read_without_the_demuxer_by_one_decoder(tmp_path, m
             assert np.array_equal(y, demuxed[p][0][i])
             assert all(np.array_equal(a, b) for a, b in zip(uv, demuxed[p][1][i]))
     monkeypatch.undo()
-    for other in (src, tmp_path / "gop4.mp4"):   # B-frames (ctts); key frames listed (stss)
+    for other in (src, tmp_path / "gop4.mp4"):   # x264 defaults, GOP 4: both list key frames
         if other != src:
             prepare.reencode(src, other, 48, threads=1, gop=4, tune="fastdecode")
         with open(other, "rb") as f, pytest.raises(ValueError, match="not all-intra"):
