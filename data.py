@@ -231,9 +231,9 @@ def _boxes(b, at, end):   # {kind: (start, end)} of the first MP4 box of each ki
 
 
 def _mp4_samples(f):
-    """The frames of an mp4 whose first track is H.264 (avcC), every frame a key frame, at one frame
-    rate, with no edit but the identity and no colour box (`prepare encode`'s): (file offsets, sizes,
-    its SPS and PPS as Annex B, the NAL length size). Any other file: KeyError or ValueError."""
+    """The frames of an mp4 whose first track is H.264 (avcC), all key frames, one frame rate, one sample
+    description, no edit but one of the whole track from 0, no colour box (`prepare encode`'s): (file
+    offsets, sizes, SPS and PPS as Annex B, NAL length size). Others raise what decode_frames catches."""
     at, m = 0, b""
     for _ in range(64):   # the top-level boxes, to moov (`prepare encode`'s: after the frames)
         f.seek(at)
