@@ -563,10 +563,10 @@ def batch_tensor(shape, dtype=torch.uint8, device="cpu"):
     if torch.utils.data.get_worker_info() is None:
         return torch.empty(shape, dtype=dtype, device=device)
     storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * dtype.itemsize)
-    if storage.nbytes() and hasattr(LIBC, "madvise"):   # MADV_POPULATE_WRITE (Linux >= 5.14): the
-        at = storage.data_ptr() & -mmap.PAGESIZE   # pages mapped at once, not a fault each on writing
+    if storage.nbytes() and os.name == "posix" and os.uname().sysname == "Linux":   # the pages
+        at = storage.data_ptr() & -mmap.PAGESIZE   # mapped at once (MADV_POPULATE_WRITE, Linux 5.14+),
         LIBC.madvise(ctypes.c_void_p(at), ctypes.c_size_t(storage.data_ptr() + storage.nbytes() - at),
-                     23)   # (a 40 MB batch: 55 -> 40 ms here); an older kernel: EINVAL, no harm
+                     23)   # not a fault each on writing (a 40 MB batch: 55 -> 40 ms); older: EINVAL
     return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
