@@ -234,12 +234,12 @@ def _mp4_samples(f):
     """The frames of an mp4 whose first track is H.264 (avcC), all key frames, one frame rate, one sample
     description, no edit but one of the whole track from 0, no colour box (`prepare encode`'s): (file
     offsets, sizes, SPS and PPS as Annex B, NAL length size). Others raise what decode_frames catches."""
-    at, m = 0, b""
+    at, m, end = 0, b"", os.fstat(f.fileno()).st_size
     for _ in range(64):   # the top-level boxes, to moov (`prepare encode`'s: after the frames)
         f.seek(at)
         size, kind, big = struct.unpack(">I4sQ", f.read(16))   # struct.error: the end, no moov
         size = big if size == 1 else size
-        if kind == b"moov" and 16 <= size <= os.fstat(f.fileno()).st_size - at:
+        if kind == b"moov" and 16 <= size <= end - at:
             f.seek(at)
             m = f.read(size)
             break

@@ -191,7 +191,7 @@ def bench_data(a, model_rate):
 
 DECODERS = {"PyAV, decode through (before)": decode_through,
             "PyAV, FFmpeg's demuxer, wanted GOPs only (before)": demuxed_frames,
-            "PyAV, data.decode_frames (prepared: no demuxer, one decoder)": None,
+            "PyAV, data.decode_frames (prepared: no demuxer, decoders kept)": None,
             "torchcodec CPU": torchcodec_frames}
 
 
