@@ -156,12 +156,16 @@ def test_loader_check_on_a_users_data(tmp_path):
     out = run_check(tmp_path, "--list", str(tmp_path / "list.csv"), "--data-root", str(tmp_path),
                     "--objects", str(tmp_path / "objects"), "--clips", "4", "--rounds", "1")
     assert "list.csv (2 videos)" in out and "4 clips per path in batches of 2" in out
+    # PNGs are read each time an object is drawn: the check names the command that packs them
+    assert f"pack them once (python -m tools.prepare objects {tmp_path / 'objects'} OUT" in out
 
 
 def test_loader_check_on_synthetic_data(tmp_path):
-    """Without --list and --objects: prepared synthetic mp4s and 512 px PNG objects."""
+    """Without --list and --objects: prepared synthetic mp4s and 512 px PNG objects, packed as the
+    README has a run read them."""
     out = run_check(tmp_path, "--quick", "--rounds", "1")
     assert "prepared/train.csv" in out and "8 clips per path in batches of 4" in out
+    assert "objects.npy;" in out and "objects read from PNGs" not in out
 
 
 def test_loader_check_names_a_missing_list():

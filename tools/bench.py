@@ -370,8 +370,8 @@ def get_args(argv=None):
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("check", nargs="?", choices=["data"],
                    help="data: the loader check to run on your own data before renting GPUs "
-                   "(--list, --data-root, --objects; synthetic videos and PNG objects without "
-                   "them): one worker's CPU per 16x224 clip, the step rendering the objects "
+                   "(--list, --data-root, --objects; synthetic prepared videos and packed objects "
+                   "without them): one worker's CPU per 16x224 clip, the step rendering the objects "
                    "against today's overlay in the worker, and the workers an H100 needs")
     p.add_argument("--list", default=None, help="data check: your video list ('<path> <label>')")
     p.add_argument("--data-root", default="", help="data check: the folder the list is relative to")
