@@ -6,6 +6,7 @@ motion.py, masking.py and teacher.py; this file only runs it."""
 import argparse
 import datetime
 import glob
+import inspect
 import json
 import math
 import os
@@ -273,12 +274,13 @@ def wrap_model(model, device, world, compile=False):
     """DDP when world > 1, then torch.compile when asked. In this order Dynamo splits the graph at
     DDP's buckets (DDPOptimizer), so the gradient all-reduce overlaps the backward; DDP around a
     compiled module gets every gradient only at the end of the backward (PyTorch's DDP + compile
-    notes). The position tables are constant buffers (broadcast_buffers=False); gradients share
-    the buckets' memory (gradient_as_bucket_view)."""
+    notes). The position tables are constant buffers: not synced each forward (forward_sync_buffers;
+    torch < 2.14 calls it broadcast_buffers, 2.14 warns on it); gradients share the buckets' memory."""
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False, gradient_as_bucket_view=True)
+        ddp, keep = torch.nn.parallel.DistributedDataParallel, "forward_sync_buffers"
+        keep = keep if keep in inspect.signature(ddp).parameters else "broadcast_buffers"
+        model = ddp(model, device_ids=[device.index] if device.type == "cuda" else None,
+                    gradient_as_bucket_view=True, **{keep: False})
     return torch.compile(model) if compile else model
 
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -172,10 +173,14 @@ def test_compile_wraps_the_ddp_module(tmp_path):
                                          world_size=1)
     try:
         model = torch.nn.Linear(4, 4)
-        wrapped = runtime.wrap_model(model, torch.device("cpu"), world=2, compile=True)
+        model.register_buffer("pos", torch.zeros(3))   # as model.py's position tables
+        with warnings.catch_warnings():   # torch 2.14 deprecates broadcast_buffers: none on any
+            warnings.simplefilter("error")   # torch a user installs
+            wrapped = runtime.wrap_model(model, torch.device("cpu"), world=2, compile=True)
         assert isinstance(wrapped, torch._dynamo.eval_frame.OptimizedModule)
         assert isinstance(wrapped._orig_mod, torch.nn.parallel.DistributedDataParallel)
         assert wrapped._orig_mod.module is model
+        assert not wrapped._orig_mod.will_sync_module_buffers()   # constant: no sync per forward
         assert hasattr(wrapped, "no_sync")   # gradient accumulation still reaches DDP
         assert runtime.wrap_model(model, torch.device("cpu"), world=1) is model
     finally:

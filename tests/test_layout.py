@@ -19,7 +19,7 @@ MAX_LINES = 450
 # project card allows no top-level checkpoints.py to move them to (docs/layout.md, "runtime.py").
 # data.py took the reader of prepared videos without FFmpeg's demuxer (issue 26: an MP4 sample
 # table, one decoder per thread) and the card allows no decode.py (docs/layout.md, "data.py").
-CEILING = {"runtime.py": 698, "data.py": 557}
+CEILING = {"runtime.py": 700, "data.py": 557}
 ROW = re.compile(r"^\| `(?P<file>[\w/]+\.py)` \((?P<lines>\d+)\) \|")
 
 
