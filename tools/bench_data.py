@@ -18,6 +18,12 @@ from tools.benchkit import (ROOT, TodaysPath, decode_through, demuxed_frames, ra
 
 # ----------------------------------------------------------------------------- data
 
+def prepare(*args):
+    """`python -m tools.prepare ARGS --workers 1` as a user runs it (a tool imports no other tool)."""
+    subprocess.run([sys.executable, "-m", "tools.prepare", *map(str, args), "--workers", "1"],
+                   cwd=ROOT, check=True, capture_output=True)
+
+
 def write_mp4(path, num_frames, height=360, width=640, fps=25):
     """A stand-in for a downloaded video: moving colour waves plus film grain, libx264 defaults
     (long GOP)."""
@@ -86,11 +92,8 @@ def bench_data(a, model_rate):
     with open(os.path.join(tmp, "src", "train.csv"), "w") as f:
         f.write("clip.mp4 0\n")
     short = 160 if a.quick else 320
-    # the tool as a user runs it (a tool imports no other tool)
-    subprocess.run([sys.executable, "-m", "tools.prepare", "encode",
-                    os.path.join(tmp, "src", "train.csv"), os.path.join(tmp, "prepared"),
-                    "--short-side", str(short), "--workers", "1"],
-                   cwd=ROOT, check=True, capture_output=True)
+    prepare("encode", os.path.join(tmp, "src", "train.csv"), os.path.join(tmp, "prepared"),
+            "--short-side", short)
     src, dst = os.path.join(tmp, "src", "clip.mp4"), os.path.join(tmp, "prepared", "clip.mp4")
     # 4 clips: 16 frames at stride 4
     starts = [s * (data.video_info(src)[0] - 61) // 3 for s in range(4)]
@@ -248,11 +251,8 @@ def bench_decode(a, model_rate=None):
     paths = {}
     for name, gop, tune in ENCODINGS[:2] + ENCODINGS[-2:-1] if a.quick else ENCODINGS:
         out = os.path.join(tmp, f"gop{gop}{tune}")
-        # the tool as a user runs it (a tool imports no other tool)
-        subprocess.run([sys.executable, "-m", "tools.prepare", "encode",
-                        os.path.join(tmp, "list.csv"), out, "--short-side",
-                        "160" if a.quick else "320", "--workers", "1", "--gop", str(gop),
-                        "--tune", tune or "none"], cwd=ROOT, check=True, capture_output=True)
+        prepare("encode", os.path.join(tmp, "list.csv"), out, "--short-side",
+                160 if a.quick else 320, "--gop", gop, "--tune", tune or "none")
         paths[name] = os.path.join(out, "src.mp4")
     cost = decode_cost(list(paths.values()), clips=4 if a.quick else 24, rounds=a.rounds)
     before = cost[(paths[ENCODINGS[0][0]], next(iter(DECODERS)))]
@@ -298,9 +298,7 @@ def bank_cost(tmp, num=32, clips=20, seeds=50):
         canvas = np.zeros((512, 512, 4), np.uint8)   # the cut-out inside transparent margins
         canvas[:obj.shape[0], :obj.shape[1]] = obj
         Image.fromarray(canvas, "RGBA").save(os.path.join(folder, f"{i}.png"))
-    subprocess.run([sys.executable, "-m", "tools.prepare", "objects", folder,
-                    os.path.join(tmp, "pin.npy"), "--workers", "1"], cwd=ROOT, check=True,
-                   capture_output=True)
+    prepare("objects", folder, os.path.join(tmp, "pin.npy"))
     banks = {"png": motion.ObjectBank(folder), "packed": motion.ObjectBank(f"{tmp}/pin.npy")}
     frames = rng.integers(0, 256, (16, 224, 224, 3), dtype=np.uint8)
     threads, out = torch.get_num_threads(), {}
@@ -375,15 +373,13 @@ def synthetic_data(folder, quick):
                                                                      (360, 640)))
     with open(os.path.join(src, "train.csv"), "w") as f:
         f.write("".join(f"{name} 0\n" for name in names))
-    subprocess.run([sys.executable, "-m", "tools.prepare", "encode", os.path.join(src, "train.csv"),
-                    os.path.join(folder, "prepared"), "--short-side", "160" if quick else "320",
-                    "--workers", "1"], cwd=ROOT, check=True, capture_output=True)
+    prepare("encode", os.path.join(src, "train.csv"), os.path.join(folder, "prepared"),
+            "--short-side", 160 if quick else 320)
     for i, obj in enumerate(motion.synthetic_objects(4 if quick else 8, np.random.default_rng(0))):
         h, w = obj.shape[:2]
         big = Image.fromarray(obj, "RGBA").resize((512 * w // max(h, w), 512 * h // max(h, w)))
         big.save(os.path.join(objects, f"{i}.png"))
-    subprocess.run([sys.executable, "-m", "tools.prepare", "objects", objects,
-                    os.path.join(folder, "objects.npy")], cwd=ROOT, check=True, capture_output=True)
+    prepare("objects", objects, os.path.join(folder, "objects.npy"))
     return os.path.join(folder, "prepared", "train.csv"), os.path.join(folder, "objects.npy")
 
 
